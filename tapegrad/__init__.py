@@ -1,0 +1,23 @@
+"""tapegrad: reverse-mode autograd with PyTorch's semantics, recorded on a flat Wengert tape and
+replayed backward by one Numba-jitted call."""
+from . import autograd, dtypes, ops  # noqa: F401
+from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace,  # noqa: F401
+                       manual_seed, ones, ones_like, rand, rand_like, randint, randn, randn_like, tensor, zeros,
+                       zeros_like)
+from .dtypes import bool_ as bool  # noqa: F401,A001
+from .dtypes import (double, float32, float64, get_default_dtype, int32, int64, long,  # noqa: F401
+                     set_default_dtype)
+from .dtypes import dtype  # noqa: F401
+from .dtypes import float as float  # noqa: F401,A001
+from .dtypes import int as int  # noqa: F401,A001
+from .grad_mode import (enable_grad, inference_mode, is_grad_enabled, is_inference_mode_enabled,  # noqa: F401
+                        no_grad, set_grad_enabled)
+from .ops import (abs, add, clone, cos, div, exp, expand, log, matmul, mean, mm, mul, neg, permute, pow,  # noqa: F401
+                  reciprocal, relu, reshape, sigmoid, sign, sin, sqrt, sub, sum, t, tanh, transpose, unsqueeze,
+                  squeeze, view)
+from .printing import set_printoptions  # noqa: F401
+from .tensor import Device as device  # noqa: F401
+from .tensor import Size, Tensor  # noqa: F401
+
+multiply, subtract, divide, true_divide = mul, sub, div, div
+__version__ = "0.1.0"

@@ -1,0 +1,290 @@
+"""The CPU engine: runs backward over one or more linked tapes.
+
+Without ``create_graph`` each tape is replayed by ONE call into the jitted interpreter
+(``kernels.backward``); Python only prepares the seeds and the exported gradient buffers
+(leaf grads, retained grads, links into older tapes) and hands them out afterwards. Hooks on
+non-leaf tensors split that call at the hooked slot's producer. With ``create_graph`` the
+rows' differentiable VJPs run in Python and record onto the current tape.
+"""
+import ctypes
+
+import numpy as np
+
+from . import ops
+from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
+from .tensor import Size, Tensor
+
+_K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
+_HOFF = None
+
+
+def _kernels():
+    global _K, _HOFF
+    if _K is None:
+        from . import kernels
+        _HOFF = header_offset()
+        _K = kernels
+        probe = np.arange(6.0).reshape(2, 3)
+        if kernels.header_probe(id(probe), _HOFF) != (probe.ctypes.data, 2, 6):
+            raise RuntimeError("tapegrad cannot read this NumPy's array header; please report your NumPy version")
+    return _K
+
+
+def header_offset():
+    """Offset of the data pointer in a NumPy array object (``PyArrayObject.data``); ndim and the
+    dims pointer follow it, as in NumPy's public struct."""
+    a = np.empty(3)
+    words = (ctypes.c_int64 * 8).from_address(id(a))
+    for i in range(8):
+        if words[i] == a.ctypes.data:
+            return i * 8
+    raise RuntimeError("tapegrad cannot locate the data pointer in NumPy's array header")
+
+
+FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
+             "they have already been freed). Saved intermediate values of the graph are freed when you call "
+             ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
+             "graph a second time or if you need to access saved tensors after calling backward.")
+
+
+class Request:
+    """What one backward wants: seeds per (tape, slot), and where gradients go afterwards."""
+
+    def __init__(self, accumulate, want, retain_graph, create_graph):
+        self.accumulate = accumulate  # fill .grad of leaves (backward) or not (autograd.grad)
+        self.want = want  # {(tape serial, slot): index} of requested inputs, or None for all leaves
+        self.retain_graph = retain_graph
+        self.create_graph = create_graph
+        self.results = {}  # index -> gradient (ndarray, or Tensor with create_graph)
+        self.reached = set()
+
+
+def run(seeds, req):
+    """seeds: {tape: {slot: gradient}}; walks the tapes newest first, following links."""
+    pending = dict(seeds)
+    while pending:
+        tape = max(pending, key=lambda t: t.serial)
+        tape_seeds = pending.pop(tape)
+        links = (_run_python if req.create_graph else _run_jitted)(tape, tape_seeds, req)
+        for (older, slot), g in links.items():
+            into = pending.setdefault(older, {})
+            into[slot] = _accumulate(into.get(slot), g)
+
+
+def _accumulate(old, g):
+    if old is None:
+        return g
+    return old + g
+
+
+def _wanted_slots(tape, req):
+    """Slots whose gradient leaves the engine: leaves (or requested inputs), retained, links."""
+    out = {}
+    if req.want is None:
+        for s, t in tape.leaves.items():
+            if t._rg:
+                out[s] = ("leaf", t)
+    else:
+        for (serial, s), i in req.want.items():
+            if serial == tape.serial:
+                out[s] = ("input", i)
+    if req.accumulate:
+        for s, ref in tape.retained.items():
+            t = ref()
+            if t is not None and s not in out:
+                out[s] = ("retained", t)
+    for s in tape.links:
+        out.setdefault(s, ("link", None))
+    return out
+
+
+def _interp_dtype(tape):
+    S = tape.slot_table()
+    return np.float64 if bool((S[:, 3] == 1).any()) else np.float32
+
+
+def _run_jitted(tape, seeds, req):
+    K = _kernels()
+    R, RF = tape.row_table()
+    S = tape.slot_table()
+    T = _interp_dtype(tape)
+    values = tape.values
+    export = np.zeros(S.shape[0], np.int64)
+    bufs = {}
+    for s, seed in seeds.items():
+        b = np.array(seed, dtype=T, copy=True).reshape(values[s].shape)
+        bufs[s] = b
+        export[s] = id(b)
+    wanted = _wanted_slots(tape, req)
+    for s in wanted:
+        if s not in bufs:
+            b = np.zeros(values[s].shape, T)
+            bufs[s] = b
+            export[s] = id(b)
+    roots = np.fromiter(seeds, np.int64, len(seeds))
+    witness = np.empty(0, T)
+    tcode = 1 if T is np.float64 else 0
+    hooked = [s for s in tape.hooks if tape.hooks[s]]
+    if not hooked:
+        status, where, need = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL)
+    else:
+        status, where, need = K.plan(R, S, roots, 0)
+        if status == K.OK:
+            status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness)
+    if status == K.ERR_FREED:
+        raise RuntimeError(FREED_MSG)
+    if status != K.OK:
+        raise RuntimeError(f"tapegrad internal error: no adjoint for entry {where} ({tape.row(where)})")
+    if tape.epoch != Global.inplace_events:
+        check_versions(tape, R, need)
+    links = _deliver(tape, wanted, need, bufs, req)
+    if not req.retain_graph:
+        tape.release(np.flatnonzero(need[R[:, 4]]))
+    return links
+
+
+def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness):
+    """Replay in segments so a hook on a non-leaf sees (and may replace) its complete gradient."""
+    goff, garena = K.arena(S, _HOFF, need, export, witness)
+    cuts = sorted(((tape.producer(s), s) for s in hooked if need[s]), reverse=True)
+    hi = R.shape[0]
+    for p, s in cuts:
+        status, where = K.replay(R, RF, S, _HOFF, export, need, goff, garena, p + 1, hi, tcode, witness, K.OP_KERNEL)
+        if status != K.OK:
+            return status, where
+        g = bufs[s] if s in bufs else garena[goff[s]: goff[s] + tape.values[s].size].reshape(tape.values[s].shape)
+        for hook in tape.hooks[s]:
+            r = hook(ops._leaf(g.copy()))
+            if r is not None:
+                g[...] = r._value
+        hi = p + 1
+    return K.replay(R, RF, S, _HOFF, export, need, goff, garena, 0, hi, tcode, witness, K.OP_KERNEL)
+
+
+def _deliver(tape, wanted, need, bufs, req):
+    links = {}
+    for s, (kind, who) in wanted.items():
+        if not need[s]:
+            continue
+        g = bufs[s]
+        dt = tape.values[s].dtype
+        if g.dtype != dt:
+            g = g.astype(dt)
+        if kind == "link":
+            links[tape.links[s]] = g
+        elif kind == "input":
+            req.results[who] = _accumulate(req.results.get(who), g)
+        else:
+            _give_grad(who, g, req.create_graph)
+    return links
+
+
+def _give_grad(t, g, create_graph):
+    """Accumulate into t.grad as torch's AccumulateGrad does (hooks on leaves first)."""
+    x = t._x
+    if x is not None and x.hooks:
+        for hook in x.hooks:
+            r = hook(g if isinstance(g, Tensor) else ops._leaf(g.copy()))
+            if r is not None:
+                g = r if create_graph else r._value
+    if not isinstance(g, Tensor):
+        if t._grad is None:
+            t._grad = ops._leaf(g)
+        else:
+            t._grad._value += g
+        return
+    if t._grad is None:
+        t._grad = g if create_graph else ops._leaf(g._value)
+    elif create_graph:
+        t._grad = t._grad + g
+    else:
+        t._grad._value += g._value
+
+
+def check_versions(tape, R, need):
+    """Raise torch's error when a value a needed adjoint reads was changed in place after recording."""
+    S = tape.slot_table()
+    vcs = tape.vcs
+    for e in np.flatnonzero(need[R[:, 4]]).tolist():
+        op = ops.TABLE[R[e, 0]]
+        for r in op.reads:
+            s = R[e, 4] if r == "out" else R[e, 1 + r]
+            if s >= 0 and vcs[s][0] != S[s, 2]:
+                v = tape.values[s]
+                kind = {"float32": "FloatTensor", "float64": "DoubleTensor"}.get(v.dtype.name, "Tensor")
+                p = tape.producer(s)
+                origin = f"output 0 of {ops.TABLE[R[p, 0]].grad_fn}" if p >= 0 else "a leaf"
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: [torch.{kind} {list(v.shape)}], which is {origin}, is at version {vcs[s][0]}; "
+                    f"expected version {S[s, 2]} instead. Hint: enable anomaly detection to find the "
+                    "operation that failed to compute its gradient, with "
+                    "torch.autograd.set_detect_anomaly(True).")
+
+
+# -- create_graph: the differentiable path ---------------------------------------------------------
+def slot_tensor(tape, s):
+    """A Tensor standing for slot s, attached to the graph so that new ops differentiate through it."""
+    if s < 0:
+        return None
+    leaf = tape.leaves.get(s) if tape.leaves is not None else None
+    if leaf is not None:
+        return leaf
+    if s in tape.links:
+        older, os_ = tape.links[s]
+        return slot_tensor(older, os_)
+    flags = tape.slot_flags(s)
+    v = tape.values[s]
+    if flags & LEAF or not flags & REQUIRES_GRAD:
+        return ops._leaf(v)
+    return ops._result(v, tape, s, tape.vcs[s])
+
+
+def _run_python(tape, seeds, req):
+    K = _kernels()
+    R, RF = tape.row_table()
+    R, RF = R.copy(), RF.copy()  # the VJPs append to this tape while we walk it
+    S = tape.slot_table().copy()
+    roots = np.fromiter(seeds, np.int64, len(seeds))
+    status, where, need = K.plan(R, S, roots, 0)
+    if status == K.ERR_FREED:
+        raise RuntimeError(FREED_MSG)
+    if tape.epoch != Global.inplace_events:
+        check_versions(tape, R, need)
+    grads = {s: (g if isinstance(g, Tensor) else ops._leaf(np.asarray(g, dtype=tape.values[s].dtype)
+                                                            .reshape(tape.values[s].shape)))
+             for s, g in seeds.items()}
+    wanted = _wanted_slots(tape, req)
+    for e in range(R.shape[0] - 1, -1, -1):
+        o = int(R[e, 4])
+        if not need[o] or o not in grads:
+            continue
+        g = grads[o] if o in wanted else grads.pop(o)
+        for hook in tape.hooks.get(o, ()):
+            r = hook(g)
+            if r is not None:
+                g = grads[o] = r
+        op = ops.TABLE[R[e, 0]]
+        rowt = tuple(int(v) for v in R[e, :7]) + (float(RF[e, 7]),)
+        ins = tuple(slot_tensor(tape, int(R[e, k])) for k in range(1, 1 + op.arity))
+        out = slot_tensor(tape, o)
+        gins = op.vjp(g, ins, out, rowt)
+        for k, gi in enumerate(gins):
+            s = int(R[e, 1 + k])
+            if gi is None or s < 0 or not (S[s, 1] & REQUIRES_GRAD):
+                continue
+            grads[s] = _accumulate(grads.get(s), gi)
+    links = {}
+    for s, (kind, who) in wanted.items():
+        if s not in grads or not need[s]:
+            continue
+        g = grads[s]
+        if kind == "link":
+            links[tape.links[s]] = g
+        elif kind == "input":
+            req.results[who] = _accumulate(req.results.get(who), g)
+        else:
+            _give_grad(who, g, True)
+    if not req.retain_graph:
+        tape.release(np.flatnonzero(need[R[:, 4]]))
+    return links

@@ -1,0 +1,84 @@
+"""Grad mode: no_grad, enable_grad, set_grad_enabled, inference_mode (per thread, as in torch)."""
+import functools
+
+from .tape import _state
+
+
+def is_grad_enabled():
+    return _state.grad_enabled
+
+
+def is_inference_mode_enabled():
+    return _state.inference
+
+
+class _Mode:
+    """A context manager that is also a decorator, restoring the previous mode on exit."""
+    _enabled = True
+
+    def __enter__(self):
+        self._prev = _state.grad_enabled
+        _state.grad_enabled = self._enabled
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__(*self._args()):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def _args(self):
+        return ()
+
+
+class no_grad(_Mode):
+    _enabled = False
+
+
+class enable_grad(_Mode):
+    _enabled = True
+
+
+class set_grad_enabled(_Mode):
+    def __init__(self, mode):
+        self._enabled = bool(mode)
+        self._prev = _state.grad_enabled
+        _state.grad_enabled = self._enabled  # torch switches on construction, so a bare call works
+
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._prev
+        return False
+
+    def _args(self):
+        return (self._enabled,)
+
+    def __call__(self, fn):
+        _state.grad_enabled = self._prev  # used as a decorator: undo the switch made on construction
+        return super().__call__(fn)
+
+
+class inference_mode(_Mode):
+    def __init__(self, mode=True):
+        self._enabled = not mode
+        self._mode = bool(mode)
+
+    def __enter__(self):
+        self._prev = _state.grad_enabled
+        self._prev_inf = _state.inference
+        _state.grad_enabled = self._enabled
+        _state.inference = self._mode
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._prev
+        _state.inference = self._prev_inf
+        return False
+
+    def _args(self):
+        return (self._mode,)

@@ -1,0 +1,187 @@
+"""The Wengert tape: rows of opcodes and a slot table, both flat byte buffers (struct of arrays).
+
+A row is one recorded operation: ``op, a, b, c, out, i0, i1, f0`` (input slots a, b, c are -1
+when unused; i0/i1 are integer attributes, f0 a float constant). A slot names one value: the
+address of the NumPy array holding it (the jitted engine reads the array's header there), its
+flags, the version of its storage when recorded and its dtype code.
+
+Lifecycle: the thread's current tape is held weakly, so a tape that no tensor reaches is freed by
+reference counting. A backward that frees the graph closes the tape; later ops start a fresh one,
+and an op whose input lives on an older tape gets a LINK slot that backward follows into it.
+"""
+import struct
+import threading
+import weakref
+
+import numpy as np
+
+ROW = struct.Struct("<7qd")
+ROW_WIDTH = 8  # int64 words per row; word 7 holds f0 as a double
+SLOT = struct.Struct("<4q")
+SLOT_WIDTH = 4  # obj, flags, version, dtype code
+
+# slot flags
+REQUIRES_GRAD = 1
+LEAF = 2
+LINK = 4  # stands for a value recorded on an older tape (see Tape.links)
+FREED = 8  # its producing entry's saved values were released by a backward
+
+_INITIAL_ROWS = 32
+
+
+class Tape:
+    __slots__ = ("rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
+                 "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "freed",
+                 "serial", "epoch", "__weakref__")
+
+    _serials = iter(range(1, 1 << 62))
+
+    def __init__(self):
+        self.rows = bytearray(ROW.size * _INITIAL_ROWS)
+        self.n = 0
+        self.slots = bytearray(SLOT.size * _INITIAL_ROWS)
+        self.ns = 0
+        self.values = []  # slot -> ndarray kept alive while the slot can be read (None once freed)
+        self.vcs = []  # slot -> version counter ([int]) of the storage, for the in-place check
+        self.leaf_slot = {}  # id(leaf tensor) -> slot
+        self.leaves = {}  # slot -> leaf tensor (gets .grad)
+        self.links = {}  # slot -> (older tape, slot there)
+        self.link_slot = {}  # (id(older tape), slot there) -> slot here
+        self.retained = {}  # slot -> weakref to a non-leaf tensor that called retain_grad()
+        self.hooks = {}  # slot -> [hook] registered on non-leaf tensors
+        self.pyfuncs = {}  # entry -> Python backward (custom autograd.Function)
+        self.names = {}  # slot -> name shown by the dump
+        self.closed = False
+        self.freed = False
+        self.serial = next(Tape._serials)
+        self.epoch = Global.inplace_events
+
+    # -- recording (hot path) ------------------------------------------------------------
+    def push(self, op, a, b, c, i0, i1, f0, value, vc, flags=REQUIRES_GRAD):
+        """Append one row and the slot of its output; return that slot."""
+        n = self.n
+        if (n + 1) * ROW.size > len(self.rows):
+            self.rows = self.rows + bytearray(len(self.rows))
+        s = self.new_slot(value, flags, vc)
+        ROW.pack_into(self.rows, n * ROW.size, op, a, b, c, s, i0, i1, f0)
+        self.n = n + 1
+        return s
+
+    def new_slot(self, value, flags, vc):
+        s = self.ns
+        if (s + 1) * SLOT.size > len(self.slots):
+            self.slots = self.slots + bytearray(len(self.slots))
+        SLOT.pack_into(self.slots, s * SLOT.size, id(value), flags, vc[0], _DTYPE_CODE[value.dtype.num])
+        self.values.append(value)
+        self.vcs.append(vc)
+        self.ns = s + 1
+        return s
+
+    def slot_of(self, t):
+        """The slot that stands for tensor ``t`` on this tape, registering it when needed."""
+        if t._tape is self:
+            return t._slot
+        if t._tape is None:
+            s = self.leaf_slot.get(id(t))
+            if s is None:
+                s = self.new_slot(_contiguous(t._value), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, t._vc)
+                self.leaf_slot[id(t)] = s
+                self.leaves[s] = t
+                if t._x is not None and t._x.name is not None:
+                    self.names[s] = t._x.name
+            return s
+        key = (id(t._tape), t._slot)
+        s = self.link_slot.get(key)
+        if s is None:
+            s = self.new_slot(_contiguous(t._value), REQUIRES_GRAD | LINK, t._vc)
+            self.link_slot[key] = s
+            self.links[s] = (t._tape, t._slot)
+        return s
+
+    # -- columns for the engine and the dump ---------------------------------------------
+    def row_table(self):
+        """(int64 rows, float64 view of the same rows), each of shape (n, 8)."""
+        ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
+        floats = np.frombuffer(self.rows, np.float64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
+        return ints, floats
+
+    def slot_table(self):
+        return np.frombuffer(self.slots, np.int64, self.ns * SLOT_WIDTH).reshape(self.ns, SLOT_WIDTH)
+
+    def row(self, e):
+        return ROW.unpack_from(self.rows, e * ROW.size)
+
+    def slot_flags(self, s):
+        return SLOT.unpack_from(self.slots, s * SLOT.size)[1]
+
+    def set_slot_flags(self, s, flags):
+        obj, _, ver, dt = SLOT.unpack_from(self.slots, s * SLOT.size)
+        SLOT.pack_into(self.slots, s * SLOT.size, obj, flags, ver, dt)
+
+    def producer(self, s):
+        """The entry whose output is slot ``s`` (slots and rows are appended in step)."""
+        ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH)[4::ROW_WIDTH]
+        hit = np.flatnonzero(ints == s)
+        return int(hit[0]) if hit.size else -1
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def release(self, entries):
+        """Free the saved values of ``entries`` (after a backward without retain_graph)."""
+        ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
+        slots = np.frombuffer(self.slots, np.int64, self.ns * SLOT_WIDTH).reshape(self.ns, SLOT_WIDTH)
+        outs = ints[entries, 4]
+        slots[outs, 1] |= FREED
+        self.closed = True
+        if bool((slots[ints[:, 4], 1] & FREED).all()):
+            # Every entry is consumed: keep only the rows (for grad_fn names) and drop the values,
+            # so a tensor that outlives its graph pins nothing but its own array.
+            self.freed = True
+            self.rows = bytes(self.rows[: self.n * ROW.size])
+            self.slots = bytearray(self.slots[: self.ns * SLOT.size])
+            self.values = [None] * self.ns
+            self.vcs = None
+            self.leaf_slot = self.leaves = self.link_slot = None
+            self.links = {}
+            self.pyfuncs = {}
+        else:
+            values = self.values
+            for s in outs.tolist():
+                values[s] = None
+
+
+def _contiguous(a):
+    # The engine reads values as flat C-ordered buffers.
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+_DTYPE_CODE = {np.dtype(np.float32).num: 0, np.dtype(np.float64).num: 1, np.dtype(np.int64).num: 2,
+               np.dtype(np.int32).num: 3, np.dtype(np.bool_).num: 4}
+
+
+class _State(threading.local):
+    """Per-thread autograd state: grad mode and the current tape (held weakly)."""
+
+    def __init__(self):
+        self.grad_enabled = True
+        self.inference = False
+        self.tape_ref = _dead_ref
+
+
+def _nothing():
+    return None
+
+
+_dead_ref = _nothing
+_state = _State()
+
+
+class Global:
+    inplace_events = 0  # counts in-place ops in every thread; a tape with none since it began skips the version check
+
+
+def current_tape():
+    t = _state.tape_ref()
+    if t is None or t.closed:
+        t = Tape()
+        _state.tape_ref = weakref.ref(t)
+    return t

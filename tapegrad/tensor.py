@@ -1,0 +1,332 @@
+"""The Tensor: a NumPy array plus where it sits on a tape. Small on purpose (``__slots__``).
+
+A leaf has ``_tape is None``; a result of a recorded op has its tape and output slot. The
+differentiable operations (methods included) are installed from the op table in ``ops``.
+"""
+import warnings
+
+import numpy as np
+
+from . import dtypes
+from .printing import format_tensor
+from .tape import FREED, REQUIRES_GRAD, _state
+
+
+class Size(tuple):
+    """torch.Size: a tuple that prints as ``tapegrad.Size([2, 3])``."""
+
+    def __repr__(self):
+        return f"tapegrad.Size({list(self)})"
+
+    def numel(self):
+        n = 1
+        for d in self:
+            n *= d
+        return n
+
+
+class _Extra:
+    """Rarely used per-tensor state, kept out of the hot path."""
+    __slots__ = ("name", "hooks", "retains", "base")
+
+    def __init__(self):
+        self.name = None
+        self.hooks = None
+        self.retains = False
+        self.base = None
+
+
+class Tensor:
+    __slots__ = ("_value", "_tape", "_slot", "_rg", "_vc", "_grad", "_x", "__weakref__")
+    __array_priority__ = 1000  # so that ndarray (op) Tensor defers to Tensor's reflected op
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("create tensors with tapegrad.tensor(...), tapegrad.zeros(...) and friends")
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _leaf(value, requires_grad=False):
+        t = _new(Tensor)
+        t._value = value
+        t._tape = None
+        t._slot = -1
+        t._rg = requires_grad
+        t._vc = [0]
+        t._grad = None
+        t._x = None
+        return t
+
+    # -- attributes --------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return Size(self._value.shape)
+
+    def size(self, dim=None):
+        if dim is None:
+            return Size(self._value.shape)
+        return self._value.shape[_dim(dim, self._value.ndim)]
+
+    @property
+    def ndim(self):
+        return self._value.ndim
+
+    def dim(self):
+        return self._value.ndim
+
+    def numel(self):
+        return self._value.size
+
+    nelement = numel
+
+    @property
+    def dtype(self):
+        return dtypes.from_numpy_dtype(self._value.dtype)
+
+    @property
+    def device(self):
+        return Device("cpu")
+
+    @property
+    def is_cuda(self):
+        return False
+
+    def is_floating_point(self):
+        return self._value.dtype.kind == "f"
+
+    @property
+    def is_leaf(self):
+        return self._tape is None
+
+    @property
+    def requires_grad(self):
+        return self._rg
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        if self._tape is not None:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf variables. If you want to use a "
+                "computed variable in a subgraph that doesn't require differentiation use "
+                "var_no_grad = var.detach().")
+        flag = bool(flag)
+        if flag and self._value.dtype.kind != "f":
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+        self._rg = flag
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def grad(self):
+        if self._tape is not None and not self.retains_grad:
+            warnings.warn(
+                "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
+                ".grad attribute won't be populated during autograd.backward(). If you indeed want "
+                "the .grad field to be populated for a non-leaf Tensor, use .retain_grad() on the "
+                "non-leaf Tensor. If you access the non-leaf Tensor by mistake, make sure you access "
+                "the leaf Tensor instead. See github.com/pytorch/pytorch/pull/30531 for more "
+                "informations.", UserWarning, stacklevel=2)
+        return self._grad
+
+    @grad.setter
+    def grad(self, g):
+        if g is not None:
+            if not isinstance(g, Tensor):
+                raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of type {type(g).__name__}")
+            if g.shape != self.shape:
+                raise RuntimeError(f"assigned grad has data of a different size: {tuple(g.shape)} vs {tuple(self.shape)}")
+            if g._value.dtype != self._value.dtype:
+                raise RuntimeError(f"assigned grad has data of a different type: {g.dtype} vs {self.dtype}")
+        self._grad = g
+
+    @property
+    def retains_grad(self):
+        return self._x is not None and self._x.retains
+
+    def retain_grad(self):
+        if not self._rg:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        if self._tape is None:
+            return
+        self._extra().retains = True
+        self._tape.retained[self._slot] = _weakref(self)
+
+    @property
+    def grad_fn(self):
+        if self._tape is None:
+            return None
+        from .autograd.graph import node_for
+        return node_for(self._tape, self._slot)
+
+    @property
+    def name(self):
+        return self._x.name if self._x is not None else None
+
+    @name.setter
+    def name(self, value):
+        self._extra().name = value
+
+    def _extra(self):
+        if self._x is None:
+            self._x = _Extra()
+        return self._x
+
+    @property
+    def data(self):
+        t = Tensor._leaf(self._value)  # same storage, its own version counter, untracked
+        return t
+
+    @data.setter
+    def data(self, other):
+        if not isinstance(other, Tensor):
+            raise TypeError("data must be a Tensor")
+        self._value = other._value
+
+    # -- conversion ------------------------------------------------------------------------
+    def numpy(self, force=False):
+        if self._rg and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        return self._value
+
+    def __array__(self, dtype=None, copy=None):
+        return self._value if dtype is None else self._value.astype(dtype)
+
+    def item(self):
+        if self._value.size != 1:
+            raise RuntimeError(f"a Tensor with {self._value.size} elements cannot be converted to Scalar")
+        return self._value.reshape(()).item()
+
+    def tolist(self):
+        return self._value.tolist()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        if self._value.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
+        return bool(self._value.reshape(()))
+
+    def __len__(self):
+        if self._value.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._value.shape[0]
+
+    def __iter__(self):
+        if self._value.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._value.shape[0]))
+
+    def __hash__(self):
+        return id(self)
+
+    def __repr__(self):
+        v = self._value
+        suffixes = []
+        if self._tape is not None:
+            suffixes.append(f"grad_fn=<{self.grad_fn.name()}>")
+        elif self._rg:
+            suffixes.append("requires_grad=True")
+        d = self.dtype
+        show = d not in (dtypes.get_default_dtype(), dtypes.int64, dtypes.bool_)
+        return format_tensor(v, suffixes, repr(d) if show else None)
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        if self._value.ndim == 0:
+            return self._value.item().__format__(spec)
+        return object.__format__(self, spec)
+
+    # -- autograd --------------------------------------------------------------------------
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        from .autograd import backward
+        backward((self,), None if gradient is None else (gradient,), retain_graph, create_graph, inputs=inputs)
+
+    def detach(self):
+        t = Tensor._leaf(self._value)
+        t._vc = self._vc  # shares storage, so shares the version counter
+        return t
+
+    def detach_(self):
+        if self._x is not None and self._x.base is not None:
+            raise RuntimeError("Can't detach views in-place. Use detach() instead.")
+        self._tape = None
+        self._slot = -1
+        self._rg = False
+        return self
+
+    def register_hook(self, hook):
+        if not self._rg:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self._tape is None:
+            x = self._extra()
+            if x.hooks is None:
+                x.hooks = []
+            x.hooks.append(hook)
+            return _HookHandle(x.hooks, hook)
+        hooks = self._tape.hooks.setdefault(self._slot, [])
+        hooks.append(hook)
+        return _HookHandle(hooks, hook)
+
+    def _bump_version(self):
+        """An in-place change to this tensor's storage (shared by its views)."""
+        from .tape import Global
+        self._vc[0] += 1
+        Global.inplace_events += 1
+
+    @property
+    def _version(self):
+        return self._vc[0]
+
+
+class Device:
+    __slots__ = ("type", "index")
+
+    def __init__(self, spec="cpu"):
+        spec = str(spec)
+        self.type, _, idx = spec.partition(":")
+        self.index = int(idx) if idx else None
+        if self.type not in ("cpu", "cuda"):
+            raise RuntimeError(f"Expected one of cpu, cuda device type at start of device string: {spec}")
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            other = Device(other)
+        return isinstance(other, Device) and self.type == other.type and (self.index or 0) == (other.index or 0)
+
+    def __hash__(self):
+        return hash((self.type, self.index or 0))
+
+    def __repr__(self):
+        return f"device(type='{self.type}')" if self.index is None else f"device(type='{self.type}', index={self.index})"
+
+    def __str__(self):
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+class _HookHandle:
+    __slots__ = ("hooks", "hook")
+
+    def __init__(self, hooks, hook):
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self):
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
+
+
+def _dim(d, ndim):
+    """Normalise a possibly negative dim, with torch's error for one out of range."""
+    n = max(ndim, 1)
+    if not -n <= d < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return d + n if d < 0 else d
+
+
+_new = object.__new__
+from weakref import ref as _weakref  # noqa: E402
