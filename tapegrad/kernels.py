@@ -271,6 +271,17 @@ def adj_identity(e, R, RF, C):
 
 
 @njit(cache=True)
+def adj_cast(e, R, RF, C):
+    """The gradient passes back rounded to the input's dtype, as torch computes it in that dtype."""
+    a = R[e, 1]
+    g = grad(C, R[e, 4])
+    if C[0][a, 3] == F32:
+        grad(C, a)[:] += g.astype(np.float32).astype(C[6].dtype)
+    else:
+        grad(C, a)[:] += g
+
+
+@njit(cache=True)
 def adj_neg(e, R, RF, C):
     grad(C, R[e, 1])[:] -= grad(C, R[e, 4])
 
@@ -443,10 +454,10 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_mul_scalar", "adj_div_scalar", "adj_pow_scalar", "adj_rpow_scalar", "adj_reciprocal",
            "adj_exp", "adj_log", "adj_sin", "adj_cos", "adj_tanh", "adj_sigmoid", "adj_relu", "adj_sqrt",
            "adj_abs", "adj_sum", "adj_expand", "adj_mm", "adj_permute", "adj_getitem", "adj_scatter_flat",
-           "adj_setitem")
+           "adj_setitem", "adj_cast")
 (K_ADD, K_SUB, K_MUL, K_DIV, K_POW, K_IDENTITY, K_NEG, K_MUL_SCALAR, K_DIV_SCALAR, K_POW_SCALAR,
  K_RPOW_SCALAR, K_RECIPROCAL, K_EXP, K_LOG, K_SIN, K_COS, K_TANH, K_SIGMOID, K_RELU, K_SQRT, K_ABS,
- K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM) = range(len(KERNELS))
+ K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM, K_CAST) = range(len(KERNELS))
 OP_KERNEL = np.array([KERNELS.index(r.kernel) for r in ops.TABLE], np.int64)
 
 
@@ -508,6 +519,8 @@ def dispatch(k, e, R, RF, C):
         adj_scatter_flat(e, R, RF, C)
     elif k == K_SETITEM:
         adj_setitem(e, R, RF, C)
+    elif k == K_CAST:
+        adj_cast(e, R, RF, C)
     else:
         return ERR_OPCODE
     return OK

@@ -70,6 +70,8 @@ def _unary(op, x, value, i0=0, i1=0, f0=0.0):
     """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)  # NumPy returns scalars for 0-d results
+    elif not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
     if x._rg and _state.grad_enabled:
         tape = current_tape()
         vc = [0]
@@ -95,6 +97,8 @@ def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
 def _binary_rec(op, x, y, value):
     if value.__class__ is not ndarray:
         value = np.asarray(value)
+    elif not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
     if (x._rg or y._rg) and _state.grad_enabled:
         tape = current_tape()
         vc = [0]
@@ -204,13 +208,13 @@ DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: (g / i[1], -g * i[0] / (i[1] * i[1])), reads=(0, 1))
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
           lambda g, i, o, r: (g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), reads=(0, 1, "out"))
-ADD_SCALAR = row("add", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
-RSUB_SCALAR = row("rsub", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
-MUL_SCALAR = row("mul", "MulBackward0", 1, np.multiply, "adj_mul_scalar", lambda g, i, o, r: (g * r[7],))
-DIV_SCALAR = row("div", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
-POW_SCALAR = row("pow", "PowBackward0", 1, np.power, "adj_pow_scalar",
+ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
+RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
+MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", lambda g, i, o, r: (g * r[7],))
+DIV_SCALAR = row("div_scalar", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
+POW_SCALAR = row("pow_scalar", "PowBackward0", 1, np.power, "adj_pow_scalar",
                  lambda g, i, o, r: (g * 0.0 if r[7] == 0 else g * r[7] * i[0] ** (r[7] - 1),), reads=(0,))
-RPOW_SCALAR = row("pow", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
+RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
 NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (-g,))
 RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divide(1, x), "adj_reciprocal",
@@ -236,9 +240,9 @@ def _sum_vjp(g, i, o, r):
 
 
 SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp)
-SUM_DIM = row("sum", "SumBackward1", 1, None, "adj_sum", _sum_vjp)
+SUM_DIM = row("sum_dim", "SumBackward1", 1, None, "adj_sum", _sum_vjp)
 MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp)
-MEAN_DIM = row("mean", "MeanBackward1", 1, None, "adj_sum", _sum_vjp)
+MEAN_DIM = row("mean_dim", "MeanBackward1", 1, None, "adj_sum", _sum_vjp)
 EXPAND = row("expand", "ExpandBackward0", 1, None, "adj_expand", lambda g, i, o, r: (_sum_to(g, i[0].shape),))
 MM = row("mm", "MmBackward0", 2, None, "adj_mm",
          lambda g, i, o, r: (mm(g, i[1].t()), mm(i[0].t(), g)), reads=(0, 1))
@@ -275,7 +279,7 @@ SELECT = row("select", "SelectBackward0", 2, None, "adj_getitem", _gather_vjp)
 SLICE = row("slice", "SliceBackward0", 2, None, "adj_getitem", _gather_vjp)
 INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp)
 ALIAS = row("alias", "AliasBackward0", 2, None, "adj_getitem", _gather_vjp)
-UNSQUEEZE_KEY = row("unsqueeze", "UnsqueezeBackward0", 2, None, "adj_getitem", _gather_vjp)
+UNSQUEEZE_KEY = row("index_unsqueeze", "UnsqueezeBackward0", 2, None, "adj_getitem", _gather_vjp)
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp)
 
 
@@ -285,12 +289,9 @@ def _setitem_vjp(g, i, o, r):
 
 
 SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp)
-CAST = row("to", "ToCopyBackward0", 1, None, "adj_identity", lambda g, i, o, r: (to_dtype(g, i[0].dtype),))
+CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),))
 CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,))
 
-BY_NAME = {}
-for _r in TABLE:
-    BY_NAME.setdefault(_r.name, _r)
 
 
 def _sigmoid(x):
@@ -883,3 +884,5 @@ def _to(x, *args, **kwargs):
 
 
 _install()
+BY_NAME = {r.name: r for r in TABLE}
+assert len(BY_NAME) == len(TABLE), "row names must be unique"

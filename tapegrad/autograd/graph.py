@@ -10,7 +10,8 @@ class Node:
         self._tape, self._slot = tape, slot
 
     def name(self):
-        return type(self).__name__
+        n = type(self).__name__
+        return "torch::autograd::CopySlices" if n == "CopySlices" else n  # torch's C++ node keeps its namespace
 
     @property
     def next_functions(self):
@@ -23,7 +24,7 @@ class Node:
         for k in range(op.arity):
             s = r[1 + k]
             out.append((_input_node(tape, s), 0))
-        if op.arity == 1 and op.name in ("add", "mul", "div") and op.grad_fn != "RsubBackward1":
+        if op.name in ("add_scalar", "mul_scalar", "div_scalar"):
             out.append((None, 0))  # torch lists the Python-scalar operand too
         return tuple(out)
 
