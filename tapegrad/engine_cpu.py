@@ -15,19 +15,36 @@ from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
 from .tensor import Size, Tensor
 
 _K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
-_HOFF = None
+_HOFF = _TNOFF = _LUT = None
 
 
 def _kernels():
-    global _K, _HOFF
+    global _K, _HOFF, _TNOFF, _LUT
     if _K is None:
         from . import kernels
+        from .tape import _DTYPE_CODE
         _HOFF = header_offset()
+        _TNOFF = typenum_offset()
+        _LUT = np.full(256, -2, np.int64)
+        for num, code in _DTYPE_CODE.items():
+            _LUT[num] = code
         _K = kernels
         probe = np.arange(6.0).reshape(2, 3)
         if kernels.header_probe(id(probe), _HOFF) != (probe.ctypes.data, 2, 6):
             raise RuntimeError("tapegrad cannot read this NumPy's array header; please report your NumPy version")
     return _K
+
+
+def typenum_offset():
+    """Offset of ``type_num`` in a NumPy dtype object (``PyArray_Descr``), found and cross-checked
+    on two dtypes; the engine reads it to learn each value's dtype without Python."""
+    d64, d32 = np.dtype(np.float64), np.dtype(np.float32)
+    w64 = (ctypes.c_int32 * 16).from_address(id(d64))
+    w32 = (ctypes.c_int32 * 16).from_address(id(d32))
+    for i in range(4, 16):
+        if w64[i] == d64.num and w32[i] == d32.num:
+            return i * 4
+    raise RuntimeError("tapegrad cannot locate type_num in NumPy's dtype objects")
 
 
 def header_offset():
@@ -56,6 +73,7 @@ class Request:
         self.retain_graph = retain_graph
         self.create_graph = create_graph
         self.results = {}  # index -> gradient (ndarray, or Tensor with create_graph)
+        self.leaf_grads = {}  # id(leaf) -> [leaf, gradient summed over its slots on every tape]
         self.reached = set()
 
 
@@ -69,6 +87,17 @@ def run(seeds, req):
         for (older, slot), g in links.items():
             into = pending.setdefault(older, {})
             into[slot] = _accumulate(into.get(slot), g)
+    # Once per leaf after every tape, so that its hooks see the whole gradient, as torch's do.
+    for t, g in req.leaf_grads.values():
+        _give_grad(t, g, req.create_graph)
+
+
+def _add_leaf_grad(req, t, g):
+    entry = req.leaf_grads.get(id(t))
+    if entry is None:
+        req.leaf_grads[id(t)] = [t, g]
+    else:
+        entry[1] = entry[1] + g
 
 
 def _accumulate(old, g):
@@ -88,36 +117,37 @@ def _wanted_slots(tape, req):
         for (serial, s), i in req.want.items():
             if serial == tape.serial:
                 out[s] = ("input", i)
-    if req.accumulate:
-        for s, ref in tape.retained.items():
-            t = ref()
-            if t is not None and s not in out:
-                out[s] = ("retained", t)
+    # retained grads are filled by autograd.grad too, as torch's retain_grad hooks fire on the way
+    for s, ref in tape.retained.items():
+        t = ref()
+        if t is not None and s not in out:
+            out[s] = ("retained", t)
     for s in tape.links:
         out.setdefault(s, ("link", None))
     return out
 
 
-def _interp_dtype(tape):
-    S = tape.slot_table()
-    return np.float64 if bool((S[:, 3] == 1).any()) else np.float32
+def _interp_dtype(K, S):
+    return np.float64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else np.float32
 
 
 def _run_jitted(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
-    S = tape.slot_table()
-    T = _interp_dtype(tape)
+    S = tape.raw_slots()
+    T = _interp_dtype(K, S)
     values = tape.values
     export = np.zeros(S.shape[0], np.int64)
     bufs = {}
     for s, seed in seeds.items():
+        if values[s] is None:  # the seed's own entry was freed by an earlier backward
+            raise RuntimeError(FREED_MSG)
         b = np.array(seed, dtype=T, copy=True).reshape(values[s].shape)
         bufs[s] = b
         export[s] = id(b)
     wanted = _wanted_slots(tape, req)
     for s in wanted:
-        if s not in bufs:
+        if s not in bufs and values[s] is not None:  # a freed slot is never needed (plan refuses it)
             b = np.zeros(values[s].shape, T)
             bufs[s] = b
             export[s] = id(b)
@@ -125,7 +155,7 @@ def _run_jitted(tape, seeds, req):
     witness = np.empty(0, T)
     tcode = 1 if T is np.float64 else 0
     hooked = [s for s in tape.hooks if tape.hooks[s]]
-    if not hooked:
+    if not hooked and not tape.pyfuncs:
         status, where, need = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL)
     else:
         status, where, need = K.plan(R, S, roots, 0)
@@ -144,21 +174,54 @@ def _run_jitted(tape, seeds, req):
 
 
 def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness):
-    """Replay in segments so a hook on a non-leaf sees (and may replace) its complete gradient."""
+    """Replay in segments: a hook on a non-leaf sees (and may replace) its complete gradient, and a
+    custom Function's Python backward runs after the rows recorded later than its call."""
     goff, garena = K.arena(S, _HOFF, need, export, witness)
-    cuts = sorted(((tape.producer(s), s) for s in hooked if need[s]), reverse=True)
+
+    def gbuf(s):
+        v = tape.values[s]
+        return bufs[s] if s in bufs else garena[goff[s]: goff[s] + v.size].reshape(v.shape)
+
+    # (top, order, bottom, what): replay rows top..hi-1, act, go on below bottom. A hook on a
+    # Function's output (order 1) runs before that Function's backward (order 0) at the same top.
+    cuts = []
+    for s in hooked:
+        if need[s]:
+            p = tape.producer(s)
+            call = tape.pyfuncs.get(p)
+            top = call.hi if call is not None else p + 1
+            cuts.append((top, 1, top, s))
+    seen = set()
+    for call in tape.pyfuncs.values():
+        if id(call) not in seen and any(s >= 0 and need[s] for s in call.out_slots):
+            seen.add(id(call))
+            cuts.append((call.hi, 0, call.lo, call))
+    cuts.sort(key=lambda c: (c[0], c[1]), reverse=True)
     hi = R.shape[0]
-    for p, s in cuts:
-        status, where = K.replay(R, RF, S, _HOFF, export, need, goff, garena, p + 1, hi, tcode, witness, K.OP_KERNEL)
+    for top, order, bottom, what in cuts:
+        status, where = K.replay(R, RF, S, _HOFF, export, need, goff, garena, top, hi, tcode, witness, K.OP_KERNEL)
         if status != K.OK:
             return status, where
-        g = bufs[s] if s in bufs else garena[goff[s]: goff[s] + tape.values[s].size].reshape(tape.values[s].shape)
-        for hook in tape.hooks[s]:
-            r = hook(ops._leaf(g.copy()))
-            if r is not None:
-                g[...] = r._value
-        hi = p + 1
+        if order:
+            g = gbuf(what)
+            for hook in tape.hooks[what]:
+                r = hook(ops._leaf(g.copy()))
+                if r is not None:
+                    g[...] = r._value
+        else:
+            _function_jitted(what, gbuf, need)
+        hi = bottom
     return K.replay(R, RF, S, _HOFF, export, need, goff, garena, 0, hi, tcode, witness, K.OP_KERNEL)
+
+
+def _function_jitted(call, gbuf, need):
+    """A custom Function's backward on the jitted path: its output gradients come from the
+    buffers (copied, in each output's dtype), its input gradients are added into theirs."""
+    gouts = [ops._leaf(gbuf(s).astype(m[1])) if s >= 0 and need[s] else None
+             for s, m in zip(call.out_slots, call.out_meta)]
+    for s, g in call.run(gouts):
+        b = gbuf(s)
+        b += g._value
 
 
 def _deliver(tape, wanted, need, bufs, req):
@@ -174,6 +237,8 @@ def _deliver(tape, wanted, need, bufs, req):
             links[tape.links[s]] = g
         elif kind == "input":
             req.results[who] = _accumulate(req.results.get(who), g)
+        elif kind == "leaf":
+            _add_leaf_grad(req, who, g)
         else:
             _give_grad(who, g, req.create_graph)
     return links
@@ -209,7 +274,7 @@ def check_versions(tape, R, need):
         op = ops.TABLE[R[e, 0]]
         for r in op.reads:
             s = R[e, 4] if r == "out" else R[e, 1 + r]
-            if s >= 0 and vcs[s][0] != S[s, 2]:
+            if s >= 0 and vcs[s] is not None and vcs[s][0] != S[s, 2]:
                 v = tape.values[s]
                 kind = {"float32": "FloatTensor", "float64": "DoubleTensor"}.get(v.dtype.name, "Tensor")
                 p = tape.producer(s)
@@ -240,6 +305,24 @@ def slot_tensor(tape, s):
     return ops._result(v, tape, s, tape.vcs[s])
 
 
+def _function_python(tape, call, grads, wanted):
+    """A custom Function's backward with create_graph: it records, so it differentiates again."""
+    gouts = []
+    for s in call.out_slots:
+        g = None
+        if s >= 0 and s in grads:
+            g = grads[s] if s in wanted else grads.pop(s)
+            for hook in tape.hooks.get(s, ()):
+                r = hook(g)
+                if r is not None:
+                    g = grads[s] = r
+        gouts.append(g)
+    if all(g is None for g in gouts):
+        return
+    for s, g in call.run(gouts):
+        grads[s] = _accumulate(grads.get(s), g)
+
+
 def _run_python(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
@@ -256,6 +339,11 @@ def _run_python(tape, seeds, req):
              for s, g in seeds.items()}
     wanted = _wanted_slots(tape, req)
     for e in range(R.shape[0] - 1, -1, -1):
+        if R[e, 0] == ops.FUNCTION.code:  # its rows run as one call, from its last row
+            call = tape.pyfuncs.get(e)
+            if call is not None and e == call.hi - 1:
+                _function_python(tape, call, grads, wanted)
+            continue
         o = int(R[e, 4])
         if not need[o] or o not in grads:
             continue
@@ -283,6 +371,8 @@ def _run_python(tape, seeds, req):
             links[tape.links[s]] = g
         elif kind == "input":
             req.results[who] = _accumulate(req.results.get(who), g)
+        elif kind == "leaf":
+            _add_leaf_grad(req, who, g)
         else:
             _give_grad(who, g, True)
     if not req.retain_graph:

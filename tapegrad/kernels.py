@@ -9,6 +9,8 @@ public ``PyArrayObject`` layout; the offset is found and checked at start-up by
 Every kernel has the signature ``k(e, R, RF, C)``: entry ``e`` of the int rows ``R`` and
 their float view ``RF``; ``C`` is the context tuple built by ``replay``.
 """
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
@@ -76,21 +78,72 @@ def shape_of(obj, hoff):
 
 
 @njit(cache=True)
+def fill_dtypes(S, hoff, tn_off, lut):
+    """Fill the dtype codes that recording left at -1, reading each value's descr->type_num
+    (the descr pointer follows data, nd, dims, strides, base in the array header). Returns
+    whether any slot holds float64, which decides the interpreter's dtype."""
+    any64 = False
+    for s in range(S.shape[0]):
+        if S[s, 3] == -1:
+            descr = _load_i64(S[s, 0] + hoff + 40)
+            S[s, 3] = lut[_load_i32(descr + tn_off)]
+        if S[s, 3] == F64:
+            any64 = True
+    return any64
+
+
+@njit(cache=True)
 def header_probe(obj, hoff):
     """(data pointer, ndim, size): checked against NumPy once per process."""
     return _load_i64(obj + hoff), ndim_of(obj, hoff), size_of(obj, hoff)
 
 
-# -- the context: C = (S, hoff, export, garena, goff, tcode, witness) ------------------------
+# -- the context: C = (P, witness, tcode, hoff) ------------------------------------------------
+# P is the per-slot pointer table built once per replay by ``pointers``: kernels then reach a
+# value or a gradient buffer with two loads, and no reference-counted array (garena slices, a
+# tuple of arrays) crosses a call: that cost 130 ns an entry against 14 ns now (W1).
+VPTR, SIZE, GPTR, DT, OBJ, FLAGS = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True)
+def pointers(R, S, hoff, export, need, goff, garena):
+    """For every slot a needed row touches: value data pointer, size, gradient pointer (0 when
+    it has none), dtype, array object address and flags. Slots of rows not replayed (other
+    computations left on a retained tape) are skipped."""
+    n = S.shape[0]
+    touch = need.copy()
+    for e in range(R.shape[0]):
+        if need[R[e, 4]]:
+            for k in range(1, 4):
+                if R[e, k] >= 0:
+                    touch[R[e, k]] = True
+    P = np.zeros((n, 6), np.int64)
+    base = garena.ctypes.data
+    item = garena.itemsize
+    for s in range(n):
+        if not touch[s]:
+            continue
+        obj = S[s, 0]
+        P[s, VPTR] = _load_i64(obj + hoff)
+        P[s, SIZE] = size_of(obj, hoff)
+        P[s, DT] = S[s, 3]
+        P[s, OBJ] = obj
+        P[s, FLAGS] = S[s, 1]
+        if export[s] != 0:
+            P[s, GPTR] = _load_i64(export[s] + hoff)
+        elif goff[s] >= 0:
+            P[s, GPTR] = base + item * goff[s]
+    return P
+
+
 @njit(cache=True)
 def val(C, s):
     """The value of slot s as a flat array of the interpreter's dtype (a view when it matches)."""
-    S, hoff, w, tcode = C[0], C[1], C[6], C[5]
-    obj = S[s, 0]
-    n = size_of(obj, hoff)
-    p = _voidptr(_load_i64(obj + hoff))
-    dt = S[s, 3]
-    if dt == tcode:
+    P, w = C[0], C[1]
+    p = _voidptr(P[s, VPTR])
+    n = P[s, SIZE]
+    dt = P[s, DT]
+    if dt == C[2]:
         return carray(p, n, w.dtype)
     if dt == F32:
         return carray(p, n, np.float32).astype(w.dtype)
@@ -106,28 +159,30 @@ def val(C, s):
 @njit(cache=True)
 def ival(C, s):
     """An int64 slot (an index map) as a flat int64 array."""
-    obj = C[0][s, 0]
-    return carray(_voidptr(_load_i64(obj + C[1])), size_of(obj, C[1]), np.int64)
+    P = C[0]
+    return carray(_voidptr(P[s, VPTR]), P[s, SIZE], np.int64)
 
 
 @njit(cache=True)
 def grad(C, s):
     """The gradient buffer of slot s: the caller's array when exported, else a piece of the arena."""
-    ex = C[2][s]
-    if ex != 0:
-        return carray(_voidptr(_load_i64(ex + C[1])), size_of(ex, C[1]), C[6].dtype)
-    o = C[4][s]
-    return C[3][o: o + size_of(C[0][s, 0], C[1])]
+    P = C[0]
+    return carray(_voidptr(P[s, GPTR]), P[s, SIZE], C[1].dtype)
 
 
 @njit(cache=True, inline="always")
 def rg(C, s):
-    return s >= 0 and (C[0][s, 1] & RG) != 0
+    return s >= 0 and (C[0][s, FLAGS] & RG) != 0
+
+
+@njit(cache=True)
+def dtype_code(C, s):
+    return C[0][s, DT]
 
 
 @njit(cache=True)
 def shape(C, s):
-    return shape_of(C[0][s, 0], C[1])
+    return shape_of(C[0][s, OBJ], C[3])
 
 
 # -- shared index helpers ------------------------------------------------------------------
@@ -206,68 +261,85 @@ def permute_map(in_shape, perm_code):
 
 
 # -- numeric adjoints, one per row of ops.TABLE ----------------------------------------------
-# Each reads the output gradient g and accumulates into the inputs that require grad.
+# Each reads the output gradient g and accumulates into the inputs that require grad. Explicit
+# loops, not array expressions: those allocate a temporary per entry, which dominates small ops.
 @njit(cache=True)
 def adj_add(e, R, RF, C):
-    g = grad(C, R[e, 4])
-    if rg(C, R[e, 1]):
-        grad(C, R[e, 1])[:] += g
-    if rg(C, R[e, 2]):
-        grad(C, R[e, 2])[:] += g
+    o = R[e, 4]
+    g = grad(C, o)
+    for k in (1, 2):
+        if rg(C, R[e, k]):
+            bsum(C, R[e, k], o, g, 1.0)
 
 
 @njit(cache=True)
 def adj_sub(e, R, RF, C):
-    g = grad(C, R[e, 4])
+    o = R[e, 4]
+    g = grad(C, o)
     if rg(C, R[e, 1]):
-        grad(C, R[e, 1])[:] += g
+        bsum(C, R[e, 1], o, g, 1.0)
     if rg(C, R[e, 2]):
-        grad(C, R[e, 2])[:] -= g
+        bsum(C, R[e, 2], o, g, -1.0)
 
 
 @njit(cache=True)
 def adj_mul(e, R, RF, C):
-    g = grad(C, R[e, 4])
-    a, b = R[e, 1], R[e, 2]
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
     if rg(C, a):
-        grad(C, a)[:] += g * val(C, b)
+        t, vb = target(C, a, g.size), bval(C, b, o)
+        for i in range(g.size):
+            t[i] += g[i] * vb[i]
+        settle(C, a, o, t)
     if rg(C, b):
-        grad(C, b)[:] += g * val(C, a)
+        t, va = target(C, b, g.size), bval(C, a, o)
+        for i in range(g.size):
+            t[i] += g[i] * va[i]
+        settle(C, b, o, t)
 
 
 @njit(cache=True)
 def adj_div(e, R, RF, C):
-    g = grad(C, R[e, 4])
-    a, b = R[e, 1], R[e, 2]
-    vb = val(C, b)
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
+    vb = bval(C, b, o)
     if rg(C, a):
-        grad(C, a)[:] += g / vb
+        t = target(C, a, g.size)
+        for i in range(g.size):
+            t[i] += g[i] / vb[i]
+        settle(C, a, o, t)
     if rg(C, b):
-        grad(C, b)[:] += -g * val(C, a) / (vb * vb)
+        t, va = target(C, b, g.size), bval(C, a, o)
+        for i in range(g.size):
+            t[i] += -g[i] * va[i] / (vb[i] * vb[i])
+        settle(C, b, o, t)
 
 
 @njit(cache=True)
 def adj_pow(e, R, RF, C):
-    g = grad(C, R[e, 4])
-    a, b = R[e, 1], R[e, 2]
-    va, vb = val(C, a), val(C, b)
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
+    va, vb = bval(C, a, o), bval(C, b, o)
     if rg(C, a):
-        ga = grad(C, a)
+        t = target(C, a, g.size)
         for i in range(g.size):
             if vb[i] != 0:
-                ga[i] += g[i] * vb[i] * va[i] ** (vb[i] - 1)
+                t[i] += g[i] * vb[i] * va[i] ** (vb[i] - 1)
+        settle(C, a, o, t)
     if rg(C, b):
-        gb = grad(C, b)
-        out = val(C, R[e, 4])
+        t, out = target(C, b, g.size), val(C, o)
         for i in range(g.size):
             if not (va[i] == 0 and vb[i] >= 0):
-                gb[i] += g[i] * out[i] * np.log(va[i])
+                t[i] += g[i] * out[i] * np.log(va[i])
+        settle(C, b, o, t)
 
 
 @njit(cache=True)
 def adj_identity(e, R, RF, C):
-    """add a scalar, view/reshape, cast, clone: the gradient passes through unchanged."""
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4])
+    """add a scalar, view/reshape, clone: the gradient passes through unchanged."""
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += g[i]
 
 
 @njit(cache=True)
@@ -275,33 +347,46 @@ def adj_cast(e, R, RF, C):
     """The gradient passes back rounded to the input's dtype, as torch computes it in that dtype."""
     a = R[e, 1]
     g = grad(C, R[e, 4])
-    if C[0][a, 3] == F32:
-        grad(C, a)[:] += g.astype(np.float32).astype(C[6].dtype)
+    if dtype_code(C, a) == F32:
+        grad(C, a)[:] += g.astype(np.float32).astype(C[1].dtype)
     else:
         grad(C, a)[:] += g
 
 
 @njit(cache=True)
 def adj_neg(e, R, RF, C):
-    grad(C, R[e, 1])[:] -= grad(C, R[e, 4])
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += -g[i]
 
 
 @njit(cache=True)
 def adj_mul_scalar(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * RF[e, 7]
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    c = RF[e, 7]
+    for i in range(g.size):
+        ga[i] += g[i] * c
 
 
 @njit(cache=True)
 def adj_div_scalar(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) / RF[e, 7]
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    c = RF[e, 7]
+    for i in range(g.size):
+        ga[i] += g[i] / c
 
 
 @njit(cache=True)
 def adj_pow_scalar(e, R, RF, C):
     c = RF[e, 7]
     if c != 0.0:
-        a = R[e, 1]
-        grad(C, a)[:] += grad(C, R[e, 4]) * c * val(C, a) ** (c - 1.0)
+        g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+        if c == 2.0:  # x ** 2: no pow call per element
+            for i in range(g.size):
+                ga[i] += 2.0 * g[i] * x[i]
+        else:
+            for i in range(g.size):
+                ga[i] += g[i] * c * x[i] ** (c - 1.0)
 
 
 @njit(cache=True)
@@ -316,34 +401,58 @@ def adj_rpow_scalar(e, R, RF, C):
 
 @njit(cache=True)
 def adj_exp(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * val(C, R[e, 4])
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    y = val(C, R[e, 4])
+    for i in range(g.size):
+        ga[i] += g[i] * y[i]
 
 
 @njit(cache=True)
 def adj_log(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) / val(C, R[e, 1])
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    x = val(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += g[i] / x[i]
 
 
 @njit(cache=True)
 def adj_sin(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * np.cos(val(C, R[e, 1]))
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    x = val(C, R[e, 1])
+    if trig_safe(x):
+        for i in range(g.size):
+            ga[i] += g[i] * sincos1(np.float64(x[i]), 1)
+    else:
+        for i in range(g.size):
+            ga[i] += g[i] * np.cos(x[i])
 
 
 @njit(cache=True)
 def adj_cos(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * -np.sin(val(C, R[e, 1]))
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    x = val(C, R[e, 1])
+    if trig_safe(x):
+        for i in range(g.size):
+            ga[i] += g[i] * sincos1(np.float64(x[i]), 2)  # -sin: half a turn on
+    else:
+        for i in range(g.size):
+            ga[i] -= g[i] * np.sin(x[i])
 
 
 @njit(cache=True)
 def adj_tanh(e, R, RF, C):
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * (1 - y * y)
+    for i in range(g.size):
+        ga[i] += g[i] * (1 - y[i] * y[i])
 
 
 @njit(cache=True)
 def adj_sigmoid(e, R, RF, C):
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * ((1 - y) * y)
+    for i in range(g.size):
+        ga[i] += g[i] * ((1 - y[i]) * y[i])
 
 
 @njit(cache=True)
@@ -356,12 +465,18 @@ def adj_relu(e, R, RF, C):
 
 @njit(cache=True)
 def adj_sqrt(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) / (2 * val(C, R[e, 4]))
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    y = val(C, R[e, 4])
+    for i in range(g.size):
+        ga[i] += g[i] / (2 * y[i])
 
 
 @njit(cache=True)
 def adj_abs(e, R, RF, C):
-    grad(C, R[e, 1])[:] += grad(C, R[e, 4]) * np.sign(val(C, R[e, 1]))
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    x = val(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += g[i] * np.sign(x[i])
 
 
 @njit(cache=True)
@@ -369,20 +484,20 @@ def adj_sum(e, R, RF, C):
     """sum (f0 = 1) and mean (f0 = 1/count) over the axes in bit-mask i0."""
     a = R[e, 1]
     g, ga = grad(C, R[e, 4]), grad(C, a)
-    m = reduce_map(shape(C, a), R[e, 5])
     scale = RF[e, 7]
+    if g.size == 1:  # a full reduction: no index map
+        c = g[0] * scale
+        for i in range(ga.size):
+            ga[i] += c
+        return
+    m = reduce_map(shape(C, a), R[e, 5])
     for i in range(ga.size):
         ga[i] += g[m[i]] * scale
 
 
 @njit(cache=True)
 def adj_expand(e, R, RF, C):
-    a = R[e, 1]
-    g, ga = grad(C, R[e, 4]), grad(C, a)
-    big = shape(C, R[e, 4])
-    m = reduce_map(big, expand_mask(shape(C, a), big))
-    for i in range(g.size):
-        ga[m[i]] += g[i]
+    bsum(C, R[e, 1], R[e, 4], grad(C, R[e, 4]), 1.0)
 
 
 @njit(cache=True)
@@ -431,8 +546,10 @@ def adj_setitem(e, R, RF, C):
 
 @njit(cache=True)
 def adj_reciprocal(e, R, RF, C):
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
-    grad(C, R[e, 1])[:] += -grad(C, R[e, 4]) * (y * y)
+    for i in range(g.size):
+        ga[i] += -g[i] * (y[i] * y[i])
 
 
 @njit(cache=True)
@@ -444,8 +561,506 @@ def adj_scatter_flat(e, R, RF, C):
 
 
 @njit(cache=True)
+def adj_function(e, R, RF, C):
+    """A custom autograd.Function: its backward is Python, run by the engine between replay
+    segments; a replay that reaches this row is a driver bug (dispatch reports ERR_PYTHON)."""
+    return ERR_PYTHON
+
+
+@njit(cache=True)
 def mm_forward(a, b):
     return np.dot(a, b)
+
+
+# -- broadcasting helpers: binary rows record operands of their own shapes -------------------
+@njit(cache=True)
+def nel(C, s):
+    return C[0][s, SIZE]
+
+
+@njit(cache=True)
+def suffix_of(small, big):
+    """Whether ``small`` (leading 1s dropped) equals the trailing dims of ``big``: broadcasting
+    it repeats whole blocks, so flat index i of big reads i % size(small)."""
+    lead = 0
+    while lead < small.shape[0] and small[lead] == 1:
+        lead += 1
+    k = small.shape[0] - lead
+    if k > big.shape[0]:
+        return False
+    for j in range(k):
+        if small[lead + j] != big[big.shape[0] - k + j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def bval(C, s, o):
+    """Slot s's value broadcast to slot o's shape, flat (s's own buffer when no broadcast)."""
+    v = val(C, s)
+    n = nel(C, o)
+    if v.size == n:
+        return v
+    so = shape(C, o)
+    return v[reduce_map(so, expand_mask(shape(C, s), so))]
+
+
+@njit(cache=True)
+def bsum(C, s, o, t, scale):
+    """grad(s) += scale * t, t shaped like slot o (flat), summed over the axes s was broadcast along."""
+    gs = grad(C, s)
+    n = gs.size
+    if n == t.size:
+        for i in range(n):
+            gs[i] += t[i] * scale
+        return
+    if n == 1:
+        acc = 0.0
+        for i in range(t.size):
+            acc += t[i]
+        gs[0] += acc * scale
+        return
+    so, ss = shape(C, o), shape(C, s)
+    if suffix_of(ss, so):  # a bias: whole rows of t fold onto s
+        for r in range(t.size // n):
+            base = r * n
+            for j in range(n):
+                gs[j] += t[base + j] * scale
+        return
+    m = reduce_map(so, expand_mask(ss, so))
+    for i in range(t.size):
+        gs[m[i]] += t[i] * scale
+
+
+@njit(cache=True)
+def target(C, s, n):
+    """Where an adjoint writes the contribution for slot s: its gradient buffer when s has the
+    output's size n, else a zeroed scratch of size n that ``settle`` folds back with bsum."""
+    gs = grad(C, s)
+    if gs.size == n:
+        return gs
+    return np.zeros(n, gs.dtype)
+
+
+@njit(cache=True)
+def settle(C, s, o, t):
+    if nel(C, s) != t.size:
+        bsum(C, s, o, t, 1.0)
+
+
+@njit(cache=True)
+def blocks(shp, d):
+    """(outer, n, inner) of shape ``shp`` around axis d."""
+    outer, inner = 1, 1
+    for k in range(d):
+        outer *= shp[k]
+    for k in range(d + 1, shp.shape[0]):
+        inner *= shp[k]
+    return outer, (shp[d] if shp.shape[0] else 1), inner
+
+
+# -- vectorisable sin and cos ------------------------------------------------------------------
+# libm's sin/cos are scalar calls (about 10 ns an element); this is fdlibm's kernel with a
+# branch-free Cody-Waite reduction, which LLVM vectorises. Within 1 ulp of NumPy for
+# |x| <= 1e5 (tests/test_kernels_math.py); larger or non-finite arguments take libm.
+_PIO2_1, _PIO2_2, _PIO2_3 = 1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624871116645580e-21
+_INVPIO2 = 6.36619772367581382433e-01
+_S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
+_S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
+_C1, _C2, _C3 = 4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05
+_C4, _C5, _C6 = -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11
+_ROUND = 6755399441055744.0  # 1.5 * 2**52: x + _ROUND - _ROUND rounds x to an integer
+_TRIG_MAX = 1e5
+
+
+@njit(cache=True, inline="always")
+def sincos1(x, quarter):
+    """sin(x) for quarter 0, cos(x) for quarter 1 (a quarter turn later)."""
+    k = (x * _INVPIO2 + _ROUND) - _ROUND
+    t = x - k * _PIO2_1  # exact: _PIO2_1 has 33 bits
+    w = k * _PIO2_2
+    r = t - w
+    y = ((t - r) - w) - k * _PIO2_3  # the low part of r
+    z = r * r
+    v = z * r
+    p = _S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))
+    s = r - ((z * (0.5 * y - v * p) - y) - v * _S1)
+    zz = z * z
+    q = z * (_C1 + z * (_C2 + z * _C3)) + zz * zz * (_C4 + z * (_C5 + z * _C6))
+    hz = 0.5 * z
+    w1 = 1.0 - hz
+    c = w1 + (((1.0 - w1) - hz) + (z * q - r * y))
+    n = np.int64(k) + quarter
+    res = c if n & 1 else s
+    return -res if n & 2 else res
+
+
+@njit(cache=True)
+def trig_safe(x):
+    """Whether every element is finite and small enough for sincos1."""
+    bad = False
+    for i in range(x.size):
+        bad |= not (abs(x[i]) <= _TRIG_MAX)
+    return not bad
+
+
+@njit(cache=True)
+def sin_forward(x):
+    flat = x.reshape(-1)
+    out = np.empty(flat.size, x.dtype)
+    if trig_safe(flat):
+        for i in range(flat.size):
+            out[i] = sincos1(np.float64(flat[i]), 0)
+    else:
+        for i in range(flat.size):
+            out[i] = np.sin(flat[i])
+    return out.reshape(x.shape)
+
+
+@njit(cache=True)
+def cos_forward(x):
+    flat = x.reshape(-1)
+    out = np.empty(flat.size, x.dtype)
+    if trig_safe(flat):
+        for i in range(flat.size):
+            out[i] = sincos1(np.float64(flat[i]), 1)
+    else:
+        for i in range(flat.size):
+            out[i] = np.cos(flat[i])
+    return out.reshape(x.shape)
+
+
+@njit(cache=True)
+def bmm_forward(a, b):
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    for i in range(a.shape[0]):
+        out[i] = np.dot(a[i], b[i])
+    return out
+
+
+# -- adjoints of the full op surface ---------------------------------------------------------
+@njit(cache=True)
+def adj_rsqrt(e, R, RF, C):
+    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
+    for i in range(g.size):
+        ga[i] += -0.5 * g[i] * (y[i] * y[i] * y[i])
+
+
+@njit(cache=True)
+def adj_log1p(e, R, RF, C):
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += g[i] / (x[i] + 1)
+
+
+@njit(cache=True)
+def adj_expm1(e, R, RF, C):
+    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
+    for i in range(g.size):
+        ga[i] += g[i] * (y[i] + 1)
+
+
+@njit(cache=True)
+def adj_tan(e, R, RF, C):
+    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
+    for i in range(g.size):
+        ga[i] += g[i] * (1 + y[i] * y[i])
+
+
+@njit(cache=True)
+def adj_erf(e, R, RF, C):
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    for i in range(g.size):
+        ga[i] += g[i] * 1.1283791670955126 * np.exp(-x[i] * x[i])  # 2/sqrt(pi)
+
+
+@njit(cache=True)
+def adj_leaky_relu(e, R, RF, C):
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    slope = RF[e, 7]
+    for i in range(g.size):
+        ga[i] += g[i] if x[i] > 0 else g[i] * slope
+
+
+@njit(cache=True)
+def adj_gelu(e, R, RF, C):
+    """i0 = 0: the exact gelu x * Phi(x); i0 = 1: torch's tanh approximation."""
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    if R[e, 5] == 0:
+        for i in range(g.size):
+            xi = x[i]
+            cdf = 0.5 * (1 + math.erf(xi * 0.7071067811865476))
+            pdf = np.exp(-0.5 * xi * xi) * 0.3989422804014327
+            ga[i] += g[i] * (cdf + xi * pdf)
+    else:
+        beta, kappa = 0.7978845608028654, 0.044715  # sqrt(2/pi)
+        for i in range(g.size):
+            xi = x[i]
+            th = np.tanh(beta * (xi + kappa * xi * xi * xi))
+            left = 0.5 * xi
+            dright = (1 - th * th) * beta * (1 + 3 * kappa * xi * xi)
+            ga[i] += g[i] * (0.5 * (1 + th) + left * dright)
+
+
+@njit(cache=True)
+def adj_softplus(e, R, RF, C):
+    """f0 = beta; the bits of i1 hold the threshold (read as a float through RF)."""
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    beta, threshold = RF[e, 7], RF[e, 6]
+    for i in range(g.size):
+        z = x[i] * beta
+        if z > threshold:
+            ga[i] += g[i]
+        else:
+            ez = np.exp(z)
+            ga[i] += g[i] * ez / (ez + 1)
+
+
+@njit(cache=True)
+def adj_clamp(e, R, RF, C):
+    """f0 = min; the bits of i1 hold max (infinite where not given)."""
+    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    lo, hi = RF[e, 7], RF[e, 6]
+    for i in range(g.size):
+        if x[i] >= lo and x[i] <= hi:
+            ga[i] += g[i]
+
+
+@njit(cache=True)
+def adj_zero(e, R, RF, C):
+    """sign, zero_, fill_: the input gets a zero gradient (nothing to add)."""
+    return
+
+
+@njit(cache=True)
+def adj_maximum(e, R, RF, C):
+    """maximum (i0 = 0) and minimum (i0 = 1): ties split the gradient in halves, as torch does."""
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
+    va, vb = bval(C, a, o), bval(C, b, o)
+    sgn = 1.0 if R[e, 5] == 0 else -1.0
+    for k in (1, 2):
+        s = R[e, k]
+        if rg(C, s):
+            t = target(C, s, g.size)
+            for i in range(g.size):
+                d = (va[i] - vb[i]) * sgn
+                if k == 2:
+                    d = -d
+                if va[i] == vb[i]:
+                    t[i] += 0.5 * g[i]
+                elif not d < 0:
+                    t[i] += g[i]
+            settle(C, s, o, t)
+
+
+@njit(cache=True)
+def adj_where(e, R, RF, C):
+    """where(c, a, b): a gets g where c holds, b where it does not; c is stored at the output's shape."""
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g, cond = grad(C, o), val(C, R[e, 3])
+    for k in (1, 2):
+        s = R[e, k]
+        if rg(C, s):
+            t = target(C, s, g.size)
+            want = k == 1
+            for i in range(g.size):
+                if (cond[i] != 0) == want:
+                    t[i] += g[i]
+            settle(C, s, o, t)
+
+
+@njit(cache=True)
+def adj_masked_fill(e, R, RF, C):
+    """b is the mask at x's shape: filled positions get no gradient."""
+    g, ga, mask = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 2])
+    for i in range(g.size):
+        if mask[i] == 0:
+            ga[i] += g[i]
+
+
+@njit(cache=True)
+def adj_prod(e, R, RF, C):
+    """prod over the axes in mask i0: g * prod / x, or with one zero in a group, the product of
+    the others at the zero (torch's exact rule)."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, x, y = grad(C, o), grad(C, a), val(C, a), val(C, o)
+    m = reduce_map(shape(C, a), R[e, 5])
+    zeros = np.zeros(g.size, np.int64)
+    others = np.ones(g.size, ga.dtype)
+    for i in range(x.size):
+        if x[i] == 0:
+            zeros[m[i]] += 1
+        else:
+            others[m[i]] *= x[i]
+    for i in range(x.size):
+        j = m[i]
+        if zeros[j] == 0:
+            ga[i] += g[j] * y[j] / x[i]
+        elif zeros[j] == 1 and x[i] == 0:
+            ga[i] += g[j] * others[j]
+
+
+@njit(cache=True)
+def adj_amax(e, R, RF, C):
+    """amax/amin and the full max/min: the gradient is shared evenly by the tied extremes."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, x, y = grad(C, o), grad(C, a), val(C, a), val(C, o)
+    m = reduce_map(shape(C, a), R[e, 5])
+    count = np.zeros(g.size, ga.dtype)
+    for i in range(x.size):
+        if x[i] == y[m[i]]:
+            count[m[i]] += 1
+    for i in range(x.size):
+        j = m[i]
+        if x[i] == y[j]:
+            ga[i] += g[j] / count[j]
+
+
+@njit(cache=True)
+def adj_norm(e, R, RF, C):
+    """The p-norm (p = f0) over the axes in mask i0; zero where the norm is zero, as torch."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, x, y = grad(C, o), grad(C, a), val(C, a), val(C, o)
+    m = reduce_map(shape(C, a), R[e, 5])
+    p = RF[e, 7]
+    if p == 0:
+        return
+    if np.isinf(p):
+        count = np.zeros(g.size, ga.dtype)
+        for i in range(x.size):
+            if abs(x[i]) == y[m[i]]:
+                count[m[i]] += 1
+        for i in range(x.size):
+            j = m[i]
+            if abs(x[i]) == y[j]:
+                ga[i] += np.sign(x[i]) * g[j] / count[j]
+    elif p == 1:
+        for i in range(x.size):
+            ga[i] += g[m[i]] * np.sign(x[i])
+    elif p == 2:
+        for i in range(x.size):
+            j = m[i]
+            if y[j] != 0:
+                ga[i] += g[j] * x[i] / y[j]
+    else:
+        for i in range(x.size):
+            j = m[i]
+            if y[j] != 0 and x[i] != 0:
+                ga[i] += g[j] * x[i] * abs(x[i]) ** (p - 2) / y[j] ** (p - 1)
+
+
+@njit(cache=True)
+def adj_cumsum(e, R, RF, C):
+    """The reversed cumulative sum of g along dim i0."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga = grad(C, o), grad(C, a)
+    outer, n, inner = blocks(shape(C, a), R[e, 5])
+    for p in range(outer):
+        for j in range(inner):
+            acc = 0.0
+            for k in range(n - 1, -1, -1):
+                i = (p * n + k) * inner + j
+                acc += g[i]
+                ga[i] += acc
+
+
+@njit(cache=True)
+def adj_softmax(e, R, RF, C):
+    """y * (g - sum(g * y)) along dim i0."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, y = grad(C, o), grad(C, a), val(C, o)
+    outer, n, inner = blocks(shape(C, a), R[e, 5])
+    for p in range(outer):
+        for j in range(inner):
+            base = p * n * inner + j
+            s = 0.0
+            for k in range(n):
+                s += g[base + k * inner] * y[base + k * inner]
+            for k in range(n):
+                i = base + k * inner
+                ga[i] += y[i] * (g[i] - s)
+
+
+@njit(cache=True)
+def adj_log_softmax(e, R, RF, C):
+    """g - exp(y) * sum(g) along dim i0."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, y = grad(C, o), grad(C, a), val(C, o)
+    outer, n, inner = blocks(shape(C, a), R[e, 5])
+    for p in range(outer):
+        for j in range(inner):
+            base = p * n * inner + j
+            s = 0.0
+            for k in range(n):
+                s += g[base + k * inner]
+            for k in range(n):
+                i = base + k * inner
+                ga[i] += g[i] - np.exp(y[i]) * s
+
+
+@njit(cache=True)
+def adj_bmm(e, R, RF, C):
+    a, b = R[e, 1], R[e, 2]
+    sa, sb = shape(C, a), shape(C, b)
+    nb, n, k, p = sa[0], sa[1], sa[2], sb[2]
+    g = grad(C, R[e, 4]).reshape((nb, n, p))
+    if rg(C, a):
+        ga, vb = grad(C, a).reshape((nb, n, k)), val(C, b).reshape((nb, k, p))
+        for i in range(nb):
+            ga[i] += np.dot(g[i], vb[i].T)
+    if rg(C, b):
+        gb, va = grad(C, b).reshape((nb, k, p)), val(C, a).reshape((nb, n, k))
+        for i in range(nb):
+            gb[i] += np.dot(va[i].T, g[i])
+
+
+@njit(cache=True)
+def adj_cat(e, R, RF, C):
+    """cat and stack of up to three pieces along dim i0 of the output; a piece spans
+    size / (outer * inner) positions of that dim (1 for stack)."""
+    o = R[e, 4]
+    g = grad(C, o)
+    outer, total, inner = blocks(shape(C, o), R[e, 5])
+    if outer * inner == 0:
+        return
+    off = 0
+    for k in (1, 2, 3):
+        s = R[e, k]
+        if s < 0:
+            break
+        span = nel(C, s) // (outer * inner)
+        if rg(C, s):
+            gs = grad(C, s)
+            w = span * inner
+            for p in range(outer):
+                src = (p * total + off) * inner
+                for j in range(w):
+                    gs[p * w + j] += g[src + j]
+        off += span
+
+
+@njit(cache=True)
+def adj_scatter_add(e, R, RF, C):
+    """x.scatter_add(dim, index, src): x gets g; src gets g at the index map c."""
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
+    if rg(C, a):
+        ga = grad(C, a)
+        for i in range(g.size):
+            ga[i] += g[i]
+    if rg(C, b):
+        gb, idx = grad(C, b), ival(C, R[e, 3])
+        for k in range(idx.size):
+            gb[k] += g[idx[k]]
+
+
+@njit(cache=True)
+def adj_copy(e, R, RF, C):
+    """x.copy_(src): the old x gets nothing, src the gradient summed to its shape."""
+    b = R[e, 2]
+    if rg(C, b):
+        bsum(C, b, R[e, 4], grad(C, R[e, 4]), 1.0)
 
 
 # -- the interpreter -----------------------------------------------------------------------
@@ -454,10 +1069,17 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_mul_scalar", "adj_div_scalar", "adj_pow_scalar", "adj_rpow_scalar", "adj_reciprocal",
            "adj_exp", "adj_log", "adj_sin", "adj_cos", "adj_tanh", "adj_sigmoid", "adj_relu", "adj_sqrt",
            "adj_abs", "adj_sum", "adj_expand", "adj_mm", "adj_permute", "adj_getitem", "adj_scatter_flat",
-           "adj_setitem", "adj_cast")
+           "adj_setitem", "adj_cast", "adj_function",
+           "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf", "adj_leaky_relu", "adj_gelu",
+           "adj_softplus", "adj_clamp", "adj_zero", "adj_maximum", "adj_where", "adj_masked_fill", "adj_prod",
+           "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax", "adj_log_softmax", "adj_bmm", "adj_cat",
+           "adj_scatter_add", "adj_copy")
 (K_ADD, K_SUB, K_MUL, K_DIV, K_POW, K_IDENTITY, K_NEG, K_MUL_SCALAR, K_DIV_SCALAR, K_POW_SCALAR,
  K_RPOW_SCALAR, K_RECIPROCAL, K_EXP, K_LOG, K_SIN, K_COS, K_TANH, K_SIGMOID, K_RELU, K_SQRT, K_ABS,
- K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM, K_CAST) = range(len(KERNELS))
+ K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM, K_CAST, K_FUNCTION,
+ K_RSQRT, K_LOG1P, K_EXPM1, K_TAN, K_ERF, K_LEAKY_RELU, K_GELU, K_SOFTPLUS, K_CLAMP, K_ZERO, K_MAXIMUM,
+ K_WHERE, K_MASKED_FILL, K_PROD, K_AMAX, K_NORM, K_CUMSUM, K_SOFTMAX, K_LOG_SOFTMAX, K_BMM, K_CAT,
+ K_SCATTER_ADD, K_COPY) = range(len(KERNELS))
 OP_KERNEL = np.array([KERNELS.index(r.kernel) for r in ops.TABLE], np.int64)
 
 
@@ -521,6 +1143,54 @@ def dispatch(k, e, R, RF, C):
         adj_setitem(e, R, RF, C)
     elif k == K_CAST:
         adj_cast(e, R, RF, C)
+    elif k == K_FUNCTION:
+        return adj_function(e, R, RF, C)
+    elif k == K_RSQRT:
+        adj_rsqrt(e, R, RF, C)
+    elif k == K_LOG1P:
+        adj_log1p(e, R, RF, C)
+    elif k == K_EXPM1:
+        adj_expm1(e, R, RF, C)
+    elif k == K_TAN:
+        adj_tan(e, R, RF, C)
+    elif k == K_ERF:
+        adj_erf(e, R, RF, C)
+    elif k == K_LEAKY_RELU:
+        adj_leaky_relu(e, R, RF, C)
+    elif k == K_GELU:
+        adj_gelu(e, R, RF, C)
+    elif k == K_SOFTPLUS:
+        adj_softplus(e, R, RF, C)
+    elif k == K_CLAMP:
+        adj_clamp(e, R, RF, C)
+    elif k == K_ZERO:
+        adj_zero(e, R, RF, C)
+    elif k == K_MAXIMUM:
+        adj_maximum(e, R, RF, C)
+    elif k == K_WHERE:
+        adj_where(e, R, RF, C)
+    elif k == K_MASKED_FILL:
+        adj_masked_fill(e, R, RF, C)
+    elif k == K_PROD:
+        adj_prod(e, R, RF, C)
+    elif k == K_AMAX:
+        adj_amax(e, R, RF, C)
+    elif k == K_NORM:
+        adj_norm(e, R, RF, C)
+    elif k == K_CUMSUM:
+        adj_cumsum(e, R, RF, C)
+    elif k == K_SOFTMAX:
+        adj_softmax(e, R, RF, C)
+    elif k == K_LOG_SOFTMAX:
+        adj_log_softmax(e, R, RF, C)
+    elif k == K_BMM:
+        adj_bmm(e, R, RF, C)
+    elif k == K_CAT:
+        adj_cat(e, R, RF, C)
+    elif k == K_SCATTER_ADD:
+        adj_scatter_add(e, R, RF, C)
+    elif k == K_COPY:
+        adj_copy(e, R, RF, C)
     else:
         return ERR_OPCODE
     return OK
@@ -560,7 +1230,7 @@ def arena(S, hoff, need, export, witness):
 @njit(cache=True)
 def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
     """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed."""
-    C = (S, hoff, export, garena, goff, tcode, witness)
+    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
     for e in range(hi - 1, lo - 1, -1):
         if need[R[e, 4]]:
             if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:

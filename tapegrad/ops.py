@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from . import dtypes
-from .tape import LEAF, REQUIRES_GRAD, _contiguous, _state, current_tape
+from .tape import LEAF, REQUIRES_GRAD, _contiguous, _state, counter, current_tape
 from .tensor import Tensor, _dim, _new
 
 ndarray = np.ndarray
@@ -60,36 +60,50 @@ def _leaf(value):
     t._tape = None
     t._slot = -1
     t._rg = False
-    t._vc = [0]
+    t._vc = None
     t._grad = None
     t._x = None
     return t
 
 
 def _unary(op, x, value, i0=0, i1=0, f0=0.0):
-    """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad."""
+    """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad.
+    Inlined by hand: this runs once per op (W1 measures it)."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)  # NumPy returns scalars for 0-d results
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
+    t = _new(Tensor)
+    t._value = value
+    t._vc = None
+    t._grad = None
+    t._x = None
     if x._rg and _state.grad_enabled:
-        tape = current_tape()
-        vc = [0]
-        return _result(value, tape, tape.push(op.code, tape.slot_of(x), -1, -1, i0, i1, f0, value, vc), vc)
-    return _leaf(value)
+        tape = _state.tape_ref()
+        if tape is None or tape.closed:
+            tape = current_tape()
+        t._tape = tape
+        t._slot = tape.push(op.code, x._slot if x._tape is tape else tape.slot_of(x), -1, -1, i0, i1, f0, value, None)
+        t._rg = True
+    else:
+        t._tape = None
+        t._slot = -1
+        t._rg = False
+    return t
 
 
 def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
     """A result that shares x's storage (and so its version counter)."""
+    vc = counter(x)
     if x._rg and _state.grad_enabled:
         tape = current_tape()
         a = tape.slot_of(x)
-        bs = tape.new_slot(b, LEAF, [0]) if b is not None else -1
-        s = tape.push(op.code, a, bs, -1, i0, i1, f0, _contiguous(value), x._vc)
-        t = _result(value, tape, s, x._vc)
+        bs = tape.new_slot(b, LEAF, None) if b is not None else -1
+        s = tape.push(op.code, a, bs, -1, i0, i1, f0, _contiguous(value), vc)
+        t = _result(value, tape, s, vc)
     else:
         t = _leaf(value)
-        t._vc = x._vc
+        t._vc = vc
     t._extra().base = x
     return t
 
@@ -100,9 +114,12 @@ def _binary_rec(op, x, y, value):
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
     if (x._rg or y._rg) and _state.grad_enabled:
-        tape = current_tape()
-        vc = [0]
-        return _result(value, tape, tape.push(op.code, tape.slot_of(x), tape.slot_of(y), -1, 0, 0, 0.0, value, vc), vc)
+        tape = _state.tape_ref()
+        if tape is None or tape.closed:
+            tape = current_tape()
+        a = x._slot if x._tape is tape else tape.slot_of(x)
+        b = y._slot if y._tape is tape else tape.slot_of(y)
+        return _result(value, tape, tape.push(op.code, a, b, -1, 0, 0, 0.0, value, None), None)
     return _leaf(value)
 
 
@@ -209,6 +226,7 @@ DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
           lambda g, i, o, r: (g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
+SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
 MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", lambda g, i, o, r: (g * r[7],))
 DIV_SCALAR = row("div_scalar", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
@@ -291,6 +309,10 @@ def _setitem_vjp(g, i, o, r):
 SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp)
 CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),))
 CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,))
+# A custom autograd.Function (autograd/function.py): one row per differentiable output, a, b, c up
+# to three input slots (more rows for more inputs), i0 its grad_fn name id, i1 the output index.
+# Its backward is Python: the engine calls it once per call, between jitted segments (no vjp here).
+FUNCTION = row("function", "FunctionBackward", 3, None, "adj_function", None)
 
 
 
@@ -322,22 +344,33 @@ def _rpow(x, c):
     return _unary(RPOW_SCALAR, x, RPOW_SCALAR.forward(x._value, c), f0=float(c))
 
 
+# Fast paths: a float tensor with a Python float skips dispatch and promotion (W1's per-op cost).
 def add(x, y, alpha=1):
+    if y.__class__ is float and alpha == 1 and x._value.dtype.kind == "f":
+        return _unary(ADD_SCALAR, x, np.add(x._value, y), 0, 0, y)
     if alpha != 1:
-        y = mul(y, alpha)
-    return _binary(ADD, ADD_SCALAR, x, y, lambda t, c: _binary(ADD, ADD_SCALAR, t, c))
+        y = y * alpha  # a Python scalar stays one
+    return _binary(ADD, ADD_SCALAR, x, y, _add_r)
 
 
 def sub(x, y, alpha=1):
     if alpha != 1:
-        y = mul(y, alpha)
-    if isinstance(y, _SCALARS) and not isinstance(y, (bool, np.bool_)):
-        return add(x, -y)
-    return _binary(SUB, None, x, y, _rsub)
+        y = y * alpha  # a Python scalar stays one
+    return _binary(SUB, SUB_SCALAR, x, y, _rsub)
 
 
 def mul(x, y):
-    return _binary(MUL, MUL_SCALAR, x, y, lambda t, c: _binary(MUL, MUL_SCALAR, t, c))
+    if y.__class__ is float and x._value.dtype.kind == "f":
+        return _unary(MUL_SCALAR, x, np.multiply(x._value, y), 0, 0, y)
+    return _binary(MUL, MUL_SCALAR, x, y, _mul_r)
+
+
+def _add_r(t, c):
+    return _binary(ADD, ADD_SCALAR, t, c)
+
+
+def _mul_r(t, c):
+    return _binary(MUL, MUL_SCALAR, t, c)
 
 
 def div(x, y):
@@ -361,10 +394,12 @@ def neg(x):
 
 
 def _float_unary(op):
+    forward = op.forward
+
     def f(x):
         if x._value.dtype.kind != "f":
             x = to_dtype(x, dtypes.get_default_dtype())
-        return _unary(op, x, op.forward(x._value))
+        return _unary(op, x, forward(x._value))
     f.__name__ = op.name
     return f
 
@@ -572,7 +607,7 @@ def expand(x, *shape, _materialize=False):
     if _materialize:
         value = np.ascontiguousarray(value)
         if x._rg and _state.grad_enabled:
-            return _unary(EXPAND, x, value)
+            return _unary(EXPAND, x, value, i1=1)  # i1=1: implicit, so grad_fn.next_functions looks through it
         return _leaf(value)
     return _view(EXPAND, x, value)
 
@@ -708,7 +743,7 @@ def getitem(x, key):
         return _view(kind, x, value, b=idx)
     t = _leaf(value)
     if kind is not INDEX and np.shares_memory(value, xv):
-        t._vc = x._vc
+        t._vc = counter(x)
     return t
 
 

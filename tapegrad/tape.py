@@ -30,13 +30,14 @@ _INITIAL_ROWS = 32
 
 
 class Tape:
-    __slots__ = ("rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
+    __slots__ = ("cap", "rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
                  "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "freed",
                  "serial", "epoch", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
 
     def __init__(self):
+        self.cap = _INITIAL_ROWS
         self.rows = bytearray(ROW.size * _INITIAL_ROWS)
         self.n = 0
         self.slots = bytearray(SLOT.size * _INITIAL_ROWS)
@@ -57,21 +58,42 @@ class Tape:
         self.epoch = Global.inplace_events
 
     # -- recording (hot path) ------------------------------------------------------------
-    def push(self, op, a, b, c, i0, i1, f0, value, vc, flags=REQUIRES_GRAD):
-        """Append one row and the slot of its output; return that slot."""
+    def push(self, op, a, b, c, i0, i1, f0, value, vc):
+        """Append one row and the slot of its output (requires grad); return that slot.
+        ``vc`` is the storage's version counter, or None for a fresh result (version 0)."""
+        s = self.ns
+        if s >= self.cap:
+            self._grow()
+        # dtype -1: the engine reads it from the array header; slot_table() fills it for readers
+        _pack_slot(self.slots, s << 5, id(value), 1, 0 if vc is None else vc[0], -1)
+        _pack_row(self.rows, self.n << 6, op, a, b, c, s, i0, i1, f0)
+        self.values.append(value)
+        self.vcs.append(vc)
+        self.n += 1
+        self.ns = s + 1
+        return s
+
+    def _grow(self):
+        """Double both buffers; there are never more rows than slots, so one capacity serves both."""
+        self.rows = self.rows + bytearray(len(self.rows))
+        self.slots = self.slots + bytearray(len(self.slots))
+        self.cap *= 2
+
+    def push_row(self, op, a, b, c, out, i0, i1, f0):
+        """Append a row whose output slot exists already (a custom Function with over three inputs
+        that need grad gets one such row per further three, so the planner reaches them all)."""
         n = self.n
         if (n + 1) * ROW.size > len(self.rows):
             self.rows = self.rows + bytearray(len(self.rows))
-        s = self.new_slot(value, flags, vc)
-        ROW.pack_into(self.rows, n * ROW.size, op, a, b, c, s, i0, i1, f0)
+        ROW.pack_into(self.rows, n * ROW.size, op, a, b, c, out, i0, i1, f0)
         self.n = n + 1
-        return s
 
     def new_slot(self, value, flags, vc):
         s = self.ns
-        if (s + 1) * SLOT.size > len(self.slots):
-            self.slots = self.slots + bytearray(len(self.slots))
-        SLOT.pack_into(self.slots, s * SLOT.size, id(value), flags, vc[0], _DTYPE_CODE[value.dtype.num])
+        if s >= self.cap:
+            self._grow()
+        _pack_slot(self.slots, s * SLOT.size, id(value), flags, 0 if vc is None else vc[0],
+                   _DTYPE_CODE[value.dtype.num])
         self.values.append(value)
         self.vcs.append(vc)
         self.ns = s + 1
@@ -83,8 +105,8 @@ class Tape:
             return t._slot
         if t._tape is None:
             s = self.leaf_slot.get(id(t))
-            if s is None:
-                s = self.new_slot(_contiguous(t._value), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, t._vc)
+            if s is None or (Global.inplace_events != self.epoch and self._leaf_changed(s, t)):
+                s = self.new_slot(_contiguous(t._value), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, counter(t))
                 self.leaf_slot[id(t)] = s
                 self.leaves[s] = t
                 if t._x is not None and t._x.name is not None:
@@ -93,10 +115,19 @@ class Tape:
         key = (id(t._tape), t._slot)
         s = self.link_slot.get(key)
         if s is None:
-            s = self.new_slot(_contiguous(t._value), REQUIRES_GRAD | LINK, t._vc)
+            s = self.new_slot(_contiguous(t._value), REQUIRES_GRAD | LINK, counter(t))
             self.link_slot[key] = s
             self.links[s] = (t._tape, t._slot)
         return s
+
+    def _leaf_changed(self, s, t):
+        """Whether leaf t was changed in place, or given new .data, since slot s recorded it. Ops
+        recorded from now on then get a fresh slot that reads (and version-checks) the new value, as
+        torch's new ops do; the leaf then has several slots here and their gradients add up."""
+        v = t._value
+        if self.values[s] is not v and v.flags.c_contiguous:  # (a non-contiguous leaf is stored as a copy)
+            return True
+        return SLOT.unpack_from(self.slots, s * SLOT.size)[2] != counter(t)[0]
 
     # -- columns for the engine and the dump ---------------------------------------------
     def row_table(self):
@@ -106,6 +137,15 @@ class Tape:
         return ints, floats
 
     def slot_table(self):
+        """The slot table with its dtype column filled in (readers; the engine uses raw_slots)."""
+        S = self.raw_slots()
+        for s in np.flatnonzero(S[:, 3] == -1).tolist():
+            v = self.values[s]
+            if v is not None:
+                S[s, 3] = _DTYPE_CODE[v.dtype.num]
+        return S
+
+    def raw_slots(self):
         return np.frombuffer(self.slots, np.int64, self.ns * SLOT_WIDTH).reshape(self.ns, SLOT_WIDTH)
 
     def row(self, e):
@@ -128,7 +168,7 @@ class Tape:
     def release(self, entries):
         """Free the saved values of ``entries`` (after a backward without retain_graph)."""
         ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
-        slots = np.frombuffer(self.slots, np.int64, self.ns * SLOT_WIDTH).reshape(self.ns, SLOT_WIDTH)
+        slots = self.slot_table()  # fills the dtype column before the values go
         outs = ints[entries, 4]
         slots[outs, 1] |= FREED
         self.closed = True
@@ -147,6 +187,23 @@ class Tape:
             values = self.values
             for s in outs.tolist():
                 values[s] = None
+
+
+_pack_row = ROW.pack_into
+_pack_slot = SLOT.pack_into
+assert ROW.size == 64 and SLOT.size == 32
+
+
+def counter(t):
+    """t's version counter, made on first need: fresh results carry None (version 0, unshared)
+    until a view, a registration on a tape or an in-place change needs one."""
+    vc = t._vc
+    if vc is None:
+        vc = t._vc = [0]
+        tape = t._tape
+        if tape is not None and tape.vcs is not None:
+            tape.vcs[t._slot] = vc
+    return vc
 
 
 def _contiguous(a):

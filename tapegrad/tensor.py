@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dtypes
 from .printing import format_tensor
-from .tape import FREED, REQUIRES_GRAD, _state
+from .tape import FREED, REQUIRES_GRAD, _state, counter
 
 
 class Size(tuple):
@@ -51,7 +51,7 @@ class Tensor:
         t._tape = None
         t._slot = -1
         t._rg = requires_grad
-        t._vc = [0]
+        t._vc = None
         t._grad = None
         t._x = None
         return t
@@ -110,16 +110,18 @@ class Tensor:
                 "var_no_grad = var.detach().")
         flag = bool(flag)
         if flag and self._value.dtype.kind != "f":
-            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+            raise RuntimeError("only Tensors of floating point and complex dtype can require gradients")
         self._rg = flag
 
     def requires_grad_(self, requires_grad=True):
+        if requires_grad and self._value.dtype.kind != "f":
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")  # torch's wording here
         self.requires_grad = requires_grad
         return self
 
     @property
     def grad(self):
-        if self._tape is not None and not self.retains_grad:
+        if self._tape is not None and self._grad is None and not self.retains_grad:  # torch warns only when unset
             warnings.warn(
                 "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
                 ".grad attribute won't be populated during autograd.backward(). If you indeed want "
@@ -181,7 +183,9 @@ class Tensor:
     def data(self, other):
         if not isinstance(other, Tensor):
             raise TypeError("data must be a Tensor")
+        from .tape import Global
         self._value = other._value
+        Global.inplace_events += 1  # open tapes that registered this leaf must register it afresh
 
     # -- conversion ------------------------------------------------------------------------
     def numpy(self, force=False):
@@ -228,7 +232,7 @@ class Tensor:
         v = self._value
         suffixes = []
         if self._tape is not None:
-            suffixes.append(f"grad_fn=<{self.grad_fn.name()}>")
+            suffixes.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
         elif self._rg:
             suffixes.append("requires_grad=True")
         d = self.dtype
@@ -249,7 +253,7 @@ class Tensor:
 
     def detach(self):
         t = Tensor._leaf(self._value)
-        t._vc = self._vc  # shares storage, so shares the version counter
+        t._vc = counter(self)  # shares storage, so shares the version counter
         return t
 
     def detach_(self):
@@ -276,12 +280,12 @@ class Tensor:
     def _bump_version(self):
         """An in-place change to this tensor's storage (shared by its views)."""
         from .tape import Global
-        self._vc[0] += 1
+        counter(self)[0] += 1
         Global.inplace_events += 1
 
     @property
     def _version(self):
-        return self._vc[0]
+        return 0 if self._vc is None else self._vc[0]
 
 
 class Device:
