@@ -15,9 +15,18 @@ from .grad_mode import (enable_grad, inference_mode, is_grad_enabled, is_inferen
 from .ops import (abs, add, clone, cos, div, exp, expand, log, matmul, mean, mm, mul, neg, permute, pow,  # noqa: F401
                   reciprocal, relu, reshape, sigmoid, sign, sin, sqrt, sub, sum, t, tanh, transpose, unsqueeze,
                   squeeze, view)
+from .ops import (all_ as all, amax, amin, any_ as any, argmax, argmin, bmm, cat, chunk, clamp,  # noqa: F401,A001
+                  clamp_max, clamp_min, concat, concatenate, cumsum, dot, einsum, eq, erf, expm1, flatten, flip,
+                  gather, ge, ger, gt, index_select, inner, isfinite, isinf, isnan, le, log1p, log_softmax,
+                  logical_not, logsumexp, lt, masked_fill, max_ as max, maximum, min_ as min, minimum, mv, narrow,
+                  ne, nonzero, norm, outer, prod, repeat_interleave, rsqrt, scatter_add, softmax, split, square,
+                  stack, std, tan, unbind, unflatten, var, vdot, where)
 from .printing import set_printoptions  # noqa: F401
+from .dump import dump, to_dot  # noqa: F401  (tapegrad.dump the module stays importable by its full name)
+from . import nn, optim  # noqa: F401,E402
 from .tensor import Device as device  # noqa: F401
 from .tensor import Size, Tensor  # noqa: F401
 
 multiply, subtract, divide, true_divide = mul, sub, div, div
+clip, greater, less, greater_equal, less_equal, not_equal = clamp, gt, lt, ge, le, ne
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 ``(op, a, b, c, out, i0, i1, f0)``; returns one gradient (or None) per input.
 """
 import math
+import struct
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def _promote(*ts):
 
 
 def _prepare(x, y, float_result=False):
-    """Cast to the common dtype and broadcast to the common shape, recording both when tracked."""
+    """Cast to the common dtype (recorded when tracked) and check that the shapes broadcast."""
     xv, yv = x._value, y._value
     if xv.dtype != yv.dtype or (float_result and xv.dtype.kind != "f"):
         rt = _promote(x, y)
@@ -157,8 +158,7 @@ def _prepare(x, y, float_result=False):
             rt = dtypes.get_default_dtype()
         x, y = to_dtype(x, rt), to_dtype(y, rt)
     if x._value.shape != y._value.shape:
-        shape = broadcast_shapes(x._value.shape, y._value.shape)
-        x, y = expand(x, shape, _materialize=True), expand(y, shape, _materialize=True)
+        broadcast_shapes(x._value.shape, y._value.shape)  # torch's error; the rows broadcast themselves
     return x, y
 
 
@@ -186,8 +186,8 @@ def _scalar_result_dtype(x, c, true_divide=False):
 
 def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
     """Dispatch ``x (op) y`` with Tensors, arrays or Python scalars on either side."""
-    if y.__class__ is Tensor:
-        if x.__class__ is not Tensor:
+    if y.__class__ is Tensor or isinstance(y, Tensor):  # exact class first: the common case is cheap
+        if not isinstance(x, Tensor):
             if isinstance(x, _SCALARS):
                 return reverse_scalar(y, x)
             x = _as_tensor(x, y)
@@ -217,21 +217,30 @@ def _sum_to(g, shape):
     return reshape(sum(g, axes, keepdim=True), shape)
 
 
-ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: (g, g))
-SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: (g, -g))
+# Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
+# summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
+ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i))
+SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: _fit((g, -g), i))
 MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul",
-          lambda g, i, o, r: (g * i[1], g * i[0]), reads=(0, 1))
+          lambda g, i, o, r: _fit((g * i[1], g * i[0]), i), reads=(0, 1))
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
-          lambda g, i, o, r: (g / i[1], -g * i[0] / (i[1] * i[1])), reads=(0, 1))
+          lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i), reads=(0, 1))  # torch's order
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
-          lambda g, i, o, r: (g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), reads=(0, 1, "out"))
+          lambda g, i, o, r: _fit((g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), i), reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
 MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", lambda g, i, o, r: (g * r[7],))
 DIV_SCALAR = row("div_scalar", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
-POW_SCALAR = row("pow_scalar", "PowBackward0", 1, np.power, "adj_pow_scalar",
-                 lambda g, i, o, r: (g * 0.0 if r[7] == 0 else g * r[7] * i[0] ** (r[7] - 1),), reads=(0,))
+def _pow_scalar_vjp(g, i, o, r):
+    # torch's grad * (c * x**(c - 1)); x**1 is x exactly, so c == 2 saves a pow (W4's Rosenbrock)
+    c = r[7]
+    if c == 0:
+        return (g * 0.0,)
+    return (g * (i[0] * 2.0),) if c == 2 else (g * (c * i[0] ** (c - 1)),)
+
+
+POW_SCALAR = row("pow_scalar", "PowBackward0", 1, np.power, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
 NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (-g,))
@@ -239,8 +248,8 @@ RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divid
                  lambda g, i, o, r: (-g * o * o,), reads=("out",))
 EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
 LOG = row("log", "LogBackward0", 1, np.log, "adj_log", lambda g, i, o, r: (g / i[0],), reads=(0,))
-SIN = row("sin", "SinBackward0", 1, np.sin, "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
-COS = row("cos", "CosBackward0", 1, np.cos, "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
+SIN = row("sin", "SinBackward0", 1, lambda x: _trig(x, 0), "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
+COS = row("cos", "CosBackward0", 1, lambda x: _trig(x, 1), "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
 TANH = row("tanh", "TanhBackward0", 1, np.tanh, "adj_tanh", lambda g, i, o, r: (g * (1 - o * o),), reads=("out",))
 SIGMOID = row("sigmoid", "SigmoidBackward0", 1, lambda x: _sigmoid(x), "adj_sigmoid",
               lambda g, i, o, r: (g * ((1 - o) * o),), reads=("out",))
@@ -313,6 +322,184 @@ CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, 
 # to three input slots (more rows for more inputs), i0 its grad_fn name id, i1 the output index.
 # Its backward is Python: the engine calls it once per call, between jitted segments (no vjp here).
 FUNCTION = row("function", "FunctionBackward", 3, None, "adj_function", None)
+
+
+# -- the full op surface: rows --------------------------------------------------------------------
+# A second float attribute rides in the bits of i1 (``_float_bits``; kernels read it as RF[e, 6]).
+def _keep_shape(x, r):
+    """The shape of a reduction's result with keepdim, from its axis mask r[5]."""
+    return tuple(1 if (r[5] >> k) & 1 else d for k, d in enumerate(x.shape))
+
+
+def _const_like(a, like):
+    return _leaf(np.asarray(a, dtype=like._value.dtype))
+
+
+def _gelu_vjp(g, i, o, r):
+    x = i[0]
+    if r[5] == 0:
+        cdf = (erf(x * (1 / math.sqrt(2))) + 1) * 0.5
+        pdf = exp(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+        return (g * (cdf + x * pdf),)
+    beta, kappa = math.sqrt(2 / math.pi), 0.044715
+    th = tanh((x + x * x * x * kappa) * beta)
+    dright = (1 - th * th) * ((x * x * (3 * kappa) + 1) * beta)
+    return (g * ((th + 1) * 0.5 + x * 0.5 * dright),)
+
+
+def _softplus_vjp(g, i, o, r):
+    z = i[0] * r[7]
+    return (where(_leaf(z._value > _bits_float(r[6])), g, g * sigmoid(z)),)
+
+
+def _clamp_vjp(g, i, o, r):
+    xv = i[0]._value
+    return (g * _const_like((xv >= r[7]) & (xv <= _bits_float(r[6])), g),)
+
+
+def _maximum_vjp(g, i, o, r):
+    a, b = i[0]._value, i[1]._value
+    lose_a, lose_b = (a < b, a > b) if r[5] == 0 else (a > b, a < b)
+    eq = a == b
+    wa = np.where(eq, 0.5, np.where(lose_a, 0.0, 1.0))
+    wb = np.where(eq, 0.5, np.where(lose_b, 0.0, 1.0))
+    return _fit((g * _const_like(wa, g), g * _const_like(wb, g)), i)
+
+
+def _where_vjp(g, i, o, r):
+    c = i[2]
+    zero = zeros_like(g)
+    return _fit((where(c, g, zero), where(c, zero, g)), i[:2]) + (None,)
+
+
+def _prod_vjp(g, i, o, r):
+    x = i[0]
+    keep = _keep_shape(x, r)
+    gk = expand(reshape(g, keep), tuple(x.shape))
+    if not (x._value == 0).any():
+        return (gk * expand(reshape(o, keep), tuple(x.shape)) / x,)
+    # With zeros: each element's gradient is the product of the others in its group, built
+    # (differentiably) one position at a time along the reduced axes moved to the end.
+    axes = [k for k in range(x.ndim) if (r[5] >> k) & 1]
+    kept = [k for k in range(x.ndim) if k not in axes]
+    n = 1
+    for k in axes:
+        n *= x.shape[k]
+    xr = reshape(permute(x, kept + axes), (-1, n))
+    cols = []
+    for j in range(n):
+        onehot = np.zeros((1, n), bool)
+        onehot[0, j] = True
+        cols.append(prod(where(_leaf(onehot), 1.0, xr), 1))
+    others = stack(cols, 1) * reshape(g, (-1, 1))
+    back = reshape(others, tuple(x.shape[k] for k in kept + axes))
+    inv = [0] * x.ndim
+    for k, p in enumerate(kept + axes):
+        inv[p] = k
+    return (permute(back, inv),)
+
+
+def _amax_vjp(g, i, o, r):
+    x = i[0]
+    keep = _keep_shape(x, r)
+    hit = x._value == o._value.reshape(keep)
+    share = hit / np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
+    return (reshape(g, keep) * _const_like(share, g),)
+
+
+def _norm_vjp(g, i, o, r):
+    x, p = i[0], r[7]
+    keep = _keep_shape(x, r)
+    gk, ok = reshape(g, keep), reshape(o, keep)
+    if p == 0:
+        return (zeros_like(x),)
+    if p == 1:
+        return (gk * sign(x),)
+    if math.isinf(p):
+        hit = np.abs(x._value) == ok._value
+        share = hit / np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
+        return (gk * sign(x) * _const_like(share, g),)
+    safe = where(_leaf(ok._value == 0), 1.0, ok)  # a zero norm has an all-zero group: gradient 0
+    if p == 2:
+        return (gk * x / safe,)
+    return (gk * sign(x) * abs(x) ** (p - 1) / safe ** (p - 1),)
+
+
+def _cat_vjp(g, i, o, r):
+    d = r[5]
+    shp = tuple(o.shape)
+    per = 1
+    for k, s in enumerate(shp):
+        if k != d:
+            per *= s
+    out, off = [], 0
+    for x in i:
+        if x is None:
+            out.append(None)
+            continue
+        span = x.numel() // per if per else 0
+        key = (slice(None),) * d + (slice(off, off + span),)
+        out.append(reshape(getitem(g, key), tuple(x.shape)))
+        off += span
+    return tuple(out)
+
+
+def _fit(grads, ins):
+    """Sum each gradient back to its input's shape: binary rows broadcast in the forward."""
+    return tuple(None if gi is None or x is None else _sum_to(gi, tuple(x.shape)) for gi, x in zip(grads, ins))
+
+
+RSQRT = row("rsqrt", "RsqrtBackward0", 1, lambda x: np.reciprocal(np.sqrt(x)), "adj_rsqrt",
+            lambda g, i, o, r: (g * o * o * o * -0.5,), reads=("out",))
+LOG1P = row("log1p", "Log1PBackward0", 1, np.log1p, "adj_log1p", lambda g, i, o, r: (g / (i[0] + 1),), reads=(0,))
+EXPM1 = row("expm1", "Expm1Backward0", 1, np.expm1, "adj_expm1", lambda g, i, o, r: (g * (o + 1),), reads=("out",))
+TAN = row("tan", "TanBackward0", 1, np.tan, "adj_tan", lambda g, i, o, r: (g * (o * o + 1),), reads=("out",))
+ERF = row("erf", "ErfBackward0", 1, lambda x: _scipy_special().erf(x), "adj_erf",
+          lambda g, i, o, r: (g * exp(i[0] * i[0] * -1.0) * (2 / math.sqrt(math.pi)),), reads=(0,))
+LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
+                 lambda g, i, o, r: (where(_leaf(i[0]._value > 0), g, g * r[7]),), reads=(0,))
+GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,))
+SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softplus_vjp, reads=(0,))
+CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,))
+SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
+MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1))
+MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1))
+WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp)
+MASKED_FILL = row("masked_fill", "MaskedFillBackward0", 2, None, "adj_masked_fill",
+                  lambda g, i, o, r: (g * _const_like(~i[1]._value.astype(bool), g), None))
+PROD = row("prod", "ProdBackward0", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"))
+PROD_DIM = row("prod_dim", "ProdBackward1", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"))
+MAX = row("max", "MaxBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"))
+MIN = row("min", "MinBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"))
+AMAX = row("amax", "AmaxBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"))
+AMIN = row("amin", "AminBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"))
+NORM = row("norm", "LinalgVectorNormBackward0", 1, None, "adj_norm", _norm_vjp, reads=(0, "out"))
+CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
+             lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),))
+SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
+              lambda g, i, o, r: (o * (g - sum(g * o, r[5], keepdim=True)),), reads=("out",))
+LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
+                  lambda g, i, o, r: (g - exp(o) * sum(g, r[5], keepdim=True),), reads=("out",))
+BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
+          lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)), reads=(0, 1))
+UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
+                  lambda g, i, o, r: (reshape(g, i[0].shape),))
+CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp)
+STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp)
+# rows whose b slot is an int64 index map (output element -> flat input index), as getitem's
+REPEAT = row("repeat", "RepeatBackward0", 2, None, "adj_getitem", _gather_vjp)
+FLIP = row("flip", "FlipBackward0", 2, None, "adj_getitem", _gather_vjp)
+INDEX_SELECT = row("index_select", "IndexSelectBackward0", 2, None, "adj_getitem", _gather_vjp)
+GATHER = row("gather", "GatherBackward0", 2, None, "adj_getitem", _gather_vjp)
+MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp)
+MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp)
+SPLIT = row("split", "SplitBackward0", 2, None, "adj_getitem", _gather_vjp)
+SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
+                  lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None))
+COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
+           lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)))
+ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
+FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
 
 
 
@@ -423,12 +610,7 @@ def abs(x):
 
 
 def sign(x):
-    return _leaf(np.sign(x._value))
-
-
-def gt(x, y):
-    yv = y._value if isinstance(y, Tensor) else y
-    return _leaf(np.asarray(np.greater(x._value, yv)))
+    return _unary(SIGN, x, np.sign(x._value))
 
 
 # -- reductions ------------------------------------------------------------------------------
@@ -654,14 +836,14 @@ def matmul(x, y):
                 raise RuntimeError(f"inconsistent tensor size, expected tensor [{xv.shape[0]}] and src "
                                    f"[{yv.shape[0]}] to have the same number of elements, but got "
                                    f"{xv.shape[0]} and {yv.shape[0]} elements respectively")
-            raise RuntimeError(f"size mismatch, got input ({a._value.shape[0]}x{a._value.shape[1]}), "
-                               f"vec ({b._value.shape[0]})" if yv.ndim == 1 else
+            raise RuntimeError(f"size mismatch, got input ({a._value.shape[0]}), mat ({a._value.shape[0]}x"
+                               f"{a._value.shape[1]}), vec ({b._value.shape[0]})" if yv.ndim == 1 else
                                f"mat1 and mat2 shapes cannot be multiplied ({a._value.shape[0]}x{a._value.shape[1]} "
                                f"and {b._value.shape[0]}x{b._value.shape[1]})")
         r = mm(a, b)
         out_shape = xv.shape[:-1] + yv.shape[1:]
         return reshape(r, out_shape)
-    raise NotImplementedError("batched matmul arrives with the full op surface")
+    return _batched_matmul(x, y)
 
 
 # -- casting, copying ----------------------------------------------------------------------------
@@ -723,9 +905,27 @@ def _index(xv, key):
         return xv[key]
     except IndexError as exc:
         msg = str(exc)
-        if "out of bounds" in msg:
-            raise IndexError(f"index out of range: {msg}") from None
+        if "out of bounds" in msg:  # NumPy's words for torch's: "... for dimension 0 with size 3"
+            raise IndexError(msg.replace("for axis", "for dimension")) from None
+        if "boolean index did not match" in msg:
+            raise IndexError(_mask_mismatch(xv, key)) from None
         raise IndexError(msg) from None
+
+
+def _mask_mismatch(xv, key):
+    """torch's message for a boolean mask whose shape does not match the dims it indexes."""
+    parts = key if isinstance(key, tuple) else (key,)
+    dim = 0
+    for k in parts:
+        if isinstance(k, ndarray) and k.dtype == np.bool_:
+            for i, n in enumerate(k.shape):
+                if dim + i >= xv.ndim or xv.shape[dim + i] != n:
+                    return (f"The shape of the mask {list(k.shape)} at index {i} does not match the shape of the "
+                            f"indexed tensor {list(xv.shape)} at index {dim + i}")
+            dim += k.ndim
+        elif k is not None:
+            dim += 1
+    return "boolean index did not match the indexed tensor"
 
 
 def getitem(x, key):
@@ -744,6 +944,7 @@ def getitem(x, key):
     t = _leaf(value)
     if kind is not INDEX and np.shares_memory(value, xv):
         t._vc = counter(x)
+        t._extra().base = x  # an in-place change to the view reaches x (``_update_base``)
     return t
 
 
@@ -785,11 +986,6 @@ def _index_put(g, idx, v):
     return _leaf(value)
 
 
-def _check_inplace(x):
-    if x._rg and x._tape is None and _state.grad_enabled:
-        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-
-
 def setitem(x, key, v):
     _check_inplace(x)
     xv = x._value
@@ -815,9 +1011,952 @@ def setitem(x, key, v):
         x._tape = tape
         x._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
         x._rg = True
+    _update_base(x)
+
+
+# -- the full op surface: front-end functions -----------------------------------------------------
+def _float_bits(f):
+    """A float stored in an integer attribute (the kernels read it back through RF)."""
+    return _F2I.unpack(_F2I_PACK.pack(float(f)))[0]
+
+
+def _bits_float(i):
+    return _F2I_PACK.unpack(_F2I.pack(int(i)))[0]
+
+
+_F2I, _F2I_PACK = struct.Struct("<q"), struct.Struct("<d")
+
+
+def _scipy_special():
+    import scipy.special  # imported on first use: `import tapegrad` stays light
+    return scipy.special
+
+
+def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
+    """Record ``op`` over up to three operands: Tensors, or arrays stored as constant slots (masks,
+    index maps). Results that need no grad are leaves."""
+    if value.__class__ is not ndarray:
+        value = np.asarray(value)
+    elif not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
+    if not (_state.grad_enabled and (_tracked(a) or _tracked(b) or _tracked(c))):
+        return _leaf(value)
+    tape = current_tape()
+    slots = [-1 if v is None else tape.slot_of(v) if v.__class__ is Tensor else
+             tape.new_slot(np.ascontiguousarray(v), LEAF, None) for v in (a, b, c)]
+    return _result(value, tape, tape.push(op.code, slots[0], slots[1], slots[2], i0, i1, f0, value, None), None)
+
+
+def _tracked(v):
+    return v.__class__ is Tensor and v._rg
+
+
+def _with_map(op, x, value, positions):
+    """A result that picks elements of x: ``positions`` (x's flat indices in the result's
+    layout) become the row's index map."""
+    if x._rg and _state.grad_enabled:
+        return _unary_with_index(op, x, value, np.ascontiguousarray(positions, dtype=np.int64).reshape(-1))
+    return _leaf(np.ascontiguousarray(value))
+
+
+def _positions(x):
+    return np.arange(x._value.size, dtype=np.int64).reshape(x._value.shape)
+
+
+def _scalar_like(v, like):
+    """A Python scalar or array as a constant tensor in ``like``'s dtype (a Tensor stays as is)."""
+    if isinstance(v, Tensor):
+        return v
+    return _leaf(np.asarray(v, dtype=like._value.dtype))
+
+
+def _float_input(x):
+    return x if x._value.dtype.kind == "f" else to_dtype(x, dtypes.get_default_dtype())
+
+
+def _trig(x, quarter):
+    # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls).
+    if x.size < 4096:
+        return np.sin(x) if quarter == 0 else np.cos(x)
+    from . import kernels
+    return kernels.sin_forward(x) if quarter == 0 else kernels.cos_forward(x)
+
+
+rsqrt = _float_unary(RSQRT)
+log1p = _float_unary(LOG1P)
+expm1 = _float_unary(EXPM1)
+tan = _float_unary(TAN)
+erf = _float_unary(ERF)
+
+
+def square(x):
+    return pow(x, 2)
+
+
+def leaky_relu(x, negative_slope=0.01, inplace=False):
+    xv = x._value
+    value = np.where(xv > 0, xv, xv * negative_slope).astype(xv.dtype, copy=False)
+    out = _unary(LEAKY_RELU, x, value, f0=float(negative_slope))
+    return _inplace(x, out) if inplace else out
+
+
+def gelu(x, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    x = _float_input(x)
+    xv = x._value
+    if approximate == "none":
+        value = 0.5 * xv * (1 + _scipy_special().erf(xv * (1 / math.sqrt(2))))
+    else:
+        value = 0.5 * xv * (1 + np.tanh(math.sqrt(2 / math.pi) * (xv + 0.044715 * xv * xv * xv)))
+    return _unary(GELU, x, value.astype(xv.dtype, copy=False), i0=int(approximate == "tanh"))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    x = _float_input(x)
+    xv = x._value
+    z = xv * beta
+    value = np.where(z > threshold, xv, np.logaddexp(0, z) / beta).astype(xv.dtype, copy=False)
+    return _unary(SOFTPLUS, x, value, i1=_float_bits(threshold), f0=float(beta))
+
+
+def clamp(x, min=None, max=None):
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):  # tensor bounds: elementwise max then min
+        out = x if min is None else maximum(x, _scalar_like(min, x))
+        return out if max is None else minimum(out, _scalar_like(max, x))
+    if x._value.dtype.kind != "f" and any(isinstance(b, (float, np.floating)) for b in (min, max)):
+        x = to_dtype(x, dtypes.get_default_dtype())
+    xv = x._value
+    lo = -math.inf if min is None else min
+    hi = math.inf if max is None else max
+    value = np.minimum(np.maximum(xv, lo), hi).astype(xv.dtype, copy=False)
+    return _unary(CLAMP, x, value, i1=_float_bits(hi), f0=float(lo))
+
+
+def clamp_min(x, min):
+    return clamp(x, min=min)
+
+
+def clamp_max(x, max):
+    return clamp(x, max=max)
+
+
+def _same_dtype(*ts):
+    """Cast tensors to their promoted dtype (recorded when tracked), as torch's binary ops do."""
+    if all(t._value.dtype == ts[0]._value.dtype for t in ts):
+        return ts
+    rt = _promote(*ts)
+    return tuple(to_dtype(t, rt) for t in ts)
+
+
+def maximum(x, y):
+    x, y = _same_dtype(x, _as_tensor(y, x))
+    broadcast_shapes(x._value.shape, y._value.shape)
+    return _record(MAXIMUM, np.maximum(x._value, y._value), x, y)
+
+
+def minimum(x, y):
+    x, y = _same_dtype(x, _as_tensor(y, x))
+    broadcast_shapes(x._value.shape, y._value.shape)
+    return _record(MINIMUM, np.minimum(x._value, y._value), x, y, i0=1)
+
+
+def where(condition, x=None, y=None):
+    if x is None and y is None:
+        return nonzero(condition, as_tuple=True)
+    cv = condition._value if isinstance(condition, Tensor) else np.asarray(condition)
+    if cv.dtype != np.bool_:
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
+                           f"{_torch_type_name(cv.dtype)}")
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):  # two scalars: torch's scalar dtypes
+        dt = dtypes.result_type([], [], (x, y)).np
+        x, y = _leaf(np.asarray(x, dt)), _leaf(np.asarray(y, dt))
+    like = x if isinstance(x, Tensor) else y
+    x, y = _where_operand(x, like), _where_operand(y, like)
+    x, y = _same_dtype(x, y)
+    shape = broadcast_shapes(broadcast_shapes(cv.shape, x._value.shape), y._value.shape)
+    value = np.where(cv, x._value, y._value)
+    return _record(WHERE, value, x, y, np.broadcast_to(cv, shape))
+
+
+def _where_operand(v, like):
+    if isinstance(v, Tensor):
+        return v
+    dt = like._value.dtype
+    if isinstance(v, float) and dt.kind != "f":
+        dt = dtypes.get_default_dtype().np
+    return _leaf(np.asarray(v, dtype=dt))
+
+
+def nonzero(x, as_tuple=False):
+    nz = np.nonzero(x._value)
+    if as_tuple:
+        return tuple(_leaf(np.ascontiguousarray(a, dtype=np.int64)) for a in nz)
+    return _leaf(np.ascontiguousarray(np.stack(nz, 1), dtype=np.int64))
+
+
+# -- comparisons and tests: results that never require grad ----------------------------------------
+def _compare(fn):
+    def f(x, y):
+        if y is None:
+            return False
+        yv = y._value if isinstance(y, Tensor) else np.asarray(y)
+        xv = x._value if isinstance(x, Tensor) else np.asarray(x)
+        broadcast_shapes(xv.shape, yv.shape)
+        return _leaf(np.asarray(fn(xv, yv)))
+    f.__name__ = fn.__name__
+    return f
+
+
+lt, le, gt, ge, eq, ne = (_compare(np.less), _compare(np.less_equal), _compare(np.greater),
+                          _compare(np.greater_equal), _compare(np.equal), _compare(np.not_equal))
+greater, less, greater_equal, less_equal, not_equal = gt, lt, ge, le, ne
+
+
+def isnan(x):
+    return _leaf(np.isnan(x._value))
+
+
+def isfinite(x):
+    return _leaf(np.isfinite(x._value))
+
+
+def isinf(x):
+    return _leaf(np.isinf(x._value))
+
+
+def logical_not(x):
+    return _leaf(np.logical_not(x._value))
+
+
+def _bitwise(fn, name):
+    def f(x, y):
+        yv = y._value if isinstance(y, Tensor) else y
+        if x._value.dtype.kind not in "biu":
+            raise RuntimeError(f"\"{name}_cpu\" not implemented for '{_torch_type_name(x._value.dtype)}'")
+        return _leaf(np.asarray(fn(x._value, yv)))
+    return f
+
+
+bitwise_and = _bitwise(np.bitwise_and, "bitwise_and")
+bitwise_or = _bitwise(np.bitwise_or, "bitwise_or")
+bitwise_xor = _bitwise(np.bitwise_xor, "bitwise_xor")
+
+
+def _invert(x):
+    if x._value.dtype.kind not in "biu":
+        raise RuntimeError(f"\"bitwise_not_cpu\" not implemented for '{_torch_type_name(x._value.dtype)}'")
+    return _leaf(np.invert(x._value))
+
+
+def argmax(x, dim=None, keepdim=False):
+    return _arg(np.argmax, "argmax", x, dim, keepdim)
+
+
+def argmin(x, dim=None, keepdim=False):
+    return _arg(np.argmin, "argmin", x, dim, keepdim)
+
+
+def _arg(fn, name, x, dim, keepdim):
+    xv = x._value
+    if dim is None:
+        if xv.size == 0:
+            raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0.")
+        i = np.asarray(fn(xv.reshape(-1)), dtype=np.int64)
+        return _leaf(i.reshape((1,) * xv.ndim) if keepdim else i)
+    d = _dim(dim, xv.ndim)
+    if xv.ndim == 0:
+        return _leaf(np.asarray(0, dtype=np.int64))
+    if xv.shape[d] == 0:
+        raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+    return _leaf(np.ascontiguousarray(fn(xv, axis=d, keepdims=keepdim), dtype=np.int64))
+
+
+def all_(x, dim=None, keepdim=False):
+    return _leaf(np.asarray(np.all(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
+                                   keepdims=keepdim)))
+
+
+def any_(x, dim=None, keepdim=False):
+    return _leaf(np.asarray(np.any(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
+                                   keepdims=keepdim)))
+
+
+# -- reductions ----------------------------------------------------------------------------------
+def _full_reduction_error(name, x):
+    if x._value.size == 0:
+        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0. "
+                           "Specify the reduction dim with the 'dim' argument.")
+
+
+def _reduce_axes(dim, xv):
+    """Axes and mask for dim = None / () (all) or an int or a tuple of ints."""
+    axes = _axes(None if dim is None or dim == () or dim == [] else dim, xv.ndim)
+    return axes, _mask(axes)
+
+
+def prod(x, dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = to_dtype(x, dtype)
+    xv = x._value
+    if dim is None:
+        value = np.prod(xv)
+        op, axes = PROD, tuple(range(xv.ndim))
+    else:
+        axes = (_dim(dim, xv.ndim),) if xv.ndim else ()
+        value = np.prod(xv, axis=axes, keepdims=keepdim)
+        op = PROD_DIM
+    if xv.dtype.kind in "bi":
+        value = np.asarray(value).astype(np.int64)
+    return _unary(op, x, value, i0=_mask(axes), i1=int(keepdim))
+
+
+class _ValuesIndices(tuple):
+    """torch.return_types.max and friends: a (values, indices) pair with names."""
+    __slots__ = ()
+    _name = "max"
+
+    def __new__(cls, values, indices):
+        return tuple.__new__(cls, (values, indices))
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+    def __repr__(self):
+        return f"tapegrad.return_types.{self._name}(\nvalues={self[0]!r},\nindices={self[1]!r})"
+
+
+def _named(name):
+    return type(name, (_ValuesIndices,), {"__slots__": (), "_name": name})
+
+
+_MAX_RT, _MIN_RT = _named("max"), _named("min")
+
+
+def max_(x, dim=None, keepdim=False):
+    if isinstance(dim, Tensor):
+        return maximum(x, dim)
+    return _extreme(x, dim, keepdim, np.max, np.argmax, MAX, MAX_DIM, _MAX_RT, "max")
+
+
+def min_(x, dim=None, keepdim=False):
+    if isinstance(dim, Tensor):
+        return minimum(x, dim)
+    return _extreme(x, dim, keepdim, np.min, np.argmin, MIN, MIN_DIM, _MIN_RT, "min")
+
+
+def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
+    xv = x._value
+    if dim is None:
+        _full_reduction_error(name, x)
+        return _unary(op_all, x, np.asarray(fn(xv)), i0=_mask(range(xv.ndim)))
+    d = _dim(dim, xv.ndim)
+    x1 = xv.reshape(1) if xv.ndim == 0 else xv
+    if x1.shape[d] == 0:
+        raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+    idx = argfn(x1, axis=d, keepdims=True)
+    values = np.take_along_axis(x1, idx, d)
+    positions = np.take_along_axis(_positions(x).reshape(x1.shape), idx, d)
+    if not keepdim or xv.ndim == 0:
+        out_shape = xv.shape[:d] + xv.shape[d + 1:] if xv.ndim else ()
+        values, idx, positions = values.reshape(out_shape), idx.reshape(out_shape), positions.reshape(out_shape)
+    return rt(_with_map(op_dim, x, values, positions), _leaf(np.ascontiguousarray(idx, dtype=np.int64)))
+
+
+def amax(x, dim=(), keepdim=False):
+    return _amax(x, dim, keepdim, np.max, AMAX, "amax")
+
+
+def amin(x, dim=(), keepdim=False):
+    return _amax(x, dim, keepdim, np.min, AMIN, "amin")
+
+
+def _amax(x, dim, keepdim, fn, op, name):
+    xv = x._value
+    axes, mask = _reduce_axes(dim, xv)
+    if xv.size == 0 and len(axes) == xv.ndim:
+        _full_reduction_error(name, x)
+    for a in axes:
+        if xv.shape[a] == 0:
+            raise IndexError(f"{name}(): Expected reduction dim {a} to have non-zero size.")
+    return _unary(op, x, fn(xv, axis=axes, keepdims=keepdim), i0=mask, i1=int(keepdim))
+
+
+def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        x = to_dtype(x, dtype)
+    xv = x._value
+    if xv.dtype.kind != "f":
+        raise RuntimeError(f"linalg.vector_norm: Expected a floating point or complex tensor as input. "
+                           f"Got {_torch_type_name(xv.dtype)}")
+    if p == "fro" or p is None:
+        p = 2.0
+    elif isinstance(p, str):
+        raise NotImplementedError(f"norm with p={p!r} is not supported; use p='fro' or a number")
+    p = float(p)
+    axes, mask = _reduce_axes(dim, xv)
+    a = np.abs(xv)
+    with np.errstate(divide="ignore", over="ignore"):
+        if p == math.inf:
+            value = np.max(a, axis=axes, keepdims=keepdim) if xv.size else np.zeros(())
+        elif p == -math.inf:
+            value = np.min(a, axis=axes, keepdims=keepdim)
+        elif p == 0:
+            value = np.sum(a != 0, axis=axes, keepdims=keepdim).astype(xv.dtype)
+        elif p == 1:
+            value = np.sum(a, axis=axes, keepdims=keepdim)
+        elif p == 2:
+            value = np.sqrt(np.sum(xv * xv, axis=axes, keepdims=keepdim))
+        else:
+            value = np.sum(a ** p, axis=axes, keepdims=keepdim) ** (1 / p)
+    return _unary(NORM, x, np.asarray(value, dtype=xv.dtype), i0=mask, i1=int(keepdim), f0=p)
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return _moment(x, dim, unbiased, keepdim, correction, False)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    return _moment(x, dim, unbiased, keepdim, correction, True)
+
+
+def _moment(x, dim, unbiased, keepdim, correction, root):
+    if isinstance(dim, bool):  # var(unbiased) in torch's older signature
+        dim, unbiased = None, dim
+    if correction is None:
+        correction = 1 if unbiased is None or unbiased else 0
+    x = _float_input(x)
+    xv = x._value
+    axes = _axes(dim, xv.ndim)
+    n = 1
+    for a in axes:
+        n *= xv.shape[a]
+    d = x - mean(x, axes, keepdim=True)
+    s = sum(d * d, axes, keepdim=keepdim)
+    dof = n - correction
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = s * (1.0 / dof if dof > 0 else math.inf)  # torch: inf or nan when dof <= 0
+        return sqrt(v) if root else v
+
+
+def logsumexp(x, dim, keepdim=False):
+    x = _float_input(x)
+    xv = x._value
+    axes = _axes(dim, xv.ndim)
+    m = np.max(xv, axis=axes, keepdims=True) if xv.size else np.zeros((1,) * xv.ndim, xv.dtype)
+    m = np.where(np.isfinite(m), m, 0).astype(xv.dtype)  # a shift that keeps exp finite
+    shift = _leaf(m)
+    out = log(sum(exp(x - shift), axes, keepdim=True)) + shift
+    return squeeze(out, axes) if not keepdim and axes else out
+
+
+def _softmax_dim(x, dim, dtype):
+    if dtype is not None:
+        x = to_dtype(x, dtype)
+    x = _float_input(x)
+    return x, (_dim(dim, x._value.ndim) if x._value.ndim else 0)
+
+
+def softmax(x, dim, dtype=None):
+    x, d = _softmax_dim(x, dim, dtype)
+    xv = x._value
+    if xv.ndim == 0:
+        return _unary(SOFTMAX, x, np.ones((), xv.dtype), i0=0)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(xv - np.max(xv, axis=d, keepdims=True)) if xv.size else xv.copy()
+        value = e / np.sum(e, axis=d, keepdims=True)
+    return _unary(SOFTMAX, x, value, i0=d)
+
+
+def log_softmax(x, dim, dtype=None):
+    x, d = _softmax_dim(x, dim, dtype)
+    xv = x._value
+    if xv.ndim == 0:
+        return _unary(LOG_SOFTMAX, x, np.zeros((), xv.dtype), i0=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = xv - np.max(xv, axis=d, keepdims=True) if xv.size else xv.copy()
+        value = z - np.log(np.sum(np.exp(z), axis=d, keepdims=True))
+    return _unary(LOG_SOFTMAX, x, value, i0=d)
+
+
+def cumsum(x, dim, dtype=None):
+    if dtype is not None:
+        x = to_dtype(x, dtype)
+    xv = x._value
+    d = _dim(dim, xv.ndim)
+    value = np.cumsum(xv.reshape(1) if xv.ndim == 0 else xv, axis=d).reshape(xv.shape)
+    if xv.dtype.kind in "bi":
+        value = value.astype(np.int64)
+    return _unary(CUMSUM, x, value, i0=d)
+
+
+# -- linear algebra ----------------------------------------------------------------------------
+def bmm(x, y):
+    xv, yv = x._value, y._value
+    if xv.ndim != 3:
+        raise RuntimeError("batch1 must be a 3D tensor")
+    if yv.ndim != 3:
+        raise RuntimeError("batch2 must be a 3D tensor")
+    if yv.shape[0] != xv.shape[0] or yv.shape[1] != xv.shape[2]:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{xv.shape[0]}, {xv.shape[2]}] but got: [{yv.shape[0]}, {yv.shape[1]}].")
+    if xv.dtype != yv.dtype:
+        raise RuntimeError(f"expected scalar type {_torch_type_name(xv.dtype)} but found "
+                           f"{_torch_type_name(yv.dtype)}")
+    if xv.dtype.kind == "f":
+        from .kernels import bmm_forward
+        value = bmm_forward(np.ascontiguousarray(xv), np.ascontiguousarray(yv))
+    else:
+        value = np.matmul(xv, yv)
+    return _binary_rec(BMM, x, y, value)
+
+
+def _unsafe_view(x, shape):
+    shape = tuple(shape)
+    if tuple(x._value.shape) == shape:
+        return x
+    return _view(UNSAFE_VIEW, x, x._value.reshape(shape))
+
+
+def _batched_matmul(x, y):
+    """matmul with a 3-D or larger operand: fold into mm when the right side is a matrix (as torch
+    does), else broadcast the batch dims and run bmm."""
+    xv, yv = x._value, y._value
+    a = unsqueeze(x, 0) if xv.ndim == 1 else x
+    b = unsqueeze(y, -1) if yv.ndim == 1 else y
+    (n, k), (k2, p) = a._value.shape[-2:], b._value.shape[-2:]
+    if xv.dtype != yv.dtype:
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {_torch_type_name(xv.dtype).lower()} "
+                           f"!= {_torch_type_name(yv.dtype).lower()}")
+    if b._value.ndim == 2:
+        if k != k2:
+            raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({a._value.size // k if k else 0}x{k} "
+                               f"and {k2}x{p})")
+        r = _unsafe_view(mm(reshape(a, -1, k), b), a._value.shape[:-1] + (p,))
+        batch = a._value.shape[:-2]
+    else:
+        batch = broadcast_shapes(a._value.shape[:-2], b._value.shape[:-2])
+        if k != k2:
+            nb = 1
+            for s in batch:
+                nb *= s
+            raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: [{nb}, {k}] "
+                               f"but got: [{nb}, {k2}].")
+        a3 = reshape(expand(a, batch + (n, k)), -1, n, k)
+        b3 = reshape(expand(b, batch + (k, p)), -1, k, p)
+        r = bmm(a3, b3)
+    shape = tuple(batch) + ((n,) if xv.ndim > 1 else ()) + ((p,) if yv.ndim > 1 else ())
+    return _unsafe_view(r, shape)
+
+
+def mv(x, v):
+    if x._value.ndim != 2 or v._value.ndim != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got 1, {x._value.ndim}, {v._value.ndim}")
+    if x._value.shape[1] != v._value.shape[0]:
+        raise RuntimeError(f"size mismatch, got input ({x._value.shape[0]}), mat ({x._value.shape[0]}x"
+                           f"{x._value.shape[1]}), vec ({v._value.shape[0]})")
+    return matmul(x, v)
+
+
+def dot(x, y):
+    xv, yv = x._value, y._value
+    if xv.ndim != 1 or yv.ndim != 1:
+        raise RuntimeError(f"1D tensors expected, but got {xv.ndim}D and {yv.ndim}D tensors")
+    if xv.shape[0] != yv.shape[0]:
+        raise RuntimeError(f"inconsistent tensor size, expected tensor [{xv.shape[0]}] and src [{yv.shape[0]}] "
+                           f"to have the same number of elements, but got {xv.shape[0]} and {yv.shape[0]} "
+                           "elements respectively")
+    if xv.dtype != yv.dtype:
+        raise RuntimeError(f"dot : expected both vectors to have same dtype, but found "
+                           f"{_torch_type_name(xv.dtype)} and {_torch_type_name(yv.dtype)}")
+    return sum(mul(x, y))
+
+
+vdot, inner = dot, dot
+
+
+def outer(x, y):
+    return mul(unsqueeze(x, 1), unsqueeze(y, 0))
+
+
+ger = outer
+
+
+def einsum(equation, *operands):
+    """Two-operand (and one-operand) einsum: sums, diagonals, permutes, then one mm or bmm."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ins, out = _parse_einsum(equation, operands)
+    ops_ = [_einsum_prepare(t, s, out, [o for j, o in enumerate(ins) if j != k])
+            for k, (t, s) in enumerate(zip(operands, ins))]
+    sizes = {}
+    for k, (t, s) in enumerate(ops_):
+        for ch, n in zip(s, t.shape):
+            if ch in sizes and sizes[ch] != n and n != 1 and sizes[ch] != 1:
+                raise RuntimeError(f"einsum(): subscript {ch} has size {n} for operand {k} which does not "
+                                   f"broadcast with previously seen size {sizes[ch]}")
+            sizes[ch] = n if ch not in sizes or sizes[ch] == 1 else sizes[ch]
+    if len(ops_) == 1:
+        t, s = ops_[0]
+        return permute(t, [s.index(ch) for ch in out]) if s != out else t
+    (a, sa), (b, sb) = ops_
+    a = expand(a, tuple(sizes[ch] for ch in sa))
+    b = expand(b, tuple(sizes[ch] for ch in sb))
+    batch = [ch for ch in out if ch in sa and ch in sb]
+    left = [ch for ch in out if ch in sa and ch not in sb]
+    right = [ch for ch in out if ch in sb and ch not in sa]
+    contract = [ch for ch in sa if ch in sb and ch not in out]
+    nb, nl, nr, nc = (_prod_sizes(sizes, s) for s in (batch, left, right, contract))
+    a3 = reshape(permute(a, [sa.index(ch) for ch in batch + left + contract]), nb, nl, nc)
+    b3 = reshape(permute(b, [sb.index(ch) for ch in batch + contract + right]), nb, nc, nr)
+    r = mm(reshape(a3, nl, nc), reshape(b3, nc, nr)) if not batch else bmm(a3, b3)
+    r = reshape(r, tuple(sizes[ch] for ch in batch + left + right))
+    order = batch + left + right
+    return permute(r, [order.index(ch) for ch in out]) if order != list(out) else r
+
+
+def _prod_sizes(sizes, letters):
+    n = 1
+    for ch in letters:
+        n *= sizes[ch]
+    return n
+
+
+def _parse_einsum(equation, operands):
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    specs = lhs.split(",")
+    if len(specs) > len(operands):
+        raise RuntimeError("einsum(): fewer operands were provided than specified in the equation")
+    if len(specs) < len(operands):
+        raise RuntimeError("einsum(): more operands were provided than specified in the equation")
+    if len(operands) > 2:
+        raise NotImplementedError("einsum with more than two operands: contract them in pairs")
+    for pos, ch in enumerate(eq):
+        if not (ch.isalpha() and ch.isascii()) and ch not in ",.->":
+            raise RuntimeError(f"einsum(): invalid subscript given at index {pos} in the equation string, "
+                               "subscripts must be in [a-zA-Z]")
+    if "-" in eq and not arrow or eq.count("->") > 1:
+        raise RuntimeError("einsum(): invalid equation: '->' must appear once, between the inputs and the output")
+    # '...' stands for the same leading broadcast dims in every operand: give them letters
+    free = [ch for ch in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba" if ch not in eq]
+    nell = 0
+    for k, (s, t) in enumerate(zip(specs, operands)):
+        plain = s.replace("...", "")
+        if "..." not in s and len(s) != t.ndim:
+            raise RuntimeError(f"einsum(): the number of subscripts in the equation ({len(s)}) does not match the "
+                               f"number of dimensions ({t.ndim}) for operand {k} and no ellipsis was given")
+        if "..." in s:
+            nell = max(nell, t.ndim - len(plain))
+        if "." in plain:
+            raise RuntimeError("einsum(): found '.' for operand 0 that is not part of any ellipsis")
+    ell = "".join(free[:nell])
+    ins = []
+    for s, t in zip(specs, operands):
+        if "..." in s:
+            n = t.ndim - len(s.replace("...", ""))
+            s = s.replace("...", ell[len(ell) - n:] if n else "")
+        ins.append(s)
+    if arrow:
+        out = rhs.replace("...", ell)
+        for ch in out:
+            if not any(ch in s for s in ins):
+                raise RuntimeError(f"einsum(): output subscript {ch} does not appear in the equation for any "
+                                   "input operand")
+            if out.count(ch) > 1:
+                raise RuntimeError(f"einsum(): output subscript {ch} appears more than once in the output")
+    else:
+        counts = {}
+        for s in ins:
+            for ch in s:
+                counts[ch] = counts.get(ch, 0) + 1
+        out = ell + "".join(sorted(ch for ch, c in counts.items() if c == 1 and ch not in ell))
+    return ins, out
+
+
+def _einsum_prepare(t, s, out, others):
+    """Take diagonals of repeated subscripts, sum subscripts used nowhere else; return (t, subs)."""
+    if len(set(s)) != len(s):
+        uniq = "".join(dict.fromkeys(s))
+        shape = []
+        for ch in uniq:
+            sz = {t.shape[k] for k, c in enumerate(s) if c == ch}
+            if len(sz) > 1:
+                raise RuntimeError(f"einsum(): subscript {ch} is repeated for operand 0 but the sizes don't match, "
+                                   f"{sorted(sz)[1]} != {sorted(sz)[0]}")
+            shape.append(sz.pop())
+        strides = np.array([int(np.prod(t.shape[k + 1:])) for k in range(t.ndim)], dtype=np.int64)
+        grids = np.indices(shape, dtype=np.int64) if shape else np.zeros((0,), np.int64)
+        pos = np.zeros(tuple(shape), np.int64)
+        for k, ch in enumerate(s):
+            pos = pos + grids[uniq.index(ch)] * strides[k]
+        t = _with_map(INDEX, t, t._value.reshape(-1)[pos.reshape(-1)].reshape(shape), pos)
+        s = uniq
+    drop = [k for k, ch in enumerate(s) if ch not in out and not any(ch in o for o in others)]
+    if drop:
+        t = sum(t, tuple(drop))
+        s = "".join(ch for k, ch in enumerate(s) if k not in drop)
+    return t, s
+
+
+# -- shape ---------------------------------------------------------------------------------
+def flatten(x, start_dim=0, end_dim=-1):
+    shape = x._value.shape
+    if not shape:
+        return reshape(x, 1)
+    s, e = _dim(start_dim, len(shape)), _dim(end_dim, len(shape))
+    if s > e:
+        raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+    n = 1
+    for d in shape[s:e + 1]:
+        n *= d
+    return reshape(x, shape[:s] + (n,) + shape[e + 1:])
+
+
+def unflatten(x, dim, sizes):
+    shape = x._value.shape
+    d = _dim(dim, len(shape))
+    return reshape(x, shape[:d] + tuple(_infer_shape(tuple(sizes), shape[d])) + shape[d + 1:])
+
+
+def repeat(x, *sizes):
+    sizes = _shape_arg(sizes)
+    xv = x._value
+    if len(sizes) < xv.ndim:
+        raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of tensor")
+    return _with_map(REPEAT, x, np.tile(xv, sizes), np.tile(_positions(x), sizes))
+
+
+def flip(x, *dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    xv = x._value
+    axes = _axes(dims, xv.ndim) if xv.ndim else ()
+    return _with_map(FLIP, x, np.flip(xv, axes).copy(), np.flip(_positions(x), axes))
+
+
+def _seq(tensors, name):
+    if isinstance(tensors, Tensor):
+        raise TypeError(f"{name}(): argument 'tensors' (position 1) must be tuple of Tensors, not Tensor")
+    ts = list(tensors)
+    if not ts:
+        raise ValueError(f"{name}(): expected a non-empty list of Tensors")
+    if any(t._value.dtype != ts[0]._value.dtype for t in ts):
+        rt = _promote(*ts)
+        ts = [to_dtype(t, rt) for t in ts]
+    return ts
+
+
+def cat(tensors, dim=0):
+    ts = _seq(tensors, "torch.cat")
+    ts = [t for t in ts if t._value.shape != (0,)] or ts[:1]  # torch skips legacy empty 1-D tensors
+    ref = ts[0]._value.shape
+    if not ref:
+        raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
+    d = _dim(dim, len(ref))
+    for k, t in enumerate(ts):
+        s = t._value.shape
+        if len(s) != len(ref):
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {len(ref)} and {len(s)}")
+        for j in range(len(ref)):
+            if j != d and s[j] != ref[j]:
+                raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size {ref[j]} "
+                                   f"but got size {s[j]} for tensor number {k} in the list.")
+    return _cat_tree(CAT, ts, d, lambda vs: np.concatenate(vs, axis=d))
+
+
+concat = concatenate = cat
+
+
+def stack(tensors, dim=0):
+    ts = _seq(tensors, "stack")
+    ref = ts[0]._value.shape
+    for k, t in enumerate(ts):
+        if t._value.shape != ref:
+            raise RuntimeError(f"stack expects each tensor to be equal size, but got {list(ref)} at entry 0 and "
+                               f"{list(t._value.shape)} at entry {k}")
+    d = _dim(dim, len(ref) + 1)
+    return _cat_tree(STACK, ts, d, lambda vs: np.stack(vs, axis=d) if vs[0].ndim == len(ref) else
+                     np.concatenate(vs, axis=d))
+
+
+def _cat_tree(op, ts, d, join):
+    """Rows take up to three pieces; more become a tree of rows (three-way, so shallow)."""
+    while True:
+        groups = [ts[k:k + 3] for k in range(0, len(ts), 3)]
+        ts = [_record(op, join([t._value for t in grp]), *grp, i0=d) for grp in groups]
+        if len(ts) == 1:
+            return ts[0]
+
+
+def split(x, split_size_or_sections, dim=0):
+    xv = x._value
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step == 0 and n:
+            raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got dimension size of {n}")
+        if step < 0:
+            raise RuntimeError(f"split expects split_size be non-negative, but got split_size={step}")
+        sizes = [min(step, n - s) for s in range(0, n, step)] if step else [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if int(np.sum(sizes)) != n:
+            raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's size "
+                               f"at dimension {d}), but got split_sizes={sizes}")
+    pos = _positions(x) if x._rg and _state.grad_enabled else None
+    out, off = [], 0
+    for s in sizes:
+        key = (slice(None),) * d + (slice(off, off + s),)
+        value = xv[key]
+        if pos is not None:
+            out.append(_view(SPLIT, x, value, b=np.ascontiguousarray(pos[key]).reshape(-1)))
+        else:
+            out.append(_view(SPLIT, x, value))
+        off += s
+    return tuple(out)
+
+
+def chunk(x, chunks, dim=0):
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+    xv = x._value
+    n = xv.shape[_dim(dim, xv.ndim)]
+    return split(x, -(-n // chunks) if n else 0, dim)
+
+
+def unbind(x, dim=0):
+    d = _dim(dim, x._value.ndim)
+    return tuple(getitem(x, (slice(None),) * d + (i,)) for i in range(x._value.shape[d]))
+
+
+def narrow(x, dim, start, length):
+    d = _dim(dim, x._value.ndim)
+    return getitem(x, (slice(None),) * d + (slice(start, start + length),))
+
+
+# -- indexing ---------------------------------------------------------------------------------
+def _index_tensor(index, name, allow_int32=True):
+    iv = index._value if isinstance(index, Tensor) else np.asarray(index)
+    if iv.dtype.kind not in "iu" or (not allow_int32 and iv.dtype != np.int64):
+        raise RuntimeError(f"{name}(): Expected dtype int32/int64 for index" if allow_int32 else
+                           f"{name}(): Expected dtype int64 for index")
+    return iv.astype(np.int64, copy=False)
+
+
+def index_select(x, dim, index):
+    xv = x._value
+    iv = index._value if isinstance(index, Tensor) else np.asarray(index)
+    if iv.dtype.kind not in "iu":
+        raise RuntimeError("index_select(): Expected dtype int32 or int64 for index")
+    if iv.ndim > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
+    iv = iv.reshape(-1).astype(np.int64, copy=False)
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d] if xv.ndim else 1
+    if iv.size and (iv.min() < 0 or iv.max() >= n):
+        raise IndexError("index out of range in self")
+    x1 = xv.reshape(1) if xv.ndim == 0 else xv
+    value = np.take(x1, iv, axis=d).reshape(xv.shape if xv.ndim == 0 else x1.shape[:d] + (iv.size,) + x1.shape[d + 1:])
+    return _with_map(INDEX_SELECT, x, value, np.take(_positions(x).reshape(x1.shape), iv, axis=d))
+
+
+def repeat_interleave(x, repeats, dim=None):
+    if dim is None:
+        x, dim = reshape(x, -1), 0
+    n = x._value.shape[_dim(dim, x._value.ndim)]
+    reps = repeats._value if isinstance(repeats, Tensor) else repeats
+    return index_select(x, dim, _leaf(np.repeat(np.arange(n, dtype=np.int64), reps)))
+
+
+def _scatter_positions(shape, iv, d, name, limits):
+    """Flat positions in an array of ``shape`` for each element of index ``iv`` along dim d."""
+    if iv.ndim != len(shape):
+        raise RuntimeError("Index tensor must have the same number of dimensions as input tensor" if name == "gather"
+                           else "Index tensor must have the same number of dimensions as self tensor")
+    for k in range(iv.ndim):
+        for lim, what in limits:
+            if (k != d or what == "src") and iv.shape[k] > lim[k]:
+                raise RuntimeError(f"Size does not match at dimension {k} expected index {list(iv.shape)} to be no "
+                                   f"larger than {what} {list(lim)} apart from dimension {d}" if what != "src" else
+                                   f"Expected index {list(iv.shape)} to be no larger than self {list(shape)} apart "
+                                   f"from dimension {d} and to be no larger size than src {list(lim)}")
+    if iv.size:
+        bad = (iv < 0) | (iv >= shape[d])
+        if bad.any():
+            raise RuntimeError(f"index {int(iv[bad][0])} is out of bounds for dimension {d} with size {shape[d]}")
+    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+    pos = np.zeros(iv.shape, np.int64)
+    for k in range(iv.ndim):
+        coord = iv if k == d else np.arange(iv.shape[k], dtype=np.int64).reshape(
+            (1,) * k + (-1,) + (1,) * (iv.ndim - k - 1))
+        pos = pos + coord * strides[k]
+    return pos
+
+
+def gather(x, dim, index, sparse_grad=False):
+    xv = x._value
+    iv = _index_tensor(index, "gather")
+    d = _dim(dim, xv.ndim)
+    pos = _scatter_positions(xv.shape, iv, d, "gather", [(xv.shape, "self")])
+    value = np.ascontiguousarray(xv).reshape(-1)[pos.reshape(-1)].reshape(iv.shape)
+    return _with_map(GATHER, x, value, pos)
+
+
+def scatter_add(x, dim, index, src):
+    xv = x._value
+    iv = _index_tensor(index, "scatter_add", allow_int32=False)
+    d = _dim(dim, xv.ndim)
+    src = _scalar_like(src, x)
+    if src._value.dtype != xv.dtype:
+        raise RuntimeError(f"scatter(): Expected self.dtype to be equal to src.dtype")
+    pos = _scatter_positions(xv.shape, iv, d, "scatter_add", [(xv.shape, "self"), (src._value.shape, "src")])
+    if src._value.shape != iv.shape:
+        src = getitem(src, tuple(slice(0, n) for n in iv.shape))
+    value = xv.copy()
+    np.add.at(value.reshape(-1), pos.reshape(-1), src._value.reshape(-1))
+    return _record(SCATTER_ADD, value, x, src, pos.reshape(-1))
+
+
+def masked_fill(x, mask, value):
+    mv = mask._value if isinstance(mask, Tensor) else np.asarray(mask)
+    if mv.dtype != np.bool_:
+        raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype "
+                           f"{_torch_type_name(mv.dtype).lower()}")
+    shape = broadcast_shapes(x._value.shape, mv.shape)
+    if isinstance(value, Tensor):
+        if value._value.ndim:
+            raise RuntimeError(f"masked_fill_ only supports a 0-dimensional value tensor, but got tensor with "
+                               f"{value._value.ndim} dimension(s).")
+        if value._rg:  # a differentiable fill value: where() carries its gradient
+            return where(_leaf(np.broadcast_to(mv, shape)), to_dtype(value, x.dtype), x)
+        value = value._value.item()
+    x = expand(x, shape)
+    out = x._value.copy()
+    full = np.broadcast_to(mv, shape)
+    out[full] = value
+    return _record(MASKED_FILL, out, x, full, f0=float(value))
 
 
 # -- in place ------------------------------------------------------------------------------------
+def _root(x):
+    """The tensor whose storage x views (x itself when it is no view)."""
+    while x._x is not None and x._x.base is not None:
+        x = x._x.base
+    return x
+
+
+def _check_inplace(x):
+    if _state.grad_enabled and x._rg and x._tape is None:
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+    root = _root(x)
+    if root is not x and _state.grad_enabled and root._rg and root._tape is None:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+
+
 def _inplace(x, result):
     """Make x hold ``result`` in its own storage: x takes result's place in the graph."""
     _check_inplace(x)
@@ -825,6 +1964,9 @@ def _inplace(x, result):
     if result._value.shape != xv.shape:
         raise RuntimeError(f"output with shape {list(xv.shape)} doesn't match the broadcast shape "
                            f"{list(result._value.shape)}")
+    if result._value.dtype.kind == "f" and xv.dtype.kind != "f":
+        raise RuntimeError(f"result type Float can't be cast to the desired output type "
+                           f"{_torch_type_name(xv.dtype)}")
     np.copyto(xv, result._value, casting="unsafe")
     x._bump_version()
     if result._tape is not None:
@@ -832,6 +1974,46 @@ def _inplace(x, result):
         x._tape, x._slot, x._rg = tape, result._slot, True
         tape.vcs[result._slot] = x._vc  # later in-place changes to x invalidate what was saved
         _repin_version(tape, result._slot, x._vc[0])
+    _update_base(x)
+    return x
+
+
+def _update_base(x):
+    """x, a view, was just changed in place: its root records the write as torch's CopySlices, so
+    the root's later uses differentiate through the new values."""
+    root = _root(x)
+    if root is x or not _state.grad_enabled or not (x._rg or root._rg):
+        return
+    tape = x._tape if x._tape is not None else current_tape()
+    a, b = tape.slot_of(root), tape.slot_of(x)
+    c = tape.new_slot(_view_positions(root._value, x._value), LEAF, None)
+    root._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(root._value), counter(root))
+    root._tape, root._rg = tape, True
+
+
+def _view_positions(base, view):
+    """For each element of ``view`` (C order), its flat C-order index in ``base``, whose memory it shares."""
+    start = base.ctypes.data
+
+    def offsets(a):
+        o = np.full(a.shape, a.ctypes.data - start, dtype=np.int64)
+        for k, (n, st) in enumerate(zip(a.shape, a.strides)):
+            o = o + (np.arange(n, dtype=np.int64) * st).reshape((1,) * k + (n,) + (1,) * (a.ndim - k - 1))
+        return o.reshape(-1)
+
+    vo = offsets(view)
+    if base.flags.c_contiguous:
+        return vo // base.itemsize
+    bo = offsets(base)
+    order = np.argsort(bo, kind="stable")
+    return order[np.searchsorted(bo[order], vo)]
+
+
+def _saved(x, *others):
+    """x for an in-place op whose adjoint reads x's old value: a copy when the op is recorded,
+    since the write would overwrite what the adjoint needs (torch saves the original too)."""
+    if _state.grad_enabled and (x._rg or any(isinstance(o, Tensor) and o._rg for o in others)):
+        return clone(x)
     return x
 
 
@@ -842,16 +2024,60 @@ def _repin_version(tape, s, version):
 
 
 def zero_(x):
-    return fill_(x, 0)
+    _check_inplace(x)
+    if (x._rg or x._tape is not None) and _state.grad_enabled:
+        return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)))
+    x._value[...] = 0
+    x._bump_version()
+    return x
 
 
 def fill_(x, value):
     _check_inplace(x)
-    if x._tape is not None and _state.grad_enabled:
-        return _inplace(x, mul(x, 0) + value)
-    x._value[...] = value._value if isinstance(value, Tensor) else value
+    if isinstance(value, Tensor) and value._rg and _state.grad_enabled:
+        return _inplace(x, mul(x, 0) + value)  # the fill value's gradient is the sum of g
+    v = value._value if isinstance(value, Tensor) else value
+    if (x._rg or x._tape is not None) and _state.grad_enabled:
+        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)))
+    x._value[...] = v
     x._bump_version()
     return x
+
+
+def mul_(x, y):
+    return _inplace(x, mul(_saved(x, y), y))
+
+
+def div_(x, y):
+    return _inplace(x, div(_saved(x, y), y))
+
+
+def pow_(x, e):
+    return _inplace(x, pow(_saved(x, e), e))
+
+
+def clamp_(x, min=None, max=None):
+    return _inplace(x, clamp(_saved(x, min, max), min, max))
+
+
+def exp_(x):
+    return _inplace(x, exp(x))
+
+
+def masked_fill_(x, mask, value):
+    return _inplace(x, masked_fill(x, mask, value))
+
+
+def scatter_add_(x, dim, index, src):
+    return _inplace(x, scatter_add(x, dim, index, src))
+
+
+def copy_(x, src, non_blocking=False):
+    if not isinstance(src, Tensor):
+        src = _leaf(np.asarray(src))
+    broadcast_shapes(x._value.shape, src._value.shape)
+    value = np.broadcast_to(src._value, x._value.shape).astype(x._value.dtype)
+    return _inplace(x, _record(COPY, value, x, src))
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -901,6 +2127,32 @@ def _install():
     M.bool = lambda x: to_dtype(x, dtypes.bool_)
     M.type_as = lambda x, other: to_dtype(x, other.dtype)
     M.cpu = lambda x: x
+    _install_surface(M)
+
+
+def _install_surface(M):
+    """Methods of the full op surface (issue 3)."""
+    M.__lt__, M.__le__, M.__gt__, M.__ge__, M.__eq__, M.__ne__ = lt, le, gt, ge, eq, ne
+    M.__and__, M.__or__, M.__xor__, M.__invert__ = bitwise_and, bitwise_or, bitwise_xor, _invert
+    M.__rand__, M.__ror__, M.__rxor__ = bitwise_and, bitwise_or, bitwise_xor
+    M.__imul__ = mul_
+    M.__itruediv__ = div_
+    M.__ipow__ = pow_
+    for name, fn in dict(
+            rsqrt=rsqrt, log1p=log1p, expm1=expm1, tan=tan, erf=erf, square=square, clamp=clamp, clip=clamp,
+            clamp_min=clamp_min, clamp_max=clamp_max, maximum=maximum, minimum=minimum, sign=sign, prod=prod,
+            max=max_, min=min_, amax=amax, amin=amin, norm=norm, var=var, std=std, logsumexp=logsumexp,
+            softmax=softmax, log_softmax=log_softmax, cumsum=cumsum, argmax=argmax, argmin=argmin, isnan=isnan,
+            isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, outer=outer, ger=outer, flatten=flatten,
+            unflatten=unflatten, repeat=repeat, split=split, chunk=chunk, flip=flip, unbind=unbind, narrow=narrow,
+            index_select=index_select, gather=gather, scatter_add=scatter_add, masked_fill=masked_fill,
+            lt=lt, le=le, gt=gt, ge=ge, eq=eq, ne=ne, greater=gt, less=lt, logical_not=logical_not, all=all_,
+            any=any_, nonzero=nonzero, mul_=mul_, div_=div_, pow_=pow_, clamp_=clamp_, clip_=clamp_,
+            copy_=copy_, exp_=exp_, masked_fill_=masked_fill_, zero_=zero_, fill_=fill_,
+            repeat_interleave=repeat_interleave,
+            scatter_add_=scatter_add_).items():
+        setattr(M, name, fn)
+    M.where = lambda x, condition, y: where(condition, x, y)
 
 
 def _to(x, *args, **kwargs):

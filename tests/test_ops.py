@@ -22,6 +22,10 @@ def positive(shape):
     return RNG.uniform(0.5, 2.0, shape)
 
 
+def small(shape):
+    return RNG.uniform(-1.0, 1.0, shape)
+
+
 def away_from_zero(shape):
     return RNG.uniform(0.3, 1.5, shape) * RNG.choice([-1.0, 1.0], shape)
 
@@ -36,6 +40,7 @@ CASES = {
     "pow": (lambda lib, x, y: x ** y, [(2, 3), (2, 3)], positive),
     "add_scalar": (lambda lib, x: 1.5 + x, [(3,)], normal),
     "rsub_scalar": (lambda lib, x: 2.0 - x, [(3,)], normal),
+    "sub_scalar": (lambda lib, x: x - 1.5, [(3,)], normal),
     "mul_scalar": (lambda lib, x: x * 3.0, [(3,)], normal),
     "div_scalar": (lambda lib, x: x / 3.0, [(3,)], normal),
     "pow_scalar": (lambda lib, x: x ** 3, [(3,)], normal),
@@ -72,6 +77,47 @@ CASES = {
     "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
     "to": (lambda lib, x: (x.float() * 2).double(), [(3,)], normal, {"eps": 1e-2, "rtol": 1e-3}),
     "clone": (lambda lib, x: x.clone().exp(), [(3,)], normal),
+    "function": None,  # a custom autograd.Function's row: tests/test_function.py and test_higher_order.py
+    # the full op surface (issue 3); broadcasting, keepdim and dtypes are covered in test_ops_surface.py
+    "rsqrt": (lambda lib, x: x.rsqrt(), [(2, 3)], positive),
+    "log1p": (lambda lib, x: x.log1p(), [(2, 3)], positive),
+    "expm1": (lambda lib, x: x.expm1(), [(2, 3)], normal),
+    "tan": (lambda lib, x: x.tan(), [(2, 3)], small),
+    "erf": (lambda lib, x: lib.erf(x), [(2, 3)], normal),
+    "leaky_relu": (lambda lib, x: lib.nn.functional.leaky_relu(x, 0.1), [(2, 3)], away_from_zero),
+    "gelu": (lambda lib, x: lib.nn.functional.gelu(lib.nn.functional.gelu(x, approximate="tanh")), [(2, 3)], normal),
+    "softplus": (lambda lib, x: lib.nn.functional.softplus(x * 4, beta=2, threshold=3), [(2, 3)], away_from_zero),
+    "clamp": (lambda lib, x: x.clamp(min=-0.9).clamp(-0.5, 0.5), [(2, 4)], away_from_zero),
+    "sign": (lambda lib, x: (x * 2).sign(), [(2, 3)], away_from_zero),
+    "maximum": (lambda lib, x, y: lib.maximum(x, y), [(2, 3), (3,)], normal),
+    "minimum": (lambda lib, x, y: lib.minimum(x, y), [(2, 1), (2, 3)], normal),
+    "where": (lambda lib, x, y: lib.where(x > 0, x, y), [(2, 3), (2, 1)], normal),
+    "masked_fill": (lambda lib, x: x.masked_fill(x > 0.5, 2.0), [(2, 3)], normal),
+    "prod": (lambda lib, x: x.prod(), [(2, 3)], normal),
+    "prod_dim": (lambda lib, x: x.prod(-1, keepdim=True), [(2, 3, 4)], normal),
+    "max": (lambda lib, x: x.max(), [(2, 3)], normal),
+    "min": (lambda lib, x: x.min(), [(2, 3)], normal),
+    "amax": (lambda lib, x: x.amax((0, -1), keepdim=True), [(2, 3, 4)], normal),
+    "amin": (lambda lib, x: x.amin(1), [(2, 3, 4)], normal),
+    "max_dim": (lambda lib, x: x.max(-1).values, [(2, 3, 4)], normal),
+    "min_dim": (lambda lib, x: x.min(0, keepdim=True)[0], [(2, 3)], normal),
+    "norm": (lambda lib, x: x.norm(dim=-1), [(2, 3)], normal),
+    "cumsum": (lambda lib, x: x.cumsum(-2), [(2, 3, 2)], normal),
+    "softmax": (lambda lib, x: x.softmax(-1), [(2, 4)], normal),
+    "log_softmax": (lambda lib, x: x.log_softmax(0), [(3, 2)], normal),
+    "bmm": (lambda lib, x, y: lib.bmm(x, y), [(2, 3, 4), (2, 4, 2)], normal),
+    "unsafe_view": (lambda lib, x, y: x @ y, [(2, 3, 4), (4, 2)], normal),
+    "cat": (lambda lib, x, y: lib.cat([x, y, x], 1), [(2, 3), (2, 2)], normal),
+    "stack": (lambda lib, x, y: lib.stack([x, y], -1), [(2, 3), (2, 3)], normal),
+    "repeat": (lambda lib, x: x.repeat(2, 1, 2), [(2, 3)], normal),
+    "flip": (lambda lib, x: x.flip(0, -1), [(2, 3)], normal),
+    "index_select": (lambda lib, x: x.index_select(-1, lib.tensor([2, 0, 2])), [(2, 3)], normal),
+    "gather": (lambda lib, x: x.gather(1, lib.tensor([[0, 2], [1, 1]])), [(2, 3)], normal),
+    "split": (lambda lib, x: x.split(2, -1)[1], [(2, 5)], normal),
+    "scatter_add": (lambda lib, x, y: x.scatter_add(1, lib.tensor([[0, 2, 0]]), y), [(2, 3), (1, 3)], normal),
+    "copy": (lambda lib, x, y: (x * 1).copy_(y), [(2, 3), (3,)], normal),
+    "zero": (lambda lib, x: (x * 1).zero_(), [(2, 3)], normal),
+    "fill": (lambda lib, x: (x * 1).fill_(2.0), [(2, 3)], normal),
 }
 
 
@@ -211,3 +257,14 @@ def test_dim_out_of_range():
 def test_index_out_of_range():
     with pytest.raises(IndexError, match="out of"):
         tg.ones(2, 3)[5]
+
+
+def test_tensor_subclass_operands():
+    class Sub(tg.Tensor):
+        __slots__ = ()
+
+    p = tg.ones(2).requires_grad_()
+    p.__class__ = Sub
+    y = (tg.ones(2) * p + p * 2.0).sum()
+    y.backward()
+    np.testing.assert_allclose(p.grad.numpy(), [3.0, 3.0])
