@@ -15,7 +15,9 @@ def _finish(value, requires_grad, device=None):
     _check_device(device)
     t = _leaf(value)
     if requires_grad:
-        t.requires_grad_(True)
+        if value.dtype.kind != "f":
+            raise RuntimeError("Only Tensors of floating point and complex dtype can require gradients")
+        t._rg = True
     return t
 
 

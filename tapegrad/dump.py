@@ -284,8 +284,10 @@ def _header(tape, shown, view):
         state.append("current")
     if tape.freed:
         state.append("freed by backward(): only the opcodes remain (pass retain_graph=True to keep the values)")
-    elif tape.closed:
+    elif tape.closed and bool((tape.slot_table()[:, 1] & FREED).any()):
         state.append("closed by a backward that freed some of its entries")
+    elif tape.closed:
+        state.append("closed by a backward that retained it: later ops start a new tape")
     if view.subset:
         state.append(f"showing the {shown} entries the output depends on")
     return head + (" (" + "; ".join(state) + ")" if state else "")

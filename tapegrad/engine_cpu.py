@@ -84,6 +84,9 @@ def run(seeds, req):
         tape = max(pending, key=lambda t: t.serial)
         tape_seeds = pending.pop(tape)
         links = (_run_python if req.create_graph else _run_jitted)(tape, tape_seeds, req)
+        # Later ops start a fresh tape even when this graph is retained: a retain_graph or create_graph
+        # loop then frees each step's tape with its last tensor, instead of growing one tape forever.
+        tape.closed = True
         for (older, slot), g in links.items():
             into = pending.setdefault(older, {})
             into[slot] = _accumulate(into.get(slot), g)

@@ -35,11 +35,20 @@ class _Mode:
         return ()
 
 
-class no_grad(_Mode):
+class _NoParamMode(_Mode):
+    """As in torch, usable as a bare decorator too: ``@no_grad`` as well as ``@no_grad()``."""
+
+    def __new__(cls, orig_func=None):
+        if orig_func is None:
+            return super().__new__(cls)
+        return cls()(orig_func)
+
+
+class no_grad(_NoParamMode):
     _enabled = False
 
 
-class enable_grad(_Mode):
+class enable_grad(_NoParamMode):
     _enabled = True
 
 
@@ -65,6 +74,11 @@ class set_grad_enabled(_Mode):
 
 
 class inference_mode(_Mode):
+    def __new__(cls, mode=True):
+        if callable(mode):  # a bare @inference_mode
+            return cls()(mode)
+        return super().__new__(cls)
+
     def __init__(self, mode=True):
         self._enabled = not mode
         self._mode = bool(mode)

@@ -6,8 +6,8 @@ address of the NumPy array holding it (the jitted engine reads the array's heade
 flags, the version of its storage when recorded and its dtype code.
 
 Lifecycle: the thread's current tape is held weakly, so a tape that no tensor reaches is freed by
-reference counting. A backward that frees the graph closes the tape; later ops start a fresh one,
-and an op whose input lives on an older tape gets a LINK slot that backward follows into it.
+reference counting. A backward closes the tape (and frees the graph unless retained); later ops start
+a fresh one, and an op whose input lives on an older tape gets a LINK slot that backward follows into it.
 """
 import struct
 import threading
@@ -45,7 +45,7 @@ class Tape:
         self.values = []  # slot -> ndarray kept alive while the slot can be read (None once freed)
         self.vcs = []  # slot -> version counter ([int]) of the storage, for the in-place check
         self.leaf_slot = {}  # id(leaf tensor) -> slot
-        self.leaves = {}  # slot -> leaf tensor (gets .grad)
+        self.leaves = _Leaves(self.leaf_slot)  # slot -> leaf tensor (gets .grad), held weakly
         self.links = {}  # slot -> (older tape, slot there)
         self.link_slot = {}  # (id(older tape), slot there) -> slot here
         self.retained = {}  # slot -> weakref to a non-leaf tensor that called retain_grad()
@@ -204,6 +204,27 @@ def counter(t):
         if tape is not None and tape.vcs is not None:
             tape.vcs[t._slot] = vc
     return vc
+
+
+class _Leaves(weakref.WeakValueDictionary):
+    """slot -> leaf Tensor, held weakly. A leaf given a .grad made with create_graph holds this tape
+    (grad -> tape), so a strong tape -> leaf link would make a cycle that reference counting never
+    frees (a parameter and its gradient keeping every graph alive). A leaf's death also drops its
+    id from ``leaf_slot``, since ids are reused."""
+
+    def __init__(self, leaf_slot):
+        super().__init__()
+        drop, ids = self._remove, {}
+
+        def remove(wr):
+            drop(wr)
+            leaf_slot.pop(ids.pop(wr.key, None), None)
+
+        self._remove, self._ids = remove, ids
+
+    def __setitem__(self, s, t):
+        self._ids[s] = id(t)
+        super().__setitem__(s, t)
 
 
 def _contiguous(a):

@@ -56,7 +56,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         retain_graph = create_graph
     inputs = _tuple(inputs)
     if inputs is not None and len(inputs) == 0:
-        raise RuntimeError("'inputs' argument to backward() cannot be empty.")
+        raise RuntimeError("`inputs` argument to `backward()` cannot be empty.")
     seeds, leaf_seeds = _seeds(tensors, grad_tensors, create_graph)
     want = _want_from_graph(seeds, inputs) if inputs is not None else None
     req = engine_cpu.Request(True, want, retain_graph, create_graph)
@@ -132,10 +132,10 @@ def _want_from_graph(seeds, inputs):
         if t._tape is not None:
             want[(t._tape.serial, t._slot)] = i
             continue
-        for tp in tapes:
-            s = tp.leaf_slot.get(id(t)) if tp.leaf_slot is not None else None
-            if s is not None:
-                want[(tp.serial, s)] = i
+        for tp in tapes:  # a leaf changed in place between uses has several slots on one tape
+            for s, leaf in (tp.leaves or {}).items():
+                if leaf is t:
+                    want[(tp.serial, s)] = i
     return want
 
 
@@ -146,3 +146,4 @@ def Variable(data, requires_grad=False, volatile=False):
     if requires_grad:
         t = t.detach().requires_grad_(True) if t._tape is not None else t.requires_grad_(True)
     return t
+

@@ -11,7 +11,7 @@ class Node:
 
     def name(self):
         n = type(self).__name__
-        return "torch::autograd::CopySlices" if n == "CopySlices" else n  # torch's C++ node keeps its namespace
+        return f"torch::autograd::{n}" if n in ("CopySlices", "CopyBackwards") else n  # torch's C++ nodes keep their namespace
 
     @property
     def next_functions(self):
@@ -21,10 +21,10 @@ class Node:
         r = tape.row(e)
         op = ops.TABLE[r[0]]
         out = []
-        for k in range(op.arity):
+        for k in range(_USER_OPERANDS.get(op.kernel, op.arity)):
             s = r[1 + k]
             out.append((_input_node(tape, s), 0))
-        if op.name in ("add_scalar", "mul_scalar", "div_scalar"):
+        if op.name in ("add_scalar", "sub_scalar", "mul_scalar", "div_scalar"):
             out.append((None, 0))  # torch lists the Python-scalar operand too
         return tuple(out)
 
@@ -53,6 +53,8 @@ class AccumulateGrad:
         return f"<AccumulateGrad object at {id(self):#x}>"
 
 
+# Rows whose trailing operands are tapegrad's int64 index maps, which torch's nodes do not list.
+_USER_OPERANDS = {"adj_getitem": 1, "adj_scatter_flat": 1, "adj_setitem": 2}
 _classes = {}
 
 
@@ -65,8 +67,11 @@ def _node_class(name):
 
 def node_for(tape, slot):
     from .. import ops
-    e = tape.producer(slot)
-    return _node_class(ops.TABLE[tape.row(e)[0]].grad_fn)(tape, slot)
+    r = tape.row(tape.producer(slot))
+    if r[0] == ops.FUNCTION.code:  # a custom Function: torch names it <class name>Backward
+        from .function import backward_name
+        return _node_class(backward_name(r))(tape, slot)
+    return _node_class(ops.TABLE[r[0]].grad_fn)(tape, slot)
 
 
 def _input_node(tape, s):
@@ -81,4 +86,8 @@ def _input_node(tape, s):
             return None
         leaf = tape.leaves.get(s) if tape.leaves is not None else None
         return AccumulateGrad(leaf)
+    from .. import ops
+    r = tape.row(tape.producer(s))
+    if r[0] == ops.EXPAND.code and r[6] == 1:
+        return _input_node(tape, r[1])  # an implicit broadcast: torch records no node for it
     return node_for(tape, s)
