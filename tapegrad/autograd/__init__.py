@@ -147,3 +147,8 @@ def Variable(data, requires_grad=False, volatile=False):
         t = t.detach().requires_grad_(True) if t._tape is not None else t.requires_grad_(True)
     return t
 
+
+# The functional API, gradcheck and custom Functions build on grad/backward above.
+from . import functional  # noqa: E402,F401
+from .function import Function, FunctionCtx, once_differentiable  # noqa: E402,F401
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck  # noqa: E402,F401

@@ -1,0 +1,408 @@
+"""tapegrad.autograd.Function: custom ops on the tape, on the jitted path and with create_graph.
+
+Each program is written once for both libraries (``lib`` is tapegrad or torch); the Function
+classes are built per library by ``make_functions`` so the same code defines both.
+"""
+import gc
+import warnings
+import weakref
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+RNG = np.random.default_rng(7)
+
+
+def make_functions(lib):
+    class Cube(lib.autograd.Function):
+        """x**3 with a backward written in ops, saving the input: differentiable again."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return g * 3 * x * x
+
+    class Exp(lib.autograd.Function):
+        """exp, saving its output (torch's SavedBackward pattern)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            y = x.exp()
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            y, = ctx.saved_tensors
+            return g * y
+
+    class MulK(lib.autograd.Function):
+        """x * y * k with a non-tensor argument and a tensor that may not need grad."""
+
+        @staticmethod
+        def forward(ctx, x, y, k):
+            ctx.save_for_backward(x, y)
+            ctx.k = k
+            return x * y * k
+
+        @staticmethod
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            return g * y * ctx.k, g * x * ctx.k, None
+
+    class SinCos(lib.autograd.Function):
+        """Two outputs: backward receives both gradients at once."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin(), x.cos()
+
+        @staticmethod
+        def backward(ctx, gs, gc_):
+            x, = ctx.saved_tensors
+            return gs * x.cos() - gc_ * x.sin()
+
+    class Weighted(lib.autograd.Function):
+        """Five inputs: more than one tape row's worth of input slots."""
+
+        @staticmethod
+        def forward(ctx, a, b, c, d, e):
+            ctx.save_for_backward(a, b, c, d, e)
+            return a * b + c * d * e
+
+        @staticmethod
+        def backward(ctx, g):
+            a, b, c, d, e = ctx.saved_tensors
+            return g * b, g * a, g * d * e, g * c * e, g * c * d
+
+    return dict(Cube=Cube, Exp=Exp, MulK=MulK, SinCos=SinCos, Weighted=Weighted)
+
+
+TG = make_functions(tg)
+
+# name: (program(lib, F, *inputs) -> tensor, input shapes). Inputs are float64 and require grad.
+PROGRAMS = {
+    "cube": (lambda lib, F, x: F["Cube"].apply(x.sin()).sum(), [(3,)]),
+    "exp_saved_output": (lambda lib, F, x: (F["Exp"].apply(x * 0.5) * x).sum(), [(2, 3)]),
+    "mulk": (lambda lib, F, x, y: F["MulK"].apply(x.tanh(), y, 2.5).pow(2).sum(), [(4,), (4,)]),
+    "two_outputs": (lambda lib, F, x: (lambda s, c: (s * c * x).sum())(*F["SinCos"].apply(x * 1.5)), [(3,)]),
+    "one_of_two_outputs": (lambda lib, F, x: F["SinCos"].apply(x)[1].exp().sum(), [(3,)]),
+    "five_inputs": (lambda lib, F, a, b, c, d, e: F["Weighted"].apply(a, b.exp(), c, d, e * e).sin().sum(),
+                    [(2,)] * 5),
+    "chained": (lambda lib, F, x: F["Cube"].apply(F["Exp"].apply(x) * 0.3).sum(), [(2, 2)]),
+}
+
+
+def _inputs(lib, values):
+    if lib is tg:
+        return [tg.tensor(v, dtype=tg.float64, requires_grad=True) for v in values]
+    return [lib.tensor(v, dtype=lib.float64, requires_grad=True) for v in values]
+
+
+def _np(t):
+    return t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _derivatives(lib, F, program, values):
+    """First (jitted), first/second/third (create_graph chain) derivatives of program at values."""
+    xs = _inputs(lib, values)
+    g_plain = lib.autograd.grad(program(lib, F, *xs), xs)
+    xs = _inputs(lib, values)
+    g = lib.autograd.grad(program(lib, F, *xs), xs, create_graph=True)
+    s2 = sum((gi * gi).sum() for gi in g)
+    h = lib.autograd.grad(s2, xs, create_graph=True)
+    s3 = sum((hi.sin()).sum() for hi in h)
+    t = lib.autograd.grad(s3, xs)
+    return [list(map(_np, r)) for r in (g_plain, g, h, t)]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_function_grads_match_finite_differences(name):
+    program, shapes = PROGRAMS[name]
+    values = [RNG.standard_normal(s) for s in shapes]
+    g_plain, g, *_ = _derivatives(tg, TG, program, values)
+    eps = 1e-6
+    for k, v in enumerate(values):
+        num = np.zeros_like(v)
+        for idx in np.ndindex(v.shape):
+            vals_p = [w.copy() for w in values]
+            vals_m = [w.copy() for w in values]
+            vals_p[k][idx] += eps
+            vals_m[k][idx] -= eps
+            with tg.no_grad():
+                fp = program(tg, TG, *[tg.tensor(w, dtype=tg.float64) for w in vals_p]).item()
+                fm = program(tg, TG, *[tg.tensor(w, dtype=tg.float64) for w in vals_m]).item()
+            num[idx] = (fp - fm) / (2 * eps)
+        np.testing.assert_allclose(g_plain[k], num, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(g[k], g_plain[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_function_higher_order_matches_torch(name):
+    torch = pytest.importorskip("torch")
+    program, shapes = PROGRAMS[name]
+    values = [RNG.standard_normal(s) for s in shapes]
+    ours = _derivatives(tg, TG, program, values)
+    theirs = _derivatives(torch, make_functions(torch), program, values)
+    for a, b in zip(ours, theirs):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_grad_fn_name_and_needs_input_grad():
+    seen = {}
+
+    class Scale(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y, k):
+            seen["needs"] = ctx.needs_input_grad
+            return x * y * k
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g, None
+
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    z = Scale.apply(x, tg.tensor([3.0, 4.0]), 2.0)
+    assert seen["needs"] == (True, False, False)
+    assert type(z.grad_fn).__name__ == "ScaleBackward" and z.grad_fn.name() == "ScaleBackward"
+    assert repr(z) == "tensor([ 6., 16.], grad_fn=<ScaleBackward>)"
+    assert z.requires_grad and not z.is_leaf
+
+
+def test_no_grad_and_no_input_needing_grad_record_nothing():
+    F = TG["Exp"]
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    with tg.no_grad():
+        y = F.apply(x)
+    assert not y.requires_grad and y.grad_fn is None
+    z = F.apply(tg.tensor([1.0, 2.0]))
+    assert not z.requires_grad and z.grad_fn is None
+
+
+def test_multiple_outputs_backward_receives_zeros_or_none():
+    got = []
+
+    class Split(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, materialize):
+            ctx.set_materialize_grads(materialize)
+            return x * 2, x * 3
+
+        @staticmethod
+        def backward(ctx, g1, g2):
+            got.append((g1, g2))
+            out = g1 * 2 if g1 is not None else 0
+            return out + (g2 * 3 if g2 is not None else 0), None
+
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    a, _ = Split.apply(x, True)
+    a.sum().backward()
+    assert got[-1][1].tolist() == [0.0, 0.0] and got[-1][0].tolist() == [1.0, 1.0]
+    assert x.grad.tolist() == [2.0, 2.0]
+    _, b = Split.apply(x, False)
+    b.sum().backward()
+    assert got[-1][0] is None and got[-1][1].tolist() == [1.0, 1.0]
+    assert x.grad.tolist() == [5.0, 5.0]
+
+
+def test_function_between_ops_and_intermediate_grad():
+    F = TG["Cube"]
+    x = tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64, requires_grad=True)
+    u = x * 2
+    y = F.apply(u)
+    (gu,) = tg.autograd.grad(y.sum(), u, retain_graph=True)
+    np.testing.assert_allclose(gu.numpy(), 3 * (2 * x.detach().numpy()) ** 2)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * 3 * (2 * x.detach().numpy()) ** 2)
+
+
+def test_hook_on_function_output_runs_before_its_backward():
+    F = TG["Exp"]
+    x = tg.tensor([0.0, 1.0], dtype=tg.float64, requires_grad=True)
+    y = F.apply(x)
+    y.register_hook(lambda g: g * 10)
+    (y * 1).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 10 * np.exp([0.0, 1.0]))
+
+
+def test_input_on_an_older_tape():
+    F = TG["Cube"]
+    x = tg.tensor([1.0, 2.0], dtype=tg.float64, requires_grad=True)
+    a = x * 2
+    (x * 5).sum().backward()  # closes a's tape without freeing a's entry
+    x.grad = None
+    y = F.apply(a)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * 3 * (2 * np.array([1.0, 2.0])) ** 2)
+
+
+def test_mark_non_differentiable_and_integer_outputs():
+    class ArgSort(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x * 2
+            idx = tg.tensor(np.argsort(x.detach().numpy()))
+            ctx.mark_non_differentiable(idx)
+            return y, idx
+
+        @staticmethod
+        def backward(ctx, g, gi):
+            return g * 2
+
+    x = tg.tensor([3.0, 1.0, 2.0], requires_grad=True)
+    y, idx = ArgSort.apply(x)
+    assert y.requires_grad and not idx.requires_grad and idx.dtype == tg.int64
+    y.sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_setup_context_style():
+    class Square(tg.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return 2 * x * g
+
+    x = tg.tensor([1.0, 3.0], requires_grad=True)
+    Square.apply(x).sum().backward()
+    assert x.grad.tolist() == [2.0, 6.0]
+
+
+def test_saved_tensors_freed_after_backward():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    y = TG["Exp"].apply(x)
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()  # retained once: works
+    with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
+        y.sum().backward()
+
+
+def test_saved_tensor_modified_in_place():
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 1
+    y = TG["Cube"].apply(u)
+    u.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+# -- bad input: torch's errors and key words ------------------------------------------------------
+def _bad(lib, returns):
+    class Bad(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k):
+            return x.sum() * k
+
+        @staticmethod
+        def backward(ctx, g):
+            return returns(lib, g)
+
+    return Bad
+
+
+BAD = {
+    "too_few": (lambda lib, g: g, r"incorrect number of gradients \(expected 2, got 1\)"),
+    "too_many": (lambda lib, g: (g, None, g), r"incorrect number of gradients \(expected 2, got 3\)"),
+    "wrong_shape": (lambda lib, g: (lib.ones(3, dtype=lib.float64), None),
+                    r"invalid gradient at index 0 - got \[3\] but expected shape compatible with \[2\]"),
+    "grad_for_non_tensor": (lambda lib, g: (g.expand(2), g),
+                            "returned a gradient different than None at position 2, but the corresponding "
+                            "forward input was not a Variable"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_backward_returning_wrong_grads(name):
+    returns, msg = BAD[name]
+    x = tg.tensor([1.0, 2.0], dtype=tg.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=msg):
+        _bad(tg, returns).apply(x, 2.0).backward()
+    with pytest.raises(RuntimeError, match=msg):  # the create_graph path checks the same
+        tg.autograd.grad(_bad(tg, returns).apply(x, 2.0), x, create_graph=True)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_backward_returning_wrong_grads_like_torch(name):
+    torch = pytest.importorskip("torch")
+    returns, msg = BAD[name]
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=msg):
+        _bad(torch, returns).apply(x, 2.0).backward()
+
+
+def test_extra_none_grads_and_broadcast_grads_are_accepted():
+    class Loose(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g * 2).unsqueeze(0), None  # a leading dim is summed away; a trailing None is dropped
+
+    x = tg.tensor([1.0, 2.0], requires_grad=True)
+    Loose.apply(x).sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0]
+
+
+def test_legacy_calls_raise():
+    with pytest.warns(DeprecationWarning, match="should not be instantiated"):
+        f = TG["Exp"]()
+    with pytest.raises(RuntimeError, match="Legacy autograd function with non-static forward method"):
+        f(tg.tensor([1.0]))
+
+    class NoBackward(tg.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+    x = tg.tensor([1.0], requires_grad=True)
+    with pytest.raises(NotImplementedError, match="must implement either the backward or vjp"):
+        NoBackward.apply(x).sum().backward()
+
+
+def test_call_graph_is_freed_by_reference_counting():
+    gc.disable()
+    try:
+        x = tg.tensor([1.0, 2.0], requires_grad=True)
+        y = TG["Exp"].apply(x * 2)  # saves its output: no cycle through ctx
+        z = TG["Cube"].apply(y)  # saves a non-leaf input
+        tape = weakref.ref(z._tape)
+        del y, z
+        assert tape() is None
+    finally:
+        gc.enable()
+
+
+def test_saved_leaf_with_a_create_graph_grad_is_no_cycle():
+    """ctx holds a saved parameter by slot: tape -> call -> ctx -> w -> w.grad -> tape is no cycle."""
+    gc.disable()
+    try:
+        w = tg.tensor([1.0, 2.0], dtype=tg.float64, requires_grad=True)
+        y = TG["Cube"].apply(w).sum()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's reference-cycle warning, copied by tapegrad
+            y.backward(create_graph=True)
+        assert w.grad.grad_fn is not None
+        tape, param = weakref.ref(y._tape), weakref.ref(w)
+        del y, w  # w.grad still holds the tape: dropping w must free both
+        assert param() is None and tape() is None
+    finally:
+        gc.enable()

@@ -1,0 +1,400 @@
+"""Higher order, to any order: every row of ops.TABLE differentiated three times.
+
+CASES maps each row name to a scalar program (written once for tapegrad and torch) that records
+that row where its VJP is itself differentiated: the first derivative goes through the row's VJP
+(create_graph path, recorded), the second and third through the VJPs of what that recorded. A
+row without a case fails ``test_every_row_has_a_case``: a new op is not done until it is here.
+
+For each case, in float64, with fixed vectors u and w:
+  g = d f / dx,  h = d (g . u) / dx  (Hessian times u),  t = d (h . w) / dx  (third derivative)
+are checked against torch, and h and t against central finite differences of g and h.
+"""
+import gc
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import ops
+from tapegrad.tape import Tape
+
+RNG = np.random.default_rng(5)
+
+
+def normal(shape):
+    return RNG.standard_normal(shape)
+
+
+def positive(shape):
+    return RNG.uniform(0.5, 2.0, shape)
+
+
+def small(shape):
+    return RNG.uniform(-0.8, 0.8, shape)
+
+
+def away_from_zero(shape):
+    return RNG.uniform(0.3, 1.5, shape) * RNG.choice([-1.0, 1.0], shape)
+
+
+_FUNCTIONS = {}
+
+
+def _cube_fn(lib):
+    """A custom Function whose backward is written in ops (differentiable again)."""
+    if lib.__name__ not in _FUNCTIONS:
+        class Cube(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x * x
+
+            @staticmethod
+            def backward(ctx, g):
+                x, = ctx.saved_tensors
+                return g * 3 * x * x
+
+        _FUNCTIONS[lib.__name__] = Cube
+    return _FUNCTIONS[lib.__name__]
+
+
+def _setitem(lib, x, y):
+    z = x * 1
+    z[1] = y.exp()
+    return ((z ** 2).sin()).sum()
+
+
+def _setitem_mask(lib, x, y):
+    z = x * 1
+    z[x > 0] = (y * y).sum()
+    return ((z ** 2).sin()).sum()
+
+
+# name: (program(lib, *inputs) -> scalar, input shapes, sampler[, options]); options: "rtol" against
+# torch, "fd_rtol" against finite differences, "eps" (programs through float32 need coarser ones)
+CASES = {
+    "add": (lambda lib, x, y: ((x + y) ** 3).sum(), [(2, 3), (2, 3)], normal),
+    "sub": (lambda lib, x, y: ((x - y) ** 3 * x).sum(), [(2, 3), (2, 3)], normal),
+    "mul": (lambda lib, x, y: (x * y * x * y).sum(), [(2, 3), (2, 3)], normal),
+    "div": (lambda lib, x, y: (x / y).sum(), [(2, 3), (2, 3)], away_from_zero),
+    "pow": (lambda lib, x, y: (x ** y).sum(), [(2, 3), (2, 3)], positive),
+    "add_scalar": (lambda lib, x: ((1.5 + x) ** 3).sum(), [(3,)], normal),
+    "sub_scalar": (lambda lib, x: ((x - 1.5) ** 3).sum(), [(3,)], normal),
+    "rsub_scalar": (lambda lib, x: ((2.0 - x) ** 3).sum(), [(3,)], normal),
+    "mul_scalar": (lambda lib, x: ((x * 3.0) ** 3).sum(), [(3,)], normal),
+    "div_scalar": (lambda lib, x: ((x / 3.0) ** 3).sum(), [(3,)], normal),
+    "pow_scalar": (lambda lib, x: (x ** 4).sum() + (x ** 2.5).sum() * 0, [(3,)], positive),
+    "rpow_scalar": (lambda lib, x: (2.0 ** (x * x)).sum(), [(3,)], normal),
+    "neg": (lambda lib, x: ((-x) ** 3).sum(), [(3,)], normal),
+    "reciprocal": (lambda lib, x: (2.0 / x).sum(), [(3,)], away_from_zero),
+    "exp": (lambda lib, x: (x * x).exp().sum(), [(2, 2)], normal),
+    "log": (lambda lib, x: x.log().sum(), [(2, 2)], positive),
+    "sin": (lambda lib, x: x.sin().sum(), [(2, 2)], normal),
+    "cos": (lambda lib, x: x.cos().sum(), [(2, 2)], normal),
+    "tanh": (lambda lib, x: x.tanh().sum(), [(2, 2)], normal),
+    "sigmoid": (lambda lib, x: x.sigmoid().sum(), [(2, 2)], normal),
+    "relu": (lambda lib, x: (x.relu() ** 3).sum(), [(2, 3)], away_from_zero),
+    "sqrt": (lambda lib, x: x.sqrt().sum(), [(2, 2)], positive),
+    "abs": (lambda lib, x: (x.abs() ** 3).sum(), [(2, 3)], away_from_zero),
+    "sum": (lambda lib, x: x.sum() ** 3, [(2, 3)], normal),
+    "sum_dim": (lambda lib, x: (x.sum(-1, keepdim=True) ** 3 * x.sum((0, 2)).sum()).sum(), [(2, 3, 4)], normal),
+    "mean": (lambda lib, x: x.mean() ** 3, [(2, 3)], normal),
+    "mean_dim": (lambda lib, x: (x.mean(1) ** 3).sum(), [(2, 3, 4)], normal),
+    "expand": (lambda lib, x, y: ((x * y + x.expand(4, 2, 3)) ** 3).sum(), [(2, 3), (4, 1, 3)], normal),
+    "mm": (lambda lib, x, y: ((x @ y) ** 3).sum(), [(3, 4), (4, 2)], normal),
+    "view": (lambda lib, x: (x.view(3, 2).reshape(6) ** 3).sum(), [(2, 3)], normal),
+    "unsqueeze": (lambda lib, x: (x.unsqueeze(1) ** 3).sum(), [(2, 3)], normal),
+    "squeeze": (lambda lib, x: (x.squeeze(1) ** 3).sum(), [(2, 1, 3)], normal),
+    "permute": (lambda lib, x: (x.permute(2, 0, 1).exp() * x.permute(2, 0, 1)).sum(), [(2, 3, 4)], normal),
+    "transpose": (lambda lib, x, y: ((x.transpose(0, 1) @ y) ** 3).sum(), [(4, 3), (4, 2)], normal),
+    "t": (lambda lib, x, y: ((x.t() @ y) ** 3).sum(), [(4, 3), (4, 2)], normal),
+    "select": (lambda lib, x: (x[1] ** 3 * x[0, 2]).sum(), [(2, 3)], normal),
+    "slice": (lambda lib, x: (x[:, 1:3] ** 3).sum(), [(2, 4)], normal),
+    "index": (lambda lib, x: (x[[0, 2, 2]] ** 3).sum(), [(3, 2)], normal),
+    "alias": (lambda lib, x: (x[...] ** 3).sum(), [(2, 2)], normal),
+    "index_unsqueeze": (lambda lib, x: (x[None] ** 3).sum(), [(2, 2)], normal),
+    # the VJP of getitem: recorded by the first derivative, differentiated by the second and third
+    "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[0], [(4,)], normal),
+    "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
+    "to": (lambda lib, x: ((x.float() * 2).double() ** 3).sum(), [(3,)], normal,
+           {"rtol": 1e-5, "fd_rtol": 1e-3, "eps": 1e-3}),
+    "clone": (lambda lib, x: (x.clone() ** 3).sum(), [(3,)], normal),
+    "function": (lambda lib, x: _cube_fn(lib).apply(x.sin()).sum(), [(3,)], normal),
+    "rsqrt": (lambda lib, x: x.rsqrt().sum(), [(2, 3)], positive),
+    "log1p": (lambda lib, x: x.log1p().sum(), [(2, 3)], positive),
+    "expm1": (lambda lib, x: (x.expm1() ** 2).sum(), [(2, 3)], normal),
+    "tan": (lambda lib, x: x.tan().sum(), [(2, 3)], small),
+    "erf": (lambda lib, x: lib.erf(x).sum(), [(2, 3)], normal),
+    "leaky_relu": (lambda lib, x: (lib.nn.functional.leaky_relu(x, 0.1) ** 3).sum(), [(2, 3)], away_from_zero),
+    "gelu": (lambda lib, x: (lib.nn.functional.gelu(x) + lib.nn.functional.gelu(x, approximate="tanh") ** 2).sum(),
+             [(2, 3)], normal),
+    "softplus": (lambda lib, x: lib.nn.functional.softplus(x * 4, beta=2, threshold=3).pow(2).sum(), [(2, 3)],
+                 away_from_zero),
+    "clamp": (lambda lib, x: (x.clamp(min=-0.9).clamp(-0.5, 0.5) ** 3).sum(), [(2, 4)], away_from_zero),
+    "sign": (lambda lib, x: ((x * 2).sign() * x ** 3).sum(), [(2, 3)], away_from_zero),
+    "maximum": (lambda lib, x, y: (lib.maximum(x, y) ** 3).sum(), [(2, 3), (3,)], normal),
+    "minimum": (lambda lib, x, y: (lib.minimum(x, y) ** 3).sum(), [(2, 1), (2, 3)], normal),
+    "where": (lambda lib, x, y: (lib.where(x > 0, x, y) ** 3).sum(), [(2, 3), (2, 1)], normal),
+    "masked_fill": (lambda lib, x: (x.masked_fill(x > 0.5, 2.0) ** 3).sum(), [(2, 3)], normal),
+    "prod": (lambda lib, x: x.prod() ** 2, [(2, 3)], normal),
+    "prod_dim": (lambda lib, x: (x.prod(-1, keepdim=True) ** 2).sum(), [(2, 3, 4)], normal),
+    "max": (lambda lib, x: x.max() ** 3, [(2, 3)], normal),
+    "min": (lambda lib, x: x.min() ** 3, [(2, 3)], normal),
+    "amax": (lambda lib, x: (x.amax((0, -1), keepdim=True) ** 3).sum(), [(2, 3, 4)], normal),
+    "amin": (lambda lib, x: (x.amin(1) ** 3).sum(), [(2, 3, 4)], normal),
+    "max_dim": (lambda lib, x: (x.max(-1).values ** 3).sum(), [(2, 3, 4)], normal),
+    "min_dim": (lambda lib, x: (x.min(0, keepdim=True)[0] ** 3).sum(), [(2, 3)], normal),
+    "norm": (lambda lib, x: (x.norm(dim=-1) ** 3).sum(), [(2, 3)], normal),
+    "cumsum": (lambda lib, x: (x.cumsum(-2) ** 3).sum(), [(2, 3, 2)], normal),
+    "softmax": (lambda lib, x: (x.softmax(-1) ** 2).sum(), [(2, 4)], normal),
+    "log_softmax": (lambda lib, x: (x.log_softmax(0) ** 2).sum(), [(3, 2)], normal),
+    "bmm": (lambda lib, x, y: (lib.bmm(x, y) ** 3).sum(), [(2, 3, 4), (2, 4, 2)], normal),
+    "unsafe_view": (lambda lib, x, y: ((x @ y) ** 3).sum(), [(2, 3, 4), (4, 2)], normal),
+    "cat": (lambda lib, x, y: (lib.cat([x, y, x], 1) ** 3).sum(), [(2, 3), (2, 2)], normal),
+    "stack": (lambda lib, x, y: (lib.stack([x, y], -1) ** 3).sum(), [(2, 3), (2, 3)], normal),
+    "repeat": (lambda lib, x: (x.repeat(2, 1, 2) ** 3).sum(), [(2, 3)], normal),
+    "flip": (lambda lib, x: (x.flip(0, -1) ** 3 * x).sum(), [(2, 3)], normal),
+    "index_select": (lambda lib, x: (x.index_select(-1, lib.tensor([2, 0, 2])) ** 3).sum(), [(2, 3)], normal),
+    "gather": (lambda lib, x: (x.gather(1, lib.tensor([[0, 2], [1, 1]])) ** 3).sum(), [(2, 3)], normal),
+    "split": (lambda lib, x: (x.split(2, -1)[1] ** 3).sum(), [(2, 5)], normal),
+    "scatter_add": (lambda lib, x, y: (x.scatter_add(1, lib.tensor([[0, 2, 0]]), y) ** 3).sum(), [(2, 3), (1, 3)],
+                    normal),
+    "copy": (lambda lib, x, y: ((x * 1).copy_(y) ** 3 * x).sum(), [(2, 3), (3,)], normal),
+    "zero": (lambda lib, x: (((x * 1).zero_() + x * x) ** 3).sum(), [(2, 3)], normal),
+    "fill": (lambda lib, x: (((x * 1).fill_(2.0) + x * x) ** 3).sum(), [(2, 3)], normal),
+    "index_put_advanced": (lambda lib, x, y: _setitem_mask(lib, x, y), [(2, 3), (3,)], normal),
+    "nll_loss": (lambda lib, x: lib.nn.functional.cross_entropy(x * x, lib.tensor([2, 0, 1])), [(3, 4)], normal),
+}
+
+
+def test_every_row_has_a_case():
+    missing = sorted({r.name for r in ops.TABLE} - set(CASES))
+    stale = sorted(set(CASES) - {r.name for r in ops.TABLE})
+    assert not missing, f"rows without a higher-order case: {missing}"
+    assert not stale, f"cases for rows that no longer exist: {stale}"
+
+
+ROWS = sorted(CASES)
+
+
+def _values(name):
+    fn, shapes, sampler = CASES[name][:3]
+    state = RNG.bit_generator.state
+    values = [sampler(s) for s in shapes]
+    RNG.bit_generator.state = state  # the same values on every call for this case
+    return values
+
+
+def _opt(name, key, default):
+    return CASES[name][3].get(key, default) if len(CASES[name]) > 3 else default
+
+
+def _directions(values):
+    r = np.random.default_rng(1)
+    return [r.standard_normal(v.shape) for v in values], [r.standard_normal(v.shape) for v in values]
+
+
+def _xs(lib, values):
+    return [lib.tensor(v, dtype=lib.float64, requires_grad=True) for v in values]
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+def derivatives(lib, fn, values, u, w):
+    """[g, h, t] per input, each as NumPy arrays (see the module docstring)."""
+    xs = _xs(lib, values)
+    g = lib.autograd.grad(fn(lib, *xs), xs, create_graph=True)
+    s2 = sum((gi * lib.tensor(ui)).sum() for gi, ui in zip(g, u))
+    h = lib.autograd.grad(s2, xs, create_graph=True, allow_unused=True)
+    h = [hi if hi is not None else lib.zeros_like(x) for hi, x in zip(h, xs)]
+    s3 = sum((hi * lib.tensor(wi)).sum() for hi, wi in zip(h, w))
+    t = lib.autograd.grad(s3, xs, allow_unused=True) if s3.requires_grad else [None] * len(xs)
+    t = [ti if ti is not None else lib.zeros_like(x) for ti, x in zip(t, xs)]
+    return [list(map(_np, d)) for d in (g, h, t)]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_row_is_differentiated(name):
+    """The case records its row on the tapes that the third derivative walks."""
+    fn = CASES[name][0]
+    values = _values(name)
+    xs = _xs(tg, values)
+    y = fn(tg, *xs)
+    g = tg.autograd.grad(y, xs, create_graph=True)
+    codes = set()
+    for t in [y, *g]:
+        if t._tape is not None:
+            R, _ = t._tape.row_table()
+            codes |= set(R[:, 0].tolist())
+    assert ops.BY_NAME[name].code in codes, f"the program for {name} does not record that row"
+    assert any(gi.requires_grad for gi in g), "the first derivative does not depend on the inputs"
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_against_torch(name):
+    torch = pytest.importorskip("torch")
+    fn = CASES[name][0]
+    values = _values(name)
+    u, w = _directions(values)
+    ours = derivatives(tg, fn, values, u, w)
+    theirs = derivatives(torch, fn, values, u, w)
+    rtol = _opt(name, "rtol", 1e-10)
+    for order, (a, b) in enumerate(zip(ours, theirs), 1):
+        for k, (x, y) in enumerate(zip(a, b)):
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-10, err_msg=f"order {order}, input {k}")
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_against_finite_differences(name):
+    """h against central differences of g . u, and t against those of h . w, along random
+    directions z (a directional derivative checks every entry at once: sum_k h_k . z_k)."""
+    fn = CASES[name][0]
+    values = _values(name)
+    u, w = _directions(values)
+    g, h, t = derivatives(tg, fn, values, u, w)
+    eps = _opt(name, "eps", 1e-6)
+    rtol = _opt(name, "fd_rtol", 1e-5)
+
+    def g_dot_u(vals):  # by the jitted backward
+        xs = _xs(tg, vals)
+        return sum(float((gi.numpy() * ui).sum()) for gi, ui in zip(tg.autograd.grad(fn(tg, *xs), xs), u))
+
+    def h_dot_w(vals):  # one create_graph pass, then the jitted backward
+        xs = _xs(tg, vals)
+        gs = tg.autograd.grad(fn(tg, *xs), xs, create_graph=True)
+        s2 = sum((gi * tg.tensor(ui)).sum() for gi, ui in zip(gs, u))
+        if not s2.requires_grad:
+            return 0.0
+        hs = tg.autograd.grad(s2, xs, allow_unused=True)
+        return sum(float((hi.numpy() * wi).sum()) for hi, wi in zip(hs, w) if hi is not None)
+
+    r = np.random.default_rng(2)
+    for target, f in ((h, g_dot_u), (t, h_dot_w)):
+        for _ in range(2):
+            z = [r.standard_normal(v.shape) for v in values]
+            up, down = [v + eps * d for v, d in zip(values, z)], [v - eps * d for v, d in zip(values, z)]
+            num = (f(up) - f(down)) / (2 * eps)
+            ana = sum(float((a * d).sum()) for a, d in zip(target, z))
+            np.testing.assert_allclose(ana, num, rtol=rtol, atol=1e-6)
+
+
+# -- create_graph semantics ----------------------------------------------------------------------
+def test_backward_create_graph_then_backward_again():
+    torch = pytest.importorskip("torch")
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor([0.5, -1.0, 2.0], dtype=lib.float64, requires_grad=True)
+        y = (x.sin() * x ** 3).sum()
+        y.backward(create_graph=True)
+        g = x.grad
+        assert g.requires_grad and g.grad_fn is not None
+        (g * g).sum().backward()  # accumulates d(|g|^2)/dx into x.grad, as torch does
+        out.append((_np(g), _np(x.grad)))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-12)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12)
+
+
+def test_fourth_and_fifth_order():
+    x = tg.tensor([0.7], dtype=tg.float64, requires_grad=True)
+    d = (x ** 5 + x.sin()).sum()
+    got = []
+    for _ in range(5):
+        (d,) = tg.autograd.grad(d.sum(), x, create_graph=True)
+        got.append(d.item())
+    v = 0.7
+    want = [5 * v ** 4 + np.cos(v), 20 * v ** 3 - np.sin(v), 60 * v ** 2 - np.cos(v), 120 * v + np.sin(v),
+            120 + np.cos(v)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+REPRS = {  # programs whose create_graph gradients print as torch's do (values and grad_fn)
+    "pow": lambda lib, x: (x ** 3).sum(),
+    "sin": lambda lib, x: x.sin().sum(),
+    "exp": lambda lib, x: x.exp().sum(),
+    "mul": lambda lib, x: (x * x).sum(),
+    "mean": lambda lib, x: (x * x).mean(),
+    "log": lambda lib, x: x.log().sum(),
+    "sqrt": lambda lib, x: x.sqrt().sum(),
+    "reciprocal": lambda lib, x: (1 / x).sum(),
+    "mm": lambda lib, x: (x.view(1, 2) @ x.view(2, 1)).sum(),
+    "linear": lambda lib, x: (x * 3).sum(),
+    "cos": lambda lib, x: x.cos().sum(),
+    "rpow": lambda lib, x: (2.0 ** x).sum(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPRS))
+def test_create_graph_grads_print_like_torch(name):
+    torch = pytest.importorskip("torch")
+    texts = []
+    for lib in (tg, torch):
+        x = lib.tensor([1.5, 2.0], requires_grad=True)
+        (g,) = lib.autograd.grad(REPRS[name](lib, x), x, create_graph=True)
+        texts.append(repr(g))
+        if g.requires_grad:
+            (g2,) = lib.autograd.grad(g.sum(), x, create_graph=True)
+            texts.append(repr(g2))
+    assert texts[: len(texts) // 2] == texts[len(texts) // 2:]
+
+
+# -- memory: create_graph loops run flat, freed by reference counting alone --------------------
+def _penalty_step(w, x, create_graph_backward=False):
+    """A gradient-penalty step: loss + |d loss / d input|^2, backward into the parameter."""
+    xi = x.detach().requires_grad_(True)
+    out = (xi @ w).tanh().sum()
+    (gx,) = tg.autograd.grad(out, xi, create_graph=True)
+    loss = out + (gx * gx).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reference-cycle warning torch gives; tapegrad has no such cycle
+        loss.backward(create_graph=create_graph_backward)
+    with tg.no_grad():
+        w -= 0.001 * w.grad
+    w.grad = None
+    return loss
+
+
+@pytest.mark.parametrize("create_graph_backward", [False, True])
+def test_gradient_penalty_loop_runs_in_flat_memory(create_graph_backward):
+    w = tg.tensor(RNG.standard_normal((8, 4)) * 0.1, dtype=tg.float64, requires_grad=True)
+    x = tg.tensor(RNG.standard_normal((16, 8)), dtype=tg.float64)
+    gc.collect()
+    gc.disable()  # reference counting alone must free every step's tape
+    tracemalloc.start()
+    try:
+        kept = []
+        for i in range(2000):
+            loss = _penalty_step(w, x, create_graph_backward)
+            if i % 100 == 0:
+                kept.append(loss.item())
+            if i == 999:  # after a warm-up that fills the interpreter's free lists
+                base, _ = tracemalloc.get_traced_memory()
+        end, _ = tracemalloc.get_traced_memory()
+        tapes = sum(type(o) is Tape for o in gc.get_objects())
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    # one leaked step's tape holds a few KiB of values: 1000 of them would be megabytes
+    assert end - base < 100 * 1024, f"grew by {(end - base) / 1024:.0f} KiB over 1000 steps"
+    # the last step's only: its forward (closed by autograd.grad) and the loss recorded after it
+    assert tapes <= 2, f"{tapes} tapes alive after the loop"
+    assert np.isfinite(kept).all()
+
+
+def test_parameter_grad_with_graph_does_not_keep_the_tape_alive():
+    import weakref
+    gc.disable()
+    try:
+        w = tg.tensor([1.0, 2.0], dtype=tg.float64, requires_grad=True)
+        y = (w ** 3).sum()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's reference-cycle warning
+            y.backward(create_graph=True)  # w.grad has a grad_fn; its tape has w as a leaf
+        tape, param = weakref.ref(w.grad._tape), weakref.ref(w)
+        del y, w  # only w -> w.grad -> tape -> w is left: reference counting must free it
+        assert param() is None and tape() is None
+    finally:
+        gc.enable()
