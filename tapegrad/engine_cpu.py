@@ -149,9 +149,12 @@ def _run_jitted(tape, seeds, req):
         bufs[s] = b
         export[s] = id(b)
     wanted = _wanted_slots(tape, req)
+    # The one-call replay (no hooks, no Functions) writes or zeroes each exported buffer before
+    # reading it (kernels.replay_packed): no memset here.
+    alloc = np.empty if not tape.pyfuncs and not any(tape.hooks.values()) else np.zeros
     for s in wanted:
         if s not in bufs and values[s] is not None:  # a freed slot is never needed (plan refuses it)
-            b = np.zeros(values[s].shape, T)
+            b = alloc(values[s].shape, T)
             bufs[s] = b
             export[s] = id(b)
     roots = np.fromiter(seeds, np.int64, len(seeds))
@@ -308,6 +311,18 @@ def slot_tensor(tape, s):
     return ops._result(v, tape, s, tape.vcs[s])
 
 
+def _slot_tensor(tape, s, flags):
+    """slot_tensor with the slot's flags at hand (the create_graph walk reads them as a list)."""
+    if flags & LEAF:
+        leaf = tape.leaves.get(s) if tape.leaves is not None else None
+        return leaf if leaf is not None else ops._leaf(tape.values[s])
+    if flags & LINK:
+        return slot_tensor(tape, s)
+    if not flags & REQUIRES_GRAD:
+        return ops._leaf(tape.values[s])
+    return ops._result(tape.values[s], tape, s, tape.vcs[s])
+
+
 def _function_python(tape, call, grads, wanted):
     """A custom Function's backward with create_graph: it records, so it differentiates again."""
     gouts = []
@@ -341,30 +356,43 @@ def _run_python(tape, seeds, req):
                                                             .reshape(tape.values[s].shape)))
              for s, g in seeds.items()}
     wanted = _wanted_slots(tape, req)
-    for e in range(R.shape[0] - 1, -1, -1):
-        if R[e, 0] == ops.FUNCTION.code:  # its rows run as one call, from its last row
+    # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
+    rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
+    table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
+    cache = {}  # slot -> the Tensor standing for it, shared by the rows that read it
+
+    def arg(s):
+        t = cache.get(s)
+        if t is None:
+            t = cache[s] = _slot_tensor(tape, s, flags[s])
+        return t
+
+    for e in range(len(rows) - 1, -1, -1):
+        r = rows[e]
+        if r[0] == function_code:  # its rows run as one call, from its last row
             call = tape.pyfuncs.get(e)
             if call is not None and e == call.hi - 1:
                 _function_python(tape, call, grads, wanted)
             continue
-        o = int(R[e, 4])
-        if not need[o] or o not in grads:
+        o = r[4]
+        if not needl[o] or o not in grads:
             continue
         g = grads[o] if o in wanted else grads.pop(o)
-        for hook in tape.hooks.get(o, ()):
-            r = hook(g)
-            if r is not None:
-                g = grads[o] = r
-        op = ops.TABLE[R[e, 0]]
-        rowt = tuple(int(v) for v in R[e, :7]) + (float(RF[e, 7]),)
-        ins = tuple(slot_tensor(tape, int(R[e, k])) for k in range(1, 1 + op.arity))
-        out = slot_tensor(tape, o)
-        gins = op.vjp(g, ins, out, rowt)
+        if hooks:
+            for hook in hooks.get(o, ()):
+                h = hook(g)
+                if h is not None:
+                    g = grads[o] = h
+        op = table[r[0]]
+        ins = (arg(r[1]) if r[1] >= 0 else None,) if op.arity == 1 else \
+            tuple(arg(s) if s >= 0 else None for s in r[1:1 + op.arity])
+        gins = op.vjp(g, ins, arg(o), (*r, consts[e]))
         for k, gi in enumerate(gins):
-            s = int(R[e, 1 + k])
-            if gi is None or s < 0 or not (S[s, 1] & REQUIRES_GRAD):
+            s = r[1 + k]
+            if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
                 continue
-            grads[s] = _accumulate(grads.get(s), gi)
+            old = grads.get(s)
+            grads[s] = gi if old is None else old + gi
     links = {}
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:

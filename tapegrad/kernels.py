@@ -9,7 +9,10 @@ public ``PyArrayObject`` layout; the offset is found and checked at start-up by
 Every kernel has the signature ``k(e, R, RF, C)``: entry ``e`` of the int rows ``R`` and
 their float view ``RF``; ``C`` is the context tuple built by ``replay``.
 """
+import ctypes
 import math
+import os
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -24,6 +27,27 @@ F32, F64, I64, I32, BOOL = 0, 1, 2, 3, 4
 
 # status codes returned to the driver
 OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON = 0, 1, 2, 3
+
+
+def _keep_freed_memory():
+    """glibc hands blocks over 128 KiB back to the OS when freed (and trims the heap top), so each
+    large array of the next step page-faults in afresh: 22k faults, most of W3's time (one
+    forward+backward of 1M float64 values), where torch's steps fault about none. Serving blocks
+    up to 32 MiB from the heap and keeping up to 128 MiB of freed heap makes them reusable.
+    Linux/glibc only; TAPEGRAD_MALLOC=default leaves malloc as it is."""
+    if os.environ.get("TAPEGRAD_MALLOC") == "default" or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 128 << 20)
+
+
+_keep_freed_memory()
 
 
 # -- reading NumPy array headers --------------------------------------------------------
@@ -265,8 +289,15 @@ def permute_map(in_shape, perm_code):
 # loops, not array expressions: those allocate a temporary per entry, which dominates small ops.
 @njit(cache=True)
 def adj_add(e, R, RF, C):
-    o = R[e, 4]
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
+    n = g.size
+    if a != b and rg(C, a) and rg(C, b) and nel(C, a) == n and nel(C, b) == n:  # one pass over g
+        ga, gb, fa, fb = grad(C, a), grad(C, b), claim(C, a), claim(C, b)
+        for i in range(n):
+            put(ga, i, g[i], fa)
+            put(gb, i, g[i], fb)
+        return
     for k in (1, 2):
         if rg(C, R[e, k]):
             bsum(C, R[e, k], o, g, 1.0)
@@ -286,33 +317,56 @@ def adj_sub(e, R, RF, C):
 def adj_mul(e, R, RF, C):
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
+    n = g.size
+    if a == b and rg(C, a) and nel(C, a) == n:  # x * x: one pass
+        ga, va, f = grad(C, a), val(C, a), claim(C, a)
+        for i in range(n):
+            put(ga, i, 2.0 * g[i] * va[i], f)
+        return
+    if rg(C, a) and rg(C, b) and nel(C, a) == n and nel(C, b) == n:  # one pass over g
+        ga, gb, va, vb = grad(C, a), grad(C, b), val(C, a), val(C, b)
+        fa, fb = claim(C, a), claim(C, b)
+        for i in range(n):
+            put(ga, i, g[i] * vb[i], fa)
+            put(gb, i, g[i] * va[i], fb)
+        return
     if rg(C, a):
-        t, vb = target(C, a, g.size), bval(C, b, o)
-        for i in range(g.size):
-            t[i] += g[i] * vb[i]
-        settle(C, a, o, t)
+        vb = bval(C, b, o)
+        if nel(C, a) == n:
+            ga, f = grad(C, a), claim(C, a)
+            for i in range(n):
+                put(ga, i, g[i] * vb[i], f)
+        else:
+            bsum(C, a, o, g * vb, 1.0)
     if rg(C, b):
-        t, va = target(C, b, g.size), bval(C, a, o)
-        for i in range(g.size):
-            t[i] += g[i] * va[i]
-        settle(C, b, o, t)
+        va = bval(C, a, o)
+        if nel(C, b) == n:
+            gb, f = grad(C, b), claim(C, b)
+            for i in range(n):
+                put(gb, i, g[i] * va[i], f)
+        else:
+            bsum(C, b, o, g * va, 1.0)
 
 
 @njit(cache=True)
 def adj_div(e, R, RF, C):
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
+    n = g.size
     vb = bval(C, b, o)
     if rg(C, a):
-        t = target(C, a, g.size)
-        for i in range(g.size):
-            t[i] += g[i] / vb[i]
-        settle(C, a, o, t)
+        if nel(C, a) == n:
+            ga, f = grad(C, a), claim(C, a)
+            for i in range(n):
+                put(ga, i, g[i] / vb[i], f)
+        else:
+            bsum(C, a, o, g / vb, 1.0)
     if rg(C, b):
-        t, va = target(C, b, g.size), bval(C, a, o)
-        for i in range(g.size):
-            t[i] += -g[i] * va[i] / (vb[i] * vb[i])
-        settle(C, b, o, t)
+        va = bval(C, a, o)
+        t = np.empty(n, g.dtype)
+        for i in range(n):
+            t[i] = -g[i] * va[i] / (vb[i] * vb[i])
+        bsum(C, b, o, t, 1.0)
 
 
 @njit(cache=True)
@@ -338,8 +392,9 @@ def adj_pow(e, R, RF, C):
 def adj_identity(e, R, RF, C):
     """add a scalar, view/reshape, clone: the gradient passes through unchanged."""
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i]
+        put(ga, i, g[i], f)
 
 
 @njit(cache=True)
@@ -356,16 +411,18 @@ def adj_cast(e, R, RF, C):
 @njit(cache=True)
 def adj_neg(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += -g[i]
+        put(ga, i, -g[i], f)
 
 
 @njit(cache=True)
 def adj_mul_scalar(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     c = RF[e, 7]
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i] * c
+        put(ga, i, g[i] * c, f)
 
 
 @njit(cache=True)
@@ -381,12 +438,13 @@ def adj_pow_scalar(e, R, RF, C):
     c = RF[e, 7]
     if c != 0.0:
         g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+        f = claim(C, R[e, 1])
         if c == 2.0:  # x ** 2: no pow call per element
             for i in range(g.size):
-                ga[i] += 2.0 * g[i] * x[i]
+                put(ga, i, 2.0 * g[i] * x[i], f)
         else:
             for i in range(g.size):
-                ga[i] += g[i] * c * x[i] ** (c - 1.0)
+                put(ga, i, g[i] * c * x[i] ** (c - 1.0), f)
 
 
 @njit(cache=True)
@@ -403,8 +461,9 @@ def adj_rpow_scalar(e, R, RF, C):
 def adj_exp(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i] * y[i]
+        put(ga, i, g[i] * y[i], f)
 
 
 @njit(cache=True)
@@ -419,40 +478,44 @@ def adj_log(e, R, RF, C):
 def adj_sin(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     x = val(C, R[e, 1])
+    f = claim(C, R[e, 1])
     if trig_safe(x):
         for i in range(g.size):
-            ga[i] += g[i] * sincos1(np.float64(x[i]), 1)
+            put(ga, i, g[i] * sincos1(np.float64(x[i]), 1), f)
     else:
         for i in range(g.size):
-            ga[i] += g[i] * np.cos(x[i])
+            put(ga, i, g[i] * np.cos(x[i]), f)
 
 
 @njit(cache=True)
 def adj_cos(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     x = val(C, R[e, 1])
+    f = claim(C, R[e, 1])
     if trig_safe(x):
         for i in range(g.size):
-            ga[i] += g[i] * sincos1(np.float64(x[i]), 2)  # -sin: half a turn on
+            put(ga, i, g[i] * sincos1(np.float64(x[i]), 2), f)  # -sin: half a turn on
     else:
         for i in range(g.size):
-            ga[i] -= g[i] * np.sin(x[i])
+            put(ga, i, -g[i] * np.sin(x[i]), f)
 
 
 @njit(cache=True)
 def adj_tanh(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i] * (1 - y[i] * y[i])
+        put(ga, i, g[i] * (1 - y[i] * y[i]), f)
 
 
 @njit(cache=True)
 def adj_sigmoid(e, R, RF, C):
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     y = val(C, R[e, 4])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i] * ((1 - y[i]) * y[i])
+        put(ga, i, g[i] * ((1 - y[i]) * y[i]), f)
 
 
 @njit(cache=True)
@@ -485,14 +548,15 @@ def adj_sum(e, R, RF, C):
     a = R[e, 1]
     g, ga = grad(C, R[e, 4]), grad(C, a)
     scale = RF[e, 7]
+    f = claim(C, a)
     if g.size == 1:  # a full reduction: no index map
         c = g[0] * scale
         for i in range(ga.size):
-            ga[i] += c
+            put(ga, i, c, f)
         return
     m = reduce_map(shape(C, a), R[e, 5])
     for i in range(ga.size):
-        ga[i] += g[m[i]] * scale
+        put(ga, i, g[m[i]] * scale, f)
 
 
 @njit(cache=True)
@@ -500,15 +564,51 @@ def adj_expand(e, R, RF, C):
     bsum(C, R[e, 1], R[e, 4], grad(C, R[e, 4]), 1.0)
 
 
+# BLAS's gemm through Numba's own entry point (the one np.dot calls, so SciPy's OpenBLAS as in
+# mm_forward): C += op(A) @ op(B) straight into a gradient buffer, with no temporary product.
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr, types.voidptr,
+    types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
+_N, _T = np.int8(ord("n")), np.int8(ord("t"))
+
+
+@njit(cache=True)
+def gemm_acc(ta, tb, m, n, k, pa, pb, pc, ab):
+    """C (m x n, C order, at pc) = op(A) @ op(B) + beta C: A is m x k, or k x m when ta (used
+    transposed); B is k x n, or n x k when tb. ``ab`` holds alpha and beta in the dtype."""
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # an empty product: C = beta C (BLAS may skip the call)
+        if ab[1] == 0:
+            c = carray(_voidptr(pc), m * n, ab.dtype)
+            c[:] = 0
+        return
+    kind = np.int8(ord("d")) if ab.itemsize == 8 else np.int8(ord("s"))
+    # row-major C = A @ B is column-major C^T = B^T @ A^T: B goes first
+    _xxgemm(kind, _T if tb else _N, _T if ta else _N, n, m, k, _voidptr(ab.ctypes.data), _voidptr(pb),
+            k if tb else n, _voidptr(pa), m if ta else k, _voidptr(ab.ctypes.data + ab.itemsize), _voidptr(pc), n)
+
+
+@njit(cache=True)
+def alpha_beta(like, fresh):
+    """[alpha, beta] for gemm_acc: accumulate (beta 1), or assign into a fresh region (beta 0)."""
+    ab = np.ones(2, like.dtype)
+    if fresh:
+        ab[1] = 0
+    return ab
+
+
 @njit(cache=True)
 def adj_mm(e, R, RF, C):
     a, b = R[e, 1], R[e, 2]
     sa, sb = shape(C, a), shape(C, b)
-    g = grad(C, R[e, 4]).reshape((sa[0], sb[1]))
-    if rg(C, a):
-        grad(C, a).reshape((sa[0], sa[1]))[:, :] += np.dot(g, val(C, b).reshape((sb[0], sb[1])).T)
-    if rg(C, b):
-        grad(C, b).reshape((sb[0], sb[1]))[:, :] += np.dot(val(C, a).reshape((sa[0], sa[1])).T, g)
+    g = grad(C, R[e, 4])
+    if rg(C, a):  # ga (M x K) += g (M x N) @ b.T
+        vb, ab = val(C, b), alpha_beta(g, claim(C, a))
+        gemm_acc(False, True, sa[0], sa[1], sb[1], g.ctypes.data, vb.ctypes.data, grad(C, a).ctypes.data, ab)
+    if rg(C, b):  # gb (K x N) += a.T @ g
+        va, ab = val(C, a), alpha_beta(g, claim(C, b))
+        gemm_acc(True, False, sb[0], sb[1], sa[0], va.ctypes.data, g.ctypes.data, grad(C, b).ctypes.data, ab)
 
 
 @njit(cache=True)
@@ -572,6 +672,33 @@ def mm_forward(a, b):
     return np.dot(a, b)
 
 
+# -- fresh gradient regions -------------------------------------------------------------------
+# replay_packed leaves arena regions uninitialised and marks them FRESH in the pointer table;
+# the first adjoint that writes one assigns instead of accumulating (a kernel that can, listed in
+# ASSIGNS, claims the region; for the others the region is zeroed first). Saves a zeroing pass
+# and a read per gradient buffer: a third of W3's backward traffic.
+FRESH = 16
+
+
+@njit(cache=True)
+def claim(C, s):
+    """Whether s's region is fresh (this write assigns); it is not fresh afterwards."""
+    P = C[0]
+    f = P[s, FLAGS]
+    if f & FRESH:
+        P[s, FLAGS] = f & ~FRESH
+        return True
+    return False
+
+
+@njit(cache=True)
+def put(buf, i, v, fresh):
+    if fresh:
+        buf[i] = v
+    else:
+        buf[i] += v
+
+
 # -- broadcasting helpers: binary rows record operands of their own shapes -------------------
 @njit(cache=True)
 def nel(C, s):
@@ -610,16 +737,19 @@ def bsum(C, s, o, t, scale):
     """grad(s) += scale * t, t shaped like slot o (flat), summed over the axes s was broadcast along."""
     gs = grad(C, s)
     n = gs.size
+    f = claim(C, s)
     if n == t.size:
         for i in range(n):
-            gs[i] += t[i] * scale
+            put(gs, i, t[i] * scale, f)
         return
     if n == 1:
         acc = 0.0
         for i in range(t.size):
             acc += t[i]
-        gs[0] += acc * scale
+        put(gs, 0, acc * scale, f)
         return
+    if f:
+        gs[:] = 0
     so, ss = shape(C, o), shape(C, s)
     if suffix_of(ss, so):  # a bias: whole rows of t fold onto s
         for r in range(t.size // n):
@@ -664,6 +794,7 @@ def blocks(shp, d):
 # branch-free Cody-Waite reduction, which LLVM vectorises. Within 1 ulp of NumPy for
 # |x| <= 1e5 (tests/test_kernels_math.py); larger or non-finite arguments take libm.
 _PIO2_1, _PIO2_2, _PIO2_3 = 1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624871116645580e-21
+_PIO2_3T = 8.47842766036889956997e-32  # pi/2 = _PIO2_1 + _PIO2_2 + _PIO2_3 + _PIO2_3T to 150 bits
 _INVPIO2 = 6.36619772367581382433e-01
 _S1, _S2, _S3 = -1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04
 _S4, _S5, _S6 = 2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10
@@ -680,7 +811,7 @@ def sincos1(x, quarter):
     t = x - k * _PIO2_1  # exact: _PIO2_1 has 33 bits
     w = k * _PIO2_2
     r = t - w
-    y = ((t - r) - w) - k * _PIO2_3  # the low part of r
+    y = (((t - r) - w) - k * _PIO2_3) - k * _PIO2_3T  # the low part of r (matters when r is tiny)
     z = r * r
     v = z * r
     p = _S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * _S6)))
@@ -706,28 +837,51 @@ def trig_safe(x):
 
 @njit(cache=True)
 def sin_forward(x):
-    flat = x.reshape(-1)
-    out = np.empty(flat.size, x.dtype)
-    if trig_safe(flat):
-        for i in range(flat.size):
-            out[i] = sincos1(np.float64(flat[i]), 0)
-    else:
-        for i in range(flat.size):
-            out[i] = np.sin(flat[i])
-    return out.reshape(x.shape)
+    return _trig_forward(x, 0)
 
 
 @njit(cache=True)
 def cos_forward(x):
+    return _trig_forward(x, 1)
+
+
+@njit(cache=True)
+def _trig_forward(x, quarter):
     flat = x.reshape(-1)
     out = np.empty(flat.size, x.dtype)
-    if trig_safe(flat):
+    bad = False
+    for i in range(flat.size):  # one pass: the range check rides along (an OR reduction vectorises)
+        bad |= not (abs(flat[i]) <= _TRIG_MAX)
+        out[i] = sincos1(np.float64(flat[i]), quarter)
+    if bad:  # large or non-finite arguments: libm for all
         for i in range(flat.size):
-            out[i] = sincos1(np.float64(flat[i]), 1)
-    else:
-        for i in range(flat.size):
-            out[i] = np.cos(flat[i])
+            out[i] = np.sin(flat[i]) if quarter == 0 else np.cos(flat[i])
     return out.reshape(x.shape)
+
+
+@njit(cache=True)
+def softmax_forward(x, log):
+    """softmax, or log_softmax when ``log``, of a C-ordered (outer, n, inner) array along axis 1:
+    one pass per slice where NumPy makes six (small tensors; large ones keep NumPy's SIMD exp)."""
+    outer, n, inner = x.shape
+    out = np.empty_like(x)
+    for p in range(outer):
+        for j in range(inner):
+            m = -np.inf
+            for k in range(n):
+                if x[p, k, j] > m or np.isnan(x[p, k, j]):
+                    m = x[p, k, j]
+            s = 0.0
+            for k in range(n):
+                s += np.exp(np.float64(x[p, k, j]) - m)
+            if log:
+                shift = m + np.log(s)
+                for k in range(n):
+                    out[p, k, j] = x[p, k, j] - shift
+            else:
+                for k in range(n):
+                    out[p, k, j] = np.exp(np.float64(x[p, k, j]) - m) / s
+    return out
 
 
 @njit(cache=True)
@@ -1005,14 +1159,14 @@ def adj_bmm(e, R, RF, C):
     sa, sb = shape(C, a), shape(C, b)
     nb, n, k, p = sa[0], sa[1], sa[2], sb[2]
     g = grad(C, R[e, 4]).reshape((nb, n, p))
-    if rg(C, a):
-        ga, vb = grad(C, a).reshape((nb, n, k)), val(C, b).reshape((nb, k, p))
+    if rg(C, a):  # per batch: ga (n x k) += g (n x p) @ b.T
+        ga, vb, ab = grad(C, a).reshape((nb, n, k)), val(C, b).reshape((nb, k, p)), alpha_beta(g, claim(C, a))
         for i in range(nb):
-            ga[i] += np.dot(g[i], vb[i].T)
-    if rg(C, b):
-        gb, va = grad(C, b).reshape((nb, k, p)), val(C, a).reshape((nb, n, k))
+            gemm_acc(False, True, n, k, p, g[i].ctypes.data, vb[i].ctypes.data, ga[i].ctypes.data, ab)
+    if rg(C, b):  # gb (k x p) += a.T @ g
+        gb, va, ab = grad(C, b).reshape((nb, k, p)), val(C, a).reshape((nb, n, k)), alpha_beta(g, claim(C, b))
         for i in range(nb):
-            gb[i] += np.dot(va[i].T, g[i])
+            gemm_acc(True, False, k, p, n, va[i].ctypes.data, g[i].ctypes.data, gb[i].ctypes.data, ab)
 
 
 @njit(cache=True)
@@ -1063,6 +1217,20 @@ def adj_copy(e, R, RF, C):
         bsum(C, b, R[e, 4], grad(C, R[e, 4]), 1.0)
 
 
+@njit(cache=True)
+def adj_nll(e, R, RF, C):
+    """nll_loss: b the flat target position per sample, c its weight (-1: ones); i0 = 1 when the
+    loss is reduced (one gradient value, scaled by f0)."""
+    g, ga, pos = grad(C, R[e, 4]), grad(C, R[e, 1]), ival(C, R[e, 2])
+    c = R[e, 3]
+    w = val(C, c) if c >= 0 else np.ones(pos.size, ga.dtype)
+    reduced = R[e, 5] == 1
+    scale = RF[e, 7]
+    for i in range(pos.size):
+        gi = g[0] * scale if reduced else g[i]
+        ga[pos[i]] -= gi * w[i]
+
+
 # -- the interpreter -----------------------------------------------------------------------
 # Rows name their adjoint; the engine maps each opcode to its kernel id here.
 KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity", "adj_neg",
@@ -1073,14 +1241,18 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf", "adj_leaky_relu", "adj_gelu",
            "adj_softplus", "adj_clamp", "adj_zero", "adj_maximum", "adj_where", "adj_masked_fill", "adj_prod",
            "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax", "adj_log_softmax", "adj_bmm", "adj_cat",
-           "adj_scatter_add", "adj_copy")
+           "adj_scatter_add", "adj_copy", "adj_nll")
 (K_ADD, K_SUB, K_MUL, K_DIV, K_POW, K_IDENTITY, K_NEG, K_MUL_SCALAR, K_DIV_SCALAR, K_POW_SCALAR,
  K_RPOW_SCALAR, K_RECIPROCAL, K_EXP, K_LOG, K_SIN, K_COS, K_TANH, K_SIGMOID, K_RELU, K_SQRT, K_ABS,
  K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM, K_CAST, K_FUNCTION,
  K_RSQRT, K_LOG1P, K_EXPM1, K_TAN, K_ERF, K_LEAKY_RELU, K_GELU, K_SOFTPLUS, K_CLAMP, K_ZERO, K_MAXIMUM,
  K_WHERE, K_MASKED_FILL, K_PROD, K_AMAX, K_NORM, K_CUMSUM, K_SOFTMAX, K_LOG_SOFTMAX, K_BMM, K_CAT,
- K_SCATTER_ADD, K_COPY) = range(len(KERNELS))
+ K_SCATTER_ADD, K_COPY, K_NLL) = range(len(KERNELS))
 OP_KERNEL = np.array([KERNELS.index(r.kernel) for r in ops.TABLE], np.int64)
+# kernels whose every write to an input's gradient goes through claim/put (or beta for gemm)
+ASSIGNS = np.array([k in ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_identity", "adj_neg",
+                          "adj_mul_scalar", "adj_pow_scalar", "adj_exp", "adj_sin", "adj_cos", "adj_tanh",
+                          "adj_sigmoid", "adj_sum", "adj_expand", "adj_mm", "adj_bmm") for k in KERNELS])
 
 
 @njit(cache=True)
@@ -1191,6 +1363,8 @@ def dispatch(k, e, R, RF, C):
         adj_scatter_add(e, R, RF, C)
     elif k == K_COPY:
         adj_copy(e, R, RF, C)
+    elif k == K_NLL:
+        adj_nll(e, R, RF, C)
     else:
         return ERR_OPCODE
     return OK
@@ -1239,11 +1413,87 @@ def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, o
 
 
 @njit(cache=True)
+def arena_packed(R, S, hoff, need, export, witness):
+    """``arena`` with liveness packing: once a slot's producer has run in the reverse walk its
+    gradient is consumed, and its region serves a slot first written later. A long elementwise
+    chain then needs a few buffers, not one per entry (W3: 24 MiB instead of 64 MiB of fresh,
+    page-faulting zeroes per backward). The arena is left uninitialised: ``replay_packed``
+    zeroes each region just before its first write. Only for whole-tape replays (``backward``):
+    segmented replays (hooks, custom Functions) read gradients between segments."""
+    n = S.shape[0]
+    goff = np.full(n, -1, np.int64)
+    size = np.zeros(n, np.int64)
+    free_off = np.empty(n, np.int64)
+    free_len = np.empty(n, np.int64)
+    nfree = 0
+    total = 0
+    for e in range(R.shape[0] - 1, -1, -1):
+        o = R[e, 4]
+        if not need[o]:
+            continue
+        for k in range(1, 4):
+            s = R[e, k]
+            if s < 0 or not need[s] or export[s] != 0 or goff[s] >= 0:
+                continue
+            m = size_of(S[s, 0], hoff)
+            best = -1
+            for f in range(nfree):  # best fit among the consumed regions
+                if free_len[f] >= m and (best < 0 or free_len[f] < free_len[best]):
+                    best = f
+            if best < 0:
+                goff[s] = total
+                total += m
+            else:
+                goff[s] = free_off[best]
+                free_off[best] += m
+                free_len[best] -= m
+                if free_len[best] == 0:
+                    nfree -= 1
+                    free_off[best], free_len[best] = free_off[nfree], free_len[nfree]
+            size[s] = m
+        if goff[o] >= 0 and size[o] > 0:  # this entry consumes o's gradient
+            free_off[nfree], free_len[nfree] = goff[o], size[o]
+            nfree += 1
+    return goff, np.empty(total, witness.dtype)
+
+
+@njit(cache=True)
+def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel):
+    """``replay`` over the whole tape with an ``arena_packed`` arena: each region, and each buffer
+    of the caller but the seeds (allocated uninitialised), is written first by an adjoint that
+    assigns (ASSIGNS), or zeroed just before one that accumulates."""
+    P = pointers(R, S, hoff, export, need, goff, garena)
+    C = (P, witness, tcode, hoff)
+    for s in range(goff.shape[0]):  # arena regions and the caller's buffers (but the seeds) are fresh
+        if goff[s] >= 0 or (export[s] != 0 and need[s]):
+            P[s, FLAGS] |= FRESH
+    for r in roots:
+        P[r, FLAGS] &= ~FRESH
+    for e in range(R.shape[0] - 1, -1, -1):
+        o = R[e, 4]
+        if need[o]:
+            if claim(C, o):  # no adjoint wrote it (x ** 0, sign...): a zero gradient
+                grad(C, o)[:] = 0
+            k = op_kernel[R[e, 0]]
+            if not ASSIGNS[k]:
+                for j in range(1, 4):
+                    s = R[e, j]
+                    if s >= 0 and claim(C, s):
+                        grad(C, s)[:] = 0
+            if dispatch(k, e, R, RF, C) != OK:
+                return ERR_OPCODE, e
+    for s in range(goff.shape[0]):  # a needed gradient that nothing wrote is zero
+        if claim(C, s):
+            grad(C, s)[:] = 0
+    return OK, -1
+
+
+@njit(cache=True)
 def backward(R, RF, S, hoff, export, roots, tcode, witness, op_kernel):
     """The whole backward of one tape in one call: plan, arena, replay."""
     status, where, need = plan(R, S, roots, 0)
     if status != OK:
         return status, where, need
-    goff, garena = arena(S, hoff, need, export, witness)
-    status, where = replay(R, RF, S, hoff, export, need, goff, garena, 0, R.shape[0], tcode, witness, op_kernel)
+    goff, garena = arena_packed(R, S, hoff, need, export, witness)
+    status, where = replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel)
     return status, where, need

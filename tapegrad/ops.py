@@ -128,6 +128,11 @@ def _binary_rec(op, x, y, value):
 def broadcast_shapes(sa, sb):
     if sa == sb:
         return sa
+    la, lb = len(sa), len(sb)
+    if lb < la and sa[la - lb:] == sb:  # a bias-like operand: trailing dims equal
+        return sa
+    if la < lb and sb[lb - la:] == sa:
+        return sb
     n = max(len(sa), len(sb))
     out = []
     for i in range(-1, -n - 1, -1):
@@ -210,7 +215,7 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
 # -- the rows -----------------------------------------------------------------------------
 def _sum_to(g, shape):
     """Sum a broadcast gradient back to ``shape`` (the VJP of expand)."""
-    if tuple(g.shape) == tuple(shape):
+    if g._value.shape == tuple(shape):  # the common case, on the create_graph path's hot loop
         return g
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1)
@@ -221,8 +226,16 @@ def _sum_to(g, shape):
 # summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
 ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i))
 SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: _fit((g, -g), i))
-MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul",
-          lambda g, i, o, r: _fit((g * i[1], g * i[0]), i), reads=(0, 1))
+
+
+def _mul_vjp(g, i, o, r):
+    if r[1] == r[2]:  # x * x: one product, which the engine adds to itself (torch's value, one op fewer)
+        t = g * i[0]
+        return (t, t)
+    return _fit((g * i[1], g * i[0]), i)
+
+
+MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads=(0, 1))
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i), reads=(0, 1))  # torch's order
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
@@ -446,7 +459,8 @@ def _cat_vjp(g, i, o, r):
 
 def _fit(grads, ins):
     """Sum each gradient back to its input's shape: binary rows broadcast in the forward."""
-    return tuple(None if gi is None or x is None else _sum_to(gi, tuple(x.shape)) for gi, x in zip(grads, ins))
+    return tuple(gi if gi is None or x is None or gi._value.shape == x._value.shape else
+                 _sum_to(gi, x._value.shape) for gi, x in zip(grads, ins))
 
 
 RSQRT = row("rsqrt", "RsqrtBackward0", 1, lambda x: np.reciprocal(np.sqrt(x)), "adj_rsqrt",
@@ -500,6 +514,21 @@ COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
            lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)))
 ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
 FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
+INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem", _setitem_vjp)  # x[mask] = v
+
+
+def _nll_vjp(g, i, o, r):
+    logp, pos, w = i
+    gi = g if r[5] == 0 else expand(reshape(g * r[7], (1,)), tuple(pos.shape))
+    if w is not None:
+        gi = gi * w
+    return (-_scatter_flat(gi, pos, tuple(logp.shape)), None, None)
+
+
+# nll_loss (and cross_entropy after log_softmax) as one row: b holds the flat position of each
+# sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
+# for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
+NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
 
 
 
@@ -619,10 +648,13 @@ def _axes(dim, ndim):
         return tuple(range(ndim))
     if isinstance(dim, int):
         dim = (dim,)
-    axes = tuple(sorted({_dim(d, ndim) for d in dim})) if ndim else ()
-    if len(axes) != len(dim):
-        raise RuntimeError(f"dim {list(dim)} appears multiple times in the list of dims")
-    return axes
+    seen = []
+    for d in dim:
+        a = _dim(d, ndim)
+        if a in seen:
+            raise RuntimeError(f"dim {a} appears multiple times in the list of dims")
+        seen.append(a)
+    return tuple(sorted(seen)) if ndim else ()  # a 0-d tensor takes dim 0 or -1 and has no axes
 
 
 def _mask(axes):
@@ -801,6 +833,12 @@ def expand_as(x, other):
 # -- linear algebra ----------------------------------------------------------------------------
 def mm(x, y):
     xv, yv = x._value, y._value
+    if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != yv.shape[0] or xv.dtype != yv.dtype:
+        _mm_error(xv, yv)
+    return _binary_rec(MM, x, y, _matmul_value(xv, yv))
+
+
+def _mm_error(xv, yv):
     if xv.ndim != 2:
         raise RuntimeError(f"self must be a matrix")
     if yv.ndim != 2:
@@ -808,9 +846,11 @@ def mm(x, y):
     if xv.shape[1] != yv.shape[0]:
         raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({xv.shape[0]}x{xv.shape[1]} and "
                            f"{yv.shape[0]}x{yv.shape[1]})")
-    if xv.dtype != yv.dtype:
-        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {xv.dtype} != {yv.dtype}")
-    return _binary_rec(MM, x, y, _matmul_value(xv, yv))
+    raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: "
+                       f"{_torch_type_name(xv.dtype).lower()} != {_torch_type_name(yv.dtype).lower()}")
+
+
+_MM_FORWARD = []  # kernels.mm_forward, imported on the first float product
 
 
 def _matmul_value(a, b):
@@ -818,8 +858,14 @@ def _matmul_value(a, b):
     # over threads when alternated (DESIGN.md), so float products go through kernels.mm_forward.
     if a.dtype.kind != "f":
         return a @ b
-    from .kernels import mm_forward
-    return mm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    if not _MM_FORWARD:
+        from .kernels import mm_forward
+        _MM_FORWARD.append(mm_forward)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if not b.flags.c_contiguous:
+        b = np.ascontiguousarray(b)
+    return _MM_FORWARD[0](a, b)
 
 
 def matmul(x, y):
@@ -1009,7 +1055,8 @@ def setitem(x, key, v):
     x._bump_version()
     if record:
         x._tape = tape
-        x._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
+        op = INDEX_PUT if _key_kind(k) is INDEX else SETITEM  # torch: index_put_ for tensor keys
+        x._slot = tape.push(op.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
         x._rg = True
     _update_base(x)
 
@@ -1043,7 +1090,7 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
         return _leaf(value)
     tape = current_tape()
     slots = [-1 if v is None else tape.slot_of(v) if v.__class__ is Tensor else
-             tape.new_slot(np.ascontiguousarray(v), LEAF, None) for v in (a, b, c)]
+             tape.new_slot(_contiguous(v), LEAF, None) for v in (a, b, c)]
     return _result(value, tape, tape.push(op.code, slots[0], slots[1], slots[2], i0, i1, f0, value, None), None)
 
 
@@ -1056,7 +1103,7 @@ def _with_map(op, x, value, positions):
     layout) become the row's index map."""
     if x._rg and _state.grad_enabled:
         return _unary_with_index(op, x, value, np.ascontiguousarray(positions, dtype=np.int64).reshape(-1))
-    return _leaf(np.ascontiguousarray(value))
+    return _leaf(_contiguous(value))  # (np.ascontiguousarray would make a 0-d result 1-d)
 
 
 def _positions(x):
@@ -1271,7 +1318,7 @@ def _arg(fn, name, x, dim, keepdim):
         return _leaf(np.asarray(0, dtype=np.int64))
     if xv.shape[d] == 0:
         raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
-    return _leaf(np.ascontiguousarray(fn(xv, axis=d, keepdims=keepdim), dtype=np.int64))
+    return _leaf(np.asarray(fn(xv, axis=d, keepdims=keepdim), dtype=np.int64))
 
 
 def all_(x, dim=None, keepdim=False):
@@ -1362,7 +1409,7 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
     if not keepdim or xv.ndim == 0:
         out_shape = xv.shape[:d] + xv.shape[d + 1:] if xv.ndim else ()
         values, idx, positions = values.reshape(out_shape), idx.reshape(out_shape), positions.reshape(out_shape)
-    return rt(_with_map(op_dim, x, values, positions), _leaf(np.ascontiguousarray(idx, dtype=np.int64)))
+    return rt(_with_map(op_dim, x, values, positions), _leaf(_contiguous(idx.astype(np.int64, copy=False))))
 
 
 def amax(x, dim=(), keepdim=False):
@@ -1464,6 +1511,8 @@ def softmax(x, dim, dtype=None):
     xv = x._value
     if xv.ndim == 0:
         return _unary(SOFTMAX, x, np.ones((), xv.dtype), i0=0)
+    if 0 < xv.size <= _SMALL_SOFTMAX:
+        return _unary(SOFTMAX, x, _softmax_kernel(xv, d, False), i0=d)
     with np.errstate(invalid="ignore"):
         e = np.exp(xv - np.max(xv, axis=d, keepdims=True)) if xv.size else xv.copy()
         value = e / np.sum(e, axis=d, keepdims=True)
@@ -1475,10 +1524,22 @@ def log_softmax(x, dim, dtype=None):
     xv = x._value
     if xv.ndim == 0:
         return _unary(LOG_SOFTMAX, x, np.zeros((), xv.dtype), i0=0)
+    if 0 < xv.size <= _SMALL_SOFTMAX:
+        return _unary(LOG_SOFTMAX, x, _softmax_kernel(xv, d, True), i0=d)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = xv - np.max(xv, axis=d, keepdims=True) if xv.size else xv.copy()
         value = z - np.log(np.sum(np.exp(z), axis=d, keepdims=True))
     return _unary(LOG_SOFTMAX, x, value, i0=d)
+
+
+_SMALL_SOFTMAX = 1 << 16  # up to here one jitted pass beats NumPy's six (W2's cross-entropy)
+
+
+def _softmax_kernel(xv, d, log):
+    from .kernels import softmax_forward
+    shape = xv.shape
+    x3 = np.ascontiguousarray(xv).reshape(math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:]))
+    return softmax_forward(x3, log).reshape(shape)
 
 
 def cumsum(x, dim, dtype=None):
@@ -1635,7 +1696,8 @@ def _parse_einsum(equation, operands):
     if len(operands) > 2:
         raise NotImplementedError("einsum with more than two operands: contract them in pairs")
     for pos, ch in enumerate(eq):
-        if not (ch.isalpha() and ch.isascii()) and ch not in ",.->":
+        arrow_part = eq.startswith("->", pos) or (ch == ">" and eq.startswith("->", pos - 1))
+        if not (ch.isalpha() and ch.isascii()) and ch not in ",." and not arrow_part:
             raise RuntimeError(f"einsum(): invalid subscript given at index {pos} in the equation string, "
                                "subscripts must be in [a-zA-Z]")
     if "-" in eq and not arrow or eq.count("->") > 1:
@@ -1926,7 +1988,7 @@ def masked_fill(x, mask, value):
     if mv.dtype != np.bool_:
         raise RuntimeError(f"masked_fill_ only supports boolean masks, but got mask with dtype "
                            f"{_torch_type_name(mv.dtype).lower()}")
-    shape = broadcast_shapes(x._value.shape, mv.shape)
+    shape = broadcast_shapes(mv.shape, x._value.shape)  # torch names the mask "a"
     if isinstance(value, Tensor):
         if value._value.ndim:
             raise RuntimeError(f"masked_fill_ only supports a 0-dimensional value tensor, but got tensor with "
@@ -1939,6 +2001,25 @@ def masked_fill(x, mask, value):
     full = np.broadcast_to(mv, shape)
     out[full] = value
     return _record(MASKED_FILL, out, x, full, f0=float(value))
+
+
+def nll(logp2, target, weight=None, reduction="mean"):
+    """The negative log-likelihood of (N, C) log-probabilities at class indices ``target`` (an int
+    array (N,), in range), each sample weighted by ``weight`` ((N,) array, None for ones): one
+    row, torch's NllLossBackward0 (nn.functional.nll_loss and cross_entropy build on it)."""
+    lv = logp2._value
+    n, c = lv.shape
+    pos = np.arange(n, dtype=np.int64) * c + target.astype(np.int64, copy=False)
+    picked = np.ascontiguousarray(lv).reshape(-1)[pos]
+    w = None if weight is None else np.ascontiguousarray(weight, dtype=lv.dtype)
+    terms = -picked if w is None else -(picked * w)
+    if reduction == "none":
+        return _record(NLL, terms, logp2, pos, w)
+    total = (n if w is None else float(w.sum())) if reduction == "mean" else 1.0
+    scale = 1.0 / total if total else math.inf  # torch: nan when every sample is ignored
+    with np.errstate(invalid="ignore"):
+        value = np.asarray(terms.sum() * scale, dtype=lv.dtype)
+    return _record(NLL, value, logp2, pos, w, i0=1, f0=scale)
 
 
 # -- in place ------------------------------------------------------------------------------------

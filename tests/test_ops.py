@@ -118,12 +118,22 @@ CASES = {
     "copy": (lambda lib, x, y: (x * 1).copy_(y), [(2, 3), (3,)], normal),
     "zero": (lambda lib, x: (x * 1).zero_(), [(2, 3)], normal),
     "fill": (lambda lib, x: (x * 1).fill_(2.0), [(2, 3)], normal),
+    "index_put_advanced": (lambda lib, x, y: _setitem_mask(lib, x, y), [(2, 3), (3,)], normal),
+    "nll_loss": (lambda lib, x, y: lib.nn.functional.cross_entropy(
+        x + y, lib.tensor([2, 0, 1, 2]), weight=lib.tensor([0.5, 2.0, 1.0], dtype=lib.float64), ignore_index=1),
+        [(4, 3), (3,)], normal),
 }
 
 
 def _setitem(lib, x, y):
     z = x * 1
     z[1] = y.exp()
+    return z
+
+
+def _setitem_mask(lib, x, y):
+    z = x * 1
+    z[x > 0] = y.sum()
     return z
 
 

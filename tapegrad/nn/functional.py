@@ -114,16 +114,18 @@ def _check_target(input, target, batch):
 
 
 def _picked(logp2, t, ignore_index, weight):
-    """Per sample: the log-probability of its class, its weight (0 where ignored), flattened."""
+    """Per sample: its class (0 where ignored) and its weight (None: all ones; 0 where ignored)."""
     n, c = logp2.shape
     keep = t != ignore_index
-    safe = np.where(keep, t, 0)
+    ignored = not keep.all()
+    safe = np.where(keep, t, 0) if ignored else t
     if bool(((safe < 0) | (safe >= c)).any()):
         bad = int(safe[(safe < 0) | (safe >= c)][0])
         raise IndexError(f"Target {bad} is out of bounds.")
-    picked = logp2[np.arange(n), safe]
+    if weight is None and not ignored:
+        return safe, None
     w = weight._value[safe] if weight is not None else np.ones(n, logp2._value.dtype)
-    return picked, (w * keep).astype(logp2._value.dtype)
+    return safe, (w * keep).astype(logp2._value.dtype)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
@@ -133,15 +135,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     logp2, batch = _classes_last(input)
     _check_target(input, target, batch)
     t = target._value.reshape(-1)
-    picked, w = _picked(logp2, t, ignore_index, weight)
-    if weight is None and reduction != "none" and bool((t != ignore_index).all()):
-        return -(ops.mean(picked) if reduction == "mean" else ops.sum(picked))  # the common case, short
-    loss = -(picked * _const(w, picked))
-    if reduction == "none":
-        return ops.reshape(loss, batch)
-    if reduction == "sum":
-        return ops.sum(loss)
-    return ops.sum(loss) / _const(w.sum(), loss)  # torch's weighted mean (nan when all are ignored)
+    safe, w = _picked(logp2, t, ignore_index, weight)
+    loss = ops.nll(logp2, safe, w, reduction)  # one row: NllLossBackward0, as torch's
+    return ops.reshape(loss, batch) if reduction == "none" else loss
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -1,0 +1,329 @@
+"""The op surface beyond one case per row: broadcasting, keepdim and negative dims, tuple dims,
+batched linear algebra, einsum forms, shape ops with many pieces, every indexing key, float32 and
+non-contiguous inputs.
+
+Each case is a program written once for both libraries; it is checked three ways, as the rows
+are in test_ops.py: central finite differences in float64, torch when installed, and the jitted
+adjoints against the differentiable VJPs (the create_graph path).
+"""
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+RNG = np.random.default_rng(7)
+
+
+def normal(shape):
+    return RNG.standard_normal(shape)
+
+
+def positive(shape):
+    return RNG.uniform(0.5, 2.0, shape)
+
+
+def distinct(shape):
+    """Well-separated values: no ties for max/min/sort-like ops, no kinks within eps."""
+    n = int(np.prod(shape))
+    return (RNG.permutation(n) * 0.37 - n * 0.15).reshape(shape) + RNG.uniform(-0.05, 0.05, shape)
+
+
+def ix(lib, v):
+    return lib.tensor(v)
+
+
+# name: (program, input shapes, sampler)
+CASES = {
+    # binary ops broadcast in the forward and sum each gradient back to its operand's shape
+    "add_row": (lambda lib, x, y: x + y, [(2, 3), (3,)], normal),
+    "add_col_row": (lambda lib, x, y: x + y, [(2, 1), (1, 3)], normal),
+    "add_0d": (lambda lib, x, y: x + y, [(), (2, 3)], normal),
+    "sub_lead": (lambda lib, x, y: x - y, [(4, 1, 3), (2, 3)], normal),
+    "mul_inner": (lambda lib, x, y: x * y, [(2, 3, 4), (3, 1)], normal),
+    "mul_same_object": (lambda lib, x: x * x[0], [(2, 3)], normal),
+    "div_bcast": (lambda lib, x, y: x / y, [(3,), (2, 3)], positive),
+    "pow_bcast": (lambda lib, x, y: x ** y, [(2, 3), (1, 3)], positive),
+    "maximum_bcast": (lambda lib, x, y: lib.maximum(x, y), [(3, 1), (1, 4)], distinct),
+    "minimum_bcast": (lambda lib, x, y: lib.minimum(x, y) * 2, [(3, 4), (4,)], distinct),
+    "where_scalar": (lambda lib, x: lib.where(x > 0, x, 0.5) * x, [(2, 3)], distinct),
+    "where_bcast": (lambda lib, x, y: lib.where(x > y, x * 2, y), [(2, 3), (3,)], distinct),
+    "clamp_tensor": (lambda lib, x, y: x.clamp(min=y), [(2, 3), (3,)], distinct),
+    "outer": (lambda lib, x, y: lib.outer(x, y), [(3,), (4,)], normal),
+    # reductions: tuple dims, negative dims, keepdim
+    "sum_tuple": (lambda lib, x: x.sum((0, -1)), [(2, 3, 4)], normal),
+    "mean_keep": (lambda lib, x: x.mean(-1, keepdim=True) * x, [(2, 3)], normal),
+    "prod_dim0": (lambda lib, x: x.prod(0), [(3, 4)], normal),
+    "prod_zero": (lambda lib, x: (x * lib.tensor([1.0, 0.0, 1.0])).prod(-1), [(2, 3)], normal),
+    "prod_two_zeros": (lambda lib, x: (x * lib.tensor([0.0, 0.0, 1.0])).prod(), [(3,)], normal),
+    "amax_neg": (lambda lib, x: x.amax(-2), [(2, 3, 4)], distinct),
+    "amin_tuple_keep": (lambda lib, x: x.amin((0, 2), keepdim=True) * x, [(2, 3, 4)], distinct),
+    "max_keep": (lambda lib, x: x.max(1, keepdim=True)[0] * x, [(3, 4)], distinct),
+    "min_all": (lambda lib, x: x.min() * x, [(3, 4)], distinct),
+    "norm_all": (lambda lib, x: x.norm(), [(3, 4)], normal),
+    "norm_p1": (lambda lib, x: x.norm(p=1, dim=0), [(3, 4)], distinct),
+    "norm_p3_keep": (lambda lib, x: x.norm(p=3, dim=(0, 1), keepdim=True) * x, [(2, 3)], normal),
+    "norm_inf": (lambda lib, x: x.norm(p=float("inf"), dim=-1), [(3, 4)], distinct),
+    "var_dim": (lambda lib, x: x.var(1), [(3, 4)], normal),
+    "var_biased": (lambda lib, x: x.var(unbiased=False), [(3, 4)], normal),
+    "var_correction": (lambda lib, x: x.var(0, correction=0, keepdim=True), [(3, 4)], normal),
+    "std_tuple": (lambda lib, x: x.std(dim=(0, 1), keepdim=True), [(2, 3, 2)], normal),
+    "logsumexp": (lambda lib, x: x.logsumexp(-1), [(3, 4)], normal),
+    "logsumexp_tuple": (lambda lib, x: lib.logsumexp(x, (0, 2), keepdim=True), [(2, 3, 2)], normal),
+    "softmax_inner": (lambda lib, x: x.softmax(1) * x, [(2, 3, 4)], normal),
+    "log_softmax_3d": (lambda lib, x: x.log_softmax(-2), [(2, 3, 4)], normal),
+    "cumsum0": (lambda lib, x: x.cumsum(0) * x, [(3, 4)], normal),
+    # linear algebra
+    "matmul_1d_1d": (lambda lib, x, y: x @ y, [(4,), (4,)], normal),
+    "matmul_1d_2d": (lambda lib, x, y: x @ y, [(4,), (4, 3)], normal),
+    "matmul_2d_1d": (lambda lib, x, y: x @ y, [(3, 4), (4,)], normal),
+    "matmul_batch_bcast": (lambda lib, x, y: x @ y, [(2, 1, 3, 4), (5, 4, 2)], normal),
+    "matmul_1d_3d": (lambda lib, x, y: lib.matmul(x, y), [(4,), (2, 4, 3)], normal),
+    "matmul_3d_1d": (lambda lib, x, y: x @ y, [(2, 3, 4), (4,)], normal),
+    "mv": (lambda lib, x, y: x.mv(y), [(3, 4), (4,)], normal),
+    "dot": (lambda lib, x, y: lib.dot(x, y), [(4,), (4,)], normal),
+    "einsum_mm": (lambda lib, x, y: lib.einsum("ij,jk->ik", x, y), [(2, 3), (3, 4)], normal),
+    "einsum_bmm": (lambda lib, x, y: lib.einsum("bij,bjk->bik", x, y), [(2, 2, 3), (2, 3, 4)], normal),
+    "einsum_full": (lambda lib, x, y: lib.einsum("ij,ij->", x, y), [(2, 3), (2, 3)], normal),
+    "einsum_trace": (lambda lib, x: lib.einsum("ii->", x), [(3, 3)], normal),
+    "einsum_diag": (lambda lib, x: lib.einsum("ii->i", x), [(3, 3)], normal),
+    "einsum_transpose": (lambda lib, x: lib.einsum("ij->ji", x), [(2, 3)], normal),
+    "einsum_outer": (lambda lib, x, y: lib.einsum("i,j->ij", x, y), [(2,), (3,)], normal),
+    "einsum_rowdot": (lambda lib, x, y: lib.einsum("bi,bi->b", x, y), [(3, 4), (3, 4)], normal),
+    "einsum_implicit": (lambda lib, x, y: lib.einsum("ij,jk", x, y), [(2, 3), (3, 4)], normal),
+    "einsum_ellipsis": (lambda lib, x, y: lib.einsum("...ij,...jk->...ik", x, y), [(2, 2, 3), (2, 3, 2)], normal),
+    "einsum_sum_free": (lambda lib, x, y: lib.einsum("ijk,k->i", x, y), [(2, 3, 4), (4,)], normal),
+    # shape ops
+    "flatten_mid": (lambda lib, x: x.flatten(1).exp(), [(2, 3, 4)], normal),
+    "flatten_all": (lambda lib, x: lib.flatten(x).exp(), [(2, 3)], normal),
+    "cat_many": (lambda lib, *xs: lib.cat(list(xs), -1), [(2, k) for k in range(1, 8)], normal),
+    "stack_many": (lambda lib, *xs: lib.stack(list(xs), 1), [(2, 3)] * 5, normal),
+    "split_sections": (lambda lib, x: x.split([1, 2], 1)[1] * x.split([1, 2], 1)[0], [(2, 3)], normal),
+    "chunk": (lambda lib, x: x.chunk(3, -1)[2] * 2 + x.chunk(3, -1)[0], [(2, 5)], normal),
+    "unbind": (lambda lib, x: x.unbind(1)[2] * x.unbind(1)[0], [(2, 3)], normal),
+    "narrow": (lambda lib, x: x.narrow(0, 1, 2).exp(), [(3, 2)], normal),
+    "repeat_expand": (lambda lib, x: x.unsqueeze(0).repeat(2, 1, 3), [(2, 3)], normal),
+    "expand_as": (lambda lib, x, y: x.expand_as(y) * y, [(1, 3), (2, 3)], normal),
+    "flip_3d": (lambda lib, x: x.flip(1) * x, [(2, 3, 2)], normal),
+    # indexing
+    "index_list": (lambda lib, x: x[[2, 0, 2]], [(3, 2)], normal),
+    "index_tensor_2d": (lambda lib, x: x[:, ix(lib, [[1, 0], [2, 2]])], [(2, 3)], normal),
+    "index_mask": (lambda lib, x: x[x > 0.2], [(3, 4)], distinct),
+    "index_none_ellipsis": (lambda lib, x: x[None, ..., 1], [(2, 3, 4)], normal),
+    "index_pairs": (lambda lib, x: x[ix(lib, [0, 1, 1]), ix(lib, [2, 0, 2])], [(2, 3)], normal),
+    "index_slice_step": (lambda lib, x: x[::2, 1:], [(4, 3)], normal),
+    "gather_dup": (lambda lib, x: x.gather(0, ix(lib, [[1, 1, 0], [1, 0, 0]])), [(2, 3)], normal),
+    "scatter_add_dup": (lambda lib, x, y: x.scatter_add(0, ix(lib, [[1, 1, 0], [1, 0, 0]]), y), [(2, 3), (2, 3)],
+                        normal),
+    "index_select_0d": (lambda lib, x: x.index_select(0, ix(lib, 1)), [(3, 2)], normal),
+    "masked_fill_bcast": (lambda lib, x: x.masked_fill(ix(lib, [True, False, True]), -1.0), [(2, 3)], normal),
+    "repeat_interleave": (lambda lib, x: x.repeat_interleave(2, dim=0), [(2, 3)], normal),
+    # non-contiguous inputs: transposed, sliced, expanded
+    "noncontig_t_mm": (lambda lib, x, y: x.t() @ y, [(4, 3), (4, 2)], normal),
+    "noncontig_slice": (lambda lib, x: x[:, ::2].exp() * x[:, 1::2], [(2, 6)], normal),
+    "noncontig_expand": (lambda lib, x, y: x.expand(3, 2, 4) * y, [(2, 4), (3, 1, 4)], normal),
+    "noncontig_permute_sum": (lambda lib, x: x.permute(2, 0, 1).softmax(-1), [(2, 3, 4)], normal),
+    "noncontig_bmm": (lambda lib, x, y: lib.bmm(x.transpose(1, 2), y), [(2, 4, 3), (2, 4, 2)], normal),
+}
+
+
+# Composites (STYLE.md: few primitives) show the grad_fn of their last primitive, where torch has a
+# node of its own (DotBackward0, VarBackward0, LogsumexpBackward0, ...): values and gradients match.
+COMPOSITE = {"clamp_tensor", "dot", "mv", "matmul_1d_1d", "matmul_1d_2d", "matmul_2d_1d", "matmul_3d_1d",
+             "var_dim", "var_biased", "var_correction", "std_tuple", "logsumexp", "logsumexp_tuple",
+             "einsum_mm", "einsum_bmm", "einsum_full", "einsum_trace", "einsum_diag", "einsum_transpose",
+             "einsum_outer", "einsum_rowdot", "einsum_implicit", "einsum_ellipsis", "einsum_sum_free",
+             "index_none_ellipsis", "repeat_interleave", "matmul_1d_3d"}
+
+
+def _inputs(name):
+    shapes, sampler = CASES[name][1:3]
+    state = RNG.bit_generator.state
+    arrays = [sampler(s) for s in shapes]
+    RNG.bit_generator.state = state
+    return arrays
+
+
+def _run(lib, name, arrays, dtype="float64"):
+    xs = [lib.tensor(a, dtype=getattr(lib, dtype), requires_grad=True) for a in arrays]
+    return xs, CASES[name][0](lib, *xs)
+
+
+def _cotangent(shape):
+    return np.random.default_rng(1).standard_normal(shape)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_finite_differences(name):
+    arrays = _inputs(name)
+    xs, y = _run(tg, name, arrays)
+    v = _cotangent(tuple(y.shape))
+    y.backward(tg.tensor(v))
+    eps = 1e-6
+    for k, a in enumerate(arrays):
+        num = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            hi, lo = [b.copy() for b in arrays], [b.copy() for b in arrays]
+            hi[k][i] += eps
+            lo[k][i] -= eps
+            with tg.no_grad():
+                fhi = CASES[name][0](tg, *[tg.tensor(b) for b in hi]).numpy()
+                flo = CASES[name][0](tg, *[tg.tensor(b) for b in lo]).numpy()
+            num[i] = np.sum((fhi - flo) * v) / (2 * eps)
+        np.testing.assert_allclose(xs[k].grad.numpy(), num, rtol=1e-5, atol=1e-7, err_msg=f"input {k}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_against_torch(name):
+    torch = pytest.importorskip("torch")
+    arrays = _inputs(name)
+    xs, y = _run(tg, name, arrays)
+    txs, ty = _run(torch, name, arrays)
+    assert tuple(y.shape) == tuple(ty.shape)
+    np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    if name not in COMPOSITE:
+        assert y.grad_fn.name() == ty.grad_fn.name()
+    v = _cotangent(tuple(y.shape))
+    y.backward(tg.tensor(v))
+    ty.backward(torch.tensor(v))
+    for k, (x, tx) in enumerate(zip(xs, txs)):
+        np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"input {k}")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_jitted_and_differentiable_adjoints_agree(name):
+    xs, y = _run(tg, name, _inputs(name))
+    v = tg.tensor(_cotangent(tuple(y.shape)))
+    jitted = tg.autograd.grad(y, xs, v, retain_graph=True)
+    recorded = tg.autograd.grad(y, xs, v, create_graph=True)
+    for a, b in zip(jitted, recorded):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+FLOAT32 = ["add_row", "mul_inner", "maximum_bcast", "prod_dim0", "amax_neg", "norm_all", "var_dim", "logsumexp",
+           "softmax_inner", "log_softmax_3d", "cumsum0", "matmul_batch_bcast", "einsum_bmm", "cat_many",
+           "index_mask", "scatter_add_dup", "noncontig_t_mm", "noncontig_expand"]
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+def test_float32_gradients_keep_dtype(name):
+    arrays = _inputs(name)
+    xs, y = _run(tg, name, arrays, "float32")
+    assert y.dtype == tg.float32
+    y.sum().backward()
+    for x in xs:
+        assert x.grad.dtype == tg.float32
+    xs64, y64 = _run(tg, name, arrays)
+    y64.sum().backward()
+    for x, x64 in zip(xs, xs64):
+        np.testing.assert_allclose(x.grad.numpy(), x64.grad.numpy(), rtol=2e-4, atol=2e-4)
+
+
+def test_mixed_dtypes_promote_and_grads_keep_each_dtype():
+    x = tg.tensor(normal((2, 3)), dtype=tg.float32, requires_grad=True)
+    y = tg.tensor(normal((3,)), dtype=tg.float64, requires_grad=True)
+    z = x * y
+    assert z.dtype == tg.float64
+    z.sum().backward()
+    assert x.grad.dtype == tg.float32 and y.grad.dtype == tg.float64
+    np.testing.assert_allclose(y.grad.numpy(), x.detach().numpy().astype(np.float64).sum(0), rtol=1e-6)
+
+
+def test_max_min_with_dim_return_values_and_indices():
+    torch = pytest.importorskip("torch")
+    a = distinct((3, 4))
+    for lib in (tg, torch):
+        x = lib.tensor(a, requires_grad=True)
+        r = x.max(1)
+        assert r.indices.dtype == lib.int64 and not r.indices.requires_grad
+    tr = torch.tensor(a).min(0, keepdim=True)
+    r = tg.tensor(a).min(0, keepdim=True)
+    np.testing.assert_array_equal(r.indices.numpy(), tr.indices.numpy())
+    np.testing.assert_array_equal(r.values.numpy(), tr.values.numpy())
+    v, i = tg.max(tg.tensor(a), -1)
+    np.testing.assert_array_equal(i.numpy(), a.argmax(-1))
+
+
+def test_ties_share_the_gradient_like_torch():
+    torch = pytest.importorskip("torch")
+    a = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])
+    for prog in (lambda lib, x: x.max(), lambda lib, x: x.amax(1), lambda lib, x: x.amin(0),
+                 lambda lib, x: lib.maximum(x, x.flip(1)), lambda lib, x: x.norm(p=float("inf"), dim=1)):
+        grads = []
+        for lib in (tg, torch):
+            x = lib.tensor(a, dtype=lib.float64, requires_grad=True)
+            prog(lib, x).sum().backward()
+            grads.append(x.grad.numpy())
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+
+
+def test_zero_norm_has_zero_gradient():
+    x = tg.zeros(3, dtype=tg.float64, requires_grad=True)
+    x.norm().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros(3))
+    (g,) = tg.autograd.grad(tg.zeros(3, dtype=tg.float64, requires_grad=True).norm(dim=0), [x], allow_unused=True)
+    assert g is None
+
+
+def test_comparisons_and_tests_do_not_require_grad():
+    torch = pytest.importorskip("torch")
+    a, b = distinct((2, 3)), distinct((3,))
+    a[0, 0] = np.nan
+    for name in ("lt", "le", "gt", "ge", "eq", "ne"):
+        got = getattr(tg.tensor(a, requires_grad=True), f"__{name}__")(tg.tensor(b))
+        want = getattr(torch.tensor(a), f"__{name}__")(torch.tensor(b))
+        assert got.dtype == tg.bool and not got.requires_grad
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    x = tg.tensor(a, requires_grad=True)
+    for name in ("isnan", "isfinite", "argmax", "argmin"):
+        got = getattr(x, name)()
+        assert not got.requires_grad
+    np.testing.assert_array_equal(tg.isnan(x).numpy(), np.isnan(a))
+    np.testing.assert_array_equal(tg.tensor(b).argmax().numpy(), torch.tensor(b).argmax().numpy())
+    np.testing.assert_array_equal(tg.tensor(a[1:]).argmin(1, keepdim=True).numpy(),
+                                  torch.tensor(a[1:]).argmin(1, keepdim=True).numpy())
+    assert (x == None) is False  # noqa: E711 (torch answers False too)
+    m = (tg.tensor(b) > 0) & ~(tg.tensor(b) > 1)
+    np.testing.assert_array_equal(m.numpy(), (b > 0) & ~(b > 1))
+
+
+def test_where_with_condition_only_is_nonzero():
+    torch = pytest.importorskip("torch")
+    a = np.array([[0.0, 1.0], [2.0, 0.0]])
+    for got, want in zip(tg.where(tg.tensor(a) > 0), torch.where(torch.tensor(a) > 0)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_split_and_chunk_pieces_match_torch():
+    torch = pytest.importorskip("torch")
+    a = normal((7, 2))
+    for args in ((3,), ([2, 5],), (7,)):
+        got = [p.numpy() for p in tg.tensor(a).split(*args)]
+        want = [p.numpy() for p in torch.tensor(a).split(*args)]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    for n in (1, 2, 3, 4, 7, 9):
+        assert [tuple(p.shape) for p in tg.tensor(a).chunk(n)] == [tuple(p.shape) for p in torch.tensor(a).chunk(n)]
+
+
+def test_vectorised_sin_cos_on_large_tensors_match_numpy():
+    """sin/cos of 4096+ elements take the vectorised kernels (forward and adjoint)."""
+    a = np.random.default_rng(2).uniform(-20, 20, 10000)
+    x = tg.tensor(a, requires_grad=True)
+    y = x.sin()
+    np.testing.assert_allclose(y.detach().numpy(), np.sin(a), rtol=0, atol=4e-16)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.cos(a), rtol=0, atol=4e-16)
+    x.grad = None
+    x.cos().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), -np.sin(a), rtol=0, atol=4e-16)
+
+
+def test_zero_dim_inputs_keep_zero_dim_results():
+    torch = pytest.importorskip("torch")
+    for prog in (lambda lib, x: x.max(0).values, lambda lib, x: x.max(0).indices, lambda lib, x: x.argmax(0),
+                 lambda lib, x: x.softmax(0), lambda lib, x: x.cumsum(-1), lambda lib, x: x.amax(),
+                 lambda lib, x: lib.where(x > 0, x, 0.0), lambda lib, x: x.norm(), lambda lib, x: x.prod(0)):
+        got, want = prog(tg, tg.tensor(1.5)), prog(torch, torch.tensor(1.5))
+        assert tuple(got.shape) == tuple(want.shape) == ()
+        assert got.item() == pytest.approx(want.item())
