@@ -18,6 +18,7 @@ import numpy as np
 from . import dtypes
 from .tape import LEAF, REQUIRES_GRAD, _contiguous, _state, counter, current_tape
 from .tensor import Tensor, _dim, _new
+from .tensor import leaf as _leaf
 
 ndarray = np.ndarray
 
@@ -50,18 +51,6 @@ def _result(value, tape, slot, vc):
     t._slot = slot
     t._rg = True
     t._vc = vc
-    t._grad = None
-    t._x = None
-    return t
-
-
-def _leaf(value):
-    t = _new(Tensor)
-    t._value = value
-    t._tape = None
-    t._slot = -1
-    t._rg = False
-    t._vc = None
     t._grad = None
     t._x = None
     return t

@@ -43,19 +43,6 @@ class Tensor:
     def __init__(self, *args, **kwargs):
         raise TypeError("create tensors with tapegrad.tensor(...), tapegrad.zeros(...) and friends")
 
-    # -- construction ----------------------------------------------------------------------
-    @staticmethod
-    def _leaf(value, requires_grad=False):
-        t = _new(Tensor)
-        t._value = value
-        t._tape = None
-        t._slot = -1
-        t._rg = requires_grad
-        t._vc = None
-        t._grad = None
-        t._x = None
-        return t
-
     # -- attributes --------------------------------------------------------------------------
     @property
     def shape(self):
@@ -176,7 +163,7 @@ class Tensor:
 
     @property
     def data(self):
-        t = Tensor._leaf(self._value)  # same storage, its own version counter, untracked
+        t = leaf(self._value)  # same storage, its own version counter, untracked
         return t
 
     @data.setter
@@ -252,7 +239,7 @@ class Tensor:
         backward((self,), None if gradient is None else (gradient,), retain_graph, create_graph, inputs=inputs)
 
     def detach(self):
-        t = Tensor._leaf(self._value)
+        t = leaf(self._value)
         t._vc = counter(self)  # shares storage, so shares the version counter
         return t
 
@@ -322,6 +309,19 @@ class _HookHandle:
     def remove(self):
         if self.hook in self.hooks:
             self.hooks.remove(self.hook)
+
+
+def leaf(value):
+    """A leaf Tensor holding ``value`` (no graph, no grad); every factory and untracked op ends here."""
+    t = _new(Tensor)
+    t._value = value
+    t._tape = None
+    t._slot = -1
+    t._rg = False
+    t._vc = None
+    t._grad = None
+    t._x = None
+    return t
 
 
 def _dim(d, ndim):
