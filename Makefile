@@ -3,8 +3,8 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  := test,demo$(if $(ORACLE),$(comma)oracle)
 comma   := ,
+EXTRAS  := test,demo$(if $(ORACLE),$(comma)oracle)
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install demo test bench clean
