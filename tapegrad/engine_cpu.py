@@ -239,15 +239,20 @@ def _deliver(tape, wanted, need, bufs, req):
         dt = tape.values[s].dtype
         if g.dtype != dt:
             g = g.astype(dt)
-        if kind == "link":
-            links[tape.links[s]] = g
-        elif kind == "input":
-            req.results[who] = _accumulate(req.results.get(who), g)
-        elif kind == "leaf":
-            _add_leaf_grad(req, who, g)
-        else:
-            _give_grad(who, g, req.create_graph)
+        _route(tape, s, kind, who, g, req, links)
     return links
+
+
+def _route(tape, s, kind, who, g, req, links):
+    """Send the finished gradient of exported slot s on: to an older tape, a requested input or .grad."""
+    if kind == "link":
+        links[tape.links[s]] = g
+    elif kind == "input":
+        req.results[who] = _accumulate(req.results.get(who), g)
+    elif kind == "leaf":
+        _add_leaf_grad(req, who, g)
+    else:
+        _give_grad(who, g, req.create_graph)
 
 
 def _give_grad(t, g, create_graph):
@@ -397,15 +402,7 @@ def _run_python(tape, seeds, req):
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:
             continue
-        g = grads[s]
-        if kind == "link":
-            links[tape.links[s]] = g
-        elif kind == "input":
-            req.results[who] = _accumulate(req.results.get(who), g)
-        elif kind == "leaf":
-            _add_leaf_grad(req, who, g)
-        else:
-            _give_grad(who, g, True)
+        _route(tape, s, kind, who, grads[s], req, links)
     if not req.retain_graph:
         tape.release(np.flatnonzero(need[R[:, 4]]))
     return links
