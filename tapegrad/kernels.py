@@ -221,9 +221,17 @@ def reduce_map(shp, mask):
         if not (mask >> k) & 1:
             ostride[k] = acc
             acc *= shp[k]
+    return strided_offsets(shp, ostride)
+
+
+@njit(cache=True)
+def strided_offsets(shape, stride):
+    """For each flat (C-order) index of an array of ``shape``, the offset sum(index_k * stride_k):
+    where that element sits in a buffer laid out with ``stride``."""
+    nd = shape.shape[0]
     n = 1
     for k in range(nd):
-        n *= shp[k]
+        n *= shape[k]
     out = np.empty(n, np.int64)
     idx = np.zeros(nd, np.int64)
     o = 0
@@ -232,10 +240,10 @@ def reduce_map(shp, mask):
         k = nd - 1
         while k >= 0:  # odometer increment
             idx[k] += 1
-            o += ostride[k]
-            if idx[k] < shp[k]:
+            o += stride[k]
+            if idx[k] < shape[k]:
                 break
-            o -= ostride[k] * idx[k]
+            o -= stride[k] * idx[k]
             idx[k] = 0
             k -= 1
     return out
@@ -267,21 +275,7 @@ def permute_map(in_shape, perm_code):
         p = (perm_code >> (4 * k)) & 15
         oshape[k] = in_shape[p]
         ostride[k] = instride[p]
-    out = np.empty(acc, np.int64)
-    idx = np.zeros(nd, np.int64)
-    o = 0
-    for i in range(acc):
-        out[i] = o
-        k = nd - 1
-        while k >= 0:
-            idx[k] += 1
-            o += ostride[k]
-            if idx[k] < oshape[k]:
-                break
-            o -= ostride[k] * idx[k]
-            idx[k] = 0
-            k -= 1
-    return out
+    return strided_offsets(oshape, ostride)
 
 
 # -- numeric adjoints, one per row of ops.TABLE ----------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 
 from . import ops
 from .grad_mode import enable_grad
+from .nn.modules import _zero_grad
 from .tensor import Tensor
 
 
@@ -45,14 +46,7 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         for g in self.param_groups:
             for p in g["params"]:
-                if p._grad is None:
-                    continue
-                if set_to_none:
-                    p._grad = None
-                else:
-                    if p._grad._tape is not None:
-                        p._grad = p._grad.detach()
-                    p._grad._value[...] = 0
+                _zero_grad(p, set_to_none)
 
     def step(self, closure=None):
         loss = None
