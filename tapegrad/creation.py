@@ -52,7 +52,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
             value = _infer(data)
     else:
         value = np.array(data, dtype=dtypes.as_dtype(dtype).np)
-    return _finish(np.ascontiguousarray(value).copy() if value.base is not None else value, requires_grad, device)
+    return _finish(np.ascontiguousarray(value), requires_grad, device)  # astype/np.array copied already
 
 
 def as_tensor(data, dtype=None, device=None):

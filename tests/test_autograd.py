@@ -680,3 +680,11 @@ def test_training_loop_memory_is_flat(keep):
     bound = 200_000 if keep == "item" else 1800 * 3000
     assert at_2000 - at_200 < bound, (at_200, at_2000)
     assert float(losses[-1]) < float(losses[0])
+
+
+def test_tensor_from_a_fortran_array_is_c_ordered_and_owns_its_data():
+    a = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    t = tg.tensor(a, dtype=tg.float64)
+    assert t.numpy().flags.c_contiguous
+    a[0, 0] = 99.0
+    assert t[0, 0].item() == 0.0
