@@ -3,6 +3,7 @@ import numpy as np
 
 from . import dtypes
 from .ops import _leaf
+from .tape import _contiguous
 from .tensor import Tensor
 
 
@@ -52,7 +53,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
             value = _infer(data)
     else:
         value = np.array(data, dtype=dtypes.as_dtype(dtype).np)
-    return _finish(np.ascontiguousarray(value), requires_grad, device)  # astype/np.array copied already
+    return _finish(_contiguous(value), requires_grad, device)  # astype/np.array copied already
 
 
 def as_tensor(data, dtype=None, device=None):

@@ -688,3 +688,7 @@ def test_tensor_from_a_fortran_array_is_c_ordered_and_owns_its_data():
     assert t.numpy().flags.c_contiguous
     a[0, 0] = 99.0
     assert t[0, 0].item() == 0.0
+
+
+def test_tensor_from_a_scalar_stays_zero_dim():
+    assert tg.tensor(3.5).shape == () and tg.tensor(np.float64(2.0), dtype=tg.float64).shape == ()
