@@ -616,8 +616,15 @@ def adj_permute(e, R, RF, C):
 
 @njit(cache=True)
 def adj_getitem(e, R, RF, C):
-    """b is an int64 slot mapping each output element to its flat source index."""
-    g, ga, idx = grad(C, R[e, 4]), grad(C, R[e, 1]), ival(C, R[e, 2])
+    """b is an int64 slot mapping each output element to its flat source index (b < 0: the
+    output is the contiguous run of the input from flat offset i0)."""
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    if R[e, 2] < 0:
+        off = R[e, 5]
+        for k in range(g.size):
+            ga[off + k] += g[k]
+        return
+    idx = ival(C, R[e, 2])
     for k in range(g.size):
         ga[idx[k]] += g[k]
 
@@ -648,8 +655,14 @@ def adj_reciprocal(e, R, RF, C):
 
 @njit(cache=True)
 def adj_scatter_flat(e, R, RF, C):
-    """The transpose of getitem: the output gradient gathered at the index map."""
-    g, ga, idx = grad(C, R[e, 4]), grad(C, R[e, 1]), ival(C, R[e, 2])
+    """The transpose of getitem: the output gradient gathered at the index map (or the run from i0)."""
+    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    if R[e, 2] < 0:
+        off = R[e, 5]
+        for k in range(ga.size):
+            ga[k] += g[off + k]
+        return
+    idx = ival(C, R[e, 2])
     for k in range(idx.size):
         ga[k] += g[idx[k]]
 

@@ -295,15 +295,21 @@ T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp)
 
 
 def _gather_vjp(g, i, o, r):
+    if r[2] < 0:  # a contiguous run of the input, from flat offset i0
+        return (_scatter_run(g, r[5], i[0].shape), None)
     return (_scatter_flat(g, i[1], i[0].shape), None)
 
 
 def _scatter_vjp(g, i, o, r):
+    if r[2] < 0:
+        return (_gather_run(g, r[5], tuple(i[0].shape)), None)
     return (reshape(_gather_flat(g, i[1], tuple(i[0].shape)), i[0].shape), None)
 
 
 # getitem: b is an int64 index map from each output element to its flat source index; the
-# grad_fn name follows the kind of key, as torch's does.
+# grad_fn name follows the kind of key, as torch's does. A key that selects one contiguous run of
+# a C-ordered input (x[1:], x[:-1], x[i] of a matrix) records b = -1 and the run's flat offset in
+# i0 instead: no map to build, and the adjoints copy a block. scatter_flat, their VJP, does the same.
 SELECT = row("select", "SelectBackward0", 2, None, "adj_getitem", _gather_vjp)
 SLICE = row("slice", "SliceBackward0", 2, None, "adj_getitem", _gather_vjp)
 INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp)
@@ -971,6 +977,9 @@ def getitem(x, key):
         value = np.asarray(value)
     kind = _key_kind(k)
     if x._rg and _state.grad_enabled:
+        if (kind is not INDEX and value.size and value.flags.c_contiguous and xv.flags.c_contiguous
+                and np.shares_memory(value, xv)):
+            return _view(kind, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
         idx = np.ascontiguousarray(np.arange(xv.size, dtype=np.int64).reshape(xv.shape)[k]).reshape(-1)
         if kind is INDEX or not np.shares_memory(value, xv):
             t = _unary_with_index(kind, x, value, idx)
@@ -1006,6 +1015,29 @@ def _scatter_flat(g, idx, shape):
     np.add.at(out, idx._value, g._value.reshape(-1))
     out = out.reshape(tuple(shape))
     return _unary_with_index(SCATTER_FLAT, g, out, idx._value) if g._rg and _state.grad_enabled else _leaf(out)
+
+
+def _gather_run(g, off, shape):
+    """g.flatten()[off:off + size] as a tensor of ``shape`` (differentiable in g; a copy, as _gather_flat's)."""
+    n = 1
+    for s in shape:
+        n *= s
+    value = g._value.reshape(-1)[off:off + n].reshape(shape).copy()
+    if g._rg and _state.grad_enabled:
+        tape = current_tape()
+        return _result(value, tape, tape.push(INDEX.code, tape.slot_of(g), -1, -1, off, 0, 0.0, value, None), None)
+    return _leaf(value)
+
+
+def _scatter_run(g, off, shape):
+    """zeros(shape) with g written at flat positions off, off + 1, ... (differentiable in g)."""
+    out = np.zeros(shape, g._value.dtype)
+    gv = g._value
+    out.reshape(-1)[off:off + gv.size] = gv.reshape(-1)
+    if g._rg and _state.grad_enabled:
+        tape = current_tape()
+        return _result(out, tape, tape.push(SCATTER_FLAT.code, tape.slot_of(g), -1, -1, off, 0, 0.0, out, None), None)
+    return _leaf(out)
 
 
 def _index_put(g, idx, v):

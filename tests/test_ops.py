@@ -242,6 +242,28 @@ def test_scatter_flat_through_double_backward():
     np.testing.assert_allclose(out[0], out[1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("key, shape", [((slice(1, None),), (5,)), ((slice(None, -1),), (5,)),
+                                        ((slice(1, 3),), (4, 2)), ((1,), (3, 2, 2)), ((Ellipsis,), (2, 3))])
+def test_contiguous_run_keys(key, shape):
+    """A key picking one contiguous run of a C-ordered tensor records its offset, not an index map
+    (b = -1); its gradients to third order (through scatter_flat and back) match torch's."""
+    torch = pytest.importorskip("torch")
+    a = RNG.standard_normal(shape)
+    x = tg.tensor(a, requires_grad=True)
+    y = x[key]
+    r = y._tape.row(y._tape.producer(y._slot))
+    assert r[2] == -1 and r[5] == np.arange(a.size).reshape(shape)[key].reshape(-1)[0]
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor(a, requires_grad=True, dtype=lib.float64)
+        (g,) = lib.autograd.grad((x[key] ** 3).sum() * x.sum(), x, create_graph=True)
+        (h,) = lib.autograd.grad((g * g).sum(), x, create_graph=True)
+        (t,) = lib.autograd.grad((h[key] ** 2).sum(), x)
+        out.append([v.detach().numpy() for v in (g, h, t)])
+    for mine, theirs in zip(*out):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-11, atol=1e-12)
+
+
 def test_broadcast_error_names_both_shapes():
     with pytest.raises(RuntimeError, match=r"size of tensor a \(2\) must match the size of tensor b \(4\) at non-singleton dimension 0"):
         tg.ones(2, 3) + tg.ones(4, 3)
