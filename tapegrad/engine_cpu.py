@@ -348,9 +348,10 @@ def _function_python(tape, call, grads, wanted):
 
 def _run_python(tape, seeds, req):
     K = _kernels()
+    # The VJPs append to this tape while we walk it, past these views' ends or into grown
+    # buffers (new bytearrays: the views keep the old ones), so the views stay as they are.
     R, RF = tape.row_table()
-    R, RF = R.copy(), RF.copy()  # the VJPs append to this tape while we walk it
-    S = tape.slot_table().copy()
+    S = tape.raw_slots()  # (plan reads the flags only: no dtype fill)
     roots = np.fromiter(seeds, np.int64, len(seeds))
     status, where, need = K.plan(R, S, roots, 0)
     if status == K.ERR_FREED:
@@ -364,11 +365,11 @@ def _run_python(tape, seeds, req):
     # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
     rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
-    cache = {}  # slot -> the Tensor standing for it, shared by the rows that read it
+    cache = {-1: None}  # slot -> the Tensor standing for it, shared by the rows that read it
 
     def arg(s):
-        t = cache.get(s)
-        if t is None:
+        t = cache.get(s, cache)
+        if t is cache:
             t = cache[s] = _slot_tensor(tape, s, flags[s])
         return t
 
@@ -389,10 +390,11 @@ def _run_python(tape, seeds, req):
                 if h is not None:
                     g = grads[o] = h
         op = table[r[0]]
-        ins = (arg(r[1]) if r[1] >= 0 else None,) if op.arity == 1 else \
-            tuple(arg(s) if s >= 0 else None for s in r[1:1 + op.arity])
+        n = op.arity
+        ins = (arg(r[1]),) if n == 1 else (arg(r[1]), arg(r[2])) if n == 2 else (arg(r[1]), arg(r[2]), arg(r[3]))
         gins = op.vjp(g, ins, arg(o), (*r, consts[e]))
-        for k, gi in enumerate(gins):
+        for k in range(n):
+            gi = gins[k]
             s = r[1 + k]
             if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
                 continue

@@ -971,6 +971,13 @@ def _mask_mismatch(xv, key):
 
 def getitem(x, key):
     xv = x._value
+    if key.__class__ is slice and x._rg and _state.grad_enabled and xv.ndim and xv.flags.c_contiguous:
+        # x[a:b] of a C-ordered tensor (W4's x[1:] and x[:-1]): a run from row ``start``, found
+        # without the general path's key checks
+        start, _, step = key.indices(xv.shape[0])
+        value = xv[key]
+        if step == 1 and value.size:
+            return _view(SLICE, x, value, i0=start * (xv.size // xv.shape[0]))
     k = _np_key(key)
     value = _index(xv, k)
     if value.__class__ is not ndarray:
