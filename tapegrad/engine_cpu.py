@@ -404,7 +404,10 @@ def _run_python(tape, seeds, req):
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:
             continue
-        _route(tape, s, kind, who, grads[s], req, links)
+        g = grads[s]
+        if not g._rg and 0 in g._value.strides and g._value.size > 1:  # one number broadcast (ops._uniform)
+            g = ops._leaf(np.ascontiguousarray(g._value))  # handed out: a tensor of its own, as torch's
+        _route(tape, s, kind, who, g, req, links)
     if not req.retain_graph:
         tape.release(np.flatnonzero(need[R[:, 4]]))
     return links

@@ -232,14 +232,43 @@ POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
-MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", lambda g, i, o, r: (g * r[7],))
+def _uniform(g):
+    """The one value of an untracked float gradient that is a single number broadcast (a scalar
+    loss's seed after sum, mean, add or scalar factors), else None. VJPs fold it into their own
+    scalar factor: x * (c * u) is one row where g * (x * c) records two (and registers g)."""
+    v = g._value
+    if g._rg or any(v.strides) or not v.size or v.dtype.kind != "f":
+        return None
+    return v[(0,) * v.ndim]  # a NumPy scalar of g's dtype: products round as g's would
+
+
+def _exact(a, b):
+    """Whether regrouping a product with factors a and b cannot change a bit: one is a power of
+    two, so scaling by it is exact (short of overflow and subnormals)."""
+    return math.frexp(a)[0] in (0.5, -0.5) or math.frexp(b)[0] in (0.5, -0.5)
+
+
+def _mul_scalar_vjp(g, i, o, r):
+    u = _uniform(g)
+    if u is not None:  # keep it one number: the VJPs below fold it (W4's 100 * (b - a * a) ** 2)
+        return (_leaf(np.broadcast_to(u * r[7], g._value.shape)),)
+    return (g * r[7],)
+
+
+MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", _mul_scalar_vjp)
 DIV_SCALAR = row("div_scalar", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
+
+
 def _pow_scalar_vjp(g, i, o, r):
     # torch's grad * (c * x**(c - 1)); x**1 is x exactly, so c == 2 saves a pow (W4's Rosenbrock)
     c = r[7]
     if c == 0:
         return (g * 0.0,)
-    return (g * (i[0] * 2.0),) if c == 2 else (g * (c * i[0] ** (c - 1)),)
+    x = i[0]
+    u = _uniform(g)
+    if u is not None and _exact(c, u):  # g is the number u everywhere: one product fewer, same bits
+        return (x * float(c * u),) if c == 2 else (x ** (c - 1) * float(c * u),)
+    return (g * (x * 2.0),) if c == 2 else (g * (c * x ** (c - 1)),)
 
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, np.power, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))

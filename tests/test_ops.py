@@ -270,6 +270,36 @@ def test_contiguous_run_keys(key, shape, run):
         np.testing.assert_allclose(mine, theirs, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale, c", [(1.0, 2), (100.0, 2), (0.1, 2), (100.0, 3), (0.5, 3), (3.0, 1.5), (-1.0, 0)])
+def test_uniform_gradient_folds_bitwise(scale, c):
+    """pow's VJP folds an untracked gradient that is one number (the seed of a sum times scalar
+    factors) into its own factor where that cannot change a bit (ops._exact): gradients and
+    Hessian-vector products equal torch's bit for bit, folded or not."""
+    torch = pytest.importorskip("torch")
+    a, u = RNG.uniform(0.5, 2.0, 7), RNG.standard_normal(7)
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor(a, requires_grad=True)
+        (g,) = lib.autograd.grad((x ** c * scale).sum(), x, create_graph=True)
+        (h,) = lib.autograd.grad((g * lib.tensor(u)).sum(), x, allow_unused=True) if g.requires_grad else (None,)
+        out.append([None if t is None else t.detach().numpy() for t in (g, h)])
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    if out[1][1] is not None and c == int(c):  # (x ** 1.5's second derivative differs from torch's by an ulp, folded or not)
+        np.testing.assert_array_equal(out[0][1], out[1][1])
+    elif out[1][1] is not None:
+        np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-14)
+    x = tg.tensor(a, requires_grad=True)
+    (g,) = tg.autograd.grad((x ** 2).sum(), x, create_graph=True)
+    assert g._tape.n == 3  # pow, sum, and one product for the gradient (x * 2.0): the seed is folded
+
+
+def test_uniform_gradient_is_handed_out_as_its_own_tensor():
+    x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    (g,) = tg.autograd.grad((x * 3.0).sum(), x, create_graph=True)
+    g.add_(1.0)  # a broadcast view would refuse the write
+    np.testing.assert_array_equal(g.detach().numpy(), [4.0, 4.0, 4.0])
+
+
 def test_broadcast_error_names_both_shapes():
     with pytest.raises(RuntimeError, match=r"size of tensor a \(2\) must match the size of tensor b \(4\) at non-singleton dimension 0"):
         tg.ones(2, 3) + tg.ones(4, 3)
