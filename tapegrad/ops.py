@@ -293,6 +293,9 @@ ABS = row("abs", "AbsBackward0", 1, np.abs, "adj_abs", lambda g, i, o, r: (g * s
 def _sum_vjp(g, i, o, r):
     x = i[0]
     keep = [1 if (r[5] >> k) & 1 else d for k, d in enumerate(x.shape)]
+    if not g._rg:  # the seed of a scalar loss (W4): the broadcast view itself, recorded nowhere
+        gv = g._value.reshape(keep)
+        return (_leaf(np.broadcast_to(gv if r[7] == 1.0 else gv * r[7], x._value.shape)),)
     return (expand(reshape(g, keep), tuple(x.shape)) * r[7],) if r[7] != 1.0 else \
         (expand(reshape(g, keep), tuple(x.shape)),)
 
