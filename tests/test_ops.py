@@ -293,6 +293,21 @@ def test_uniform_gradient_folds_bitwise(scale, c):
     assert g._tape.n == 3  # pow, sum, and one product for the gradient (x * 2.0): the seed is folded
 
 
+@pytest.mark.parametrize("program", [
+    lambda lib, x: (x.sum(0) * 2.0).sum(), lambda lib, x: x.sum(0).sum(), lambda lib, x: (x.t().sum(1) ** 2).mean(),
+    lambda lib, x: (x.sum(1, keepdim=True).exp().sum(0) ** 2).sum(), lambda lib, x: (x.mean(0) * 3.0).sum()])
+def test_untracked_gradients_through_reductions(program):
+    """sum's VJP broadcasts an untracked gradient itself (ops._broadcast), a broadcast one too."""
+    torch = pytest.importorskip("torch")
+    a = RNG.standard_normal((3, 4))
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor(a, requires_grad=True)
+        (g,) = lib.autograd.grad(program(lib, x), x, create_graph=True)
+        out.append(g.detach().numpy())
+    np.testing.assert_array_equal(out[0], out[1])
+
+
 def test_uniform_gradient_is_handed_out_as_its_own_tensor():
     x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
     (g,) = tg.autograd.grad((x * 3.0).sum(), x, create_graph=True)
