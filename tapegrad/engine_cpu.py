@@ -328,6 +328,9 @@ def _slot_tensor(tape, s, flags):
     return ops._result(tape.values[s], tape, s, tape.vcs[s])
 
 
+NONLEAF = REQUIRES_GRAD | LEAF | LINK
+
+
 def _function_python(tape, call, grads, wanted):
     """A custom Function's backward with create_graph: it records, so it differentiates again."""
     gouts = []
@@ -366,11 +369,14 @@ def _run_python(tape, seeds, req):
     rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
     cache = {-1: None}  # slot -> the Tensor standing for it, shared by the rows that read it
+    values, vcs, result = tape.values, tape.vcs, ops._result
 
     def arg(s):
         t = cache.get(s, cache)
         if t is cache:
-            t = cache[s] = _slot_tensor(tape, s, flags[s])
+            f = flags[s]  # an intermediate result (the common case) inline, the rest by _slot_tensor
+            t = cache[s] = result(values[s], tape, s, vcs[s]) if f & NONLEAF == REQUIRES_GRAD else \
+                _slot_tensor(tape, s, f)
         return t
 
     for e in range(len(rows) - 1, -1, -1):
