@@ -638,6 +638,9 @@ def div(x, y):
 
 
 def pow(x, y):
+    if (y.__class__ is int or y.__class__ is float) and x.__class__ is Tensor and x._value.dtype.kind == "f":
+        c = float(y)  # a float tensor to a Python number (W4's ** 2): no promotion to work out
+        return _unary(POW_SCALAR, x, np.square(x._value) if c == 2 else np.power(x._value, c), 0, 0, c)
     if not isinstance(x, Tensor):
         return _rpow(y, x)
     if isinstance(y, _SCALARS):
@@ -712,6 +715,8 @@ def sum(x, dim=None, keepdim=False, dtype=None):
     if dtype is not None:
         x = to_dtype(x, dtypes.as_dtype(dtype))
     xv = x._value
+    if dim is None and xv.dtype.kind == "f":  # a scalar loss: every axis, no checks
+        return _unary(SUM, x, np.add.reduce(xv, axis=None, keepdims=keepdim), (1 << xv.ndim) - 1, int(keepdim), 1.0)
     axes = _axes(dim, xv.ndim)
     # np.add.reduce is what np.sum runs, without its 2.5 us of argument handling (bool would stay bool)
     value = np.add.reduce(xv, axis=axes, keepdims=keepdim) if xv.dtype.kind == "f" else \

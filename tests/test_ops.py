@@ -308,6 +308,21 @@ def test_untracked_gradients_through_reductions(program):
     np.testing.assert_array_equal(out[0], out[1])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("c", [2, 2.0, 3, 0, -1, 0.5, -2.5])
+def test_pow_scalar_values_match_torch(c, dtype):
+    """x ** c of a float tensor (a short path; c == 2 squares): torch's values, x ** 2 bit for bit."""
+    torch = pytest.importorskip("torch")
+    a = RNG.uniform(0.5, 2.0, 9).astype(dtype)
+    ours = (tg.tensor(a, requires_grad=True) ** c).detach().numpy()
+    theirs = (torch.tensor(a, requires_grad=True) ** c).detach().numpy()
+    assert ours.dtype == theirs.dtype
+    if c == 2:
+        np.testing.assert_array_equal(ours, theirs)
+    else:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6 if dtype == "float32" else 1e-15)
+
+
 def test_uniform_gradient_is_handed_out_as_its_own_tensor():
     x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
     (g,) = tg.autograd.grad((x * 3.0).sum(), x, create_graph=True)
