@@ -12,6 +12,7 @@ import numpy as np
 
 from . import ops
 from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
+from .ops import add_grads
 from .tensor import Size, Tensor
 
 _K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
@@ -405,7 +406,7 @@ def _run_python(tape, seeds, req):
             if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
                 continue
             old = grads.get(s)
-            grads[s] = gi if old is None else old + gi
+            grads[s] = gi if old is None else add_grads(old, gi)
     links = {}
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:

@@ -113,6 +113,20 @@ def _binary_rec(op, x, y, value):
     return _leaf(value)
 
 
+def _same(op, x, y):
+    """x (op) y for tensors that are usually of one shape and dtype (a VJP's products, the
+    create_graph walk's sums of gradients): straight to the recorder, else the public path."""
+    xv, yv = x._value, y._value
+    if xv.shape == yv.shape and xv.dtype == yv.dtype:
+        return _binary_rec(op, x, y, op.forward(xv, yv))
+    return add(x, y) if op is ADD else mul(x, y)
+
+
+def add_grads(old, g):
+    """old + g, two gradients of one tensor (the create_graph walk's accumulation)."""
+    return _same(ADD, old, g)
+
+
 # -- broadcasting and type promotion ------------------------------------------------------------
 def broadcast_shapes(sa, sb):
     if sa == sb:
@@ -219,7 +233,7 @@ SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: _
 
 def _mul_vjp(g, i, o, r):
     if r[1] == r[2]:  # x * x: one product, which the engine adds to itself (torch's value, one op fewer)
-        t = g * i[0]
+        t = _same(MUL, g, i[0])
         return (t, t)
     return _fit((g * i[1], g * i[0]), i)
 
@@ -309,10 +323,11 @@ ABS = row("abs", "AbsBackward0", 1, np.abs, "adj_abs", lambda g, i, o, r: (g * s
 
 def _sum_vjp(g, i, o, r):
     x = i[0]
-    keep = [1 if (r[5] >> k) & 1 else d for k, d in enumerate(x.shape)]
     if not g._rg:  # the seed of a scalar loss (W4): the broadcast view itself, recorded nowhere
-        gv = g._value.reshape(keep)
+        gv = g._value
+        gv = gv.reshape(_keep_shape(x, r)) if gv.ndim else gv  # (a 0-d gradient broadcasts as it is)
         return (_leaf(_broadcast(gv if r[7] == 1.0 else gv * r[7], x._value.shape)),)
+    keep = _keep_shape(x, r)
     return (expand(reshape(g, keep), tuple(x.shape)) * r[7],) if r[7] != 1.0 else \
         (expand(reshape(g, keep), tuple(x.shape)),)
 
@@ -1094,9 +1109,12 @@ def _gather_run(g, off, shape):
 
 def _scatter_run(g, off, shape):
     """zeros(shape) with g written at flat positions off, off + 1, ... (differentiable in g)."""
-    out = np.zeros(shape, g._value.dtype)
     gv = g._value
-    out.reshape(-1)[off:off + gv.size] = gv.reshape(-1)
+    out = np.empty(shape, gv.dtype)
+    flat, end = out.reshape(-1), off + gv.size
+    flat[:off] = 0  # (zeroing only around the run: np.zeros and a copy would write it twice)
+    flat[end:] = 0
+    flat[off:end] = gv.reshape(-1)
     if g._rg and _state.grad_enabled:
         tape = current_tape()
         return _result(out, tape, tape.push(SCATTER_FLAT.code, tape.slot_of(g), -1, -1, off, 0, 0.0, out, None), None)
