@@ -286,6 +286,8 @@ def _header(tape, shown, view):
         state.append("freed by backward(): only the opcodes remain (pass retain_graph=True to keep the values)")
     elif tape.closed and bool((tape.slot_table()[:, 1] & FREED).any()):
         state.append("closed by a backward that freed some of its entries")
+    elif tape.closed and tape.resumable == 1:
+        state.append("closed by a create_graph backward: ops on its values still record here")
     elif tape.closed:
         state.append("closed by a backward that retained it: later ops start a new tape")
     if view.subset:

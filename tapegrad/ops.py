@@ -70,8 +70,8 @@ def _unary(op, x, value, i0=0, i1=0, f0=0.0):
     t._x = None
     if x._rg and _state.grad_enabled:
         tape = _state.tape_ref()
-        if tape is None or tape.closed:
-            tape = current_tape()
+        if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
+            tape = current_tape()  # (a tape closed by its first create_graph backward takes ops on its values)
         t._tape = tape
         t._slot = tape.push(op.code, x._slot if x._tape is tape else tape.slot_of(x), -1, -1, i0, i1, f0, value, None)
         t._rg = True
@@ -105,7 +105,7 @@ def _binary_rec(op, x, y, value):
         value = np.ascontiguousarray(value)
     if (x._rg or y._rg) and _state.grad_enabled:
         tape = _state.tape_ref()
-        if tape is None or tape.closed:
+        if tape is None or tape.closed and not (tape.resumable == 1 and (x._tape is tape or y._tape is tape)):
             tape = current_tape()
         a = x._slot if x._tape is tape else tape.slot_of(x)
         b = y._slot if y._tape is tape else tape.slot_of(y)

@@ -8,6 +8,8 @@ flags, the version of its storage when recorded and its dtype code.
 Lifecycle: the thread's current tape is held weakly, so a tape that no tensor reaches is freed by
 reference counting. A backward closes the tape (and frees the graph unless retained); later ops start
 a fresh one, and an op whose input lives on an older tape gets a LINK slot that backward follows into it.
+After a tape's first create_graph backward, ops that read its values (a Hessian-vector product's
+(g * v).sum()) still record on it while it is the current tape, so the next backward replays one tape.
 """
 import struct
 import threading
@@ -31,7 +33,7 @@ _INITIAL_ROWS = 32
 
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
-                 "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "freed",
+                 "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "resumable", "freed",
                  "serial", "epoch", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
@@ -53,6 +55,7 @@ class Tape:
         self.pyfuncs = {}  # entry -> Python backward (custom autograd.Function)
         self.names = {}  # slot -> name shown by the dump
         self.closed = False
+        self.resumable = 0  # 1: closed by its first create_graph backward; ops on its values still record here
         self.freed = False
         self.serial = next(Tape._serials)
         self.epoch = Global.inplace_events

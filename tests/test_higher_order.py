@@ -341,6 +341,40 @@ def test_create_graph_grads_print_like_torch(name):
     assert texts[: len(texts) // 2] == texts[len(texts) // 2:]
 
 
+def test_hvp_records_its_product_on_the_gradient_tape():
+    """After a tape's first create_graph backward, ops on its values still record on it: an hvp's
+    (g * v).sum() joins the gradient's tape, so its backward replays one tape; a new forward from
+    leaves starts a new tape. Values are torch's either way."""
+    torch = pytest.importorskip("torch")
+    a, u = RNG.standard_normal(6), RNG.standard_normal(6)
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor(a, requires_grad=True)
+        f = ((x[1:] - x[:-1] ** 2) ** 2 * 100.0 + (1.0 - x[:-1]) ** 2).sum()
+        (g,) = lib.autograd.grad(f, x, create_graph=True)
+        s = (g * lib.tensor(u)).sum()
+        if lib is tg:
+            assert s._tape is g._tape is f._tape
+            assert (x * 2.0)._tape is not f._tape
+        (h,) = lib.autograd.grad(s, x)
+        out.append(h.numpy())
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-13)
+
+
+def test_create_graph_loop_through_one_gradient_does_not_grow_its_tape():
+    """Only a tape's first create_graph backward leaves it open to ops on its values: a loop of
+    create_graph backwards through one gradient records each step on a tape of its own."""
+    x = tg.tensor([0.5, -1.5, 2.0], dtype=tg.float64, requires_grad=True)
+    y = x * 2.0  # (the VJPs then read y, on this tape, rather than the leaf: they would record here too)
+    (g,) = tg.autograd.grad((y ** 3).sum(), y, create_graph=True)
+    tape, sizes = g._tape, []
+    for i in range(1, 6):
+        (h,) = tg.autograd.grad((g * float(i)).sum(), y, create_graph=True)
+        np.testing.assert_allclose(h.detach().numpy(), 6.0 * i * y.detach().numpy(), rtol=1e-15)
+        sizes.append(tape.n)
+    assert len(set(sizes)) == 1, sizes
+
+
 # -- memory: create_graph loops run flat, freed by reference counting alone --------------------
 def _penalty_step(w, x, create_graph_backward=False):
     """A gradient-penalty step: loss + |d loss / d input|^2, backward into the parameter."""
