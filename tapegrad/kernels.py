@@ -655,16 +655,17 @@ def adj_reciprocal(e, R, RF, C):
 
 @njit(cache=True)
 def adj_scatter_flat(e, R, RF, C):
-    """The transpose of getitem: the output gradient gathered at the index map (or the run from i0)."""
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
+    """The transpose of getitem: the output gradient gathered at the index map (or the run from i0).
+    Every element of the input's gradient is written once: it assigns a fresh region (ASSIGNS)."""
+    g, ga, f = grad(C, R[e, 4]), grad(C, R[e, 1]), claim(C, R[e, 1])
     if R[e, 2] < 0:
         off = R[e, 5]
         for k in range(ga.size):
-            ga[k] += g[off + k]
+            put(ga, k, g[off + k], f)
         return
     idx = ival(C, R[e, 2])
     for k in range(idx.size):
-        ga[k] += g[idx[k]]
+        put(ga, k, g[idx[k]], f)
 
 
 @njit(cache=True)
@@ -1259,7 +1260,8 @@ OP_KERNEL = np.array([KERNELS.index(r.kernel) for r in ops.TABLE], np.int64)
 # kernels whose every write to an input's gradient goes through claim/put (or beta for gemm)
 ASSIGNS = np.array([k in ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_identity", "adj_neg",
                           "adj_mul_scalar", "adj_pow_scalar", "adj_exp", "adj_sin", "adj_cos", "adj_tanh",
-                          "adj_sigmoid", "adj_sum", "adj_expand", "adj_mm", "adj_bmm") for k in KERNELS])
+                          "adj_sigmoid", "adj_sum", "adj_expand", "adj_mm", "adj_bmm", "adj_scatter_flat")
+                    for k in KERNELS])
 
 
 @njit(cache=True)
