@@ -132,6 +132,17 @@ def test_partly_freed_and_retained_graphs():
     assert "freed" in tg.dump(out)
 
 
+def test_tape_closed_by_create_graph_says_it_still_takes_ops_on_its_values():
+    x = tg.ones(2, requires_grad=True)
+    (g,) = tg.autograd.grad((x * x).sum(), x, create_graph=True)
+    assert "closed by a create_graph backward: ops on its values still record here" in tg.dump(g)
+    s = (g * 2.0).sum()
+    assert s._tape is g._tape
+    tg.autograd.grad(s, x, retain_graph=True)  # a plain backward closes it for good
+    assert "retained it: later ops start a new tape" in tg.dump(s)
+    assert (g * 3.0)._tape is not g._tape
+
+
 def test_links_into_older_tapes():
     x = tg.ones(2, requires_grad=True)
     y = x * 2
