@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from . import dtypes
-from .tape import LEAF, REQUIRES_GRAD, _contiguous, _state, counter, current_tape
+from .tape import LEAF, REQUIRES_GRAD, _contiguous, _pack_row, _pack_slot, _state, counter, current_tape, recording_tape
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
 
@@ -58,27 +58,38 @@ def _result(value, tape, slot, vc):
 
 def _unary(op, x, value, i0=0, i1=0, f0=0.0):
     """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad.
-    Inlined by hand: this runs once per op (W1 measures it)."""
+    Inlined by hand, Tape.push included: this runs once per op (W1 measures it)."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)  # NumPy returns scalars for 0-d results
-    elif not value.flags.c_contiguous:
+    elif value.ndim > 1 and not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
     t = _new(Tensor)
     t._value = value
     t._vc = None
     t._grad = None
     t._x = None
-    if x._rg and _state.grad_enabled:
-        tape = _state.tape_ref()
+    if x._rg:
+        tape = _state.rec()
         if tape is None or tape.closed:
-            tape = current_tape()
-        t._tape = tape
-        t._slot = tape.push(op.code, x._slot if x._tape is tape else tape.slot_of(x), -1, -1, i0, i1, f0, value, None)
-        t._rg = True
-    else:
-        t._tape = None
-        t._slot = -1
-        t._rg = False
+            tape = recording_tape()
+        if tape is not None:
+            a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add a slot: before reading ns)
+            s = tape.ns
+            if s >= tape.cap:
+                tape._grow()
+            _pack_slot(tape.slots, s << 5, id(value), 1, 0, -1)  # a fresh result: version 0, dtype filled lazily
+            _pack_row(tape.rows, tape.n << 6, op.code, a, -1, -1, s, i0, i1, f0)
+            tape.values.append(value)
+            tape.vcs.append(None)
+            tape.n += 1
+            tape.ns = s + 1
+            t._tape = tape
+            t._slot = s
+            t._rg = True
+            return t
+    t._tape = None
+    t._slot = -1
+    t._rg = False
     return t
 
 
@@ -103,10 +114,12 @@ def _binary_rec(op, x, y, value):
         value = np.asarray(value)
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
-    if (x._rg or y._rg) and _state.grad_enabled:
-        tape = _state.tape_ref()
+    if x._rg or y._rg:
+        tape = _state.rec()
         if tape is None or tape.closed:
-            tape = current_tape()
+            tape = recording_tape()
+            if tape is None:
+                return _leaf(value)
         a = x._slot if x._tape is tape else tape.slot_of(x)
         b = y._slot if y._tape is tape else tape.slot_of(y)
         return _result(value, tape, tape.push(op.code, a, b, -1, 0, 0, 0.0, value, None), None)
@@ -194,11 +207,30 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
         rt = _scalar_result_dtype(x, y, float_result)
         if rt is not None:
             x = to_dtype(x, rt)
-        c = y
-        if x._value.dtype.kind == "f":
+        v = x._value
+        if v.dtype.kind == "f":
             c = float(y)
-        return _unary(op_scalar, x, op_scalar.forward(x._value, c), f0=float(c))
+            return _unary(op_scalar, x, op_scalar.forward(v, _operand(c, v.dtype)), f0=c)
+        return _unary(op_scalar, x, op_scalar.forward(v, y), f0=float(y))
     return _binary(op, op_scalar, x, _as_tensor(y, x), reverse_scalar, float_result)
+
+
+_OPERANDS = {}  # (float, dtype) -> read-only 0-d array
+
+
+def _operand(c, dt):
+    """The float constant c as an operand of dtype dt: a cached 0-d array, which a ufunc takes about
+    250 ns faster than a Python float (same value: NumPy casts a Python float to the array's dtype).
+    Zeros (0.0 and -0.0 share a key) and NaN (never equal to a key) stay Python floats."""
+    a = _OPERANDS.get((c, dt))
+    if a is None:
+        if not c or c != c:
+            return c
+        if len(_OPERANDS) >= 1024:  # a loop that makes ever-new constants stays bounded
+            _OPERANDS.clear()
+        a = _OPERANDS[c, dt] = np.array(c, dt)
+        a.flags.writeable = False
+    return a
 
 
 # -- the rows -----------------------------------------------------------------------------
@@ -250,8 +282,26 @@ RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divid
                  lambda g, i, o, r: (-g * o * o,), reads=("out",))
 EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
 LOG = row("log", "LogBackward0", 1, np.log, "adj_log", lambda g, i, o, r: (g / i[0],), reads=(0,))
-SIN = row("sin", "SinBackward0", 1, lambda x: _trig(x, 0), "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
-COS = row("cos", "CosBackward0", 1, lambda x: _trig(x, 1), "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
+
+
+# Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
+# stay with NumPy, one call deep (W1 records 2,000 sines).
+def _sin(x):
+    if x.size < 4096:
+        return np.sin(x)
+    from .kernels import sin_forward
+    return sin_forward(x)
+
+
+def _cos(x):
+    if x.size < 4096:
+        return np.cos(x)
+    from .kernels import cos_forward
+    return cos_forward(x)
+
+
+SIN = row("sin", "SinBackward0", 1, _sin, "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
+COS = row("cos", "CosBackward0", 1, _cos, "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
 TANH = row("tanh", "TanhBackward0", 1, np.tanh, "adj_tanh", lambda g, i, o, r: (g * (1 - o * o),), reads=("out",))
 SIGMOID = row("sigmoid", "SigmoidBackward0", 1, lambda x: _sigmoid(x), "adj_sigmoid",
               lambda g, i, o, r: (g * ((1 - o) * o),), reads=("out",))
@@ -532,8 +582,11 @@ def _rsub(x, c):
     rt = _scalar_result_dtype(x, c)
     if rt is not None:
         x = to_dtype(x, rt)
-    c = float(c) if x._value.dtype.kind == "f" else c
-    return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(x._value, c), f0=float(c))
+    v = x._value
+    if v.dtype.kind == "f":
+        c = float(c)
+        return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(v, _operand(c, v.dtype)), f0=c)
+    return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(v, c), f0=float(c))
 
 
 def _rdiv(x, c):
@@ -551,8 +604,10 @@ def _rpow(x, c):
 
 # Fast paths: a float tensor with a Python float skips dispatch and promotion (W1's per-op cost).
 def add(x, y, alpha=1):
-    if y.__class__ is float and alpha == 1 and x._value.dtype.kind == "f":
-        return _unary(ADD_SCALAR, x, np.add(x._value, y), 0, 0, y)
+    if y.__class__ is float and alpha == 1:
+        v = x._value
+        if v.dtype.kind == "f":
+            return _unary(ADD_SCALAR, x, np.add(v, _operand(y, v.dtype)), 0, 0, y)
     if alpha != 1:
         y = y * alpha  # a Python scalar stays one
     return _binary(ADD, ADD_SCALAR, x, y, _add_r)
@@ -565,8 +620,10 @@ def sub(x, y, alpha=1):
 
 
 def mul(x, y):
-    if y.__class__ is float and x._value.dtype.kind == "f":
-        return _unary(MUL_SCALAR, x, np.multiply(x._value, y), 0, 0, y)
+    if y.__class__ is float:
+        v = x._value
+        if v.dtype.kind == "f":
+            return _unary(MUL_SCALAR, x, np.multiply(v, _operand(y, v.dtype)), 0, 0, y)
     return _binary(MUL, MUL_SCALAR, x, y, _mul_r)
 
 
@@ -1108,14 +1165,6 @@ def _scalar_like(v, like):
 
 def _float_input(x):
     return x if x._value.dtype.kind == "f" else to_dtype(x, dtypes.get_default_dtype())
-
-
-def _trig(x, quarter):
-    # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls).
-    if x.size < 4096:
-        return np.sin(x) if quarter == 0 else np.cos(x)
-    from . import kernels
-    return kernels.sin_forward(x) if quarter == 0 else kernels.cos_forward(x)
 
 
 rsqrt = _float_unary(RSQRT)

@@ -271,9 +271,19 @@ class _State(threading.local):
     """Per-thread autograd state: grad mode and the current tape (held weakly)."""
 
     def __init__(self):
-        self.grad_enabled = True
+        self._grad = True
         self.inference = False
         self.tape_ref = _dead_ref
+        self.rec = _dead_ref  # tape_ref while grad mode is on, else dead: the recorders' one lookup
+
+    @property
+    def grad_enabled(self):
+        return self._grad
+
+    @grad_enabled.setter
+    def grad_enabled(self, on):
+        self._grad = on
+        self.rec = self.tape_ref if on else _dead_ref
 
 
 def _nothing():
@@ -293,4 +303,11 @@ def current_tape():
     if t is None or t.closed:
         t = Tape()
         _state.tape_ref = weakref.ref(t)
+        if _state._grad:
+            _state.rec = _state.tape_ref
     return t
+
+
+def recording_tape():
+    """The tape to record on, or None under no_grad (the recorders inline the common case)."""
+    return current_tape() if _state._grad else None

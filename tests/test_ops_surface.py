@@ -327,3 +327,31 @@ def test_zero_dim_inputs_keep_zero_dim_results():
         got, want = prog(tg, tg.tensor(1.5)), prog(torch, torch.tensor(1.5))
         assert tuple(got.shape) == tuple(want.shape) == ()
         assert got.item() == pytest.approx(want.item())
+
+
+# -- Python float operands (recorded as scalar rows; NumPy gets a cached 0-d array) ---------------
+SCALARS = [0.9, 0.1, -0.0, 0.0, float("nan"), float("inf"), -float("inf"), 1e-45, 3.0000001, 1e300]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv", "rsub"])
+def test_float_operands_give_numpys_python_float_results(op, dtype):
+    """Bit for bit what NumPy gives with the Python float (signed zeros, NaN, float32 rounding)."""
+    import operator
+    v = np.array([0.5, -2.0, 0.0, -0.0, 7.25], dtype)
+    f = (lambda a, c: c - a) if op == "rsub" else getattr(operator, op)
+    x = tg.tensor(v, requires_grad=True)
+    with np.errstate(all="ignore"):
+        for c in SCALARS:
+            got, want = f(x, c).detach().numpy(), f(v, c)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got.view(f"u{v.itemsize}"), want.view(f"u{v.itemsize}"))
+
+
+def test_float_operand_cache_stays_bounded():
+    from tapegrad import ops
+    x = tg.ones(1, requires_grad=True)
+    for k in range(3000):
+        x * (1.0 + k * 1e-3)
+    assert len(ops._OPERANDS) <= 1024
+    assert not ops._OPERANDS[next(iter(ops._OPERANDS))].flags.writeable
