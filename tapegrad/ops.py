@@ -606,8 +606,10 @@ def _rpow(x, c):
 def add(x, y, alpha=1):
     if y.__class__ is float and alpha == 1:
         v = x._value
-        if v.dtype.kind == "f":
-            return _unary(ADD_SCALAR, x, np.add(v, _operand(y, v.dtype)), 0, 0, y)
+        dt = v.dtype
+        if dt.kind == "f":
+            c = _OPERANDS.get((y, dt))  # _operand, inlined on this hot path
+            return _unary(ADD_SCALAR, x, np.add(v, _operand(y, dt) if c is None else c), 0, 0, y)
     if alpha != 1:
         y = y * alpha  # a Python scalar stays one
     return _binary(ADD, ADD_SCALAR, x, y, _add_r)
@@ -622,8 +624,10 @@ def sub(x, y, alpha=1):
 def mul(x, y):
     if y.__class__ is float:
         v = x._value
-        if v.dtype.kind == "f":
-            return _unary(MUL_SCALAR, x, np.multiply(v, _operand(y, v.dtype)), 0, 0, y)
+        dt = v.dtype
+        if dt.kind == "f":
+            c = _OPERANDS.get((y, dt))  # _operand, inlined on this hot path
+            return _unary(MUL_SCALAR, x, np.multiply(v, _operand(y, dt) if c is None else c), 0, 0, y)
     return _binary(MUL, MUL_SCALAR, x, y, _mul_r)
 
 
