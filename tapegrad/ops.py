@@ -126,6 +126,16 @@ def _binary_rec(op, x, y, value):
     return _leaf(value)
 
 
+def shown_as(out, grad_fn, *inputs):
+    """Show a composite's result as torch's single node: ``grad_fn`` its class name, ``inputs`` (the
+    user's tensors, None for other operands) its next_functions. The tape keeps the primitives."""
+    tape = out._tape
+    if tape is not None:
+        tape.shown[out._slot] = (grad_fn, tuple(tape.slot_of(t) if isinstance(t, Tensor) and t._rg else -1
+                                                for t in inputs))
+    return out
+
+
 # -- broadcasting and type promotion ------------------------------------------------------------
 def broadcast_shapes(sa, sb):
     if sa == sb:
@@ -804,7 +814,9 @@ def squeeze(x, dim=None):
         axes = tuple(i for i, s in enumerate(xv.shape) if s == 1)
     else:
         axes = tuple(a for a in _axes(dim, xv.ndim) if xv.shape[a] == 1)
-    return _view(SQUEEZE, x, np.squeeze(xv, axes))
+    out = _view(SQUEEZE, x, np.squeeze(xv, axes))
+    # torch's node depends on the form of the call: squeeze(), squeeze(dim), squeeze(dims)
+    return out if dim is None else shown_as(out, "SqueezeBackward1" if isinstance(dim, int) else "SqueezeBackward2", x)
 
 
 def _pack_perm(perm):
@@ -1527,7 +1539,7 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
     dof = n - correction
     with np.errstate(divide="ignore", invalid="ignore"):
         v = s * (1.0 / dof if dof > 0 else math.inf)  # torch: inf or nan when dof <= 0
-        return sqrt(v) if root else v
+        return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
 
 
 def logsumexp(x, dim, keepdim=False):
@@ -1538,7 +1550,7 @@ def logsumexp(x, dim, keepdim=False):
     m = np.where(np.isfinite(m), m, 0).astype(xv.dtype)  # a shift that keeps exp finite
     shift = _leaf(m)
     out = log(sum(exp(x - shift), axes, keepdim=True)) + shift
-    return squeeze(out, axes) if not keepdim and axes else out
+    return shown_as(squeeze(out, axes) if not keepdim and axes else out, "LogsumexpBackward0", x)
 
 
 def _softmax_dim(x, dim, dtype):
@@ -1660,7 +1672,7 @@ def mv(x, v):
     if x._value.shape[1] != v._value.shape[0]:
         raise RuntimeError(f"size mismatch, got input ({x._value.shape[0]}), mat ({x._value.shape[0]}x"
                            f"{x._value.shape[1]}), vec ({v._value.shape[0]})")
-    return matmul(x, v)
+    return shown_as(matmul(x, v), "MvBackward0", x, v)
 
 
 def dot(x, y):
@@ -1674,10 +1686,14 @@ def dot(x, y):
     if xv.dtype != yv.dtype:
         raise RuntimeError(f"dot : expected both vectors to have same dtype, but found "
                            f"{_torch_type_name(xv.dtype)} and {_torch_type_name(yv.dtype)}")
-    return sum(mul(x, y))
+    return shown_as(sum(mul(x, y)), "DotBackward0", x, y)
 
 
-vdot, inner = dot, dot
+def vdot(x, y):
+    return shown_as(dot(x, y), "VdotBackward0", x, y)
+
+
+inner = dot
 
 
 def outer(x, y):
@@ -2266,7 +2282,7 @@ def _install_surface(M):
             clamp_min=clamp_min, clamp_max=clamp_max, maximum=maximum, minimum=minimum, sign=sign, prod=prod,
             max=max_, min=min_, amax=amax, amin=amin, norm=norm, var=var, std=std, logsumexp=logsumexp,
             softmax=softmax, log_softmax=log_softmax, cumsum=cumsum, argmax=argmax, argmin=argmin, isnan=isnan,
-            isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, outer=outer, ger=outer, flatten=flatten,
+            isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, vdot=vdot, inner=inner, outer=outer, ger=outer, flatten=flatten,
             unflatten=unflatten, repeat=repeat, split=split, chunk=chunk, flip=flip, unbind=unbind, narrow=narrow,
             index_select=index_select, gather=gather, scatter_add=scatter_add, masked_fill=masked_fill,
             lt=lt, le=le, gt=gt, ge=ge, eq=eq, ne=ne, greater=gt, less=lt, logical_not=logical_not, all=all_,

@@ -31,7 +31,7 @@ _INITIAL_ROWS = 32
 
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
-                 "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "freed",
+                 "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "freed",
                  "serial", "epoch", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
@@ -52,6 +52,7 @@ class Tape:
         self.hooks = {}  # slot -> [hook] registered on non-leaf tensors
         self.pyfuncs = {}  # entry -> Python backward (custom autograd.Function)
         self.names = {}  # slot -> name shown by the dump
+        self.shown = {}  # slot -> (grad_fn name, input slots): a composite shown as torch's one node
         self.closed = False
         self.freed = False
         self.serial = next(Tape._serials)
