@@ -621,14 +621,21 @@ def add(x, y, alpha=1):
             c = _OPERANDS.get((y, dt))  # _operand, inlined on this hot path
             return _unary(ADD_SCALAR, x, np.add(v, _operand(y, dt) if c is None else c), 0, 0, y)
     if alpha != 1:
-        y = y * alpha  # a Python scalar stays one
+        return _scaled(ADD, ADD_SCALAR, _add_r, "AddBackward0", x, y, alpha)
     return _binary(ADD, ADD_SCALAR, x, y, _add_r)
 
 
 def sub(x, y, alpha=1):
     if alpha != 1:
-        y = y * alpha  # a Python scalar stays one
+        return _scaled(SUB, SUB_SCALAR, _rsub, "SubBackward0", x, y, alpha)
     return _binary(SUB, SUB_SCALAR, x, y, _rsub)
+
+
+def _scaled(op, op_scalar, reverse, grad_fn, x, y, alpha):
+    """x (op) alpha * y: recorded as a multiply and the op, shown as torch's one node."""
+    if not isinstance(y, Tensor):
+        return _binary(op, op_scalar, x, y * alpha, reverse)  # a Python scalar stays one
+    return shown_as(_binary(op, op_scalar, x, y * alpha, reverse), grad_fn, x, y)
 
 
 def mul(x, y):

@@ -548,6 +548,7 @@ EXPRESSIONS = {
     "sub_scalar": lambda x, y, c: x - 2,
     "sub_alpha": lambda x, y, c: x.sub(y, alpha=2),
     "add_scalar_alpha": lambda x, y, c: x.add(2, alpha=3),
+    "add_alpha": lambda x, y, c: x.add(c, alpha=3),
     "div_scalar": lambda x, y, c: x / 2,
     "rdiv": lambda x, y, c: 2 / x,
     "pow": lambda x, y, c: x ** 2,
@@ -577,11 +578,7 @@ EXPRESSIONS = {
 }
 
 
-NOT_YET = {"sub_alpha": "alpha is recorded as a separate mul; torch folds it into SubBackward0"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[n]))
-                                  if n in NOT_YET else n for n in EXPRESSIONS])
+@pytest.mark.parametrize("name", EXPRESSIONS)
 def test_next_functions_match_torch(name):
     torch = pytest.importorskip("torch")
     got = []
