@@ -1711,10 +1711,18 @@ ger = outer
 
 
 def einsum(equation, *operands):
-    """Two-operand (and one-operand) einsum: sums, diagonals, permutes, then one mm or bmm."""
+    """One or two operands: sums, diagonals, permutes, then one mm or bmm. More operands are
+    contracted in pairs, left to right, each pair keeping the subscripts still needed later."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     ins, out = _parse_einsum(equation, operands)
+    if len(operands) > 2:
+        t, s = operands[0], ins[0]
+        for k in range(1, len(operands)):
+            later = out + "".join(ins[k + 1:])
+            mid = "".join(ch for ch in dict.fromkeys(s + ins[k]) if ch in later) if k < len(operands) - 1 else out
+            t, s = einsum(f"{s},{ins[k]}->{mid}", t, operands[k]), mid
+        return t
     ops_ = [_einsum_prepare(t, s, out, [o for j, o in enumerate(ins) if j != k])
             for k, (t, s) in enumerate(zip(operands, ins))]
     sizes = {}
@@ -1758,8 +1766,6 @@ def _parse_einsum(equation, operands):
         raise RuntimeError("einsum(): fewer operands were provided than specified in the equation")
     if len(specs) < len(operands):
         raise RuntimeError("einsum(): more operands were provided than specified in the equation")
-    if len(operands) > 2:
-        raise NotImplementedError("einsum with more than two operands: contract them in pairs")
     for pos, ch in enumerate(eq):
         arrow_part = eq.startswith("->", pos) or (ch == ">" and eq.startswith("->", pos - 1))
         if not (ch.isalpha() and ch.isascii()) and ch not in ",." and not arrow_part:
