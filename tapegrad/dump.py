@@ -464,3 +464,9 @@ def render(t, path, format=None, view=None):
         why = done.stderr.decode(errors="replace").strip()
         raise RuntimeError(f"Graphviz's dot failed (exit {done.returncode}): {why}")
     return path
+
+
+# `tg.dump` is the function (the package's `from .dump import dump` hides this module's name), so
+# the README's `tapegrad.dump.render(...)` and `tg.dump.to_dot(...)` need the pair as its attributes.
+dump.render = render
+dump.to_dot = to_dot

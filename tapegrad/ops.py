@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from . import dtypes
-from .tape import LEAF, REQUIRES_GRAD, _contiguous, _state, counter, current_tape
+from .tape import LEAF, REQUIRES_GRAD, _contiguous, _pack_row, _pack_slot, _state, counter, current_tape, recording_tape
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
 
@@ -58,27 +58,38 @@ def _result(value, tape, slot, vc):
 
 def _unary(op, x, value, i0=0, i1=0, f0=0.0):
     """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad.
-    Inlined by hand: this runs once per op (W1 measures it)."""
+    Inlined by hand, Tape.push included: this runs once per op (W1 measures it)."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)  # NumPy returns scalars for 0-d results
-    elif not value.flags.c_contiguous:
+    elif value.ndim > 1 and not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
     t = _new(Tensor)
     t._value = value
     t._vc = None
     t._grad = None
     t._x = None
-    if x._rg and _state.grad_enabled:
-        tape = _state.tape_ref()
+    if x._rg:
+        tape = _state.rec()
         if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
-            tape = current_tape()  # (a tape closed by its first create_graph backward takes ops on its values)
-        t._tape = tape
-        t._slot = tape.push(op.code, x._slot if x._tape is tape else tape.slot_of(x), -1, -1, i0, i1, f0, value, None)
-        t._rg = True
-    else:
-        t._tape = None
-        t._slot = -1
-        t._rg = False
+            tape = recording_tape()  # (a tape closed by its first create_graph backward takes ops on its values)
+        if tape is not None:
+            a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add a slot: before reading ns)
+            s = tape.ns
+            if s >= tape.cap:
+                tape._grow()
+            _pack_slot(tape.slots, s << 5, id(value), 1, 0, -1)  # a fresh result: version 0, dtype filled lazily
+            _pack_row(tape.rows, tape.n << 6, op.code, a, -1, -1, s, i0, i1, f0)
+            tape.values.append(value)
+            tape.vcs.append(None)
+            tape.n += 1
+            tape.ns = s + 1
+            t._tape = tape
+            t._slot = s
+            t._rg = True
+            return t
+    t._tape = None
+    t._slot = -1
+    t._rg = False
     return t
 
 
@@ -103,10 +114,12 @@ def _binary_rec(op, x, y, value):
         value = np.asarray(value)
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
-    if (x._rg or y._rg) and _state.grad_enabled:
-        tape = _state.tape_ref()
+    if x._rg or y._rg:
+        tape = _state.rec()
         if tape is None or tape.closed and not (tape.resumable == 1 and (x._tape is tape or y._tape is tape)):
-            tape = current_tape()
+            tape = recording_tape()
+            if tape is None:
+                return _leaf(value)
         a = x._slot if x._tape is tape else tape.slot_of(x)
         b = y._slot if y._tape is tape else tape.slot_of(y)
         return _result(value, tape, tape.push(op.code, a, b, -1, 0, 0, 0.0, value, None), None)
@@ -125,6 +138,16 @@ def _same(op, x, y):
 def add_grads(old, g):
     """old + g, two gradients of one tensor (the create_graph walk's accumulation)."""
     return _same(ADD, old, g)
+
+
+def shown_as(out, grad_fn, *inputs):
+    """Show a composite's result as torch's single node: ``grad_fn`` its class name, ``inputs`` (the
+    user's tensors, None for other operands) its next_functions. The tape keeps the primitives."""
+    tape = out._tape
+    if tape is not None:
+        tape.shown[out._slot] = (grad_fn, tuple(tape.slot_of(t) if isinstance(t, Tensor) and t._rg else -1
+                                                for t in inputs))
+    return out
 
 
 # -- broadcasting and type promotion ------------------------------------------------------------
@@ -208,11 +231,30 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
         rt = _scalar_result_dtype(x, y, float_result)
         if rt is not None:
             x = to_dtype(x, rt)
-        c = y
-        if x._value.dtype.kind == "f":
+        v = x._value
+        if v.dtype.kind == "f":
             c = float(y)
-        return _unary(op_scalar, x, op_scalar.forward(x._value, c), f0=float(c))
+            return _unary(op_scalar, x, op_scalar.forward(v, _operand(c, v.dtype)), f0=c)
+        return _unary(op_scalar, x, op_scalar.forward(v, y), f0=float(y))
     return _binary(op, op_scalar, x, _as_tensor(y, x), reverse_scalar, float_result)
+
+
+_OPERANDS = {}  # (float, dtype) -> read-only 0-d array
+
+
+def _operand(c, dt):
+    """The float constant c as an operand of dtype dt: a cached 0-d array, which a ufunc takes about
+    250 ns faster than a Python float (same value: NumPy casts a Python float to the array's dtype).
+    Zeros (0.0 and -0.0 share a key) and NaN (never equal to a key) stay Python floats."""
+    a = _OPERANDS.get((c, dt))
+    if a is None:
+        if not c or c != c:
+            return c
+        if len(_OPERANDS) >= 1024:  # a loop that makes ever-new constants stays bounded
+            _OPERANDS.clear()
+        a = _OPERANDS[c, dt] = np.array(c, dt)
+        a.flags.writeable = False
+    return a
 
 
 # -- the rows -----------------------------------------------------------------------------
@@ -310,8 +352,26 @@ RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divid
                  lambda g, i, o, r: (-g * o * o,), reads=("out",))
 EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
 LOG = row("log", "LogBackward0", 1, np.log, "adj_log", lambda g, i, o, r: (g / i[0],), reads=(0,))
-SIN = row("sin", "SinBackward0", 1, lambda x: _trig(x, 0), "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
-COS = row("cos", "CosBackward0", 1, lambda x: _trig(x, 1), "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
+
+
+# Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
+# stay with NumPy, one call deep (W1 records 2,000 sines).
+def _sin(x):
+    if x.size < 4096:
+        return np.sin(x)
+    from .kernels import sin_forward
+    return sin_forward(x)
+
+
+def _cos(x):
+    if x.size < 4096:
+        return np.cos(x)
+    from .kernels import cos_forward
+    return cos_forward(x)
+
+
+SIN = row("sin", "SinBackward0", 1, _sin, "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
+COS = row("cos", "CosBackward0", 1, _cos, "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
 TANH = row("tanh", "TanhBackward0", 1, np.tanh, "adj_tanh", lambda g, i, o, r: (g * (1 - o * o),), reads=("out",))
 SIGMOID = row("sigmoid", "SigmoidBackward0", 1, lambda x: _sigmoid(x), "adj_sigmoid",
               lambda g, i, o, r: (g * ((1 - o) * o),), reads=("out",))
@@ -602,8 +662,11 @@ def _rsub(x, c):
     rt = _scalar_result_dtype(x, c)
     if rt is not None:
         x = to_dtype(x, rt)
-    c = float(c) if x._value.dtype.kind == "f" else c
-    return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(x._value, c), f0=float(c))
+    v = x._value
+    if v.dtype.kind == "f":
+        c = float(c)
+        return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(v, _operand(c, v.dtype)), f0=c)
+    return _unary(RSUB_SCALAR, x, RSUB_SCALAR.forward(v, c), f0=float(c))
 
 
 def _rdiv(x, c):
@@ -621,22 +684,37 @@ def _rpow(x, c):
 
 # Fast paths: a float tensor with a Python float skips dispatch and promotion (W1's per-op cost).
 def add(x, y, alpha=1):
-    if y.__class__ is float and alpha == 1 and x._value.dtype.kind == "f":
-        return _unary(ADD_SCALAR, x, np.add(x._value, y), 0, 0, y)
+    if y.__class__ is float and alpha == 1:
+        v = x._value
+        dt = v.dtype
+        if dt.kind == "f":
+            c = _OPERANDS.get((y, dt))  # _operand, inlined on this hot path
+            return _unary(ADD_SCALAR, x, np.add(v, _operand(y, dt) if c is None else c), 0, 0, y)
     if alpha != 1:
-        y = y * alpha  # a Python scalar stays one
+        return _scaled(ADD, ADD_SCALAR, _add_r, "AddBackward0", x, y, alpha)
     return _binary(ADD, ADD_SCALAR, x, y, _add_r)
 
 
 def sub(x, y, alpha=1):
     if alpha != 1:
-        y = y * alpha  # a Python scalar stays one
+        return _scaled(SUB, SUB_SCALAR, _rsub, "SubBackward0", x, y, alpha)
     return _binary(SUB, SUB_SCALAR, x, y, _rsub)
 
 
+def _scaled(op, op_scalar, reverse, grad_fn, x, y, alpha):
+    """x (op) alpha * y: recorded as a multiply and the op, shown as torch's one node."""
+    if not isinstance(y, Tensor):
+        return _binary(op, op_scalar, x, y * alpha, reverse)  # a Python scalar stays one
+    return shown_as(_binary(op, op_scalar, x, y * alpha, reverse), grad_fn, x, y)
+
+
 def mul(x, y):
-    if y.__class__ is float and x._value.dtype.kind == "f":
-        return _unary(MUL_SCALAR, x, np.multiply(x._value, y), 0, 0, y)
+    if y.__class__ is float:
+        v = x._value
+        dt = v.dtype
+        if dt.kind == "f":
+            c = _OPERANDS.get((y, dt))  # _operand, inlined on this hot path
+            return _unary(MUL_SCALAR, x, np.multiply(v, _operand(y, dt) if c is None else c), 0, 0, y)
     return _binary(MUL, MUL_SCALAR, x, y, _mul_r)
 
 
@@ -820,7 +898,9 @@ def squeeze(x, dim=None):
         axes = tuple(i for i, s in enumerate(xv.shape) if s == 1)
     else:
         axes = tuple(a for a in _axes(dim, xv.ndim) if xv.shape[a] == 1)
-    return _view(SQUEEZE, x, np.squeeze(xv, axes))
+    out = _view(SQUEEZE, x, np.squeeze(xv, axes))
+    # torch's node depends on the form of the call: squeeze(), squeeze(dim), squeeze(dims)
+    return out if dim is None else shown_as(out, "SqueezeBackward1" if isinstance(dim, int) else "SqueezeBackward2", x)
 
 
 def _pack_perm(perm):
@@ -1223,14 +1303,6 @@ def _float_input(x):
     return x if x._value.dtype.kind == "f" else to_dtype(x, dtypes.get_default_dtype())
 
 
-def _trig(x, quarter):
-    # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls).
-    if x.size < 4096:
-        return np.sin(x) if quarter == 0 else np.cos(x)
-    from . import kernels
-    return kernels.sin_forward(x) if quarter == 0 else kernels.cos_forward(x)
-
-
 rsqrt = _float_unary(RSQRT)
 log1p = _float_unary(LOG1P)
 expm1 = _float_unary(EXPM1)
@@ -1587,7 +1659,7 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
     dof = n - correction
     with np.errstate(divide="ignore", invalid="ignore"):
         v = s * (1.0 / dof if dof > 0 else math.inf)  # torch: inf or nan when dof <= 0
-        return sqrt(v) if root else v
+        return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
 
 
 def logsumexp(x, dim, keepdim=False):
@@ -1598,7 +1670,7 @@ def logsumexp(x, dim, keepdim=False):
     m = np.where(np.isfinite(m), m, 0).astype(xv.dtype)  # a shift that keeps exp finite
     shift = _leaf(m)
     out = log(sum(exp(x - shift), axes, keepdim=True)) + shift
-    return squeeze(out, axes) if not keepdim and axes else out
+    return shown_as(squeeze(out, axes) if not keepdim and axes else out, "LogsumexpBackward0", x)
 
 
 def _softmax_dim(x, dim, dtype):
@@ -1720,7 +1792,7 @@ def mv(x, v):
     if x._value.shape[1] != v._value.shape[0]:
         raise RuntimeError(f"size mismatch, got input ({x._value.shape[0]}), mat ({x._value.shape[0]}x"
                            f"{x._value.shape[1]}), vec ({v._value.shape[0]})")
-    return matmul(x, v)
+    return shown_as(matmul(x, v), "MvBackward0", x, v)
 
 
 def dot(x, y):
@@ -1734,10 +1806,14 @@ def dot(x, y):
     if xv.dtype != yv.dtype:
         raise RuntimeError(f"dot : expected both vectors to have same dtype, but found "
                            f"{_torch_type_name(xv.dtype)} and {_torch_type_name(yv.dtype)}")
-    return sum(mul(x, y))
+    return shown_as(sum(mul(x, y)), "DotBackward0", x, y)
 
 
-vdot, inner = dot, dot
+def vdot(x, y):
+    return shown_as(dot(x, y), "VdotBackward0", x, y)
+
+
+inner = dot
 
 
 def outer(x, y):
@@ -1748,10 +1824,18 @@ ger = outer
 
 
 def einsum(equation, *operands):
-    """Two-operand (and one-operand) einsum: sums, diagonals, permutes, then one mm or bmm."""
+    """One or two operands: sums, diagonals, permutes, then one mm or bmm. More operands are
+    contracted in pairs, left to right, each pair keeping the subscripts still needed later."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     ins, out = _parse_einsum(equation, operands)
+    if len(operands) > 2:
+        t, s = operands[0], ins[0]
+        for k in range(1, len(operands)):
+            later = out + "".join(ins[k + 1:])
+            mid = "".join(ch for ch in dict.fromkeys(s + ins[k]) if ch in later) if k < len(operands) - 1 else out
+            t, s = einsum(f"{s},{ins[k]}->{mid}", t, operands[k]), mid
+        return t
     ops_ = [_einsum_prepare(t, s, out, [o for j, o in enumerate(ins) if j != k])
             for k, (t, s) in enumerate(zip(operands, ins))]
     sizes = {}
@@ -1795,8 +1879,6 @@ def _parse_einsum(equation, operands):
         raise RuntimeError("einsum(): fewer operands were provided than specified in the equation")
     if len(specs) < len(operands):
         raise RuntimeError("einsum(): more operands were provided than specified in the equation")
-    if len(operands) > 2:
-        raise NotImplementedError("einsum with more than two operands: contract them in pairs")
     for pos, ch in enumerate(eq):
         arrow_part = eq.startswith("->", pos) or (ch == ">" and eq.startswith("->", pos - 1))
         if not (ch.isalpha() and ch.isascii()) and ch not in ",." and not arrow_part:
@@ -2326,7 +2408,7 @@ def _install_surface(M):
             clamp_min=clamp_min, clamp_max=clamp_max, maximum=maximum, minimum=minimum, sign=sign, prod=prod,
             max=max_, min=min_, amax=amax, amin=amin, norm=norm, var=var, std=std, logsumexp=logsumexp,
             softmax=softmax, log_softmax=log_softmax, cumsum=cumsum, argmax=argmax, argmin=argmin, isnan=isnan,
-            isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, outer=outer, ger=outer, flatten=flatten,
+            isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, vdot=vdot, inner=inner, outer=outer, ger=outer, flatten=flatten,
             unflatten=unflatten, repeat=repeat, split=split, chunk=chunk, flip=flip, unbind=unbind, narrow=narrow,
             index_select=index_select, gather=gather, scatter_add=scatter_add, masked_fill=masked_fill,
             lt=lt, le=le, gt=gt, ge=ge, eq=eq, ne=ne, greater=gt, less=lt, logical_not=logical_not, all=all_,

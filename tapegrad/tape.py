@@ -33,7 +33,7 @@ _INITIAL_ROWS = 32
 
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
-                 "link_slot", "retained", "hooks", "pyfuncs", "names", "closed", "resumable", "freed",
+                 "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "resumable", "freed",
                  "serial", "epoch", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
@@ -54,6 +54,7 @@ class Tape:
         self.hooks = {}  # slot -> [hook] registered on non-leaf tensors
         self.pyfuncs = {}  # entry -> Python backward (custom autograd.Function)
         self.names = {}  # slot -> name shown by the dump
+        self.shown = {}  # slot -> (grad_fn name, input slots): a composite shown as torch's one node
         self.closed = False
         self.resumable = 0  # 1: closed by its first create_graph backward; ops on its values still record here
         self.freed = False
@@ -274,9 +275,19 @@ class _State(threading.local):
     """Per-thread autograd state: grad mode and the current tape (held weakly)."""
 
     def __init__(self):
-        self.grad_enabled = True
+        self._grad = True
         self.inference = False
         self.tape_ref = _dead_ref
+        self.rec = _dead_ref  # tape_ref while grad mode is on, else dead: the recorders' one lookup
+
+    @property
+    def grad_enabled(self):
+        return self._grad
+
+    @grad_enabled.setter
+    def grad_enabled(self, on):
+        self._grad = on
+        self.rec = self.tape_ref if on else _dead_ref
 
 
 def _nothing():
@@ -296,4 +307,11 @@ def current_tape():
     if t is None or t.closed:
         t = Tape()
         _state.tape_ref = weakref.ref(t)
+        if _state._grad:
+            _state.rec = _state.tape_ref
     return t
+
+
+def recording_tape():
+    """The tape to record on, or None under no_grad (the recorders inline the common case)."""
+    return current_tape() if _state._grad else None

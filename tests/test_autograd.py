@@ -533,6 +533,10 @@ def structure(fn):
     return type(fn).__name__, tuple(structure(f) for f, _ in fn.next_functions)
 
 
+def _functional(x):
+    return tg.nn.functional if isinstance(x, tg.Tensor) else __import__("torch").nn.functional
+
+
 EXPRESSIONS = {
     "mul": lambda x, y, c: x * y,
     "mul_scalar": lambda x, y, c: x * 2,
@@ -544,6 +548,7 @@ EXPRESSIONS = {
     "sub_scalar": lambda x, y, c: x - 2,
     "sub_alpha": lambda x, y, c: x.sub(y, alpha=2),
     "add_scalar_alpha": lambda x, y, c: x.add(2, alpha=3),
+    "add_alpha": lambda x, y, c: x.add(c, alpha=3),
     "div_scalar": lambda x, y, c: x / 2,
     "rdiv": lambda x, y, c: 2 / x,
     "pow": lambda x, y, c: x ** 2,
@@ -556,14 +561,24 @@ EXPRESSIONS = {
     "select": lambda x, y, c: x[0] * y[1],
     "index": lambda x, y, c: x[[0, 2]],
     "double": lambda x, y, c: x.double() * 2,
+    # composites: the tape keeps their primitives, grad_fn shows torch's single node
+    "var": lambda x, y, c: x.var(),
+    "std_dim": lambda x, y, c: x.view(2, 2).std(1),
+    "logsumexp": lambda x, y, c: x.view(2, 2).logsumexp(1),
+    "dot": lambda x, y, c: x.dot(y),
+    "vdot": lambda x, y, c: x.vdot(c),
+    "mv": lambda x, y, c: x.view(2, 2).mv(y[:2]),
+    "squeeze_dim": lambda x, y, c: x.view(1, 4).squeeze(0),
+    "squeeze_dims": lambda x, y, c: x.view(1, 4).squeeze((0,)),
+    "squeeze_all": lambda x, y, c: x.view(1, 4).squeeze(),
+    "mse_loss": lambda x, y, c: _functional(x).mse_loss(x * 2, c),
+    "bce": lambda x, y, c: _functional(x).binary_cross_entropy(x.sigmoid(), c / 10),
+    "bce_logits": lambda x, y, c: _functional(x).binary_cross_entropy_with_logits(x, c / 10, weight=c),
+    "composite_inside": lambda x, y, c: x.var() * y,
 }
 
 
-NOT_YET = {"sub_alpha": "alpha is recorded as a separate mul; torch folds it into SubBackward0"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[n]))
-                                  if n in NOT_YET else n for n in EXPRESSIONS])
+@pytest.mark.parametrize("name", EXPRESSIONS)
 def test_next_functions_match_torch(name):
     torch = pytest.importorskip("torch")
     got = []
@@ -692,3 +707,12 @@ def test_tensor_from_a_fortran_array_is_c_ordered_and_owns_its_data():
 
 def test_tensor_from_a_scalar_stays_zero_dim():
     assert tg.tensor(3.5).shape == () and tg.tensor(np.float64(2.0), dtype=tg.float64).shape == ()
+
+
+def test_composite_node_survives_its_backward_and_prints_like_torch():
+    x = tg.tensor([1.0, 2.0, 4.0], requires_grad=True)
+    v = x.var()
+    v.backward()
+    assert type(v.grad_fn).__name__ == "VarBackward0" and v.grad_fn.name() == "VarBackward0"
+    assert repr(v) == "tensor(2.3333, grad_fn=<VarBackward0>)"
+    assert [type(f).__name__ for f, _ in v.grad_fn.next_functions] == ["AccumulateGrad"]

@@ -291,3 +291,10 @@ def test_custom_function_with_more_than_three_inputs():
     assert all(r["grad_fn"] == "FourBackward" and r["out"] == f"%{y._slot}" for r in calls)
     nodes, edges = parse_dot(tg.to_dot(y))
     assert len(nodes) == 5 and len(edges) == 4
+
+
+def test_render_and_to_dot_reachable_as_written_in_the_readme():
+    """`tapegrad.dump` is the dump function after `import tapegrad`; render hangs off it."""
+    import tapegrad
+    assert tapegrad.dump.render is render
+    assert tapegrad.dump.to_dot is tg.to_dot

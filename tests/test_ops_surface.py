@@ -92,6 +92,11 @@ CASES = {
     "einsum_implicit": (lambda lib, x, y: lib.einsum("ij,jk", x, y), [(2, 3), (3, 4)], normal),
     "einsum_ellipsis": (lambda lib, x, y: lib.einsum("...ij,...jk->...ik", x, y), [(2, 2, 3), (2, 3, 2)], normal),
     "einsum_sum_free": (lambda lib, x, y: lib.einsum("ijk,k->i", x, y), [(2, 3, 4), (4,)], normal),
+    "einsum_chain3": (lambda lib, x, y, z: lib.einsum("ij,jk,kl->il", x, y, z), [(2, 3), (3, 4), (4, 2)], normal),
+    "einsum_bilinear": (lambda lib, x, y, z: lib.einsum("bi,ij,bj->b", x, y, z), [(3, 2), (2, 4), (3, 4)], normal),
+    "einsum_shared3": (lambda lib, x, y, z: lib.einsum("i,i,i->", x, y, z), [(4,), (4,), (4,)], normal),
+    "einsum_ellipsis3": (lambda lib, x, y, z: lib.einsum("...ij,...jk,...k", x, y, z), [(2, 2, 3), (2, 3, 2), (2, 2)],
+                         normal),
     # shape ops
     "flatten_mid": (lambda lib, x: x.flatten(1).exp(), [(2, 3, 4)], normal),
     "flatten_all": (lambda lib, x: lib.flatten(x).exp(), [(2, 3)], normal),
@@ -126,12 +131,12 @@ CASES = {
 }
 
 
-# Composites (STYLE.md: few primitives) show the grad_fn of their last primitive, where torch has a
-# node of its own (DotBackward0, VarBackward0, LogsumexpBackward0, ...): values and gradients match.
-COMPOSITE = {"clamp_tensor", "dot", "mv", "matmul_1d_1d", "matmul_1d_2d", "matmul_2d_1d", "matmul_3d_1d",
-             "var_dim", "var_biased", "var_correction", "std_tuple", "logsumexp", "logsumexp_tuple",
+# Composites (STYLE.md: few primitives) whose grad_fn is still their last primitive's, where torch
+# has a node of its own; values and gradients match. (var, std, logsumexp, dot, mv show torch's node.)
+COMPOSITE = {"clamp_tensor", "matmul_1d_1d", "matmul_1d_2d", "matmul_2d_1d", "matmul_3d_1d",
              "einsum_mm", "einsum_bmm", "einsum_full", "einsum_trace", "einsum_diag", "einsum_transpose",
              "einsum_outer", "einsum_rowdot", "einsum_implicit", "einsum_ellipsis", "einsum_sum_free",
+             "einsum_chain3", "einsum_bilinear", "einsum_shared3", "einsum_ellipsis3",
              "index_none_ellipsis", "repeat_interleave", "matmul_1d_3d"}
 
 
@@ -327,3 +332,31 @@ def test_zero_dim_inputs_keep_zero_dim_results():
         got, want = prog(tg, tg.tensor(1.5)), prog(torch, torch.tensor(1.5))
         assert tuple(got.shape) == tuple(want.shape) == ()
         assert got.item() == pytest.approx(want.item())
+
+
+# -- Python float operands (recorded as scalar rows; NumPy gets a cached 0-d array) ---------------
+SCALARS = [0.9, 0.1, -0.0, 0.0, float("nan"), float("inf"), -float("inf"), 1e-45, 3.0000001, 1e300]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv", "rsub"])
+def test_float_operands_give_numpys_python_float_results(op, dtype):
+    """Bit for bit what NumPy gives with the Python float (signed zeros, NaN, float32 rounding)."""
+    import operator
+    v = np.array([0.5, -2.0, 0.0, -0.0, 7.25], dtype)
+    f = (lambda a, c: c - a) if op == "rsub" else getattr(operator, op)
+    x = tg.tensor(v, requires_grad=True)
+    with np.errstate(all="ignore"):
+        for c in SCALARS:
+            got, want = f(x, c).detach().numpy(), f(v, c)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got.view(f"u{v.itemsize}"), want.view(f"u{v.itemsize}"))
+
+
+def test_float_operand_cache_stays_bounded():
+    from tapegrad import ops
+    x = tg.ones(1, requires_grad=True)
+    for k in range(3000):
+        x * (1.0 + k * 1e-3)
+    assert len(ops._OPERANDS) <= 1024
+    assert not ops._OPERANDS[next(iter(ops._OPERANDS))].flags.writeable

@@ -17,6 +17,9 @@ class Node:
     def next_functions(self):
         from .. import ops
         tape = self._tape
+        shown = tape.shown.get(self._slot)
+        if shown is not None:
+            return tuple((_input_node(tape, s), 0) for s in shown[1])
         e = tape.producer(self._slot)
         r = tape.row(e)
         op = ops.TABLE[r[0]]
@@ -67,6 +70,9 @@ def _node_class(name):
 
 def node_for(tape, slot):
     from .. import ops
+    shown = tape.shown.get(slot)
+    if shown is not None:
+        return _node_class(shown[0])(tape, slot)
     r = tape.row(tape.producer(slot))
     if r[0] == ops.FUNCTION.code:  # a custom Function: torch names it <class name>Backward
         from .function import backward_name

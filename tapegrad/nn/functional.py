@@ -78,7 +78,8 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
                       "This will likely lead to incorrect results due to broadcasting. Please ensure they have "
                       "the same size.", UserWarning, stacklevel=2)
     d = input - target
-    return _reduce(d * d, _legacy_reduction(size_average, reduce, reduction))
+    return ops.shown_as(_reduce(d * d, _legacy_reduction(size_average, reduce, reduction)), "MseLossBackward0",
+                        input, target)
 
 
 def _legacy_reduction(size_average, reduce, reduction):
@@ -216,7 +217,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
                  + (1 - target) * ops.clamp(ops.log(1 - input), min=-100.0))
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return ops.shown_as(_reduce(loss, reduction), "BinaryCrossEntropyBackward0", input, target)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -231,4 +232,4 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     loss = (1 - target) * input + soft
     if weight is not None:
         loss = loss * weight
-    return _reduce(loss, reduction)
+    return ops.shown_as(_reduce(loss, reduction), "BinaryCrossEntropyWithLogitsBackward0", input, target)
