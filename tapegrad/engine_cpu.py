@@ -13,6 +13,7 @@ import numpy as np
 from . import ops
 from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
 from .tensor import Size, Tensor
+from .tensor import leaf as _leaf
 
 _K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
 _HOFF = _TNOFF = _LUT = None
@@ -91,8 +92,12 @@ def run(seeds, req):
             into = pending.setdefault(older, {})
             into[slot] = _accumulate(into.get(slot), g)
     # Once per leaf after every tape, so that its hooks see the whole gradient, as torch's do.
+    cg = req.create_graph
     for t, g in req.leaf_grads.values():
-        _give_grad(t, g, req.create_graph)
+        if t._grad is None and t._x is None and not cg:  # _give_grad's commonest case, inline
+            t._grad = _leaf(g)
+        else:
+            _give_grad(t, g, cg)
 
 
 def _add_leaf_grad(req, t, g):
@@ -109,13 +114,12 @@ def _accumulate(old, g):
     return old + g
 
 
-def _wanted_slots(tape, req):
-    """Slots whose gradient leaves the engine: leaves (or requested inputs), retained, links."""
-    out = {}
+def _exports(tape, req):
+    """Slots whose gradient leaves the engine: ([(slot, leaf)] when every leaf is wanted, else [];
+    {slot: (kind, who)} for requested inputs, retained grads and links)."""
+    leaves, out = [], {}
     if req.want is None:
-        for s, t in tape.leaves.items():
-            if t._rg:
-                out[s] = ("leaf", t)
+        leaves = [(s, t) for s, t in tape.leaves.items() if t._rg]
     else:
         for (serial, s), i in req.want.items():
             if serial == tape.serial:
@@ -127,18 +131,25 @@ def _wanted_slots(tape, req):
             out[s] = ("retained", t)
     for s in tape.links:
         out.setdefault(s, ("link", None))
+    return leaves, out
+
+
+def _wanted_slots(tape, req):
+    """``_exports`` as one dict {slot: (kind, who)} (a leaf is never retained nor a link)."""
+    leaves, out = _exports(tape, req)
+    for s, t in leaves:
+        out[s] = ("leaf", t)
     return out
 
 
-def _interp_dtype(K, S):
-    return np.float64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else np.float32
+_WITNESS = {np.float32: np.empty(0, np.float32), np.float64: np.empty(0, np.float64)}
 
 
 def _run_jitted(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
     S = tape.raw_slots()
-    T = _interp_dtype(K, S)
+    T = np.float64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else np.float32
     values = tape.values
     export = np.zeros(S.shape[0], np.int64)
     bufs = {}
@@ -148,21 +159,27 @@ def _run_jitted(tape, seeds, req):
         b = np.array(seed, dtype=T, copy=True).reshape(values[s].shape)
         bufs[s] = b
         export[s] = id(b)
-    wanted = _wanted_slots(tape, req)
+    leaves, wanted = _exports(tape, req)
+    hooked = [s for s, hs in tape.hooks.items() if hs] if tape.hooks else ()
     # The one-call replay (no hooks, no Functions) writes or zeroes each exported buffer before
     # reading it (kernels.replay_packed): no memset here.
-    alloc = np.empty if not tape.pyfuncs and not any(tape.hooks.values()) else np.zeros
+    alloc = np.zeros if hooked or tape.pyfuncs else np.empty
+    for s, t in leaves:  # the hot loop of a model with many parameters: kept flat
+        if s not in bufs:
+            b = bufs[s] = alloc(values[s].shape, T)
+            export[s] = id(b)
     for s in wanted:
         if s not in bufs and values[s] is not None:  # a freed slot is never needed (plan refuses it)
-            b = alloc(values[s].shape, T)
-            bufs[s] = b
+            b = bufs[s] = alloc(values[s].shape, T)
             export[s] = id(b)
     roots = np.fromiter(seeds, np.int64, len(seeds))
-    witness = np.empty(0, T)
+    witness = _WITNESS[T]
     tcode = 1 if T is np.float64 else 0
-    hooked = [s for s in tape.hooks if tape.hooks[s]]
+    # Unless the version check below may still raise, the kernel marks the freed entries itself.
+    release = not req.retain_graph and tape.epoch == Global.inplace_events
+    left = -1
     if not hooked and not tape.pyfuncs:
-        status, where, need = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL)
+        status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
     else:
         status, where, need = K.plan(R, S, roots, 0)
         if status == K.OK:
@@ -174,9 +191,33 @@ def _run_jitted(tape, seeds, req):
     if tape.epoch != Global.inplace_events:
         check_versions(tape, R, need)
     links = _deliver(tape, wanted, need, bufs, req)
-    if not req.retain_graph:
+    if leaves:
+        _deliver_leaves(tape, leaves, need, bufs, req.leaf_grads)
+    if left == 0:
+        tape.drop_values(True, None)
+    elif left > 0:
+        tape.drop_values(False, R[need[R[:, 4]], 4])
+    elif not req.retain_graph:
         tape.release(np.flatnonzero(need[R[:, 4]]))
     return links
+
+
+def _deliver_leaves(tape, leaves, need, bufs, leaf_grads):
+    """Collect each needed leaf's gradient in ``leaf_grads``, in the leaf's dtype (``run`` hands
+    them out once every tape is done)."""
+    need = memoryview(need)  # indexing it gives Python bools, 3x faster than a NumPy scalar
+    values = tape.values
+    for s, t in leaves:
+        if need[s]:
+            g = bufs[s]
+            dt = values[s].dtype
+            if g.dtype is not dt and g.dtype != dt:
+                g = g.astype(dt)
+            entry = leaf_grads.get(id(t))
+            if entry is None:
+                leaf_grads[id(t)] = [t, g]
+            else:
+                entry[1] = entry[1] + g
 
 
 def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness):
