@@ -75,6 +75,7 @@ class Request:
         self.create_graph = create_graph
         self.results = {}  # index -> gradient (ndarray, or Tensor with create_graph)
         self.leaf_grads = {}  # id(leaf) -> [leaf, gradient summed over its slots on every tape]
+        self.last = False  # the tape now running is the last one (no older tape pending)
         self.reached = set()
 
 
@@ -84,6 +85,7 @@ def run(seeds, req):
     while pending:
         tape = max(pending, key=lambda t: t.serial)
         tape_seeds = pending.pop(tape)
+        req.last = not pending
         links = (_run_python if req.create_graph else _run_jitted)(tape, tape_seeds, req)
         # Later ops start a fresh tape even when this graph is retained: a retain_graph or create_graph
         # loop then frees each step's tape with its last tensor, instead of growing one tape forever.
@@ -92,12 +94,8 @@ def run(seeds, req):
             into = pending.setdefault(older, {})
             into[slot] = _accumulate(into.get(slot), g)
     # Once per leaf after every tape, so that its hooks see the whole gradient, as torch's do.
-    cg = req.create_graph
     for t, g in req.leaf_grads.values():
-        if t._grad is None and t._x is None and not cg:  # _give_grad's commonest case, inline
-            t._grad = _leaf(g)
-        else:
-            _give_grad(t, g, cg)
+        _give_grad(t, g, req.create_graph)
 
 
 def _add_leaf_grad(req, t, g):
@@ -115,11 +113,11 @@ def _accumulate(old, g):
 
 
 def _exports(tape, req):
-    """Slots whose gradient leaves the engine: ([(slot, leaf)] when every leaf is wanted, else [];
-    {slot: (kind, who)} for requested inputs, retained grads and links)."""
-    leaves, out = [], {}
+    """Slots whose gradient leaves the engine: (slots and leaves that require grad, when every leaf
+    is wanted, else two empty lists; {slot: (kind, who)} for requested inputs, retained grads and links)."""
+    lslots, leaves, out = [], [], {}
     if req.want is None:
-        leaves = [(s, t) for s, t in tape.leaves.items() if t._rg]
+        lslots, leaves = tape.leaves.requiring_grad()
     else:
         for (serial, s), i in req.want.items():
             if serial == tape.serial:
@@ -131,25 +129,26 @@ def _exports(tape, req):
             out[s] = ("retained", t)
     for s in tape.links:
         out.setdefault(s, ("link", None))
-    return leaves, out
+    return lslots, leaves, out
 
 
 def _wanted_slots(tape, req):
     """``_exports`` as one dict {slot: (kind, who)} (a leaf is never retained nor a link)."""
-    leaves, out = _exports(tape, req)
-    for s, t in leaves:
+    lslots, leaves, out = _exports(tape, req)
+    for s, t in zip(lslots, leaves):
         out[s] = ("leaf", t)
     return out
 
 
-_WITNESS = {np.float32: np.empty(0, np.float32), np.float64: np.empty(0, np.float64)}
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_WITNESS = {_F32: np.empty(0, _F32), _F64: np.empty(0, _F64)}
 
 
 def _run_jitted(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
     S = tape.raw_slots()
-    T = np.float64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else np.float32
+    T = _F64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else _F32
     values = tape.values
     export = np.zeros(S.shape[0], np.int64)
     bufs = {}
@@ -159,22 +158,25 @@ def _run_jitted(tape, seeds, req):
         b = np.array(seed, dtype=T, copy=True).reshape(values[s].shape)
         bufs[s] = b
         export[s] = id(b)
-    leaves, wanted = _exports(tape, req)
+    lslots, leaves, wanted = _exports(tape, req)
     hooked = [s for s, hs in tape.hooks.items() if hs] if tape.hooks else ()
     # The one-call replay (no hooks, no Functions) writes or zeroes each exported buffer before
     # reading it (kernels.replay_packed): no memset here.
-    alloc = np.zeros if hooked or tape.pyfuncs else np.empty
-    for s, t in leaves:  # the hot loop of a model with many parameters: kept flat
-        if s not in bufs:
-            b = bufs[s] = alloc(values[s].shape, T)
-            export[s] = id(b)
+    segmented = hooked or tape.pyfuncs
+    alloc = np.zeros if segmented else np.empty
+    # The hot part for a model with many parameters. A leaf slot is never a seed (seeds are outputs).
+    lbufs = [alloc(values[s].shape, T) for s in lslots]
+    for s, b in zip(lslots, lbufs):
+        export[s] = id(b)
+    if segmented:
+        bufs.update(zip(lslots, lbufs))
     for s in wanted:
         if s not in bufs and values[s] is not None:  # a freed slot is never needed (plan refuses it)
             b = bufs[s] = alloc(values[s].shape, T)
             export[s] = id(b)
     roots = np.fromiter(seeds, np.int64, len(seeds))
     witness = _WITNESS[T]
-    tcode = 1 if T is np.float64 else 0
+    tcode = 1 if T is _F64 else 0
     # Unless the version check below may still raise, the kernel marks the freed entries itself.
     release = not req.retain_graph and tape.epoch == Global.inplace_events
     left = -1
@@ -192,7 +194,7 @@ def _run_jitted(tape, seeds, req):
         check_versions(tape, R, need)
     links = _deliver(tape, wanted, need, bufs, req)
     if leaves:
-        _deliver_leaves(tape, leaves, need, bufs, req.leaf_grads)
+        _deliver_leaves(tape, lslots, leaves, lbufs, need, req.leaf_grads, req.last and not tape.links)
     if left == 0:
         tape.drop_values(True, None)
     elif left > 0:
@@ -202,17 +204,23 @@ def _run_jitted(tape, seeds, req):
     return links
 
 
-def _deliver_leaves(tape, leaves, need, bufs, leaf_grads):
-    """Collect each needed leaf's gradient in ``leaf_grads``, in the leaf's dtype (``run`` hands
-    them out once every tape is done)."""
+def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
+    """Collect each needed leaf's gradient in ``leaf_grads``, in the leaf's dtype: ``run`` hands
+    them out once every tape is done. On the ``last`` tape a leaf without hooks gets it at once
+    (what _give_grad would do: nothing can add to it later, and no hook can see the difference)."""
     need = memoryview(need)  # indexing it gives Python bools, 3x faster than a NumPy scalar
     values = tape.values
-    for s, t in leaves:
+    for s, t, g in zip(lslots, leaves, lbufs):
         if need[s]:
-            g = bufs[s]
             dt = values[s].dtype
             if g.dtype is not dt and g.dtype != dt:
                 g = g.astype(dt)
+            if last and t._x is None:
+                if t._grad is None:
+                    t._grad = _leaf(g)
+                else:
+                    t._grad._value += g
+                continue
             entry = leaf_grads.get(id(t))
             if entry is None:
                 leaf_grads[id(t)] = [t, g]

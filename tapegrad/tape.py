@@ -130,8 +130,13 @@ class Tape:
         self.values.append(v)
         self.vcs.append(vc)
         self.ns = s + 1
-        self.leaf_slot[id(t)] = s
-        self.leaves[s] = t
+        tid = id(t)
+        self.leaf_slot[tid] = s
+        leaves = self.leaves  # _Leaves.__setitem__, inlined
+        r = _LeafRef(t, leaves._remove)
+        r.slot = s
+        r.tid = tid
+        leaves._refs[s] = r
         x = t._x
         if x is not None and x.name is not None:
             self.names[s] = x.name
@@ -254,11 +259,6 @@ class _Leaves:
 
         self._remove = remove
 
-    def __setitem__(self, s, t):
-        r = _LeafRef(t, self._remove)
-        r.slot, r.tid = s, id(t)
-        self._refs[s] = r
-
     def get(self, s, default=None):
         r = self._refs.get(s)
         t = r() if r is not None else None
@@ -275,6 +275,16 @@ class _Leaves:
 
     def items(self):
         return [(s, t) for s, r in self._refs.items() if (t := r()) is not None]
+
+    def requiring_grad(self):
+        """([slot], [leaf]) of the living leaves that require grad: those backward gives a .grad."""
+        slots, leaves = [], []
+        for s, r in self._refs.items():
+            t = r()
+            if t is not None and t._rg:
+                slots.append(s)
+                leaves.append(t)
+        return slots, leaves
 
     def __len__(self):
         return len(self._refs)
