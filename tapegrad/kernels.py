@@ -756,15 +756,18 @@ def bsum(C, s, o, t, scale):
             acc += t[i]
         put(gs, 0, acc * scale, f)
         return
-    if f:
-        gs[:] = 0
     so, ss = shape(C, o), shape(C, s)
     if suffix_of(ss, so):  # a bias: whole rows of t fold onto s
+        acc = np.zeros(n, np.float64)
         for r in range(t.size // n):
-            base = r * n
+            row = t[r * n:(r + 1) * n]  # not t[r * n + j]: a possibly negative index blocks vectorising
             for j in range(n):
-                gs[j] += t[base + j] * scale
+                acc[j] += row[j]
+        for j in range(n):
+            put(gs, j, acc[j] * scale, f)
         return
+    if f:
+        gs[:] = 0
     m = reduce_map(so, expand_mask(ss, so))
     for i in range(t.size):
         gs[m[i]] += t[i] * scale
@@ -1498,11 +1501,22 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
 
 
 @njit(cache=True)
-def backward(R, RF, S, hoff, export, roots, tcode, witness, op_kernel):
-    """The whole backward of one tape in one call: plan, arena, replay."""
+def backward(R, RF, S, hoff, export, roots, tcode, witness, op_kernel, release):
+    """The whole backward of one tape in one call: plan, arena, replay. With ``release``, mark
+    the replayed entries' outputs FREED afterwards (``Tape.release`` does it otherwise); the last
+    value returned counts the entries still unfreed (0: the tape can drop every value)."""
     status, where, need = plan(R, S, roots, 0)
     if status != OK:
-        return status, where, need
+        return status, where, need, -1
     goff, garena = arena_packed(R, S, hoff, need, export, witness)
     status, where = replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel)
-    return status, where, need
+    left = -1
+    if release and status == OK:
+        left = 0
+        for e in range(R.shape[0]):
+            o = R[e, 4]
+            if need[o]:
+                S[o, 1] |= FREED
+            elif not S[o, 1] & FREED:
+                left += 1
+    return status, where, need, left

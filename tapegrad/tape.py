@@ -110,11 +110,7 @@ class Tape:
         if t._tape is None:
             s = self.leaf_slot.get(id(t))
             if s is None or (Global.inplace_events != self.epoch and self._leaf_changed(s, t)):
-                s = self.new_slot(_contiguous(t._value), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, counter(t))
-                self.leaf_slot[id(t)] = s
-                self.leaves[s] = t
-                if t._x is not None and t._x.name is not None:
-                    self.names[s] = t._x.name
+                s = self._new_leaf(t)
             return s
         key = (id(t._tape), t._slot)
         s = self.link_slot.get(key)
@@ -122,6 +118,32 @@ class Tape:
             s = self.new_slot(_contiguous(t._value), REQUIRES_GRAD | LINK, counter(t))
             self.link_slot[key] = s
             self.links[s] = (t._tape, t._slot)
+        return s
+
+    def _new_leaf(self, t):
+        """Register leaf t in a new slot. new_slot inlined, dtype left to the engine as push does:
+        a model registers each of its parameters on every step's tape."""
+        v = t._value
+        if not v.flags.c_contiguous:  # the engine reads values as flat C-ordered buffers
+            v = np.ascontiguousarray(v)
+        vc = t._vc if t._vc is not None else counter(t)
+        s = self.ns
+        if s >= self.cap:
+            self._grow()
+        _pack_slot(self.slots, s << 5, id(v), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, vc[0], -1)
+        self.values.append(v)
+        self.vcs.append(vc)
+        self.ns = s + 1
+        tid = id(t)
+        self.leaf_slot[tid] = s
+        leaves = self.leaves  # _Leaves.__setitem__, inlined
+        r = _LeafRef(t, leaves._remove)
+        r.slot = s
+        r.tid = tid
+        leaves._refs[s] = r
+        x = t._x
+        if x is not None and x.name is not None:
+            self.names[s] = x.name
         return s
 
     def _leaf_changed(self, s, t):
@@ -175,13 +197,18 @@ class Tape:
         slots = self.slot_table()  # fills the dtype column before the values go
         outs = ints[entries, 4]
         slots[outs, 1] |= FREED
+        self.drop_values(bool((slots[ints[:, 4], 1] & FREED).all()), outs)
+
+    def drop_values(self, every, outs):
+        """Close the tape and drop the values of slots ``outs``, already flagged FREED (with the dtype
+        column filled). ``every``: no entry is left unfreed, so drop them all."""
         self.closed = True
-        if bool((slots[ints[:, 4], 1] & FREED).all()):
-            # Every entry is consumed: keep only the rows (for grad_fn names) and drop the values,
-            # so a tensor that outlives its graph pins nothing but its own array.
+        if every:
+            # Keep only the rows (for grad_fn names) and drop the values, so a tensor that
+            # outlives its graph pins nothing but its own array.
             self.freed = True
-            self.rows = bytes(self.rows[: self.n * ROW.size])
-            self.slots = bytearray(self.slots[: self.ns * SLOT.size])
+            self.rows = bytes(memoryview(self.rows)[: self.n * ROW.size])
+            self.slots = bytearray(memoryview(self.slots)[: self.ns * SLOT.size])
             self.values = [None] * self.ns
             self.vcs = None
             self.leaf_slot = self.leaves = self.link_slot = None
@@ -236,11 +263,6 @@ class _Leaves:
 
         self._remove = remove
 
-    def __setitem__(self, s, t):
-        r = _LeafRef(t, self._remove)
-        r.slot, r.tid = s, id(t)
-        self._refs[s] = r
-
     def get(self, s, default=None):
         r = self._refs.get(s)
         t = r() if r is not None else None
@@ -257,6 +279,16 @@ class _Leaves:
 
     def items(self):
         return [(s, t) for s, r in self._refs.items() if (t := r()) is not None]
+
+    def requiring_grad(self):
+        """([slot], [leaf]) of the living leaves that require grad: those backward gives a .grad."""
+        slots, leaves = [], []
+        for s, r in self._refs.items():
+            t = r()
+            if t is not None and t._rg:
+                slots.append(s)
+                leaves.append(t)
+        return slots, leaves
 
     def __len__(self):
         return len(self._refs)

@@ -495,6 +495,43 @@ def test_leaf_given_new_data_between_two_forwards(lib):
     close(g, [9, 9])
 
 
+# -- how the engine hands out leaf gradients --------------------------------------------------------
+def test_leaf_reached_on_two_tapes_without_hooks_sums_both(lib):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    a = x * x
+    (x * 5).sum().backward()  # a's graph outlives this backward, on an older tape
+    (a * 3 + x).sum().backward()  # x on the new tape and, through a, on the older one
+    close(x.grad, [5 + 6 + 1, 5 + 12 + 1])
+
+
+def test_leaf_given_new_data_mid_graph_gets_both_slots(lib):
+    w = lib.ones(2, requires_grad=True)
+    a = w * 2
+    w.data = lib.tensor([5.0, 5.0])
+    (a + w * 3).sum().backward()  # w holds two slots on one tape: their gradients add up
+    close(w.grad, [5, 5])
+    (a.detach() + w * 3).sum().backward()
+    close(w.grad, [8, 8])
+
+
+def test_float32_leaf_in_a_float64_graph_gets_a_float32_grad(lib):
+    w = lib.ones(2, requires_grad=True)
+    x = lib.tensor([1.0, 2.0], dtype=lib.float64)
+    (w.double() * x).sum().backward()
+    assert w.grad.dtype == lib.float32
+    close(w.grad, [1, 2])
+
+
+def test_unused_parameter_keeps_grad_none(lib):
+    w, unused = lib.ones(2, requires_grad=True), lib.ones(2, requires_grad=True)
+    keep = unused * 2  # on the same tape, but not part of the loss
+    (w * 3).sum().backward()
+    close(w.grad, [3, 3])
+    assert unused.grad is None
+    keep.sum().backward()  # its entry was not freed by the first backward
+    close(unused.grad, [2, 2])
+
+
 # -- graphs that span a freed tape --------------------------------------------------------------
 def test_grads_flow_into_older_unfreed_entries(lib):
     x = lib.tensor([1.0, 2.0], requires_grad=True)
