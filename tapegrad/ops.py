@@ -2252,8 +2252,13 @@ def cross_entropy_mean(x, target):
     if not ok:
         return None
     scale = 1.0 / xv.shape[0]
-    return _record(NLL, np.asarray(total * scale, xv.dtype), _unary(LOG_SOFTMAX, x, logp, i0=1), pos, i0=1,
-                   f0=scale)
+    value = np.asarray(total * scale, xv.dtype)
+    lp = _unary(LOG_SOFTMAX, x, logp, i0=1)
+    if not lp._rg:
+        return _leaf(value)
+    tape = lp._tape  # the recording tape: _record's checks, done
+    b = tape.new_slot(pos, LEAF, None)
+    return _result(value, tape, tape.push(NLL.code, lp._slot, b, -1, 1, 0, scale, value, None), None)
 
 
 _INT64 = np.dtype(np.int64)

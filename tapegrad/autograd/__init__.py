@@ -21,7 +21,8 @@ def _seeds(outputs, grad_outputs, create_graph):
         if len(outputs) == 1:  # loss.backward(): one scalar output on a tape
             y = outputs[0]
             if y.__class__ is Tensor and y._rg and y._tape is not None and y._value.size == 1:
-                return {y._tape: {y._slot: np.ones(y._value.shape, y._value.dtype)}}, []
+                v = y._value  # (np.array: np.ones costs 0.6 us more)
+                return {y._tape: {y._slot: np.array(1, v.dtype).reshape(v.shape)}}, []
         grad_outputs = (None,) * len(outputs)
     if len(grad_outputs) != len(outputs):
         raise RuntimeError(f"grad can be implicitly created only for scalar outputs" if not grad_outputs else
