@@ -14,6 +14,7 @@ from . import ops
 from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
 from .ops import add_grads
 from .tensor import Size, Tensor
+from .tensor import _new
 from .tensor import leaf as _leaf
 
 _K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
@@ -223,7 +224,11 @@ def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
                 g = g.astype(dt)
             if last and t._x is None:
                 if t._grad is None:
-                    t._grad = _leaf(g)
+                    t._grad = lg = _new(Tensor)  # _leaf(g), inlined: once per parameter per step
+                    lg._value = g
+                    lg._tape = lg._vc = lg._grad = lg._x = None
+                    lg._slot = -1
+                    lg._rg = False
                 else:
                     t._grad._value += g
                 continue

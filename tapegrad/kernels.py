@@ -896,6 +896,35 @@ def softmax_forward(x, log):
 
 
 @njit(cache=True)
+def xent_forward(x, t):
+    """cross_entropy's common case in one pass: log_softmax of the C-ordered (n, c) logits along
+    dim 1 (as softmax_forward), each sample's flat target position in it, and the sum of the picked
+    -log p in float64. ok is False, the rest meaningless, when a target is outside [0, c) (an
+    ignore_index or an error: the general path deals with it)."""
+    n, c = x.shape
+    out = np.empty_like(x)
+    pos = np.empty(n, np.int64)
+    total = 0.0
+    for p in range(n):
+        k0 = t[p]
+        if k0 < 0 or k0 >= c:
+            return out, pos, total, False
+        m = -np.inf
+        for k in range(c):
+            if x[p, k] > m or np.isnan(x[p, k]):
+                m = x[p, k]
+        s = 0.0
+        for k in range(c):
+            s += np.exp(np.float64(x[p, k]) - m)
+        shift = m + np.log(s)
+        for k in range(c):
+            out[p, k] = x[p, k] - shift
+        pos[p] = p * c + k0
+        total -= out[p, k0]
+    return out, pos, total, True
+
+
+@njit(cache=True)
 def bmm_forward(a, b):
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
     for i in range(a.shape[0]):

@@ -110,20 +110,40 @@ def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
 
 
 def _binary_rec(op, x, y, value):
+    """_unary for two operands (Tape.push and _result inlined: W2 runs six per step)."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
+    t = _new(Tensor)
+    t._value = value
+    t._vc = None
+    t._grad = None
+    t._x = None
     if x._rg or y._rg:
         tape = _state.rec()
         if tape is None or tape.closed and not (tape.resumable == 1 and (x._tape is tape or y._tape is tape)):
             tape = recording_tape()
-            if tape is None:
-                return _leaf(value)
-        a = x._slot if x._tape is tape else tape.slot_of(x)
-        b = y._slot if y._tape is tape else tape.slot_of(y)
-        return _result(value, tape, tape.push(op.code, a, b, -1, 0, 0, 0.0, value, None), None)
-    return _leaf(value)
+        if tape is not None:
+            a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add slots: before reading ns)
+            b = y._slot if y._tape is tape else tape.slot_of(y)
+            s = tape.ns
+            if s >= tape.cap:
+                tape._grow()
+            _pack_slot(tape.slots, s << 5, id(value), 1, 0, -1)
+            _pack_row(tape.rows, tape.n << 6, op.code, a, b, -1, s, 0, 0, 0.0)
+            tape.values.append(value)
+            tape.vcs.append(None)
+            tape.n += 1
+            tape.ns = s + 1
+            t._tape = tape
+            t._slot = s
+            t._rg = True
+            return t
+    t._tape = None
+    t._slot = -1
+    t._rg = False
+    return t
 
 
 def _same(op, x, y):
@@ -223,9 +243,11 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
                 return reverse_scalar(y, x)
             x = _as_tensor(x, y)
         xv, yv = x._value, y._value
-        if xv.shape != yv.shape or xv.dtype != yv.dtype or (float_result and xv.dtype.kind != "f"):
+        if xv.dtype != yv.dtype or (float_result and xv.dtype.kind != "f"):
             x, y = _prepare(x, y, float_result)
             xv, yv = x._value, y._value
+        elif xv.shape != yv.shape:  # (a bias: broadcast_shapes' first checks pass it)
+            broadcast_shapes(xv.shape, yv.shape)  # torch's error; the rows broadcast themselves
         return _binary_rec(op, x, y, op.forward(xv, yv))
     if isinstance(y, _SCALARS):
         rt = _scalar_result_dtype(x, y, float_result)
@@ -981,6 +1003,8 @@ def mm(x, y):
     xv, yv = x._value, y._value
     if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != yv.shape[0] or xv.dtype != yv.dtype:
         _mm_error(xv, yv)
+    if _MM_FORWARD and xv.flags.c_contiguous and yv.flags.c_contiguous and xv.dtype.kind == "f":
+        return _binary_rec(MM, x, y, _MM_FORWARD[0](xv, yv))  # _matmul_value's common case
     return _binary_rec(MM, x, y, _matmul_value(xv, yv))
 
 
@@ -2204,6 +2228,40 @@ def nll(logp2, target, weight=None, reduction="mean"):
     with np.errstate(invalid="ignore"):
         value = np.asarray(terms.sum() * scale, dtype=lv.dtype)
     return _record(NLL, value, logp2, pos, w, i0=1, f0=scale)
+
+
+_XENT = []  # kernels.xent_forward, imported on first use
+
+
+def cross_entropy_mean(x, target):
+    """nn.functional.cross_entropy(x, target) in its common case: (N, C) float32/64 logits, N class
+    indices all in range, mean reduction. log_softmax and the nll in one jitted pass (NumPy takes
+    ~15 small calls, W2's largest non-GEMM forward cost), recorded as the same two rows as the
+    general path. None when not that case (the caller takes the general path)."""
+    xv, tv = x._value, target._value
+    if xv.ndim != 2 or xv.dtype.char not in "fd" or tv.shape != xv.shape[:1] or tv.dtype.kind not in "iu" \
+            or not xv.size:
+        return None
+    if not _XENT:
+        from .kernels import xent_forward
+        _XENT.append(xent_forward)
+    if not xv.flags.c_contiguous:
+        xv = np.ascontiguousarray(xv)
+    logp, pos, total, ok = _XENT[0](xv, tv if tv.dtype is _INT64 and tv.flags.c_contiguous else
+                                    np.ascontiguousarray(tv, np.int64))
+    if not ok:
+        return None
+    scale = 1.0 / xv.shape[0]
+    value = np.asarray(total * scale, xv.dtype)
+    lp = _unary(LOG_SOFTMAX, x, logp, i0=1)
+    if not lp._rg:
+        return _leaf(value)
+    tape = lp._tape  # the recording tape: _record's checks, done
+    b = tape.new_slot(pos, LEAF, None)
+    return _result(value, tape, tape.push(NLL.code, lp._slot, b, -1, 1, 0, scale, value, None), None)
+
+
+_INT64 = np.dtype(np.int64)
 
 
 # -- in place ------------------------------------------------------------------------------------

@@ -159,8 +159,7 @@ class Tape:
     def row_table(self):
         """(int64 rows, float64 view of the same rows), each of shape (n, 8)."""
         ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
-        floats = np.frombuffer(self.rows, np.float64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
-        return ints, floats
+        return ints, ints.view(np.float64)
 
     def slot_table(self):
         """The slot table with its dtype column filled in (readers; the engine uses raw_slots)."""

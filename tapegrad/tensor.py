@@ -11,6 +11,8 @@ from . import dtypes
 from .printing import format_tensor
 from .tape import FREED, REQUIRES_GRAD, _state, counter
 
+_BACKWARD = []  # autograd.backward, imported on the first call (autograd imports this module)
+
 
 class Size(tuple):
     """torch.Size: a tuple that prints as ``tapegrad.Size([2, 3])``."""
@@ -235,8 +237,10 @@ class Tensor:
 
     # -- autograd --------------------------------------------------------------------------
     def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        from .autograd import backward
-        backward((self,), None if gradient is None else (gradient,), retain_graph, create_graph, inputs=inputs)
+        if not _BACKWARD:  # imported once (an import statement per call costs ~1 us of a step's backward)
+            from .autograd import backward
+            _BACKWARD.append(backward)
+        _BACKWARD[0]((self,), None if gradient is None else (gradient,), retain_graph, create_graph, inputs=inputs)
 
     def detach(self):
         t = leaf(self._value)

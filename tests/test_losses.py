@@ -30,6 +30,8 @@ CASES = {
     "ce": lambda lib, F, x, y: F.cross_entropy(x, t(lib, TARGET)),
     "ce_sum_weight": lambda lib, F, x, y: F.cross_entropy(x, t(lib, TARGET), weight=y[0].exp().detach(), reduction="sum"),
     "ce_ignore": lambda lib, F, x, y: F.cross_entropy(x, t(lib, np.array([0, -100, 1, 2]))),
+    "ce_ignore_in_range": lambda lib, F, x, y: F.cross_entropy(x, t(lib, TARGET), ignore_index=2),
+    "ce_transposed": lambda lib, F, x, y: F.cross_entropy(x.t(), t(lib, np.array([3, 0, 1]))),
     "ce_smoothing": lambda lib, F, x, y: F.cross_entropy(x, t(lib, TARGET), label_smoothing=0.2),
     "ce_none": lambda lib, F, x, y: F.cross_entropy(x, t(lib, TARGET), reduction="none"),
     "ce_probs": lambda lib, F, x, y: F.cross_entropy(x, y.softmax(1)),

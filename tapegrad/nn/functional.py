@@ -143,6 +143,11 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
+    if reduction == "mean" and weight is None and size_average is None and reduce is None and not label_smoothing \
+            and ignore_index < 0 and isinstance(target, Tensor):  # (no in-range target is ignored)
+        loss = ops.cross_entropy_mean(input, target)  # one jitted pass (None: not its case)
+        if loss is not None:
+            return loss
     reduction = _legacy_reduction(size_average, reduce, reduction)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
