@@ -1003,8 +1003,6 @@ def mm(x, y):
     xv, yv = x._value, y._value
     if xv.ndim != 2 or yv.ndim != 2 or xv.shape[1] != yv.shape[0] or xv.dtype != yv.dtype:
         _mm_error(xv, yv)
-    if _MM_FORWARD and xv.flags.c_contiguous and yv.flags.c_contiguous and xv.dtype.kind == "f":
-        return _binary_rec(MM, x, y, _MM_FORWARD[0](xv, yv))  # _matmul_value's common case
     return _binary_rec(MM, x, y, _matmul_value(xv, yv))
 
 
