@@ -153,6 +153,11 @@ def _single_scalar_output(outputs, is_outputs_tuple, fn_name):
         raise RuntimeError(f"The Tensor returned by the function given to {fn_name} should contain a single element")
 
 
+# torch's words for when v may be left out ("...can only be None if the {what} with a single element.")
+_ONE_INPUT = "input to the user-provided function is a single Tensor"
+_ONE_OUTPUT = "user-provided function returns a single Tensor"
+
+
 def _prepare_v(v, inputs, is_inputs_tuple, create_graph, fn_name, what):
     if v is not None:
         _, v = _as_tuple(v, "v", fn_name)
@@ -160,11 +165,22 @@ def _prepare_v(v, inputs, is_inputs_tuple, create_graph, fn_name, what):
         _validate_v(v, inputs, is_inputs_tuple)
         return v
     if len(inputs) != 1 or inputs[0].numel() != 1:
-        raise RuntimeError(f"The vector v can only be None if the {what} is a single Tensor with a single element.")
+        raise RuntimeError(f"The vector v can only be None if the {what} with a single element.")
     return None
 
 
 # -- public API ---------------------------------------------------------------------------------
+def _last_product(outputs, is_outputs_tuple, ys, xs, v, like, is_result_tuple, strict, create_graph, stage):
+    """The last step of vjp, jvp, hvp and vhp: the product of ``v`` with the gradient of ``ys`` with
+    respect to ``xs`` (recorded only with create_graph), missing parts filled with zeros shaped like
+    ``like``; outputs and result post-processed as torch's functional API does."""
+    with set_grad_enabled(True if create_graph else is_grad_enabled()):
+        result = _fill_in_zeros(_autograd_grad(ys, xs, v, create_graph=create_graph), like, strict, create_graph,
+                                stage)
+    return (_tuple_postprocess(_grad_postprocess(outputs, create_graph), is_outputs_tuple),
+            _tuple_postprocess(_grad_postprocess(result, create_graph), is_result_tuple))
+
+
 def vjp(func, inputs, v=None, create_graph=False, strict=False):
     """(func(inputs), v^T J): the vector-Jacobian product at ``inputs``."""
     with enable_grad():
@@ -173,19 +189,9 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "vjp")
         _check_requires_grad(outputs, "outputs", strict=strict)
-        if v is not None:
-            _, v = _as_tuple(v, "v", "vjp")
-            v = _grad_preprocess(v, create_graph=create_graph, need_graph=False)
-            _validate_v(v, outputs, is_outputs_tuple)
-        elif len(outputs) != 1 or outputs[0].numel() != 1:
-            raise RuntimeError("The vector v can only be None if the user-provided function returns a single "
-                               "Tensor with a single element.")
-    with set_grad_enabled(True if create_graph else is_grad_enabled()):
-        grad_res = _autograd_grad(outputs, inputs, v, create_graph=create_graph)
-        result = _fill_in_zeros(grad_res, inputs, strict, create_graph, "back")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return _tuple_postprocess(outputs, is_outputs_tuple), _tuple_postprocess(result, is_inputs_tuple)
+        v = _prepare_v(v, outputs, is_outputs_tuple, create_graph, "vjp", _ONE_OUTPUT)
+    return _last_product(outputs, is_outputs_tuple, outputs, inputs, v, inputs, is_inputs_tuple, strict,
+                         create_graph, "back")
 
 
 def jvp(func, inputs, v=None, create_graph=False, strict=False):
@@ -193,7 +199,7 @@ def jvp(func, inputs, v=None, create_graph=False, strict=False):
     with enable_grad():
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
         inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "jvp", "input to the user-provided function")
+        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "jvp", _ONE_INPUT)
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "jvp")
         _check_requires_grad(outputs, "outputs", strict=strict)
@@ -201,12 +207,8 @@ def jvp(func, inputs, v=None, create_graph=False, strict=False):
         grad_outputs = tuple(_zeros_requiring_grad(out) for out in outputs)
         grad_inputs = _autograd_grad(outputs, inputs, grad_outputs, create_graph=True)
         _check_requires_grad(grad_inputs, "grad_inputs", strict=strict)
-    with set_grad_enabled(True if create_graph else is_grad_enabled()):
-        grad_res = _autograd_grad(grad_inputs, grad_outputs, v, create_graph=create_graph)
-        result = _fill_in_zeros(grad_res, outputs, strict, create_graph, "back_trick")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return _tuple_postprocess(outputs, is_outputs_tuple), _tuple_postprocess(result, is_outputs_tuple)
+    return _last_product(outputs, is_outputs_tuple, grad_inputs, grad_outputs, v, outputs, is_outputs_tuple, strict,
+                         create_graph, "back_trick")
 
 
 def _stack_rows(rows, shape):
@@ -306,19 +308,15 @@ def vhp(func, inputs, v=None, create_graph=False, strict=False):
     with enable_grad():
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vhp")
         inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "vhp", "input to the user-provided function")
+        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "vhp", _ONE_INPUT)
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "vhp")
         _check_requires_grad(outputs, "outputs", strict=strict)
         _single_scalar_output(outputs, is_outputs_tuple, "vhp")
         jac = _autograd_grad(outputs, inputs, create_graph=True)
         _check_requires_grad(jac, "jacobian", strict=strict)
-    with set_grad_enabled(True if create_graph else is_grad_enabled()):
-        grad_res = _autograd_grad(jac, inputs, v, create_graph=create_graph)
-        result = _fill_in_zeros(grad_res, inputs, strict, create_graph, "double_back")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return _tuple_postprocess(outputs, is_outputs_tuple), _tuple_postprocess(result, is_inputs_tuple)
+    return _last_product(outputs, is_outputs_tuple, jac, inputs, v, inputs, is_inputs_tuple, strict,
+                         create_graph, "double_back")
 
 
 def hvp(func, inputs, v=None, create_graph=False, strict=False):
@@ -326,7 +324,7 @@ def hvp(func, inputs, v=None, create_graph=False, strict=False):
     with enable_grad():
         is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "hvp")
         inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "hvp", "input to the user-provided function")
+        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "hvp", _ONE_INPUT)
         outputs = func(*inputs)
         is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "hvp")
         _check_requires_grad(outputs, "outputs", strict=strict)
@@ -336,9 +334,5 @@ def hvp(func, inputs, v=None, create_graph=False, strict=False):
         grad_jac = tuple(_zeros_requiring_grad(inp) for inp in inputs)
         double_back = _autograd_grad(jac, inputs, grad_jac, create_graph=True)
         _check_requires_grad(jac, "hessian", strict=strict)
-    with set_grad_enabled(True if create_graph else is_grad_enabled()):
-        grad_res = _autograd_grad(double_back, grad_jac, v, create_graph=create_graph)
-        result = _fill_in_zeros(grad_res, inputs, strict, create_graph, "double_back_trick")
-    outputs = _grad_postprocess(outputs, create_graph)
-    result = _grad_postprocess(result, create_graph)
-    return _tuple_postprocess(outputs, is_outputs_tuple), _tuple_postprocess(result, is_inputs_tuple)
+    return _last_product(outputs, is_outputs_tuple, double_back, grad_jac, v, inputs, is_inputs_tuple, strict,
+                         create_graph, "double_back_trick")
