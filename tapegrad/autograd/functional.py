@@ -170,6 +170,26 @@ def _prepare_v(v, inputs, is_inputs_tuple, create_graph, fn_name, what):
 
 
 # -- public API ---------------------------------------------------------------------------------
+def _evaluate(func, inputs, v, create_graph, strict, fn_name):
+    """The start of jvp, vhp and hvp (under enable_grad): inputs and v checked and prepared, func
+    called. Returns (is_inputs_tuple, inputs, v, is_outputs_tuple, outputs)."""
+    is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", fn_name)
+    inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
+    v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, fn_name, _ONE_INPUT)
+    outputs = func(*inputs)
+    is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", fn_name)
+    _check_requires_grad(outputs, "outputs", strict=strict)
+    return is_inputs_tuple, inputs, v, is_outputs_tuple, outputs
+
+
+def _gradient_graph(outputs, is_outputs_tuple, inputs, strict, fn_name):
+    """vhp's and hvp's first pass: the gradient of the single scalar output, with its graph."""
+    _single_scalar_output(outputs, is_outputs_tuple, fn_name)
+    jac = _autograd_grad(outputs, inputs, create_graph=True)
+    _check_requires_grad(jac, "jacobian", strict=strict)
+    return jac
+
+
 def _last_product(outputs, is_outputs_tuple, ys, xs, v, like, is_result_tuple, strict, create_graph, stage):
     """The last step of vjp, jvp, hvp and vhp: the product of ``v`` with the gradient of ``ys`` with
     respect to ``xs`` (recorded only with create_graph), missing parts filled with zeros shaped like
@@ -197,12 +217,8 @@ def vjp(func, inputs, v=None, create_graph=False, strict=False):
 def jvp(func, inputs, v=None, create_graph=False, strict=False):
     """(func(inputs), J v): the Jacobian-vector product, by the double backward trick."""
     with enable_grad():
-        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "jvp")
-        inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "jvp", _ONE_INPUT)
-        outputs = func(*inputs)
-        is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "jvp")
-        _check_requires_grad(outputs, "outputs", strict=strict)
+        is_inputs_tuple, inputs, v, is_outputs_tuple, outputs = _evaluate(func, inputs, v, create_graph, strict,
+                                                                          "jvp")
         # The backward is linear in grad_outputs, so their value does not matter (zeros: no inf/nan).
         grad_outputs = tuple(_zeros_requiring_grad(out) for out in outputs)
         grad_inputs = _autograd_grad(outputs, inputs, grad_outputs, create_graph=True)
@@ -306,15 +322,9 @@ def hessian(func, inputs, create_graph=False, strict=False, vectorize=False, out
 def vhp(func, inputs, v=None, create_graph=False, strict=False):
     """(func(inputs), v^T H) for a scalar ``func``: two backward passes."""
     with enable_grad():
-        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "vhp")
-        inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "vhp", _ONE_INPUT)
-        outputs = func(*inputs)
-        is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "vhp")
-        _check_requires_grad(outputs, "outputs", strict=strict)
-        _single_scalar_output(outputs, is_outputs_tuple, "vhp")
-        jac = _autograd_grad(outputs, inputs, create_graph=True)
-        _check_requires_grad(jac, "jacobian", strict=strict)
+        is_inputs_tuple, inputs, v, is_outputs_tuple, outputs = _evaluate(func, inputs, v, create_graph, strict,
+                                                                          "vhp")
+        jac = _gradient_graph(outputs, is_outputs_tuple, inputs, strict, "vhp")
     return _last_product(outputs, is_outputs_tuple, jac, inputs, v, inputs, is_inputs_tuple, strict,
                          create_graph, "double_back")
 
@@ -322,15 +332,9 @@ def vhp(func, inputs, v=None, create_graph=False, strict=False):
 def hvp(func, inputs, v=None, create_graph=False, strict=False):
     """(func(inputs), H v) for a scalar ``func``, by the double backward trick (three passes)."""
     with enable_grad():
-        is_inputs_tuple, inputs = _as_tuple(inputs, "inputs", "hvp")
-        inputs = _grad_preprocess(inputs, create_graph=create_graph, need_graph=True)
-        v = _prepare_v(v, inputs, is_inputs_tuple, create_graph, "hvp", _ONE_INPUT)
-        outputs = func(*inputs)
-        is_outputs_tuple, outputs = _as_tuple(outputs, "outputs of the user-provided function", "hvp")
-        _check_requires_grad(outputs, "outputs", strict=strict)
-        _single_scalar_output(outputs, is_outputs_tuple, "hvp")
-        jac = _autograd_grad(outputs, inputs, create_graph=True)
-        _check_requires_grad(jac, "jacobian", strict=strict)
+        is_inputs_tuple, inputs, v, is_outputs_tuple, outputs = _evaluate(func, inputs, v, create_graph, strict,
+                                                                          "hvp")
+        jac = _gradient_graph(outputs, is_outputs_tuple, inputs, strict, "hvp")
         grad_jac = tuple(_zeros_requiring_grad(inp) for inp in inputs)
         double_back = _autograd_grad(jac, inputs, grad_jac, create_graph=True)
         _check_requires_grad(jac, "hessian", strict=strict)
