@@ -216,7 +216,7 @@ def _flags(tape, s, flags):
 
 
 def _version(tape, s, recorded):
-    vc = tape.vcs[s] if tape.vcs is not None else None  # None: a fresh result nothing has changed
+    vc = tape.vcs.get(s) if tape.vcs is not None else None  # None: a fresh result nothing has changed
     now = vc[0] if vc is not None else recorded
     return str(recorded) if now == recorded else f"{recorded}->{now}"
 

@@ -155,7 +155,8 @@ def _run_jitted(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
     S = tape.raw_slots()
-    T = _F64 if K.fill_dtypes(S, _HOFF, _TNOFF, _LUT) else _F32
+    T = _F64 if K.fill_slots(R, S, tape.synced, _HOFF, _TNOFF, _LUT) else _F32
+    tape.synced = tape.n
     values = tape.values
     export = np.zeros(S.shape[0], np.int64)
     bufs = {}
@@ -345,7 +346,7 @@ def check_versions(tape, R, need):
         op = ops.TABLE[R[e, 0]]
         for r in op.reads:
             s = R[e, 4] if r == "out" else R[e, 1 + r]
-            if s >= 0 and vcs[s] is not None and vcs[s][0] != S[s, 2]:
+            if s >= 0 and s in vcs and vcs[s][0] != S[s, 2]:
                 v = tape.values[s]
                 kind = {"float32": "FloatTensor", "float64": "DoubleTensor"}.get(v.dtype.name, "Tensor")
                 p = tape.producer(s)
@@ -373,7 +374,7 @@ def slot_tensor(tape, s):
     v = tape.values[s]
     if flags & LEAF or not flags & REQUIRES_GRAD:
         return ops._leaf(v)
-    return ops._result(v, tape, s, tape.vcs[s])
+    return ops._result(v, tape, s, tape.vcs.get(s))
 
 
 def _slot_tensor(tape, s, flags):
@@ -385,7 +386,7 @@ def _slot_tensor(tape, s, flags):
         return slot_tensor(tape, s)
     if not flags & REQUIRES_GRAD:
         return ops._leaf(tape.values[s])
-    return ops._result(tape.values[s], tape, s, tape.vcs[s])
+    return ops._result(tape.values[s], tape, s, tape.vcs.get(s))
 
 
 NONLEAF = REQUIRES_GRAD | LEAF | LINK
@@ -435,7 +436,7 @@ def _run_python(tape, seeds, req):
         t = cache.get(s, cache)
         if t is cache:
             f = flags[s]  # an intermediate result (the common case) inline, the rest by _slot_tensor
-            t = cache[s] = result(values[s], tape, s, vcs[s]) if f & NONLEAF == REQUIRES_GRAD else \
+            t = cache[s] = result(values[s], tape, s, vcs.get(s)) if f & NONLEAF == REQUIRES_GRAD else \
                 _slot_tensor(tape, s, f)
         return t
 

@@ -102,10 +102,15 @@ def shape_of(obj, hoff):
 
 
 @njit(cache=True)
-def fill_dtypes(S, hoff, tn_off, lut):
-    """Fill the dtype codes that recording left at -1, reading each value's descr->type_num
-    (the descr pointer follows data, nd, dims, strides, base in the array header). Returns
-    whether any slot holds float64, which decides the interpreter's dtype."""
+def fill_slots(R, S, lo, hoff, tn_off, lut):
+    """Complete the slots that recording left as written at growth: each row from ``lo`` on that
+    made its output slot gives it its value's address (tape.py), then each dtype code left at -1
+    is read from the value's descr->type_num (the descr pointer follows data, nd, dims, strides,
+    base in the array header). Returns whether any slot holds float64, which decides the
+    interpreter's dtype."""
+    for e in range(lo, R.shape[0]):
+        if R[e, 8] != 0:
+            S[R[e, 4], 0] = R[e, 8]
     any64 = False
     for s in range(S.shape[0]):
         if S[s, 3] == -1:

@@ -1,9 +1,14 @@
 """The Wengert tape: rows of opcodes and a slot table, both flat byte buffers (struct of arrays).
 
-A row is one recorded operation: ``op, a, b, c, out, i0, i1, f0`` (input slots a, b, c are -1
-when unused; i0/i1 are integer attributes, f0 a float constant). A slot names one value: the
-address of the NumPy array holding it (the jitted engine reads the array's header there), its
-flags, the version of its storage when recorded and its dtype code.
+A row is one recorded operation: ``op, a, b, c, out, i0, i1, f0, obj`` (input slots a, b, c are -1
+when unused; i0/i1 are integer attributes, f0 a float constant; obj the address of the output
+value when the row made its slot, else 0). A slot names one value: the address of the NumPy array
+holding it (the jitted engine reads the array's header there), its flags, the version of its
+storage when recorded and its dtype code.
+
+Recording writes one row and no slot: slot buffers grow pre-filled with a fresh result's record
+(requires grad, version 0, dtype -1), and the engine copies each row's obj into its output slot
+before reading the table (kernels.fill_slots). One struct pack an op instead of two (W1).
 
 Lifecycle: the thread's current tape is held weakly, so a tape that no tensor reaches is freed by
 reference counting. A backward closes the tape (and frees the graph unless retained); later ops start
@@ -17,8 +22,8 @@ import weakref
 
 import numpy as np
 
-ROW = struct.Struct("<7qd")
-ROW_WIDTH = 8  # int64 words per row; word 7 holds f0 as a double
+ROW = struct.Struct("<7qdq")
+ROW_WIDTH = 9  # int64 words per row; word 7 holds f0 as a double, word 8 the output's address
 SLOT = struct.Struct("<4q")
 SLOT_WIDTH = 4  # obj, flags, version, dtype code
 
@@ -32,7 +37,7 @@ _INITIAL_ROWS = 32
 
 
 class Tape:
-    __slots__ = ("cap", "rows", "n", "slots", "ns", "values", "vcs", "leaf_slot", "leaves", "links",
+    __slots__ = ("cap", "rows", "n", "slots", "ns", "synced", "values", "vcs", "leaf_slot", "leaves", "links",
                  "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "resumable", "freed",
                  "serial", "epoch", "__weakref__")
 
@@ -42,10 +47,11 @@ class Tape:
         self.cap = _INITIAL_ROWS
         self.rows = bytearray(ROW.size * _INITIAL_ROWS)
         self.n = 0
-        self.slots = bytearray(SLOT.size * _INITIAL_ROWS)
+        self.slots = bytearray(_FRESH_SLOT * _INITIAL_ROWS)
         self.ns = 0
+        self.synced = 0  # rows whose obj the engine has copied into their output slots
         self.values = []  # slot -> ndarray kept alive while the slot can be read (None once freed)
-        self.vcs = []  # slot -> version counter ([int]) of the storage, for the in-place check
+        self.vcs = {}  # slot -> version counter ([int]) of the storage, for the in-place check (absent: version 0)
         self.leaf_slot = {}  # id(leaf tensor) -> slot
         self.leaves = _Leaves(self.leaf_slot)  # slot -> leaf tensor (gets .grad), held weakly
         self.links = {}  # slot -> (older tape, slot there)
@@ -68,11 +74,11 @@ class Tape:
         s = self.ns
         if s >= self.cap:
             self._grow()
-        # dtype -1: the engine reads it from the array header; slot_table() fills it for readers
-        _pack_slot(self.slots, s << 5, id(value), 1, 0 if vc is None else vc[0], -1)
-        _pack_row(self.rows, self.n << 6, op, a, b, c, s, i0, i1, f0)
+        if vc is not None:  # a fresh result keeps the slot the buffer was filled with
+            _pack_slot(self.slots, s << 5, 0, REQUIRES_GRAD, vc[0], -1)
+            self.vcs[s] = vc
+        _pack_row(self.rows, self.n * 72, op, a, b, c, s, i0, i1, f0, id(value))
         self.values.append(value)
-        self.vcs.append(vc)
         self.n += 1
         self.ns = s + 1
         return s
@@ -80,7 +86,7 @@ class Tape:
     def _grow(self):
         """Double both buffers; there are never more rows than slots, so one capacity serves both."""
         self.rows = self.rows + bytearray(len(self.rows))
-        self.slots = self.slots + bytearray(len(self.slots))
+        self.slots = self.slots + _FRESH_SLOT * self.cap
         self.cap *= 2
 
     def push_row(self, op, a, b, c, out, i0, i1, f0):
@@ -89,7 +95,7 @@ class Tape:
         n = self.n
         if (n + 1) * ROW.size > len(self.rows):
             self.rows = self.rows + bytearray(len(self.rows))
-        ROW.pack_into(self.rows, n * ROW.size, op, a, b, c, out, i0, i1, f0)
+        ROW.pack_into(self.rows, n * ROW.size, op, a, b, c, out, i0, i1, f0, 0)
         self.n = n + 1
 
     def new_slot(self, value, flags, vc):
@@ -99,7 +105,8 @@ class Tape:
         _pack_slot(self.slots, s * SLOT.size, id(value), flags, 0 if vc is None else vc[0],
                    _DTYPE_CODE[value.dtype.num])
         self.values.append(value)
-        self.vcs.append(vc)
+        if vc is not None:
+            self.vcs[s] = vc
         self.ns = s + 1
         return s
 
@@ -132,7 +139,7 @@ class Tape:
             self._grow()
         _pack_slot(self.slots, s << 5, id(v), (REQUIRES_GRAD | LEAF) if t._rg else LEAF, vc[0], -1)
         self.values.append(v)
-        self.vcs.append(vc)
+        self.vcs[s] = vc
         self.ns = s + 1
         tid = id(t)
         self.leaf_slot[tid] = s
@@ -157,7 +164,7 @@ class Tape:
 
     # -- columns for the engine and the dump ---------------------------------------------
     def row_table(self):
-        """(int64 rows, float64 view of the same rows), each of shape (n, 8)."""
+        """(int64 rows, float64 view of the same rows), each of shape (n, ROW_WIDTH)."""
         ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
         return ints, ints.view(np.float64)
 
@@ -221,7 +228,8 @@ class Tape:
 
 _pack_row = ROW.pack_into
 _pack_slot = SLOT.pack_into
-assert ROW.size == 64 and SLOT.size == 32
+_FRESH_SLOT = SLOT.pack(0, REQUIRES_GRAD, 0, -1)  # a fresh result's slot, its obj filled from its row
+assert ROW.size == 72 and SLOT.size == 32
 
 
 def counter(t):

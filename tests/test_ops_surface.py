@@ -360,3 +360,39 @@ def test_float_operand_cache_stays_bounded():
         x * (1.0 + k * 1e-3)
     assert len(ops._OPERANDS) <= 1024
     assert not ops._OPERANDS[next(iter(ops._OPERANDS))].flags.writeable
+
+
+# The operators with a Python float and the unary float functions have their own recorders
+# (ops._scalar_operator, ops._float_unary): they must agree with torch in value, dtype, node and
+# gradient for every kind of tensor, and send what they do not handle to the general path.
+OPERATOR_EXPRS = ["x + 0.5", "0.5 + x", "x - 0.5", "x * 0.5", "0.5 * x", "x / 0.5", "x * 2", "x + True",
+                  "lib.sin(x)", "lib.exp(x)", "lib.tanh(x)", "lib.sqrt(x.abs() + 1)"]
+OPERATOR_INPUTS = {
+    "0-d float64": lambda lib: lib.tensor(0.75, dtype=lib.float64, requires_grad=True),
+    "float32": lambda lib: lib.tensor([0.5, -1.25, 3.0], requires_grad=True),
+    "transposed float64": lambda lib: lib.tensor(np.arange(6.0).reshape(2, 3) / 7, dtype=lib.float64,
+                                                 requires_grad=True),
+    "int64": lambda lib: lib.tensor([1, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("kind", OPERATOR_INPUTS)
+@pytest.mark.parametrize("expr", OPERATOR_EXPRS)
+def test_scalar_operators_and_unary_functions_match_torch(expr, kind):
+    torch = pytest.importorskip("torch")
+    out = {}
+    for lib in (tg, torch):
+        x = OPERATOR_INPUTS[kind](lib)
+        if kind.startswith("transposed"):
+            x = x.detach().t().requires_grad_()
+        y = eval(expr, {"x": x, "lib": lib})
+        grad = None
+        if y.requires_grad:
+            y.sum().backward()
+            grad = x.grad.numpy()
+        out[lib.__name__] = (y.detach().numpy(), str(y.dtype).split(".")[-1], type(y.grad_fn).__name__, grad)
+    got, want = out["tapegrad"], out["torch"]
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    assert got[0].shape == want[0].shape and got[1:3] == want[1:3]
+    if want[3] is not None:
+        np.testing.assert_allclose(got[3], want[3], rtol=1e-5)
