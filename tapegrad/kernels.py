@@ -10,16 +10,22 @@ Every kernel has the signature ``k(e, R, RF, C)``: entry ``e`` of the int rows `
 their float view ``RF``; ``C`` is the context tuple built by ``replay``.
 """
 import ctypes
+import functools
 import math
 import os
 import sys
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, types
+import numba
+from numba import carray, types
 from numba.extending import intrinsic
 
 from . import ops
+
+# NumPy's error model: a float division by zero gives inf or nan, as in NumPy and torch (sqrt's
+# adjoint at 0 is inf). Numba's default raised ZeroDivisionError from inside the kernel.
+njit = functools.partial(numba.njit, error_model="numpy")
 
 RG = 1  # tape.REQUIRES_GRAD
 FREED = 8  # tape.FREED
