@@ -140,16 +140,19 @@ def _float_unary(op):
 def _scalar_operator(op, generic):
     """``x + c``, ``x * c`` ...: a float tensor and a Python float, the constant an operand that
     _operand caches; anything else goes to ``generic``, the op's function."""
-    code, forward, state, operands = op.code, op.forward, _state, _OPERANDS
+    code, forward, state, operands, f64, float64 = op.code, op.forward, _state, _OPERANDS, _F64_OPERANDS, _F64
 
     def f(x, y):
         if y.__class__ is not float:
             return generic(x, y)
         v = x._value
         dt = v.dtype
-        if dt.kind != "f":
+        if dt is float64:
+            c = f64.get(y)  # (a float key: hashing the dtype too costs 30 ns)
+        elif dt.kind == "f":
+            c = operands.get((y, dt))
+        else:
             return generic(x, y)
-        c = operands.get((y, dt))
         value = forward(v, _operand(y, dt) if c is None else c)
         if value.__class__ is not ndarray:
             value = np.asarray(value)
@@ -352,6 +355,8 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
 
 
 _OPERANDS = {}  # (float, dtype) -> read-only 0-d array
+_F64 = np.dtype(np.float64)
+_F64_OPERANDS = {}  # float -> the same arrays for float64, keyed by the float alone
 
 
 def _operand(c, dt):
@@ -364,8 +369,11 @@ def _operand(c, dt):
             return c
         if len(_OPERANDS) >= 1024:  # a loop that makes ever-new constants stays bounded
             _OPERANDS.clear()
+            _F64_OPERANDS.clear()
         a = _OPERANDS[c, dt] = np.array(c, dt)
         a.flags.writeable = False
+        if dt is _F64:
+            _F64_OPERANDS[c] = a
     return a
 
 

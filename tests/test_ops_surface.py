@@ -355,10 +355,11 @@ def test_float_operands_give_numpys_python_float_results(op, dtype):
 
 def test_float_operand_cache_stays_bounded():
     from tapegrad import ops
-    x = tg.ones(1, requires_grad=True)
-    for k in range(3000):
-        x * (1.0 + k * 1e-3)
-    assert len(ops._OPERANDS) <= 1024
+    for dtype in (tg.float32, tg.float64):
+        x = tg.ones(1, dtype=dtype, requires_grad=True)
+        for k in range(3000):
+            x * (1.0 + k * 1e-3)
+    assert len(ops._OPERANDS) <= 1024 and len(ops._F64_OPERANDS) <= 1024
     assert not ops._OPERANDS[next(iter(ops._OPERANDS))].flags.writeable
 
 
