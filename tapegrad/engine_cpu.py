@@ -35,7 +35,13 @@ def _kernels():
         probe = np.arange(6.0).reshape(2, 3)
         if kernels.header_probe(id(probe), _HOFF) != (probe.ctypes.data, 2, 6):
             raise RuntimeError("tapegrad cannot read this NumPy's array header; please report your NumPy version")
+        pair = [probe, None]
+        if kernels.list_probe(id(pair), _LIST_ITEMS) != (id(probe), id(None)):
+            raise RuntimeError("tapegrad cannot read this Python's list layout; please report your Python version")
     return _K
+
+
+_LIST_ITEMS = tuple.__basicsize__  # a list's item pointer follows the variable-size object header
 
 
 def typenum_offset():
@@ -155,8 +161,8 @@ def _run_jitted(tape, seeds, req):
     K = _kernels()
     R, RF = tape.row_table()
     S = tape.raw_slots()
-    T = _F64 if K.fill_slots(R, S, tape.synced, _HOFF, _TNOFF, _LUT) else _F32
-    tape.synced = tape.n
+    T = _F64 if K.fill_slots(S, tape.synced, id(tape.values), _LIST_ITEMS, id(None), _HOFF, _TNOFF, _LUT) else _F32
+    tape.synced = tape.ns
     values = tape.values
     export = np.zeros(S.shape[0], np.int64)
     bufs = {}

@@ -108,15 +108,18 @@ def shape_of(obj, hoff):
 
 
 @njit(cache=True)
-def fill_slots(R, S, lo, hoff, tn_off, lut):
-    """Complete the slots that recording left as written at growth: each row from ``lo`` on that
-    made its output slot gives it its value's address (tape.py), then each dtype code left at -1
-    is read from the value's descr->type_num (the descr pointer follows data, nd, dims, strides,
-    base in the array header). Returns whether any slot holds float64, which decides the
-    interpreter's dtype."""
-    for e in range(lo, R.shape[0]):
-        if R[e, 8] != 0:
-            S[R[e, 4], 0] = R[e, 8]
+def fill_slots(S, lo, values, items_off, none, hoff, tn_off, lut):
+    """Complete the slots that recording left as written at growth (tape.py): slots from ``lo`` on
+    get their values' addresses, read from the tape's ``values`` list (its item array: CPython
+    keeps the object addresses there, checked by engine_cpu once per process), so recording makes
+    no id() int; then each dtype code left at -1 is read from the value's descr->type_num (the
+    descr pointer follows data, nd, dims, strides, base in the array header). Returns whether any
+    slot holds float64, which decides the interpreter's dtype."""
+    items = _load_i64(values + items_off)
+    for s in range(lo, S.shape[0]):
+        obj = _load_i64(items + 8 * s)
+        if obj != none:  # (a value already dropped: its slot is FREED and keeps the old address)
+            S[s, 0] = obj
     any64 = False
     for s in range(S.shape[0]):
         if S[s, 3] == -1:
@@ -125,6 +128,13 @@ def fill_slots(R, S, lo, hoff, tn_off, lut):
         if S[s, 3] == F64:
             any64 = True
     return any64
+
+
+@njit(cache=True)
+def list_probe(values, items_off):
+    """The first two addresses in a list's item array: checked against id() once per process."""
+    items = _load_i64(values + items_off)
+    return _load_i64(items), _load_i64(items + 8)
 
 
 @njit(cache=True)

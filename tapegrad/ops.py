@@ -77,7 +77,7 @@ def _unary(op, x, value, i0=0, i1=0, f0=0.0):
             s = tape.ns
             if s >= tape.cap:
                 tape._grow()
-            _pack_row(tape.rows, tape.n * 72, op.code, a, -1, -1, s, i0, i1, f0, id(value))  # (no slot: tape.py)
+            _pack_row(tape.rows, tape.n << 6, op.code, a, -1, -1, s, i0, i1, f0)  # (no slot: tape.py)
             tape.values.append(value)
             tape.n += 1
             tape.ns = s + 1
@@ -121,7 +121,7 @@ def _float_unary(op):
                 s = tape.ns
                 if s >= tape.cap:
                     tape._grow()
-                _pack_row(tape.rows, tape.n * 72, code, a, -1, -1, s, 0, 0, 0.0, id(value))
+                _pack_row(tape.rows, tape.n << 6, code, a, -1, -1, s, 0, 0, 0.0)
                 tape.values.append(value)
                 tape.n += 1
                 tape.ns = s + 1
@@ -172,7 +172,7 @@ def _scalar_operator(op, generic):
                 s = tape.ns
                 if s >= tape.cap:
                     tape._grow()
-                _pack_row(tape.rows, tape.n * 72, code, a, -1, -1, s, 0, 0, y, id(value))
+                _pack_row(tape.rows, tape.n << 6, code, a, -1, -1, s, 0, 0, y)
                 tape.values.append(value)
                 tape.n += 1
                 tape.ns = s + 1
@@ -225,7 +225,7 @@ def _binary_rec(op, x, y, value):
             s = tape.ns
             if s >= tape.cap:
                 tape._grow()
-            _pack_row(tape.rows, tape.n * 72, op.code, a, b, -1, s, 0, 0, 0.0, id(value))
+            _pack_row(tape.rows, tape.n << 6, op.code, a, b, -1, s, 0, 0, 0.0)
             tape.values.append(value)
             tape.n += 1
             tape.ns = s + 1
