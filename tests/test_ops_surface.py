@@ -364,7 +364,7 @@ def test_float_operand_cache_stays_bounded():
 
 
 # The operators with a Python float and the unary float functions have their own recorders
-# (ops._scalar_operator, ops._float_unary): they must agree with torch in value, dtype, node and
+# (ops._recorder): they must agree with torch in value, dtype, node and
 # gradient for every kind of tensor, and send what they do not handle to the general path.
 OPERATOR_EXPRS = ["x + 0.5", "0.5 + x", "x - 0.5", "x * 0.5", "0.5 * x", "x / 0.5", "x * 2", "x + True",
                   "lib.sin(x)", "lib.exp(x)", "lib.tanh(x)", "lib.sqrt(x.abs() + 1)"]
@@ -416,3 +416,12 @@ def test_gradients_at_singular_points_match_torch(expr, dtype):
             eval(expr, {"x": x}).sum().backward()
         grads.append(x.grad.numpy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call", [lambda lib, x: lib.sin(x, 2.0), lambda lib, x: lib.exp(x, x),
+                                  lambda lib, x: x.tanh(0.5)])
+def test_unary_functions_refuse_a_second_argument(call):
+    torch = pytest.importorskip("torch")
+    for lib in (tg, torch):
+        with pytest.raises(TypeError):
+            call(lib, lib.ones(2, requires_grad=True))
