@@ -152,11 +152,45 @@ def _same(op, x, y):
     xv, yv = x._value, y._value
     if xv.shape == yv.shape and xv.dtype == yv.dtype:
         return _binary_rec(op, x, y, op.forward(xv, yv))
-    return add(x, y) if op is ADD else mul(x, y)
+    return add(x, y) if op is ADD else sub(x, y) if op is SUB else mul(x, y)
 
 
-def add_grads(old, g):
-    """old + g, two gradients of one tensor (the create_graph walk's accumulation)."""
+class Negated:
+    """The gradient -t of a tracked t, its neg row not recorded: the create_graph walk
+    (engine_cpu._run_python) hands t to a VJP that commutes with the sign (SIGN_THROUGH) and
+    negates what comes out, or subtracts t where it accumulates, and records the neg only where
+    neither can take it. A sign flip is exact, so the values are torch's bit for bit (W4's
+    Rosenbrock: the negations of sub's and rsub's VJPs cost no rows)."""
+    __slots__ = ("t",)
+
+    def __init__(self, t):
+        self.t = t
+
+
+def negated(g):
+    """-g in a VJP (neg, sub, rsub): unrecorded for a tracked g, -(-t) is t."""
+    if g.__class__ is Negated:
+        return g.t
+    return Negated(g) if g._rg else -g
+
+
+def plain(g):
+    """A gradient of the create_graph walk as a Tensor: a Negated one gets its neg row."""
+    return neg(g.t) if g.__class__ is Negated else g
+
+
+def add_grads(old, g, exported=False):
+    """old + g, two gradients of one tensor (the create_graph walk's accumulation). With Negated
+    ones a + -b is a - b and -a + -b is -(a + b), bit for bit; but a gradient that leaves the
+    walk (``exported``) is summed as torch sums it, so that it shows torch's AddBackward0."""
+    if old.__class__ is Negated or g.__class__ is Negated:
+        if exported:
+            return _same(ADD, plain(old), plain(g))
+        if old.__class__ is not Negated:
+            return _same(SUB, old, g.t)
+        if g.__class__ is not Negated:
+            return _same(SUB, g, old.t)
+        return Negated(_same(ADD, old.t, g.t))
     return _same(ADD, old, g)
 
 
@@ -292,7 +326,14 @@ def _sum_to(g, shape):
 # Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
 # summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
 ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i))
-SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: _fit((g, -g), i))
+
+
+def _sub_vjp(g, i, o, r):
+    ga, gb = _fit((g, g), i)
+    return (ga, negated(g)) if gb is g else _fit((g, -g), i)  # (a broadcast b: summed after the neg, as torch)
+
+
+SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp)
 
 
 def _mul_vjp(g, i, o, r):
@@ -309,7 +350,8 @@ POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
           lambda g, i, o, r: _fit((g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), i), reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
-RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
+RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
+                  lambda g, i, o, r: (negated(g),))
 def _broadcast(v, shape):
     """np.broadcast_to(v, shape) for v of shape ``shape`` with some 1s (or 0-d): a read-only
     view with stride 0 along the broadcast axes, made in 0.5 us instead of broadcast_to's 4
@@ -369,7 +411,7 @@ POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c
                  "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
-NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (-g,))
+NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (negated(g),))
 RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divide(1, x), "adj_reciprocal",
                  lambda g, i, o, r: (-g * o * o,), reads=("out",))
 EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
@@ -401,6 +443,12 @@ RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
            lambda g, i, o, r: (g * gt(o, 0),), reads=("out",))
 SQRT = row("sqrt", "SqrtBackward0", 1, np.sqrt, "adj_sqrt", lambda g, i, o, r: (g / (2 * o),), reads=("out",))
 ABS = row("abs", "AbsBackward0", 1, np.abs, "adj_abs", lambda g, i, o, r: (g * sign(i[0]),), reads=(0,))
+
+# Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
+# (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
+# hands them a Negated gradient's t and negates what they return.
+SIGN_THROUGH = frozenset({ADD, SUB, MUL, DIV, ADD_SCALAR, SUB_SCALAR, RSUB_SCALAR, MUL_SCALAR, DIV_SCALAR,
+                          POW_SCALAR, NEG, EXP, LOG, SIN, COS, TANH, SQRT})
 
 
 def _sum_vjp(g, i, o, r):
