@@ -427,7 +427,8 @@ def _run_python(tape, seeds, req):
     wanted = _wanted_slots(tape, req)
     # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
     rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
-    table, function_code, hooks, sign_through = ops.TABLE, ops.FUNCTION.code, tape.hooks, ops.SIGN_THROUGH
+    table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
+    sign_through, takes_negated = ops.SIGN_THROUGH, ops.TAKES_NEGATED
     cache = {-1: None}  # slot -> the Tensor standing for it, shared by the rows that read it
     values, vcs, result = tape.values, tape.vcs, ops._result
 
@@ -452,13 +453,13 @@ def _run_python(tape, seeds, req):
         g = grads[o] if o in wanted else grads.pop(o)
         op = table[r[0]]
         sign = False
-        if g.__class__ is Negated:
-            # -t: t through a VJP that commutes with the sign, its results negated (no row), unless
-            # one goes out (it would show NegBackward0 where torch's shows that VJP's last op)
-            if op in sign_through and not (r[1] in wanted or r[2] in wanted or r[3] in wanted) and \
-                    not (hooks and o in hooks):
+        if g.__class__ is not Tensor:  # a deferred sign or run (ops.Negated, ops.Run)
+            if g.__class__ is Negated and not (hooks and o in hooks) and op in sign_through and \
+                    not (r[1] in wanted or r[2] in wanted or r[3] in wanted):
+                # t through a VJP that commutes with the sign, what it returns negated (no row); not
+                # for one going out: it would show NegBackward0 where torch's shows the VJP's last op
                 g, sign = g.t, True
-            else:
+            elif g.__class__ is not Negated or hooks and o in hooks or op not in takes_negated:
                 g = plain(g)
                 if o in grads:
                     grads[o] = g

@@ -174,15 +174,35 @@ def negated(g):
     return Negated(g) if g._rg else -g
 
 
+class Run:
+    """The gradient of x from a contiguous run of it (x[1:]): zeros of ``shape`` holding g (a Tensor
+    or Negated) from flat offset ``off``, not yet recorded. Added to x's other gradient it is one
+    add_run row, where a scatter would write a zeroed copy of x and an add read it again (W4's
+    x[:-1] and x[1:]); alone it becomes that scatter."""
+    __slots__ = ("g", "off", "shape")
+
+    def __init__(self, g, off, shape):
+        self.g, self.off, self.shape = g, off, shape
+
+
 def plain(g):
-    """A gradient of the create_graph walk as a Tensor: a Negated one gets its neg row."""
-    return neg(g.t) if g.__class__ is Negated else g
+    """A gradient of the create_graph walk as a Tensor: a Negated one gets its neg row, a Run its scatter."""
+    if g.__class__ is Negated:
+        return neg(g.t)
+    if g.__class__ is Run:
+        return _scatter_run(plain(g.g), g.off, g.shape)
+    return g
 
 
 def add_grads(old, g, exported=False):
     """old + g, two gradients of one tensor (the create_graph walk's accumulation). With Negated
     ones a + -b is a - b and -a + -b is -(a + b), bit for bit; but a gradient that leaves the
-    walk (``exported``) is summed as torch sums it, so that it shows torch's AddBackward0."""
+    walk (``exported``) is summed as torch sums it, so that it shows torch's AddBackward0. A Run
+    is added in place of its zeros (add_run, shown as AddBackward0)."""
+    if old.__class__ is Run and (g.__class__ is not Run or old.g.__class__ is Negated):
+        old, g = g, old  # g + old: the same bits; of two runs, scatter one without a sign
+    if g.__class__ is Run:
+        return add_run(plain(old), g)
     if old.__class__ is Negated or g.__class__ is Negated:
         if exported:
             return _same(ADD, plain(old), plain(g))
@@ -489,9 +509,9 @@ T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp)
 
 
 def _gather_vjp(g, i, o, r):
-    if r[2] < 0:  # a contiguous run of the input, from flat offset i0
-        return (_scatter_run(g, r[5], i[0].shape), None)
-    return (_scatter_flat(g, i[1], i[0].shape), None)
+    if r[2] < 0:  # a contiguous run of the input, from flat offset i0 (g may be Negated: TAKES_NEGATED)
+        return (Run(g, r[5], i[0].shape), None)
+    return (_scatter_flat(plain(g), i[1], i[0].shape), None)
 
 
 def _scatter_vjp(g, i, o, r):
@@ -510,6 +530,18 @@ INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp)
 ALIAS = row("alias", "AliasBackward0", 2, None, "adj_getitem", _gather_vjp)
 UNSQUEEZE_KEY = row("index_unsqueeze", "UnsqueezeBackward0", 2, None, "adj_getitem", _gather_vjp)
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp)
+
+
+def _add_run_vjp(g, i, o, r):
+    gb = _gather_run(g, r[5], tuple(i[1].shape))
+    return (g, gb if r[7] > 0 else negated(gb))
+
+
+# a + f0 * scatter(b at flat offset i0), f0 = 1 or -1: the create_graph walk's sum of x's gradient
+# and a Run (ops.Run); shown as the add it stands for
+ADD_RUN = row("add_run", "AddBackward0", 2, None, "adj_add_run", _add_run_vjp)
+# VJPs that take a Negated gradient themselves (a Run carries its sign to where it is added)
+TAKES_NEGATED = frozenset(op for op in TABLE if op.vjp is _gather_vjp)
 
 
 def _setitem_vjp(g, i, o, r):
@@ -1268,6 +1300,25 @@ def _scatter_run(g, off, shape):
     if g._rg and _state.grad_enabled:
         tape = current_tape()
         return _result(out, tape, tape.push(SCATTER_FLAT.code, tape.slot_of(g), -1, -1, off, 0, 0.0, out, None), None)
+    return _leaf(out)
+
+
+def add_run(base, run):
+    """base + the Run ``run`` (a row add_run): base's values, plus or minus run.g's at the run.
+    Outside the run base + 0.0 and inside base + (-t) as base - t: torch's sum of base and the
+    scatter, bit for bit (-0.0 + 0.0 is 0.0)."""
+    g, sign = (run.g.t, -1.0) if run.g.__class__ is Negated else (run.g, 1.0)
+    bv, gv = base._value, g._value
+    off, end = run.off, run.off + gv.size
+    out = np.empty(bv.shape, bv.dtype)  # (C order: dst below is a view of it, src a C-ordered copy if need be)
+    src, dst = bv.reshape(-1), out.reshape(-1)
+    np.add(src[:off], 0.0, out=dst[:off])
+    (np.add if sign > 0 else np.subtract)(src[off:end], gv.reshape(-1), out=dst[off:end])
+    np.add(src[end:], 0.0, out=dst[end:])
+    if (base._rg or g._rg) and _state.grad_enabled:
+        tape = current_tape()
+        a, b = tape.slot_of(base), tape.slot_of(g)
+        return _result(out, tape, tape.push(ADD_RUN.code, a, b, -1, off, 0, sign, out, None), None)
     return _leaf(out)
 
 

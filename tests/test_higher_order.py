@@ -118,6 +118,8 @@ CASES = {
     # the VJP of getitem: recorded by the first derivative, differentiated by the second and third
     "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[0], [(4,)], normal),
     "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
+    # the create_graph walk's sum of x's gradients from two runs of it: a scatter and an add_run
+    "add_run": (lambda lib, x: ((x[1:] - x[:-1]) ** 3).sum() * x[0], [(5,)], normal),
     "to": (lambda lib, x: ((x.float() * 2).double() ** 3).sum(), [(3,)], normal,
            {"rtol": 1e-5, "fd_rtol": 1e-3, "eps": 1e-3}),
     "clone": (lambda lib, x: (x.clone() ** 3).sum(), [(3,)], normal),
@@ -519,7 +521,7 @@ def test_deferred_negation_matches_torch_and_the_recorded_negation(name, monkeyp
 
 def test_rosenbrock_gradient_records_no_negation():
     """W4's create_graph pass: the signs of sub's and rsub's VJPs fold into the rows around them
-    (one is left, before x[:-1]'s scatter);
+    (x[:-1]'s into the add_run that sums x's gradient);
     the gradient is torch's bit for bit and shows torch's grad_fn."""
     torch = pytest.importorskip("torch")
     a = RNG.standard_normal(50)
@@ -534,6 +536,6 @@ def test_rosenbrock_gradient_records_no_negation():
         if lib is tg:
             R, _ = g._tape.row_table()
             recorded = [ops.TABLE[c].name for c in R[n:, 0].tolist()]
-            assert recorded.count("neg") == 1, recorded
+            assert "neg" not in recorded, recorded
     assert gs[0].grad_fn.name() == type(gs[1].grad_fn).__name__
     assert gs[0].detach().numpy().tobytes() == gs[1].detach().numpy().tobytes()
