@@ -670,13 +670,15 @@ def adj_scatter_flat(e, R, RF, C):
 
 @njit(cache=True)
 def adj_add_run(e, R, RF, C):
-    """a + f0 * (b placed at flat offset i0): a's gradient is g, b's is f0 times g's run (ASSIGNS)."""
+    """a + f0 * (b placed at flat offset i0), a smaller than the output placed at i1: a's gradient
+    is g (or its run from i1), b's is f0 times g's run from i0 (ASSIGNS)."""
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
     if rg(C, a):
         ga, f = grad(C, a), claim(C, a)
-        for i in range(g.size):
-            put(ga, i, g[i], f)
+        lo = 0 if ga.size == g.size else R[e, 6]
+        for k in range(ga.size):
+            put(ga, k, g[lo + k], f)
     if rg(C, b):
         gb, f, off, c = grad(C, b), claim(C, b), R[e, 5], RF[e, 7]
         for k in range(gb.size):

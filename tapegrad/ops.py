@@ -198,11 +198,11 @@ def add_grads(old, g, exported=False):
     """old + g, two gradients of one tensor (the create_graph walk's accumulation). With Negated
     ones a + -b is a - b and -a + -b is -(a + b), bit for bit; but a gradient that leaves the
     walk (``exported``) is summed as torch sums it, so that it shows torch's AddBackward0. A Run
-    is added in place of its zeros (add_run, shown as AddBackward0)."""
+    is added in place of its zeros, to another Run too (add_run, shown as AddBackward0)."""
     if old.__class__ is Run and (g.__class__ is not Run or old.g.__class__ is Negated):
         old, g = g, old  # g + old: the same bits; of two runs, scatter one without a sign
     if g.__class__ is Run:
-        return add_run(plain(old), g)
+        return add_run(old if old.__class__ is Run and old.g.__class__ is not Negated else plain(old), g)
     if old.__class__ is Negated or g.__class__ is Negated:
         if exported:
             return _same(ADD, plain(old), plain(g))
@@ -533,12 +533,15 @@ SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_fl
 
 
 def _add_run_vjp(g, i, o, r):
-    gb = _gather_run(g, r[5], tuple(i[1].shape))
-    return (g, gb if r[7] > 0 else negated(gb))
+    a, b = i
+    ga = g if a._value.size == o._value.size else _gather_run(g, r[6], tuple(a.shape))
+    gb = _gather_run(g, r[5], tuple(b.shape))
+    return (ga, gb if r[7] > 0 else negated(gb))
 
 
-# a + f0 * scatter(b at flat offset i0), f0 = 1 or -1: the create_graph walk's sum of x's gradient
-# and a Run (ops.Run); shown as the add it stands for
+# a + f0 * scatter(b at flat offset i0), f0 = 1 or -1, a smaller than the output placed at flat
+# offset i1: the create_graph walk's sum of x's gradient and a Run (ops.Run, add_run); shown as
+# the add it stands for
 ADD_RUN = row("add_run", "AddBackward0", 2, None, "adj_add_run", _add_run_vjp)
 # VJPs that take a Negated gradient themselves (a Run carries its sign to where it is added)
 TAKES_NEGATED = frozenset(op for op in TABLE if op.vjp is _gather_vjp)
@@ -1305,20 +1308,36 @@ def _scatter_run(g, off, shape):
 
 def add_run(base, run):
     """base + the Run ``run`` (a row add_run): base's values, plus or minus run.g's at the run.
-    Outside the run base + 0.0 and inside base + (-t) as base - t: torch's sum of base and the
-    scatter, bit for bit (-0.0 + 0.0 is 0.0)."""
+    base may be an unsigned Run itself (from flat offset i1): x's gradients from two slices (W4's
+    x[1:] and x[:-1]) then cost one row. Each element is torch's sum of the scatters bit for bit:
+    base alone gives base + 0.0 (-0.0 + 0.0 is 0.0), the run alone 0.0 + t or 0.0 - t, both
+    base + t or base - t (for base + (-t))."""
     g, sign = (run.g.t, -1.0) if run.g.__class__ is Negated else (run.g, 1.0)
-    bv, gv = base._value, g._value
+    gv = g._value.reshape(-1)
     off, end = run.off, run.off + gv.size
-    out = np.empty(bv.shape, bv.dtype)  # (C order: dst below is a view of it, src a C-ordered copy if need be)
-    src, dst = bv.reshape(-1), out.reshape(-1)
-    np.add(src[:off], 0.0, out=dst[:off])
-    (np.add if sign > 0 else np.subtract)(src[off:end], gv.reshape(-1), out=dst[off:end])
-    np.add(src[end:], 0.0, out=dst[end:])
-    if (base._rg or g._rg) and _state.grad_enabled:
+    add = np.add if sign > 0 else np.subtract
+    if base.__class__ is Run:
+        a, i1 = base.g, base.off
+        av = a._value.reshape(-1)
+        hi = i1 + av.size
+        out = np.zeros(run.shape, av.dtype)
+        dst = out.reshape(-1)
+        dst[i1:hi] = av
+        np.add(dst[i1:min(hi, off)], 0.0, out=dst[i1:min(hi, off)])
+        np.add(dst[max(i1, end):hi], 0.0, out=dst[max(i1, end):hi])
+        add(dst[off:end], gv, out=dst[off:end])
+    else:
+        a, i1 = base, 0
+        bv = base._value
+        out = np.empty(bv.shape, bv.dtype)  # (C order: dst is a view of it, src a C-ordered copy if need be)
+        src, dst = bv.reshape(-1), out.reshape(-1)
+        np.add(src[:off], 0.0, out=dst[:off])
+        add(src[off:end], gv, out=dst[off:end])
+        np.add(src[end:], 0.0, out=dst[end:])
+    if (a._rg or g._rg) and _state.grad_enabled:
         tape = current_tape()
-        a, b = tape.slot_of(base), tape.slot_of(g)
-        return _result(out, tape, tape.push(ADD_RUN.code, a, b, -1, off, 0, sign, out, None), None)
+        sa, sb = tape.slot_of(a), tape.slot_of(g)
+        return _result(out, tape, tape.push(ADD_RUN.code, sa, sb, -1, off, i1, sign, out, None), None)
     return _leaf(out)
 
 
