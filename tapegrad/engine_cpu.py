@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
-from .ops import add_grads
+from .ops import Negated, add_grads, negated, plain
 from .tensor import Size, Tensor
 from .tensor import _new
 from .tensor import leaf as _leaf
@@ -404,7 +404,7 @@ def _function_python(tape, call, grads, wanted):
     for s in call.out_slots:
         g = None
         if s >= 0 and s in grads:
-            g = grads[s] if s in wanted else grads.pop(s)
+            g = grads[s] = plain(grads[s] if s in wanted else grads.pop(s))
             for hook in tape.hooks.get(s, ()):
                 r = hook(g)
                 if r is not None:
@@ -435,6 +435,7 @@ def _run_python(tape, seeds, req):
     # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
     rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
+    sign_through, takes_negated = ops.SIGN_THROUGH, ops.TAKES_NEGATED
     cache = {-1: None}  # slot -> the Tensor standing for it, shared by the rows that read it
     values, vcs, result = tape.values, tape.vcs, ops._result
 
@@ -457,12 +458,23 @@ def _run_python(tape, seeds, req):
         if not needl[o] or o not in grads:
             continue
         g = grads[o] if o in wanted else grads.pop(o)
+        op = table[r[0]]
+        sign = False
+        if g.__class__ is not Tensor:  # a deferred sign or run (ops.Negated, ops.Run)
+            if g.__class__ is Negated and not (hooks and o in hooks) and op in sign_through and \
+                    not (r[1] in wanted or r[2] in wanted or r[3] in wanted):
+                # t through a VJP that commutes with the sign, what it returns negated (no row); not
+                # for one going out: it would show NegBackward0 where torch's shows the VJP's last op
+                g, sign = g.t, True
+            elif g.__class__ is not Negated or hooks and o in hooks or op not in takes_negated:
+                g = plain(g)
+                if o in grads:
+                    grads[o] = g
         if hooks:
             for hook in hooks.get(o, ()):
                 h = hook(g)
                 if h is not None:
                     g = grads[o] = h
-        op = table[r[0]]
         n = op.arity
         ins = (arg(r[1]),) if n == 1 else (arg(r[1]), arg(r[2])) if n == 2 else (arg(r[1]), arg(r[2]), arg(r[3]))
         gins = op.vjp(g, ins, arg(o), (*r, consts[e]))
@@ -471,13 +483,15 @@ def _run_python(tape, seeds, req):
             s = r[1 + k]
             if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
                 continue
+            if sign:
+                gi = negated(gi)
             old = grads.get(s)
-            grads[s] = gi if old is None else add_grads(old, gi)
+            grads[s] = gi if old is None else add_grads(old, gi, s in wanted)
     links = {}
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:
             continue
-        g = grads[s]
+        g = plain(grads[s])
         if not g._rg and 0 in g._value.strides and g._value.size > 1:  # one number broadcast (ops._uniform)
             g = ops._leaf(np.ascontiguousarray(g._value))  # handed out: a tensor of its own, as torch's
         _route(tape, s, kind, who, g, req, links)

@@ -690,6 +690,23 @@ def adj_scatter_flat(e, R, RF, C):
 
 
 @njit(cache=True)
+def adj_add_run(e, R, RF, C):
+    """a + f0 * (b placed at flat offset i0), a smaller than the output placed at i1: a's gradient
+    is g (or its run from i1), b's is f0 times g's run from i0 (ASSIGNS)."""
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    g = grad(C, o)
+    if rg(C, a):
+        ga, f = grad(C, a), claim(C, a)
+        lo = 0 if ga.size == g.size else R[e, 6]
+        for k in range(ga.size):
+            put(ga, k, g[lo + k], f)
+    if rg(C, b):
+        gb, f, off, c = grad(C, b), claim(C, b), R[e, 5], RF[e, 7]
+        for k in range(gb.size):
+            put(gb, k, g[off + k] * c, f)
+
+
+@njit(cache=True)
 def adj_function(e, R, RF, C):
     """A custom autograd.Function: its backward is Python, run by the engine between replay
     segments; a replay that reaches this row is a driver bug (dispatch reports ERR_PYTHON)."""
@@ -1302,18 +1319,19 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf", "adj_leaky_relu", "adj_gelu",
            "adj_softplus", "adj_clamp", "adj_zero", "adj_maximum", "adj_where", "adj_masked_fill", "adj_prod",
            "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax", "adj_log_softmax", "adj_bmm", "adj_cat",
-           "adj_scatter_add", "adj_copy", "adj_nll")
+           "adj_scatter_add", "adj_copy", "adj_nll", "adj_add_run")
 (K_ADD, K_SUB, K_MUL, K_DIV, K_POW, K_IDENTITY, K_NEG, K_MUL_SCALAR, K_DIV_SCALAR, K_POW_SCALAR,
  K_RPOW_SCALAR, K_RECIPROCAL, K_EXP, K_LOG, K_SIN, K_COS, K_TANH, K_SIGMOID, K_RELU, K_SQRT, K_ABS,
  K_SUM, K_EXPAND, K_MM, K_PERMUTE, K_GETITEM, K_SCATTER_FLAT, K_SETITEM, K_CAST, K_FUNCTION,
  K_RSQRT, K_LOG1P, K_EXPM1, K_TAN, K_ERF, K_LEAKY_RELU, K_GELU, K_SOFTPLUS, K_CLAMP, K_ZERO, K_MAXIMUM,
  K_WHERE, K_MASKED_FILL, K_PROD, K_AMAX, K_NORM, K_CUMSUM, K_SOFTMAX, K_LOG_SOFTMAX, K_BMM, K_CAT,
- K_SCATTER_ADD, K_COPY, K_NLL) = range(len(KERNELS))
+ K_SCATTER_ADD, K_COPY, K_NLL, K_ADD_RUN) = range(len(KERNELS))
 OP_KERNEL = np.array([KERNELS.index(r.kernel) for r in ops.TABLE], np.int64)
 # kernels whose every write to an input's gradient goes through claim/put (or beta for gemm)
 ASSIGNS = np.array([k in ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_identity", "adj_neg",
                           "adj_mul_scalar", "adj_pow_scalar", "adj_exp", "adj_sin", "adj_cos", "adj_tanh",
-                          "adj_sigmoid", "adj_sum", "adj_expand", "adj_mm", "adj_bmm", "adj_scatter_flat")
+                          "adj_sigmoid", "adj_sum", "adj_expand", "adj_mm", "adj_bmm", "adj_scatter_flat",
+                          "adj_add_run")
                     for k in KERNELS])
 
 
@@ -1430,6 +1448,8 @@ def dispatch(k, e, R, RF, C):
         adj_copy(e, R, RF, C)
     elif k == K_NLL:
         adj_nll(e, R, RF, C)
+    elif k == K_ADD_RUN:
+        adj_add_run(e, R, RF, C)
     else:
         return ERR_OPCODE
     return OK

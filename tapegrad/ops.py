@@ -217,11 +217,65 @@ def _same(op, x, y):
     xv, yv = x._value, y._value
     if xv.shape == yv.shape and xv.dtype == yv.dtype:
         return _binary_rec(op, x, y, op.forward(xv, yv))
-    return add(x, y) if op is ADD else mul(x, y)
+    return add(x, y) if op is ADD else sub(x, y) if op is SUB else mul(x, y)
 
 
-def add_grads(old, g):
-    """old + g, two gradients of one tensor (the create_graph walk's accumulation)."""
+class Negated:
+    """The gradient -t of a tracked t, its neg row not recorded: the create_graph walk
+    (engine_cpu._run_python) hands t to a VJP that commutes with the sign (SIGN_THROUGH) and
+    negates what comes out, or subtracts t where it accumulates, and records the neg only where
+    neither can take it. A sign flip is exact, so the values are torch's bit for bit (W4's
+    Rosenbrock: the negations of sub's and rsub's VJPs cost no rows)."""
+    __slots__ = ("t",)
+
+    def __init__(self, t):
+        self.t = t
+
+
+def negated(g):
+    """-g in a VJP (neg, sub, rsub): unrecorded for a tracked g, -(-t) is t."""
+    if g.__class__ is Negated:
+        return g.t
+    return Negated(g) if g._rg else -g
+
+
+class Run:
+    """The gradient of x from a contiguous run of it (x[1:]): zeros of ``shape`` holding g (a Tensor
+    or Negated) from flat offset ``off``, not yet recorded. Added to x's other gradient it is one
+    add_run row, where a scatter would write a zeroed copy of x and an add read it again (W4's
+    x[:-1] and x[1:]); alone it becomes that scatter."""
+    __slots__ = ("g", "off", "shape")
+
+    def __init__(self, g, off, shape):
+        self.g, self.off, self.shape = g, off, shape
+
+
+def plain(g):
+    """A gradient of the create_graph walk as a Tensor: a Negated one gets its neg row, a Run its scatter."""
+    if g.__class__ is Negated:
+        return neg(g.t)
+    if g.__class__ is Run:
+        return _scatter_run(plain(g.g), g.off, g.shape)
+    return g
+
+
+def add_grads(old, g, exported=False):
+    """old + g, two gradients of one tensor (the create_graph walk's accumulation). With Negated
+    ones a + -b is a - b and -a + -b is -(a + b), bit for bit; but a gradient that leaves the
+    walk (``exported``) is summed as torch sums it, so that it shows torch's AddBackward0. A Run
+    is added in place of its zeros, to another Run too (add_run, shown as AddBackward0)."""
+    if old.__class__ is Run and (g.__class__ is not Run or old.g.__class__ is Negated):
+        old, g = g, old  # g + old: the same bits; of two runs, scatter one without a sign
+    if g.__class__ is Run:
+        return add_run(old if old.__class__ is Run and old.g.__class__ is not Negated else plain(old), g)
+    if old.__class__ is Negated or g.__class__ is Negated:
+        if exported:
+            return _same(ADD, plain(old), plain(g))
+        if old.__class__ is not Negated:
+            return _same(SUB, old, g.t)
+        if g.__class__ is not Negated:
+            return _same(SUB, g, old.t)
+        return Negated(_same(ADD, old.t, g.t))
     return _same(ADD, old, g)
 
 
@@ -362,7 +416,14 @@ def _sum_to(g, shape):
 # Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
 # summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
 ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i))
-SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", lambda g, i, o, r: _fit((g, -g), i))
+
+
+def _sub_vjp(g, i, o, r):
+    ga, gb = _fit((g, g), i)
+    return (ga, negated(g)) if gb is g else _fit((g, -g), i)  # (a broadcast b: summed after the neg, as torch)
+
+
+SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp)
 
 
 def _mul_vjp(g, i, o, r):
@@ -379,7 +440,8 @@ POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
           lambda g, i, o, r: _fit((g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), i), reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
-RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg", lambda g, i, o, r: (-g,))
+RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
+                  lambda g, i, o, r: (negated(g),))
 def _broadcast(v, shape):
     """np.broadcast_to(v, shape) for v of shape ``shape`` with some 1s (or 0-d): a read-only
     view with stride 0 along the broadcast axes, made in 0.5 us instead of broadcast_to's 4
@@ -439,7 +501,7 @@ POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c
                  "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
-NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (-g,))
+NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (negated(g),))
 RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divide(1, x), "adj_reciprocal",
                  lambda g, i, o, r: (-g * o * o,), reads=("out",))
 EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
@@ -471,6 +533,12 @@ RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
            lambda g, i, o, r: (g * gt(o, 0),), reads=("out",))
 SQRT = row("sqrt", "SqrtBackward0", 1, np.sqrt, "adj_sqrt", lambda g, i, o, r: (g / (2 * o),), reads=("out",))
 ABS = row("abs", "AbsBackward0", 1, np.abs, "adj_abs", lambda g, i, o, r: (g * sign(i[0]),), reads=(0,))
+
+# Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
+# (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
+# hands them a Negated gradient's t and negates what they return.
+SIGN_THROUGH = frozenset({ADD, SUB, MUL, DIV, ADD_SCALAR, SUB_SCALAR, RSUB_SCALAR, MUL_SCALAR, DIV_SCALAR,
+                          POW_SCALAR, NEG, EXP, LOG, SIN, COS, TANH, SQRT})
 
 
 def _sum_vjp(g, i, o, r):
@@ -511,9 +579,9 @@ T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp)
 
 
 def _gather_vjp(g, i, o, r):
-    if r[2] < 0:  # a contiguous run of the input, from flat offset i0
-        return (_scatter_run(g, r[5], i[0].shape), None)
-    return (_scatter_flat(g, i[1], i[0].shape), None)
+    if r[2] < 0:  # a contiguous run of the input, from flat offset i0 (g may be Negated: TAKES_NEGATED)
+        return (Run(g, r[5], i[0].shape), None)
+    return (_scatter_flat(plain(g), i[1], i[0].shape), None)
 
 
 def _scatter_vjp(g, i, o, r):
@@ -532,6 +600,21 @@ INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp)
 ALIAS = row("alias", "AliasBackward0", 2, None, "adj_getitem", _gather_vjp)
 UNSQUEEZE_KEY = row("index_unsqueeze", "UnsqueezeBackward0", 2, None, "adj_getitem", _gather_vjp)
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp)
+
+
+def _add_run_vjp(g, i, o, r):
+    a, b = i
+    ga = g if a._value.size == o._value.size else _gather_run(g, r[6], tuple(a.shape))
+    gb = _gather_run(g, r[5], tuple(b.shape))
+    return (ga, gb if r[7] > 0 else negated(gb))
+
+
+# a + f0 * scatter(b at flat offset i0), f0 = 1 or -1, a smaller than the output placed at flat
+# offset i1: the create_graph walk's sum of x's gradient and a Run (ops.Run, add_run); shown as
+# the add it stands for
+ADD_RUN = row("add_run", "AddBackward0", 2, None, "adj_add_run", _add_run_vjp)
+# VJPs that take a Negated gradient themselves (a Run carries its sign to where it is added)
+TAKES_NEGATED = frozenset(op for op in TABLE if op.vjp is _gather_vjp)
 
 
 def _setitem_vjp(g, i, o, r):
@@ -1266,6 +1349,41 @@ def _scatter_run(g, off, shape):
     if g._rg and _state.grad_enabled:
         tape = current_tape()
         return _result(out, tape, tape.push(SCATTER_FLAT.code, tape.slot_of(g), -1, -1, off, 0, 0.0, out, None), None)
+    return _leaf(out)
+
+
+def add_run(base, run):
+    """base + the Run ``run`` (a row add_run): base's values, plus or minus run.g's at the run.
+    base may be an unsigned Run itself (from flat offset i1): x's gradients from two slices (W4's
+    x[1:] and x[:-1]) then cost one row. Each element is torch's sum of the scatters bit for bit:
+    base alone gives base + 0.0 (-0.0 + 0.0 is 0.0), the run alone 0.0 + t or 0.0 - t, both
+    base + t or base - t (for base + (-t))."""
+    g, sign = (run.g.t, -1.0) if run.g.__class__ is Negated else (run.g, 1.0)
+    gv = g._value.reshape(-1)
+    off, end = run.off, run.off + gv.size
+    add = np.add if sign > 0 else np.subtract
+    if base.__class__ is Run:
+        a, i1 = base.g, base.off
+        av = a._value.reshape(-1)
+        hi = i1 + av.size
+        out = np.zeros(run.shape, av.dtype)
+        dst = out.reshape(-1)
+        dst[i1:hi] = av
+        np.add(dst[i1:min(hi, off)], 0.0, out=dst[i1:min(hi, off)])
+        np.add(dst[max(i1, end):hi], 0.0, out=dst[max(i1, end):hi])
+        add(dst[off:end], gv, out=dst[off:end])
+    else:
+        a, i1 = base, 0
+        bv = base._value
+        out = np.empty(bv.shape, bv.dtype)  # (C order: dst is a view of it, src a C-ordered copy if need be)
+        src, dst = bv.reshape(-1), out.reshape(-1)
+        np.add(src[:off], 0.0, out=dst[:off])
+        add(src[off:end], gv, out=dst[off:end])
+        np.add(src[end:], 0.0, out=dst[end:])
+    if (a._rg or g._rg) and _state.grad_enabled:
+        tape = current_tape()
+        sa, sb = tape.slot_of(a), tape.slot_of(g)
+        return _result(out, tape, tape.push(ADD_RUN.code, sa, sb, -1, off, i1, sign, out, None), None)
     return _leaf(out)
 
 

@@ -118,6 +118,8 @@ CASES = {
     # the VJP of getitem: recorded by the first derivative, differentiated by the second and third
     "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[0], [(4,)], normal),
     "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
+    # the create_graph walk's sum of x's gradients from two runs of it: a scatter and an add_run
+    "add_run": (lambda lib, x: ((x[1:] - x[:-1]) ** 3).sum() * x[0], [(5,)], normal),
     "to": (lambda lib, x: ((x.float() * 2).double() ** 3).sum(), [(3,)], normal,
            {"rtol": 1e-5, "fd_rtol": 1e-3, "eps": 1e-3}),
     "clone": (lambda lib, x: (x.clone() ** 3).sum(), [(3,)], normal),
@@ -432,3 +434,108 @@ def test_parameter_grad_with_graph_does_not_keep_the_tape_alive():
         assert param() is None and tape() is None
     finally:
         gc.enable()
+
+
+# -- the create_graph walk defers negations (ops.Negated) --------------------------------------
+def _cube_of(lib, t):
+    return _cube_fn(lib).apply(t)
+
+
+# programs where a negation (neg, sub's second operand, rsub) meets each row of ops.SIGN_THROUGH,
+# an accumulation, a leaf, a custom Function, hooks and retained grads
+NEGATED = {
+    "add": lambda lib, x, y: ((1.0 - (x + y)) ** 3).sum(),
+    "sub": lambda lib, x, y: ((1.0 - (x * 2.0 - y)) ** 3 * x).sum(),
+    "mul": lambda lib, x, y: ((1.0 - x * y) ** 3).sum(),
+    "mul_same": lambda lib, x, y: ((1.0 - x * x) ** 3 + y * y).sum(),
+    "mul_broadcast": lambda lib, x, y: ((1.0 - (x * y.sum(0, keepdim=True)).exp()) ** 3).sum(),
+    "div": lambda lib, x, y: ((1.0 - x / y) ** 3).sum(),
+    "add_scalar": lambda lib, x, y: ((1.0 - (x + 2.0) * y) ** 3).sum(),
+    "sub_scalar": lambda lib, x, y: ((1.0 - (x - 2.0) * y) ** 3).sum(),
+    "rsub_scalar": lambda lib, x, y: ((1.0 - (2.0 - x * y)) ** 3).sum(),
+    "mul_scalar": lambda lib, x, y: ((1.0 - (x * y) * 3.0) ** 3).sum(),
+    "div_scalar": lambda lib, x, y: ((1.0 - (x * y) / 3.0) ** 3).sum(),
+    "pow_scalar": lambda lib, x, y: ((1.0 - (x * y) ** 3) ** 3).sum(),
+    "neg": lambda lib, x, y: ((-(-(x * y))) ** 3 - x).sum(),
+    "exp": lambda lib, x, y: ((1.0 - (x * y).exp()) ** 3).sum(),
+    "log": lambda lib, x, y: ((1.0 - (x * y).abs().log()) ** 3).sum(),
+    "sin": lambda lib, x, y: ((1.0 - (x * y).sin()) ** 3).sum(),
+    "cos": lambda lib, x, y: ((1.0 - (x * y).cos()) ** 3).sum(),
+    "tanh": lambda lib, x, y: ((1.0 - (x * y).tanh()) ** 3).sum(),
+    "sqrt": lambda lib, x, y: ((1.0 - (x * y).abs().sqrt()) ** 3).sum(),
+    # two gradients of one intermediate z: negated and negated, plain then negated, negated then plain
+    "negated_meets_negated": lambda lib, x, y: (lambda z: ((1.0 - z) ** 3 + (2.0 - z) ** 2).sum())(x * y),
+    "plain_meets_negated": lambda lib, x, y: (lambda z: ((1.0 - z) ** 3 + z ** 2).sum())(x * y),
+    "negated_meets_plain": lambda lib, x, y: (lambda z: (z ** 2 + (1.0 - z) ** 3).sum())(x * y),
+    "leaf": lambda lib, x, y: (x * y - x - (-y)).sum() ** 2,
+    "getitem": lambda lib, x, y: ((x[1:] - x[:-1] * x[:-1]) ** 2 * 100.0 + (1.0 - x[:-1]) ** 2).sum() * y.sum(),
+    "function": lambda lib, x, y: ((1.0 - _cube_of(lib, x * y)) ** 2).sum(),
+    "abs": lambda lib, x, y: ((1.0 - (x * y).abs()) ** 3).sum(),  # (not SIGN_THROUGH: the neg is recorded)
+}
+
+
+def _negated_derivatives(lib, name, hook):
+    a = np.array([[0.3, -1.2, 0.7], [1.1, -0.4, 0.9]])
+    b = np.array([[0.8, 0.5, -1.3], [-0.6, 1.4, 0.2]])
+    x = lib.tensor(a, dtype=lib.float64, requires_grad=True)
+    y = lib.tensor(b, dtype=lib.float64, requires_grad=True)
+    xy = None
+    if hook:  # a hook (that sees the sign) and a retained grad on z, the operand of the rsub
+        xy = (x * y).exp()
+        xy.retain_grad()
+        xy.register_hook(lambda g: g * g)
+        f = ((1.0 - xy) ** 3).sum()
+    else:
+        f = NEGATED[name](lib, x, y)
+    gs = lib.autograd.grad(f, (x, y), create_graph=True)
+    names = [type(g.grad_fn).__name__ if lib is not tg else g.grad_fn.name() for g in gs]
+    s = sum((g * lib.tensor(np.cos(np.arange(6.0)).reshape(2, 3))).sum() for g in gs)
+    hs = lib.autograd.grad(s, (x, y), allow_unused=True)
+    out = [g.detach().numpy().copy() for g in gs] + [h.numpy().copy() for h in hs if h is not None]
+    if hook:
+        out.append(xy.grad.detach().numpy().copy())
+    return out, names
+
+
+@pytest.mark.parametrize("name", sorted(NEGATED) + ["hook"])
+def test_deferred_negation_matches_torch_and_the_recorded_negation(name, monkeypatch):
+    """Each gradient is torch's (its grad_fn too), and the first derivatives are bit for bit what
+    recording every neg gives (the second ones replay another graph: the same up to rounding)."""
+    torch = pytest.importorskip("torch")
+    hook = name == "hook"
+    ours, names = _negated_derivatives(tg, name, hook)
+    theirs, torch_names = _negated_derivatives(torch, name, hook)
+    assert names == torch_names
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ops, "negated", lambda g: -g)  # every VJP's negation recorded, as before
+    monkeypatch.setattr(ops, "SIGN_THROUGH", frozenset())
+    recorded, recorded_names = _negated_derivatives(tg, name, hook)
+    assert names == recorded_names
+    for k, (a, b) in enumerate(zip(ours, recorded)):
+        if k < 2:
+            assert a.tobytes() == b.tobytes()
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+
+
+def test_rosenbrock_gradient_records_no_negation():
+    """W4's create_graph pass: the signs of sub's and rsub's VJPs fold into the rows around them
+    (x[:-1]'s into the add_run that sums x's gradient);
+    the gradient is torch's bit for bit and shows torch's grad_fn."""
+    torch = pytest.importorskip("torch")
+    a = RNG.standard_normal(50)
+    gs = []
+    for lib in (tg, torch):
+        x = lib.tensor(a, dtype=lib.float64, requires_grad=True)
+        xa, xb = x[:-1], x[1:]
+        f = (100.0 * (xb - xa * xa) ** 2 + (1.0 - xa) ** 2).sum()
+        n = f._tape.n if lib is tg else 0
+        (g,) = lib.autograd.grad(f, x, create_graph=True)
+        gs.append(g)
+        if lib is tg:
+            R, _ = g._tape.row_table()
+            recorded = [ops.TABLE[c].name for c in R[n:, 0].tolist()]
+            assert "neg" not in recorded, recorded
+    assert gs[0].grad_fn.name() == type(gs[1].grad_fn).__name__
+    assert gs[0].detach().numpy().tobytes() == gs[1].detach().numpy().tobytes()

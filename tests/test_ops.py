@@ -74,6 +74,7 @@ CASES = {
     "alias": (lambda lib, x: x[...].exp(), [(2, 2)], normal),
     "index_unsqueeze": (lambda lib, x: x[None].exp(), [(2, 2)], normal),
     "scatter_flat": None,  # the VJP of getitem: covered through double backward below
+    "add_run": None,  # the create_graph walk's sum with a getitem's gradient: covered below
     "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
     "to": (lambda lib, x: (x.float() * 2).double(), [(3,)], normal, {"eps": 1e-2, "rtol": 1e-3}),
     "clone": (lambda lib, x: x.clone().exp(), [(3,)], normal),
@@ -240,6 +241,70 @@ def test_scatter_flat_through_double_backward():
         (gg,) = lib.autograd.grad((g * g).sum(), x)
         out.append(gg.detach().numpy())
     np.testing.assert_allclose(out[0], out[1], rtol=1e-12)
+
+
+# programs whose create_graph gradient of x adds a contiguous run's gradient (ops.Run) to another
+ADD_RUN_PROGRAMS = {
+    "neighbours": lambda lib, x, w: ((x[1:] - x[:-1] * x[:-1]) ** 2 * 100.0 + (1.0 - x[:-1]) ** 2).sum(),
+    "plus": lambda lib, x, w: ((x[1:] + x[:-1]) ** 3).sum(),
+    "overlapping": lambda lib, x, w: ((x[1:4] - x[2:5]) ** 3).sum(),
+    "minus_first": lambda lib, x, w: ((x[1:] - x[:-1]) ** 3).sum(),  # (the walk meets x[:-1], negated, first)
+    "dense_then_run": lambda lib, x, w: (x[1:] ** 3).sum() + (x * w).sum(),  # (the walk meets x * w first)
+    "run_then_dense": lambda lib, x, w: (x * w).sum() + (x[1:] ** 3).sum(),
+    "negated_dense": lambda lib, x, w: (x[1:] ** 3).sum() - (x * w).sum() ** 2,
+    "dense_then_head": lambda lib, x, w: (x[:-1] ** 3).sum() + (x * w).sum(),
+    "broadcast_base": lambda lib, x, w: x.sum() + (x[1:] ** 3).sum(),  # (a stride-0 ones: added as it is)
+    "transposed_base": lambda lib, x, w: (lambda y: (y.t() * w.view(3, 2) * y.t()).sum() + (y[1] ** 3).sum())(
+        x.view(2, 3) * 1.0),
+    "matrix_row": lambda lib, x, w: (x.view(2, 3)[1] ** 3).sum() * x.view(2, 3)[0].sum(),
+    "three_runs": lambda lib, x, w: (x[1:] * x[:-1]).sum() * x[2:].sum() - (x[:-2] ** 3).sum(),
+    "disjoint": lambda lib, x, w: (x[:2] ** 3).sum() * (x[3:] ** 2).sum(),
+    # -0.0 where only one of two runs is, either one scattered first: torch's sum makes it 0.0
+    "signed_zero_runs": lambda lib, x, w: (x[1:] * w[1:]).sum() * 2.0 + (x[:-1] ** 3).sum(),
+    "signed_zero_runs_swapped": lambda lib, x, w: (x[:-1] ** 3).sum() + (x[1:] * w[1:]).sum() * 2.0,
+    "signed_zero_head": lambda lib, x, w: (x[:-1] * w[:-1]).sum() * 2.0 + (x[1:] ** 3).sum(),
+    "signed_zero_head_swapped": lambda lib, x, w: (x[1:] ** 3).sum() + (x[:-1] * w[:-1]).sum() * 2.0,
+    "negated_runs": lambda lib, x, w: (-(x[1:] ** 3)).sum() - (x[:-1] * w[:-1]).sum(),
+}
+
+
+def _add_run_derivatives(lib, name):
+    a = np.array([0.3, -1.2, 2.0, 0.7, -0.5, 1.1])
+    w = np.array([-0.0, 0.5, -1.5, 0.25, 2.0, -0.0])  # (-0.0 outside a run: torch's sum makes it 0.0)
+    x = lib.tensor(a, dtype=lib.float64, requires_grad=True)
+    (g,) = lib.autograd.grad(ADD_RUN_PROGRAMS[name](lib, x, lib.tensor(w)), x, create_graph=True)
+    (h,) = lib.autograd.grad((g * lib.tensor(np.cos(np.arange(6.0)))).sum(), x, create_graph=True)
+    (t,) = lib.autograd.grad((h * h).sum(), x)
+    name = g.grad_fn.name() if lib is tg else type(g.grad_fn).__name__
+    return [v.detach().numpy().copy() for v in (g, h, t)], name
+
+
+@pytest.mark.parametrize("name", sorted(ADD_RUN_PROGRAMS))
+def test_add_run_matches_torch_and_the_scatter(name, monkeypatch):
+    """x's gradient from x[i:j] is added to its other gradient in one add_run row: derivatives to
+    third order (through add_run's adjoint and VJP) are torch's, the first one shows torch's grad_fn
+    and is bit for bit what a scatter and an add give (signed zeros included: -0.0 + 0.0 is 0.0)."""
+    torch = pytest.importorskip("torch")
+    ours, gname = _add_run_derivatives(tg, name)
+    theirs, tname = _add_run_derivatives(torch, name)
+    assert gname == tname
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ops, "Run", lambda g, off, shape: ops._scatter_run(ops.plain(g), off, shape))
+    scattered, sname = _add_run_derivatives(tg, name)
+    assert sname == gname
+    assert ours[0].tobytes() == scattered[0].tobytes()
+
+
+def test_add_run_replaces_two_scatters_and_an_add():
+    x = tg.tensor(np.arange(6.0), requires_grad=True)
+    f = ((x[1:] - x[:-1]) ** 3).sum()
+    n = f._tape.n
+    (g,) = tg.autograd.grad(f, x, create_graph=True)
+    R, RF = g._tape.row_table()
+    names = [ops.TABLE[c].name for c in R[n:, 0].tolist()]
+    assert names.count("add_run") == 1 and "scatter_flat" not in names and "add" not in names, names
+    assert RF[n + names.index("add_run"), 7] == -1.0  # x[:-1]'s sign, carried from sub's VJP
 
 
 @pytest.mark.parametrize("key, shape, run", [
