@@ -143,10 +143,11 @@ def header_probe(obj, hoff):
     return _load_i64(obj + hoff), ndim_of(obj, hoff), size_of(obj, hoff)
 
 
-# -- the context: C = (P, witness, tcode, hoff) ------------------------------------------------
+# -- the context: C = (P, witness, tcode, hoff, W) ---------------------------------------------
 # P is the per-slot pointer table built once per replay by ``pointers``: kernels then reach a
 # value or a gradient buffer with two loads, and no reference-counted array (garena slices, a
-# tuple of arrays) crosses a call: that cost 130 ns an entry against 14 ns now (W1).
+# tuple of arrays) crosses a call: that cost 130 ns an entry against 14 ns now (W1). W is the
+# window of a blocked run (``replay_packed``): [elements of the run's slots, block start, block end].
 VPTR, SIZE, GPTR, DT, OBJ, FLAGS = 0, 1, 2, 3, 4, 5
 
 
@@ -181,24 +182,35 @@ def pointers(R, S, hoff, export, need, goff, garena):
     return P
 
 
+@njit(cache=True, inline="always")
+def span(C, s):
+    """(first element, count) of slot s that the adjoints see: all of it, or the current block
+    when a blocked run (``replay_packed``) replays elementwise rows of W[0] elements a block at a
+    time. Outside a run W is [0, 0, 0] (a slot of no elements sees no elements either way)."""
+    W = C[4]
+    if C[0][s, SIZE] == W[0]:
+        return W[1], W[2] - W[1]
+    return 0, C[0][s, SIZE]
+
+
 @njit(cache=True)
 def val(C, s):
     """The value of slot s as a flat array of the interpreter's dtype (a view when it matches)."""
     P, w = C[0], C[1]
-    p = _voidptr(P[s, VPTR])
-    n = P[s, SIZE]
+    lo, n = span(C, s)
+    p = P[s, VPTR]
     dt = P[s, DT]
     if dt == C[2]:
-        return carray(p, n, w.dtype)
+        return carray(_voidptr(p + lo * w.itemsize), n, w.dtype)
     if dt == F32:
-        return carray(p, n, np.float32).astype(w.dtype)
+        return carray(_voidptr(p + 4 * lo), n, np.float32).astype(w.dtype)
     if dt == F64:
-        return carray(p, n, np.float64).astype(w.dtype)
+        return carray(_voidptr(p + 8 * lo), n, np.float64).astype(w.dtype)
     if dt == I64:
-        return carray(p, n, np.int64).astype(w.dtype)
+        return carray(_voidptr(p + 8 * lo), n, np.int64).astype(w.dtype)
     if dt == I32:
-        return carray(p, n, np.int32).astype(w.dtype)
-    return carray(p, n, np.bool_).astype(w.dtype)
+        return carray(_voidptr(p + 4 * lo), n, np.int32).astype(w.dtype)
+    return carray(_voidptr(p + lo), n, np.bool_).astype(w.dtype)
 
 
 @njit(cache=True)
@@ -210,9 +222,13 @@ def ival(C, s):
 
 @njit(cache=True)
 def grad(C, s):
-    """The gradient buffer of slot s: the caller's array when exported, else a piece of the arena."""
-    P = C[0]
-    return carray(_voidptr(P[s, GPTR]), P[s, SIZE], C[1].dtype)
+    """The gradient buffer of slot s: the caller's array when exported, else a piece of the arena
+    (the current block of it in a blocked run, as ``val``; a scratch block when the run owns it).
+    """
+    lo, n = span(C, s)
+    if C[0][s, FLAGS] & SCRATCH:
+        lo = 0
+    return carray(_voidptr(C[0][s, GPTR] + lo * C[1].itemsize), n, C[1].dtype)
 
 
 @njit(cache=True, inline="always")
@@ -724,6 +740,7 @@ def mm_forward(a, b):
 # ASSIGNS, claims the region; for the others the region is zeroed first). Saves a zeroing pass
 # and a read per gradient buffer: a third of W3's backward traffic.
 FRESH = 16
+SCRATCH = 32  # a blocked run's own gradient: its GPTR is a block-sized scratch (replay_packed)
 
 
 @njit(cache=True)
@@ -748,7 +765,7 @@ def put(buf, i, v, fresh):
 # -- broadcasting helpers: binary rows record operands of their own shapes -------------------
 @njit(cache=True)
 def nel(C, s):
-    return C[0][s, SIZE]
+    return span(C, s)[1]
 
 
 @njit(cache=True)
@@ -1489,7 +1506,7 @@ def arena(S, hoff, need, export, witness):
 @njit(cache=True)
 def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
     """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed."""
-    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
+    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff, np.zeros(3, np.int64))
     for e in range(hi - 1, lo - 1, -1):
         if need[R[e, 4]]:
             if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
@@ -1542,21 +1559,110 @@ def arena_packed(R, S, hoff, need, export, witness):
     return goff, np.empty(total, witness.dtype)
 
 
+# -- blocked runs -------------------------------------------------------------------------------
+# Consecutive rows whose adjoints are elementwise over slots of one size N (W3's whole backward:
+# sum, add, pow, tanh, mul, exp, neg, mul, sin on 1M values) are replayed a block of BLOCK
+# elements at a time, each row in turn on the block, then the next block: the gradients passed
+# between the rows stay in cache instead of each row streaming N-element arrays through memory.
+BLOCK = 4096
+BLOCKABLE = np.array([k in ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity", "adj_neg",
+                            "adj_mul_scalar", "adj_div_scalar", "adj_pow_scalar", "adj_rpow_scalar",
+                            "adj_reciprocal", "adj_exp", "adj_log", "adj_sin", "adj_cos", "adj_tanh",
+                            "adj_sigmoid", "adj_relu", "adj_sqrt", "adj_abs", "adj_sum", "adj_rsqrt", "adj_log1p",
+                            "adj_expm1", "adj_tan", "adj_erf", "adj_leaky_relu", "adj_gelu", "adj_softplus",
+                            "adj_clamp", "adj_zero", "adj_maximum", "adj_where", "adj_masked_fill", "adj_cast")
+                      for k in KERNELS])
+
+
+@njit(cache=True)
+def run_size(e, R, P, op_kernel):
+    """N when row e may join a blocked run: an elementwise adjoint (BLOCKABLE) whose operands and
+    output all hold N > BLOCK elements, or a full sum of N elements (its output holds one); else 0.
+    Operands of other sizes would broadcast, which indexes by shape, not block by block."""
+    k = op_kernel[R[e, 0]]
+    if not BLOCKABLE[k]:
+        return 0
+    n = P[R[e, 1], SIZE]
+    if n <= BLOCK:
+        return 0
+    for j in range(2, 5):
+        s = R[e, j]
+        if s >= 0 and P[s, SIZE] != (1 if j == 4 and k == K_SUM else n):
+            return 0
+    return n
+
+
+@njit(cache=True)
+def own_gradients(R, P, need, goff, saved, end, top, n, witness):
+    """Give the gradients that live only inside the run of rows end..top a block-sized scratch
+    each (SCRATCH): written and consumed block by block, they then never leave the cache. Such a
+    gradient is the output of a row of the run, an arena region (not the caller's), and still
+    FRESH when the run starts (no row above the run wrote it). Returns the scratch buffer."""
+    count = 0
+    for r in range(end, top + 1):
+        o = R[r, 4]
+        if need[o] and goff[o] >= 0 and P[o, SIZE] == n and P[o, FLAGS] & FRESH:
+            count += 1
+    scratch = np.empty(count * BLOCK, witness.dtype)
+    base = scratch.ctypes.data
+    for r in range(end, top + 1):
+        o = R[r, 4]
+        if need[o] and goff[o] >= 0 and P[o, SIZE] == n and P[o, FLAGS] & FRESH:
+            saved[o] = P[o, GPTR]
+            P[o, GPTR] = base
+            P[o, FLAGS] |= SCRATCH
+            base += BLOCK * scratch.itemsize
+    return scratch
+
+
+@njit(cache=True)
+def keep_flags(R, P, flags, end, top, restore):
+    """Save (or restore) the flags of the slots of rows end..top."""
+    for r in range(end, top + 1):
+        for j in range(1, 5):
+            s = R[r, j]
+            if s >= 0:
+                if restore:
+                    P[s, FLAGS] = flags[s]
+                else:
+                    flags[s] = P[s, FLAGS]
+
+
 @njit(cache=True)
 def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel):
     """``replay`` over the whole tape with an ``arena_packed`` arena: each region, and each buffer
     of the caller but the seeds (allocated uninitialised), is written first by an adjoint that
-    assigns (ASSIGNS), or zeroed just before one that accumulates."""
+    assigns (ASSIGNS), or zeroed just before one that accumulates. Runs of elementwise rows go
+    block by block (BLOCK): every block sees the FRESH flags the run started with, so each block's
+    first write assigns as the whole buffer's would."""
     P = pointers(R, S, hoff, export, need, goff, garena)
-    C = (P, witness, tcode, hoff)
+    W = np.zeros(3, np.int64)
+    C = (P, witness, tcode, hoff, W)
     for s in range(goff.shape[0]):  # arena regions and the caller's buffers (but the seeds) are fresh
         if goff[s] >= 0 or (export[s] != 0 and need[s]):
             P[s, FLAGS] |= FRESH
     for r in roots:
         P[r, FLAGS] &= ~FRESH
-    for e in range(R.shape[0] - 1, -1, -1):
+    top, end = -1, 0  # the blocked run under way: rows top down to end (top < 0: none)
+    flags = np.empty(P.shape[0], np.int64)  # the run's slots' flags at its start
+    saved = np.empty(P.shape[0], np.int64)  # arena pointers of the gradients a run keeps in scratch
+    scratch = np.empty(0, witness.dtype)
+    e = R.shape[0] - 1
+    while e >= 0:
         o = R[e, 4]
         if need[o]:
+            if top < 0:  # does a run of two rows or more start here?
+                n = run_size(e, R, P, op_kernel)
+                f = e - 1
+                while n and f >= 0 and (not need[R[f, 4]] or run_size(f, R, P, op_kernel) == n):
+                    if need[R[f, 4]]:
+                        end = f
+                        top = e
+                    f -= 1
+                if top >= 0:
+                    scratch = own_gradients(R, P, need, goff, saved, end, top, n, witness)
+                    keep_flags(R, P, flags, end, top, False)
+                    W[0], W[1], W[2] = n, 0, BLOCK
             if claim(C, o):  # no adjoint wrote it (x ** 0, sign...): a zero gradient
                 grad(C, o)[:] = 0
             k = op_kernel[R[e, 0]]
@@ -1567,6 +1673,20 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
                         grad(C, s)[:] = 0
             if dispatch(k, e, R, RF, C) != OK:
                 return ERR_OPCODE, e
+        if top >= 0 and e == end:  # the block is done: the next one from the top, or leave the run
+            if W[2] < W[0]:
+                keep_flags(R, P, flags, end, top, True)
+                W[1], W[2] = W[2], min(W[2] + BLOCK, W[0])
+                e = top
+                continue
+            W[:] = 0
+            for r in range(end, top + 1):  # the run's own gradients are consumed: back to the arena
+                o = R[r, 4]
+                if P[o, FLAGS] & SCRATCH:
+                    P[o, FLAGS] &= ~SCRATCH
+                    P[o, GPTR] = saved[o]
+            top = -1
+        e -= 1
     for s in range(goff.shape[0]):  # a needed gradient that nothing wrote is zero
         if claim(C, s):
             grad(C, s)[:] = 0
