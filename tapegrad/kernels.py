@@ -143,11 +143,12 @@ def header_probe(obj, hoff):
     return _load_i64(obj + hoff), ndim_of(obj, hoff), size_of(obj, hoff)
 
 
-# -- the context: C = (P, witness, tcode, hoff, W) ---------------------------------------------
+# -- the context: C = (P, witness, tcode, hoff) ------------------------------------------------
 # P is the per-slot pointer table built once per replay by ``pointers``: kernels then reach a
 # value or a gradient buffer with two loads, and no reference-counted array (garena slices, a
-# tuple of arrays) crosses a call: that cost 130 ns an entry against 14 ns now (W1). W is the
-# window of a blocked run (``replay_packed``): [elements of the run's slots, block start, block end].
+# tuple of arrays) crosses a call: that cost 130 ns an entry against 14 ns now (W1). P's last
+# row is the window of a blocked run (``replay_packed``): [elements of the run's slots, block
+# start, block end]; a fifth array in C instead cost W1's backward 50 ns an entry (reference counts).
 VPTR, SIZE, GPTR, DT, OBJ, FLAGS = 0, 1, 2, 3, 4, 5
 
 
@@ -163,7 +164,7 @@ def pointers(R, S, hoff, export, need, goff, garena):
             for k in range(1, 4):
                 if R[e, k] >= 0:
                     touch[R[e, k]] = True
-    P = np.zeros((n, 6), np.int64)
+    P = np.zeros((n + 1, 6), np.int64)  # (row n: the window, closed)
     base = garena.ctypes.data
     item = garena.itemsize
     for s in range(n):
@@ -186,11 +187,13 @@ def pointers(R, S, hoff, export, need, goff, garena):
 def span(C, s):
     """(first element, count) of slot s that the adjoints see: all of it, or the current block
     when a blocked run (``replay_packed``) replays elementwise rows of W[0] elements a block at a
-    time. Outside a run W is [0, 0, 0] (a slot of no elements sees no elements either way)."""
-    W = C[4]
-    if C[0][s, SIZE] == W[0]:
-        return W[1], W[2] - W[1]
-    return 0, C[0][s, SIZE]
+    time. Outside a run the window W (P's last row) is [0, 0, 0] (a slot of no elements sees no
+    elements either way)."""
+    P = C[0]
+    w = P.shape[0] - 1
+    if P[s, SIZE] == P[w, 0]:
+        return P[w, 1], P[w, 2] - P[w, 1]
+    return 0, P[s, SIZE]
 
 
 @njit(cache=True)
@@ -1506,7 +1509,7 @@ def arena(S, hoff, need, export, witness):
 @njit(cache=True)
 def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
     """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed."""
-    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff, np.zeros(3, np.int64))
+    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
     for e in range(hi - 1, lo - 1, -1):
         if need[R[e, 4]]:
             if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
@@ -1636,8 +1639,8 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
     block by block (BLOCK): every block sees the FRESH flags the run started with, so each block's
     first write assigns as the whole buffer's would."""
     P = pointers(R, S, hoff, export, need, goff, garena)
-    W = np.zeros(3, np.int64)
-    C = (P, witness, tcode, hoff, W)
+    W = P[P.shape[0] - 1]  # the window (a view: span reads it through P)
+    C = (P, witness, tcode, hoff)
     for s in range(goff.shape[0]):  # arena regions and the caller's buffers (but the seeds) are fresh
         if goff[s] >= 0 or (export[s] != 0 and need[s]):
             P[s, FLAGS] |= FRESH
