@@ -753,8 +753,13 @@ def _cat_vjp(g, i, o, r):
 
 def _fit(grads, ins):
     """Sum each gradient back to its input's shape: binary rows broadcast in the forward."""
-    return tuple(gi if gi is None or x is None or gi._value.shape == x._value.shape else
-                 _sum_to(gi, x._value.shape) for gi, x in zip(grads, ins))
+    ga, gb = grads
+    a, b = ins
+    if ga is not None and a is not None and ga._value.shape != a._value.shape:
+        ga = _sum_to(ga, a._value.shape)
+    if gb is not None and b is not None and gb._value.shape != b._value.shape:
+        gb = _sum_to(gb, b._value.shape)
+    return ga, gb
 
 
 RSQRT = row("rsqrt", "RsqrtBackward0", 1, lambda x: np.reciprocal(np.sqrt(x)), "adj_rsqrt",
