@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 
 from . import ops
-from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, Global
+from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, ROW, Global
 from .ops import Negated, add_grads, negated, plain
 from .tensor import Size, Tensor
 from .tensor import _new
@@ -398,6 +398,30 @@ def _slot_tensor(tape, s, flags):
 NONLEAF = REQUIRES_GRAD | LEAF | LINK
 
 
+class _SlotTensors(dict):
+    """slot -> the Tensor standing for it in a create_graph walk, made on first read (a hit is a
+    plain dict lookup, no Python call); -1 -> None."""
+    __slots__ = ("tape", "flags")
+
+    def __init__(self, tape, flags):
+        super().__init__({-1: None})
+        self.tape, self.flags = tape, flags
+
+    def __missing__(self, s):
+        tape, f = self.tape, self.flags[s]
+        if f & NONLEAF != REQUIRES_GRAD:
+            t = self[s] = _slot_tensor(tape, s, f)
+            return t
+        t = self[s] = _new(Tensor)  # an intermediate result (the common case): ops._result inlined
+        t._value = tape.values[s]
+        t._tape = tape
+        t._slot = s
+        t._rg = True
+        t._vc = tape.vcs.get(s)
+        t._grad = t._x = None
+        return t
+
+
 def _function_python(tape, call, grads, wanted):
     """A custom Function's backward with create_graph: it records, so it differentiates again."""
     gouts = []
@@ -433,36 +457,31 @@ def _run_python(tape, seeds, req):
              for s, g in seeds.items()}
     wanted = _wanted_slots(tape, req)
     # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
-    rows, consts, needl, flags = R[:, :7].tolist(), RF[:, 7].tolist(), need.tolist(), S[:, 1].tolist()
+    # The rows as the tuples VJPs take, (op, a, b, c, out, i0, i1, f0), unpacked in one call.
+    rows = list(ROW.iter_unpack(tape.rows[:len(R) * ROW.size]))
+    needl, flags = need.tolist(), S[:, 1].tolist()
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
     sign_through, takes_negated = ops.SIGN_THROUGH, ops.TAKES_NEGATED
-    cache = {-1: None}  # slot -> the Tensor standing for it, shared by the rows that read it
-    values, vcs, result = tape.values, tape.vcs, ops._result
-
-    def arg(s):
-        t = cache.get(s, cache)
-        if t is cache:
-            f = flags[s]  # an intermediate result (the common case) inline, the rest by _slot_tensor
-            t = cache[s] = result(values[s], tape, s, vcs.get(s)) if f & NONLEAF == REQUIRES_GRAD else \
-                _slot_tensor(tape, s, f)
-        return t
-
-    for e in range(len(rows) - 1, -1, -1):
-        r = rows[e]
-        if r[0] == function_code:  # its rows run as one call, from its last row
+    cache = _SlotTensors(tape, flags)  # slot -> the Tensor standing for it, shared by the rows that read it
+    e = len(rows)
+    for r in reversed(rows):
+        e -= 1
+        code, a, b, c, o = r[0], r[1], r[2], r[3], r[4]
+        if code == function_code:  # its rows run as one call, from its last row
             call = tape.pyfuncs.get(e)
             if call is not None and e == call.hi - 1:
                 _function_python(tape, call, grads, wanted)
             continue
-        o = r[4]
-        if not needl[o] or o not in grads:
+        g = grads.get(o)
+        if g is None or not needl[o]:
             continue
-        g = grads[o] if o in wanted else grads.pop(o)
-        op = table[r[0]]
+        if o not in wanted:
+            del grads[o]
+        op = table[code]
         sign = False
         if g.__class__ is not Tensor:  # a deferred sign or run (ops.Negated, ops.Run)
             if g.__class__ is Negated and not (hooks and o in hooks) and op in sign_through and \
-                    not (r[1] in wanted or r[2] in wanted or r[3] in wanted):
+                    not (a in wanted or b in wanted or c in wanted):
                 # t through a VJP that commutes with the sign, what it returns negated (no row); not
                 # for one going out: it would show NegBackward0 where torch's shows the VJP's last op
                 g, sign = g.t, True
@@ -476,11 +495,9 @@ def _run_python(tape, seeds, req):
                 if h is not None:
                     g = grads[o] = h
         n = op.arity
-        ins = (arg(r[1]),) if n == 1 else (arg(r[1]), arg(r[2])) if n == 2 else (arg(r[1]), arg(r[2]), arg(r[3]))
-        gins = op.vjp(g, ins, arg(o), (*r, consts[e]))
-        for k in range(n):
-            gi = gins[k]
-            s = r[1 + k]
+        ins = (cache[a],) if n == 1 else (cache[a], cache[b]) if n == 2 else (cache[a], cache[b], cache[c])
+        # (an unused operand slot is -1: zip pairs it with nothing, or with a None that is skipped)
+        for s, gi in zip((a, b, c), op.vjp(g, ins, cache[o], r)):
             if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
                 continue
             if sign:

@@ -753,8 +753,13 @@ def _cat_vjp(g, i, o, r):
 
 def _fit(grads, ins):
     """Sum each gradient back to its input's shape: binary rows broadcast in the forward."""
-    return tuple(gi if gi is None or x is None or gi._value.shape == x._value.shape else
-                 _sum_to(gi, x._value.shape) for gi, x in zip(grads, ins))
+    ga, gb = grads
+    a, b = ins
+    if ga is not None and a is not None and ga._value.shape != a._value.shape:
+        ga = _sum_to(ga, a._value.shape)
+    if gb is not None and b is not None and gb._value.shape != b._value.shape:
+        gb = _sum_to(gb, b._value.shape)
+    return ga, gb
 
 
 RSQRT = row("rsqrt", "RsqrtBackward0", 1, lambda x: np.reciprocal(np.sqrt(x)), "adj_rsqrt",
@@ -1359,27 +1364,29 @@ def add_run(base, run):
     base alone gives base + 0.0 (-0.0 + 0.0 is 0.0), the run alone 0.0 + t or 0.0 - t, both
     base + t or base - t (for base + (-t))."""
     g, sign = (run.g.t, -1.0) if run.g.__class__ is Negated else (run.g, 1.0)
-    gv = g._value.reshape(-1)
-    off, end = run.off, run.off + gv.size
+    a, i1 = (base.g, base.off) if base.__class__ is Run else (base, 0)
+    gv, av = g._value.reshape(-1), a._value.reshape(-1)  # (C order: a copy of a non-contiguous base)
+    off, end, hi = run.off, run.off + gv.size, i1 + av.size
+    lo, up = max(i1, off), min(hi, end)  # where both are
+    # Each region in one pass, a region of one element (each end of W4's runs) as NumPy scalars: a
+    # ufunc call costs about 1 us, and zeros then a copy then += wrote the base twice (9 us on W4).
+    n = av.size if a is base else math.prod(run.shape)
+    gap = min(i1, off) > 0 or max(hi, end) < n or lo > up  # some place neither covers stays 0.0
+    out = (np.zeros if gap else np.empty)(run.shape, av.dtype)
+    dst = out.reshape(-1)
+    for l, u in ((i1, min(hi, off)), (max(i1, end), hi)):  # base alone, + 0.0: -0.0 becomes 0.0
+        if u - l == 1:
+            dst[l] = av[l - i1] + 0.0
+        elif u > l:
+            np.add(av[l - i1:u - i1], 0.0, out=dst[l:u])
     add = np.add if sign > 0 else np.subtract
-    if base.__class__ is Run:
-        a, i1 = base.g, base.off
-        av = a._value.reshape(-1)
-        hi = i1 + av.size
-        out = np.zeros(run.shape, av.dtype)
-        dst = out.reshape(-1)
-        dst[i1:hi] = av
-        np.add(dst[i1:min(hi, off)], 0.0, out=dst[i1:min(hi, off)])
-        np.add(dst[max(i1, end):hi], 0.0, out=dst[max(i1, end):hi])
-        add(dst[off:end], gv, out=dst[off:end])
-    else:
-        a, i1 = base, 0
-        bv = base._value
-        out = np.empty(bv.shape, bv.dtype)  # (C order: dst is a view of it, src a C-ordered copy if need be)
-        src, dst = bv.reshape(-1), out.reshape(-1)
-        np.add(src[:off], 0.0, out=dst[:off])
-        add(src[off:end], gv, out=dst[off:end])
-        np.add(src[end:], 0.0, out=dst[end:])
+    if up > lo:
+        add(av[lo - i1:up - i1], gv[lo - off:up - off], out=dst[lo:up])
+    for l, u in ((off, min(end, i1)), (max(off, hi), end)):  # the run alone: 0.0 + g or 0.0 - g
+        if u - l == 1:
+            dst[l] = 0.0 + gv[l - off] if sign > 0 else 0.0 - gv[l - off]
+        elif u > l:
+            add(0.0, gv[l - off:u - off], out=dst[l:u])
     if (a._rg or g._rg) and _state.grad_enabled:
         tape = current_tape()
         sa, sb = tape.slot_of(a), tape.slot_of(g)

@@ -265,6 +265,10 @@ ADD_RUN_PROGRAMS = {
     "signed_zero_head": lambda lib, x, w: (x[:-1] * w[:-1]).sum() * 2.0 + (x[1:] ** 3).sum(),
     "signed_zero_head_swapped": lambda lib, x, w: (x[1:] ** 3).sum() + (x[:-1] * w[:-1]).sum() * 2.0,
     "negated_runs": lambda lib, x, w: (-(x[1:] ** 3)).sum() - (x[:-1] * w[:-1]).sum(),
+    # two elements where only one of the runs is, at each end (add_run's regions wider than one)
+    "wide_ends": lambda lib, x, w: ((x[2:] - x[:-2]) ** 3).sum(),
+    "signed_zero_wide": lambda lib, x, w: (x[2:] * w[2:]).sum() * 2.0 + (x[:-2] ** 3).sum(),
+    "signed_zero_wide_head": lambda lib, x, w: (x[:-2] * w[:-2]).sum() * 2.0 + (x[2:] ** 3).sum(),
 }
 
 
@@ -305,6 +309,30 @@ def test_add_run_replaces_two_scatters_and_an_add():
     names = [ops.TABLE[c].name for c in R[n:, 0].tolist()]
     assert names.count("add_run") == 1 and "scatter_flat" not in names and "add" not in names, names
     assert RF[n + names.index("add_run"), 7] == -1.0  # x[:-1]'s sign, carried from sub's VJP
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("base, run", [
+    ((0, 7), (1, 7)), ((1, 7), (0, 7)), ((0, 6), (2, 6)), ((2, 6), (0, 6)), ((1, 3), (4, 3)), ((0, 2), (5, 3)),
+    ((3, 2), (1, 6)), ((1, 6), (3, 2)), ((2, 4), (2, 4)), (None, (1, 7)), (None, (0, 1)), (None, (3, 3))])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_add_run_regions(dtype, base, run, sign):
+    """add_run's value is the sum of the two scatters bit for bit (signed zeros included), whatever the
+    runs' overlap: regions of one element (NumPy scalars), wider ones, gaps left 0.0, either dtype."""
+    n = 8
+    pool = np.array([-0.0, 0.0, 1.5, -2.25, 3.0, -0.0, 0.1, -0.7], dtype)
+    t = tg.tensor(np.roll(pool, 3)[:run[1]])
+    a = tg.tensor(pool[:base[1]] if base else np.roll(pool, 5))
+    got = ops.add_run(ops.Run(a, base[0], (n,)) if base else a, ops.Run(ops.Negated(t) if sign < 0 else t, run[0], (n,)))
+    scattered = np.zeros(n, dtype)
+    if base:
+        scattered[base[0]:base[0] + base[1]] = a._value
+    else:
+        scattered = a._value
+    other = np.zeros(n, dtype)
+    other[run[0]:run[0] + run[1]] = t._value if sign > 0 else -t._value
+    want = scattered + other
+    assert got._value.dtype == dtype and got._value.tobytes() == want.tobytes(), (got._value, want)
 
 
 @pytest.mark.parametrize("key, shape, run", [
