@@ -1152,22 +1152,26 @@ def _mm_error(xv, yv):
                        f"{_torch_type_name(xv.dtype).lower()} != {_torch_type_name(yv.dtype).lower()}")
 
 
-_MM_FORWARD = []  # kernels.mm_forward, imported on the first float product
+_MM_FORWARD = []  # [2-D product, batched product] on the adjoints' BLAS, chosen on the first float product
+
+
+def _mm_forward():
+    """One BLAS for forward and backward (kernels.py: NumPy's own where NumPy bundles one, else
+    SciPy's through Numba); alternated, the two libraries' thread pools fight (DESIGN.md)."""
+    if not _MM_FORWARD:
+        from . import kernels
+        if kernels.NUMPY_BLAS:
+            _MM_FORWARD.extend((np.matmul, np.matmul))
+        else:
+            _MM_FORWARD.extend((lambda a, b: kernels.mm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b)),
+                                lambda a, b: kernels.bmm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))))
+    return _MM_FORWARD
 
 
 def _matmul_value(a, b):
-    # One BLAS for forward and backward: NumPy's `@` and Numba's np.dot (SciPy's OpenBLAS) fight
-    # over threads when alternated (DESIGN.md), so float products go through kernels.mm_forward.
     if a.dtype.kind != "f":
         return a @ b
-    if not _MM_FORWARD:
-        from .kernels import mm_forward
-        _MM_FORWARD.append(mm_forward)
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    if not b.flags.c_contiguous:
-        b = np.ascontiguousarray(b)
-    return _MM_FORWARD[0](a, b)
+    return (_MM_FORWARD or _mm_forward())[0](a, b)
 
 
 def matmul(x, y):
@@ -1933,11 +1937,7 @@ def bmm(x, y):
     if xv.dtype != yv.dtype:
         raise RuntimeError(f"expected scalar type {_torch_type_name(xv.dtype)} but found "
                            f"{_torch_type_name(yv.dtype)}")
-    if xv.dtype.kind == "f":
-        from .kernels import bmm_forward
-        value = bmm_forward(np.ascontiguousarray(xv), np.ascontiguousarray(yv))
-    else:
-        value = np.matmul(xv, yv)
+    value = (_MM_FORWARD or _mm_forward())[1](xv, yv) if xv.dtype.kind == "f" else np.matmul(xv, yv)
     return _binary_rec(BMM, x, y, value)
 
 
