@@ -22,7 +22,7 @@ import numba
 from numba import carray, types
 from numba.extending import intrinsic
 
-from . import ops
+from . import blas, ops
 
 # NumPy's error model: a float division by zero gives inf or nan, as in NumPy and torch (sqrt's
 # adjoint at 0 is inf). Numba's default raised ZeroDivisionError from inside the kernel.
@@ -599,36 +599,14 @@ def adj_expand(e, R, RF, C):
     bsum(C, R[e, 1], R[e, 4], grad(C, R[e, 4]), 1.0)
 
 
-# Matrix products run on NumPy's own OpenBLAS where NumPy bundles one (its wheels' ILP64
-# scipy-openblas64): the forward then uses NumPy's `@`, and the adjoints call the same library's
-# cblas_?gemm through a pointer looked up here each process (a cached kernel cannot hold an
-# address). For W2's shapes it is 5-10% faster than SciPy's OpenBLAS, which Numba's np.dot uses.
-# Elsewhere both directions use Numba's entry point (numba_xxgemm, SciPy's OpenBLAS) and
-# kernels.mm_forward: never the two libraries alternately, whose thread pools fight (DESIGN.md).
+# Matrix products run on the BLAS that blas.py picks: NumPy's own, whose cblas_?gemm the adjoints
+# call through a pointer looked up each process (a cached kernel cannot hold an address), or else
+# SciPy's through Numba's own entry point, the one np.dot calls.
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr, types.voidptr,
     types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
 _N, _T = np.int8(ord("n")), np.int8(ord("t"))
-_GEMM_PTRS = (ctypes.c_int64 * 2)()  # NumPy's cblas_sgemm, cblas_dgemm (0: use numba_xxgemm)
-
-
-def _find_numpy_cblas():
-    """Addresses of cblas_sgemm and cblas_dgemm in the OpenBLAS that NumPy's wheels bundle, or (0, 0)."""
-    import glob
-    for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
-                                       "libscipy_openblas64_*")):
-        try:
-            lib = ctypes.CDLL(path)
-            return (ctypes.cast(lib.scipy_cblas_sgemm64_, ctypes.c_void_p).value,
-                    ctypes.cast(lib.scipy_cblas_dgemm64_, ctypes.c_void_p).value)
-        except (OSError, AttributeError):
-            continue
-    return 0, 0
-
-
-if os.environ.get("TAPEGRAD_BLAS") != "scipy":
-    _GEMM_PTRS[0], _GEMM_PTRS[1] = _find_numpy_cblas()
-NUMPY_BLAS = bool(_GEMM_PTRS[0] and _GEMM_PTRS[1])
+_GEMM_PTRS = (ctypes.c_int64 * 2)(blas.SGEMM, blas.DGEMM)  # 0: use numba_xxgemm
 llvm_binding.add_symbol("tapegrad_gemm_ptrs", ctypes.addressof(_GEMM_PTRS))
 
 

@@ -1156,13 +1156,14 @@ _MM_FORWARD = []  # [2-D product, batched product] on the adjoints' BLAS, chosen
 
 
 def _mm_forward():
-    """One BLAS for forward and backward (kernels.py: NumPy's own where NumPy bundles one, else
+    """One BLAS for forward and backward (blas.py: NumPy's own where NumPy bundles one, else
     SciPy's through Numba); alternated, the two libraries' thread pools fight (DESIGN.md)."""
     if not _MM_FORWARD:
-        from . import kernels
-        if kernels.NUMPY_BLAS:
+        from . import blas
+        if blas.NUMPY_BLAS:
             _MM_FORWARD.extend((np.matmul, np.matmul))
         else:
+            from . import kernels
             _MM_FORWARD.extend((lambda a, b: kernels.mm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b)),
                                 lambda a, b: kernels.bmm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))))
     return _MM_FORWARD

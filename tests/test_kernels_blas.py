@@ -1,4 +1,4 @@
-"""The BLAS that matrix products run on (kernels.py): NumPy's own OpenBLAS where NumPy bundles one,
+"""The BLAS that matrix products run on (blas.py): NumPy's own OpenBLAS where NumPy bundles one,
 forward and adjoints alike, else SciPy's through Numba. Both routes give the same gradients."""
 import glob
 import os
@@ -11,9 +11,9 @@ import tapegrad as tg
 
 PROGRAM = """
 import numpy as np, tapegrad as tg
-from tapegrad import kernels
+from tapegrad import blas
 rng = np.random.default_rng(0)
-out = [kernels.NUMPY_BLAS]
+out = [blas.NUMPY_BLAS]
 for dt in (tg.float32, tg.float64):
     a = tg.tensor(rng.standard_normal((5, 7)), dtype=dt, requires_grad=True)
     b = tg.tensor(rng.standard_normal((7, 3)), dtype=dt, requires_grad=True)
@@ -52,3 +52,18 @@ def test_products_match_numpy():
     np.testing.assert_allclose((a @ b).detach().numpy(), av @ bv, rtol=1e-12)
     np.testing.assert_allclose(a.grad.numpy(), np.ones((6, 5)) @ bv.T, rtol=1e-12)
     np.testing.assert_allclose(b.grad.numpy(), av.T @ np.ones((6, 5)), rtol=1e-12)
+
+
+def test_import_and_forward_leave_numba_unloaded():
+    """`import tapegrad` and a forward pass, matrix products included, never load Numba: only the
+    first backward does (its import and compilation stay off the forward path)."""
+    program = ("import sys, tapegrad as tg\n"
+               "x = tg.randn(3, 4, requires_grad=True)\n"
+               "y = (x @ tg.randn(4, 2)).tanh().sum()\n"
+               "print('numba' in sys.modules)\n"
+               "y.backward()\n"
+               "print('numba' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    from tapegrad import blas
+    want = "False" if blas.NUMPY_BLAS else "True"  # SciPy's route runs its forward through Numba
+    assert done.stdout.split() == [want, "True"]
