@@ -900,7 +900,7 @@ def div(x, y):
 def pow(x, y):
     if (y.__class__ is int or y.__class__ is float) and x.__class__ is Tensor and x._value.dtype.kind == "f":
         c = float(y)  # a float tensor to a Python number (W4's ** 2): no promotion to work out
-        return _unary(POW_SCALAR, x, np.square(x._value) if c == 2 else np.power(x._value, c), 0, 0, c)
+        return _unary(POW_SCALAR, x, POW_SCALAR.forward(x._value, c), 0, 0, c)
     if not isinstance(x, Tensor):
         return _rpow(y, x)
     if isinstance(y, _SCALARS):
