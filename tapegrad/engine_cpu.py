@@ -444,7 +444,7 @@ def _run_python(tape, seeds, req):
     K = _kernels()
     # The VJPs append to this tape while we walk it, past these views' ends or into grown
     # buffers (new bytearrays: the views keep the old ones), so the views stay as they are.
-    R, RF = tape.row_table()
+    R = tape.row_table()[0]
     S = tape.raw_slots()  # (plan reads the flags only: no dtype fill)
     roots = np.fromiter(seeds, np.int64, len(seeds))
     status, where, need = K.plan(R, S, roots, 0)
