@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from . import dtypes
-from .tape import LEAF, REQUIRES_GRAD, _contiguous, _pack_row, _state, counter, current_tape, recording_tape
+from .tape import LEAF, REQUIRES_GRAD, _contiguous, _hot, _pack_row, _state, counter, current_tape, recording_tape
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
 
@@ -69,7 +69,10 @@ def _unary(op, x, value, i0=0, i1=0, f0=0.0):
     t._grad = None
     t._x = None
     if x._rg:
-        tape = _state.rec()
+        try:
+            tape = _hot.rec()
+        except AttributeError:  # (a thread's first op: tape.py)
+            tape = None
         if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
             tape = recording_tape()  # (a tape closed by its first create_graph backward takes ops on its values)
         if tape is not None:
@@ -99,7 +102,7 @@ def _recorder(op, generic, binary=True):
     one Python call fewer an op (150 ns of W1's 1.4 us). Unary (``binary`` false): a float x.
     Binary: a float x and a Python float c, the operand that _operand caches and the row's f0.
     Anything else goes to ``generic``, the op's general function."""
-    code, forward, state, operands, f64, float64 = op.code, op.forward, _state, _OPERANDS, _F64_OPERANDS, _F64
+    code, forward, hot, operands, f64, float64 = op.code, op.forward, _hot, _OPERANDS, _F64_OPERANDS, _F64
 
     def f(x, y=_UNARY):
         v = x._value
@@ -125,7 +128,10 @@ def _recorder(op, generic, binary=True):
         t._grad = None
         t._x = None
         if x._rg:
-            tape = state.rec()
+            try:
+                tape = hot.rec()
+            except AttributeError:
+                tape = None
             if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
                 tape = recording_tape()
             if tape is not None:
@@ -188,7 +194,10 @@ def _binary_rec(op, x, y, value):
     t._grad = None
     t._x = None
     if x._rg or y._rg:
-        tape = _state.rec()
+        try:
+            tape = _hot.rec()
+        except AttributeError:
+            tape = None
         if tape is None or tape.closed and not (tape.resumable == 1 and (x._tape is tape or y._tape is tape)):
             tape = recording_tape()
         if tape is not None:

@@ -332,6 +332,28 @@ def test_grad_mode_is_per_thread(lib):
     assert seen == {"start": True, "inner": False, "after": True, "main": True}
 
 
+@pytest.mark.parametrize("first_op", ["tg.sin(x)", "x * 2.0", "x * x", "x.sum()", "x[1:]"])
+def test_first_op_of_a_new_thread_records(lib, first_op):
+    # The recorders read per-thread state that a thread which never touched grad mode has not set
+    # up yet; its very first op must still record, even while the main thread is under no_grad.
+    x = lib.tensor([0.5, 1.0], requires_grad=True)
+    out = {}
+
+    def worker():
+        y = eval(first_op, {"tg": lib, "x": x})
+        out["rg"] = y.requires_grad
+        out["grad"] = lib.autograd.grad(y.sum(), x)[0]
+
+    with lib.no_grad():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    expected = {"tg.sin(x)": np.cos([0.5, 1.0]), "x * 2.0": [2, 2], "x * x": [1, 2], "x.sum()": [1, 1],
+                "x[1:]": [0, 1]}[first_op]
+    assert out["rg"]
+    close(out["grad"], expected)
+
+
 def test_backward_in_several_threads():
     def work(k, out):
         x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
