@@ -169,7 +169,8 @@ def _run_jitted(tape, seeds, req):
     for s, seed in seeds.items():
         if values[s] is None:  # the seed's own entry was freed by an earlier backward
             raise RuntimeError(FREED_MSG)
-        b = np.array(seed, dtype=T, copy=True).reshape(values[s].shape)
+        # The kernels read a buffer in C order: an expanded or transposed seed must be laid out anew.
+        b = np.array(seed, dtype=T, order="C", copy=True).reshape(values[s].shape)
         bufs[s] = b
         export[s] = id(b)
     lslots, leaves, wanted = _exports(tape, req)

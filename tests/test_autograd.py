@@ -138,6 +138,32 @@ def test_allow_unused_and_materialize_grads(lib):
         lib.autograd.grad(y, [x, u], allow_unused=False, materialize_grads=True)
 
 
+# A gradient handed to backward is often a view: expanded, transposed or sliced. Its values count,
+# not its memory order.
+SEED_VIEWS = {
+    "expand": lambda lib: lib.tensor([1.0, 2.0]).expand(3, 2),
+    "transpose": lambda lib: lib.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]).t(),
+    "slice": lambda lib: lib.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])[:, 1:],
+    "float64 transpose": lambda lib: lib.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=lib.float64).t(),
+}
+
+
+@pytest.mark.parametrize("seed", list(SEED_VIEWS))
+@pytest.mark.parametrize("call", ["backward", "grad", "grad create_graph", "two outputs"])
+def test_non_contiguous_gradient_is_read_by_value(lib, seed, call):
+    x = lib.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], requires_grad=True)
+    v = SEED_VIEWS[seed](lib)
+    expected = 2 * val(v) * np.exp(val(x))
+    if call == "backward":
+        (x.exp() * 2).backward(v)
+        got = x.grad
+    elif call == "two outputs":  # two seeds on one tape, each a view
+        got, = lib.autograd.grad([x.exp(), x.exp()], [x], [v, v])
+    else:
+        got, = lib.autograd.grad(x.exp() * 2, x, v, create_graph=call.endswith("create_graph"))
+    close(got, expected)
+
+
 @pytest.mark.parametrize("call", ["backward", "grad"])
 def test_gradient_shape_mismatch(lib, call):
     x = lib.ones(2, 3, requires_grad=True)
