@@ -2,7 +2,7 @@
 asks on its first product, before any backward has loaded Numba).
 
 NumPy's own OpenBLAS where NumPy bundles one (its wheels' ILP64 scipy-openblas64): the forward
-uses NumPy's matmul and the jitted adjoints call the same library's cblas_?gemm (kernels.py). For
+uses NumPy's matmul and the jitted adjoints call the same library's cblas_?gemm (jit/ffi.py). For
 W2's shapes it runs 5-10% faster than SciPy's OpenBLAS, which Numba's np.dot uses. Elsewhere, or
 with TAPEGRAD_BLAS=scipy, both directions use SciPy's through Numba: never the two libraries
 alternately, whose thread pools fight (DESIGN.md)."""

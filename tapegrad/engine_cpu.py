@@ -1,7 +1,7 @@
 """The CPU engine: runs backward over one or more linked tapes.
 
 Without ``create_graph`` each tape is replayed by ONE call into the jitted interpreter
-(``kernels.backward``); Python only prepares the seeds and the exported gradient buffers
+(``engine.cpu.interp.backward``); Python only prepares the seeds and the exported gradient buffers
 (leaf grads, retained grads, links into older tapes) and hands them out afterwards. Hooks on
 non-leaf tensors split that call at the hooked slot's producer. With ``create_graph`` the
 rows' differentiable VJPs run in Python and record onto the current tape.
@@ -17,26 +17,29 @@ from .tensor import Size, Tensor
 from .tensor import _new
 from .tensor import leaf as _leaf
 
-_K = None  # the kernels module, imported on first use (Numba stays out of `import tapegrad`)
+_K = None  # engine.cpu.interp, imported on first use (Numba stays out of `import tapegrad`)
 _HOFF = _TNOFF = _LUT = None
 
 
 def _kernels():
     global _K, _HOFF, _TNOFF, _LUT
     if _K is None:
-        from . import kernels
+        from . import malloc
+        from .engine.cpu import interp
+        from .jit import ffi
+        malloc.apply_environment()
         from .tape import _DTYPE_CODE
         _HOFF = header_offset()
         _TNOFF = typenum_offset()
         _LUT = np.full(256, -2, np.int64)
         for num, code in _DTYPE_CODE.items():
             _LUT[num] = code
-        _K = kernels
+        _K = interp
         probe = np.arange(6.0).reshape(2, 3)
-        if kernels.header_probe(id(probe), _HOFF) != (probe.ctypes.data, 2, 6):
+        if ffi.header_probe(id(probe), _HOFF) != (probe.ctypes.data, 2, 6):
             raise RuntimeError("tapegrad cannot read this NumPy's array header; please report your NumPy version")
         pair = [probe, None]
-        if kernels.list_probe(id(pair), _LIST_ITEMS) != (id(probe), id(None)):
+        if ffi.list_probe(id(pair), _LIST_ITEMS) != (id(probe), id(None)):
             raise RuntimeError("tapegrad cannot read this Python's list layout; please report your Python version")
     return _K
 
@@ -176,7 +179,7 @@ def _run_jitted(tape, seeds, req):
     lslots, leaves, wanted = _exports(tape, req)
     hooked = [s for s, hs in tape.hooks.items() if hs] if tape.hooks else ()
     # The one-call replay (no hooks, no Functions) writes or zeroes each exported buffer before
-    # reading it (kernels.replay_packed): no memset here.
+    # reading it (interp.replay_packed): no memset here.
     segmented = hooked or tape.pyfuncs
     alloc = np.zeros if segmented else np.empty
     # The hot part for a model with many parameters. A leaf slot is never a seed (seeds are outputs).

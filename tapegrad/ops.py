@@ -1,7 +1,7 @@
 """The op table: one row per differentiable operation, and the front-end functions that record them.
 
 A row holds everything about an op: its name, torch's ``grad_fn`` class name, arity, NumPy
-forward, the name of its numeric adjoint in ``kernels`` (the jitted path), its differentiable
+forward, the name of its numeric adjoint in ``engine/cpu/adjoints.py`` (the jitted path), its differentiable
 VJP written in tapegrad ops (the ``create_graph`` path, which re-records), and which values
 the adjoint reads (``reads``: operand positions 0..2 and 'out'), used by the in-place version
 check. Several rows may share one adjoint kernel (sum/mean, the identity-gradient ops).
@@ -522,14 +522,14 @@ LOG = row("log", "LogBackward0", 1, np.log, "adj_log", lambda g, i, o, r: (g / i
 def _sin(x):
     if x.size < 4096:
         return np.sin(x)
-    from .kernels import sin_forward
+    from .jit.forward import sin_forward
     return sin_forward(x)
 
 
 def _cos(x):
     if x.size < 4096:
         return np.cos(x)
-    from .kernels import cos_forward
+    from .jit.forward import cos_forward
     return cos_forward(x)
 
 
@@ -1172,9 +1172,9 @@ def _mm_forward():
         if blas.NUMPY_BLAS:
             _MM_FORWARD.extend((np.matmul, np.matmul))
         else:
-            from . import kernels
-            _MM_FORWARD.extend((lambda a, b: kernels.mm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b)),
-                                lambda a, b: kernels.bmm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))))
+            from .jit import forward
+            _MM_FORWARD.extend((lambda a, b: forward.mm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b)),
+                                lambda a, b: forward.bmm_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))))
     return _MM_FORWARD
 
 
@@ -1917,7 +1917,7 @@ _SMALL_SOFTMAX = 1 << 16  # up to here one jitted pass beats NumPy's six (W2's c
 
 
 def _softmax_kernel(xv, d, log):
-    from .kernels import softmax_forward
+    from .jit.forward import softmax_forward
     shape = xv.shape
     x3 = np.ascontiguousarray(xv).reshape(math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:]))
     return softmax_forward(x3, log).reshape(shape)
@@ -2409,7 +2409,7 @@ def nll(logp2, target, weight=None, reduction="mean"):
     return _record(NLL, value, logp2, pos, w, i0=1, f0=scale)
 
 
-_XENT = []  # kernels.xent_forward, imported on first use
+_XENT = []  # jit.forward.xent_forward, imported on first use
 
 
 def cross_entropy_mean(x, target):
@@ -2422,7 +2422,7 @@ def cross_entropy_mean(x, target):
             or not xv.size:
         return None
     if not _XENT:
-        from .kernels import xent_forward
+        from .jit.forward import xent_forward
         _XENT.append(xent_forward)
     if not xv.flags.c_contiguous:
         xv = np.ascontiguousarray(xv)

@@ -7,7 +7,7 @@ flags, the version of its storage when recorded and its dtype code.
 
 Recording writes one row and no slot: slot buffers grow pre-filled with a fresh result's record
 (requires grad, version 0, dtype -1), and the engine reads the addresses from ``values`` (the
-slot-ordered list of the arrays) when it needs them (kernels.fill_slots), for every slot: no
+slot-ordered list of the arrays) when it needs them (engine/cpu/context.fill_slots), for every slot: no
 recording path writes an address. One struct pack an op
 and no id() int instead of two packs (W1: 1.65 to 1.3 us an op).
 

@@ -1,13 +1,13 @@
-"""Blocked runs of kernels.replay_packed: rows whose adjoints are elementwise over more than BLOCK
+"""Blocked runs of engine/cpu/interp.replay_packed: rows whose adjoints are elementwise over more than BLOCK
 elements are replayed block by block, the gradients that live only inside the run in scratch.
 Each gradient must equal, bit for bit, the one of the unblocked replay (a hook on the loss sends
-the backward through kernels.replay, which never blocks), and match torch."""
+the backward through interp.replay, which never blocks), and match torch."""
 import numpy as np
 import pytest
 
 import tapegrad as tg
 
-kernels = pytest.importorskip("tapegrad.kernels")
+kernels = pytest.importorskip("tapegrad.engine.cpu.interp")
 torch = pytest.importorskip("torch")
 
 N = 3 * kernels.BLOCK + 123  # three whole blocks and a part
@@ -42,7 +42,7 @@ def grads(lib, name, hook=False):
     out = CHAINS[name](lib, lib.nn.functional, x, z)
     loss = out.mean() if name == "mean" else (out * lib.tensor(W)).sum()
     if hook:
-        loss.register_hook(lambda g: None)  # a hooked tape replays unblocked (kernels.replay)
+        loss.register_hook(lambda g: None)  # a hooked tape replays unblocked (interp.replay)
     loss.backward()
     return [None if t.grad is None else t.grad.numpy() for t in (x, z)]
 

@@ -1,9 +1,9 @@
-"""The vectorisable sin and cos of kernels.py: within 1 ulp of NumPy's (libm's) everywhere they are
+"""The vectorisable sin and cos of jit/forward.py: within 1 ulp of NumPy's (libm's) everywhere they are
 used, and exactly libm's where they hand over (|x| > 1e5, inf, nan)."""
 import numpy as np
 import pytest
 
-kernels = pytest.importorskip("tapegrad.kernels")
+kernels = pytest.importorskip("tapegrad.jit.forward")
 
 RNG = np.random.default_rng(4)
 RANGES = {

@@ -1,0 +1,1 @@
+"""The engines that replay a tape backward: ``cpu`` (Numba, imported on the first backward)."""
