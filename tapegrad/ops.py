@@ -15,7 +15,7 @@ import struct
 
 import numpy as np
 
-from . import dtypes
+from . import dtypes, formula
 from .tape import LEAF, REQUIRES_GRAD, _contiguous, _hot, _pack_row, _state, counter, current_tape, recording_tape
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
@@ -24,11 +24,13 @@ ndarray = np.ndarray
 
 
 class Op:
-    __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads")
+    __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads", "formula", "sign_through")
 
-    def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads):
+    def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False):
         self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
         self.forward, self.kernel, self.vjp, self.reads = forward, kernel, vjp, reads
+        self.formula = formula  # an elementwise row's derivative (formula.py): its adjoint is generated
+        self.sign_through = sign_through  # its VJP commutes with negating g (Negated, below)
 
     def __repr__(self):
         return f"<op {self.code} {self.name}>"
@@ -37,8 +39,21 @@ class Op:
 TABLE = []
 
 
-def row(name, grad_fn, arity, forward, kernel, vjp, reads=()):
-    op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads)
+def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False):
+    op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, sign_through=sign_through)
+    TABLE.append(op)
+    return op
+
+
+def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None):
+    """A unary elementwise row whose derivative is the formula ``d`` (formula.py). Its jitted
+    adjoint ``adj_<name>`` is generated from ``d`` (tools/generate.py) unless ``kernel`` names a
+    hand-written one; its VJP is ``d`` in tapegrad ops unless ``vjp`` is given (a VJP tuned for
+    torch's bits or graph)."""
+    if vjp is None:
+        vjp = eval(f"lambda g, i, o, r: ({formula.vjp_expr(d)},)", globals())  # names resolve when called
+    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp, formula.reads(d), d,
+            formula.sign_through(d))
     TABLE.append(op)
     return op
 
@@ -490,8 +505,8 @@ def _mul_scalar_vjp(g, i, o, r):
     return (g * r[7],)
 
 
-MUL_SCALAR = row("mul_scalar", "MulBackward0", 1, np.multiply, "adj_mul_scalar", _mul_scalar_vjp)
-DIV_SCALAR = row("div_scalar", "DivBackward0", 1, np.true_divide, "adj_div_scalar", lambda g, i, o, r: (g / r[7],))
+MUL_SCALAR = elementwise("mul_scalar", "MulBackward0", np.multiply, "g * c", vjp=_mul_scalar_vjp)
+DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c")
 
 
 def _pow_scalar_vjp(g, i, o, r):
@@ -510,11 +525,10 @@ POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c
                  "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
-NEG = row("neg", "NegBackward0", 1, np.negative, "adj_neg", lambda g, i, o, r: (negated(g),))
-RECIPROCAL = row("reciprocal", "ReciprocalBackward0", 1, lambda x: np.true_divide(1, x), "adj_reciprocal",
-                 lambda g, i, o, r: (-g * o * o,), reads=("out",))
-EXP = row("exp", "ExpBackward0", 1, np.exp, "adj_exp", lambda g, i, o, r: (g * o,), reads=("out",))
-LOG = row("log", "LogBackward0", 1, np.log, "adj_log", lambda g, i, o, r: (g / i[0],), reads=(0,))
+NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),))
+RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)")
+EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y")
+LOG = elementwise("log", "LogBackward0", np.log, "g / x")
 
 
 # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
@@ -533,21 +547,21 @@ def _cos(x):
     return cos_forward(x)
 
 
-SIN = row("sin", "SinBackward0", 1, _sin, "adj_sin", lambda g, i, o, r: (g * cos(i[0]),), reads=(0,))
-COS = row("cos", "CosBackward0", 1, _cos, "adj_cos", lambda g, i, o, r: (g * -sin(i[0]),), reads=(0,))
-TANH = row("tanh", "TanhBackward0", 1, np.tanh, "adj_tanh", lambda g, i, o, r: (g * (1 - o * o),), reads=("out",))
-SIGMOID = row("sigmoid", "SigmoidBackward0", 1, lambda x: _sigmoid(x), "adj_sigmoid",
-              lambda g, i, o, r: (g * ((1 - o) * o),), reads=("out",))
+# (their kernels compute cos and sin with the vectorised kernel where it is exact)
+SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin")
+COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos")
+TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)")
+SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)")
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
            lambda g, i, o, r: (g * gt(o, 0),), reads=("out",))
-SQRT = row("sqrt", "SqrtBackward0", 1, np.sqrt, "adj_sqrt", lambda g, i, o, r: (g / (2 * o),), reads=("out",))
-ABS = row("abs", "AbsBackward0", 1, np.abs, "adj_abs", lambda g, i, o, r: (g * sign(i[0]),), reads=(0,))
+SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)")
+ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)")
 
 # Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
 # (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
 # hands them a Negated gradient's t and negates what they return.
-SIGN_THROUGH = frozenset({ADD, SUB, MUL, DIV, ADD_SCALAR, SUB_SCALAR, RSUB_SCALAR, MUL_SCALAR, DIV_SCALAR,
-                          POW_SCALAR, NEG, EXP, LOG, SIN, COS, TANH, SQRT})
+SIGN_THROUGH = frozenset({ADD, SUB, MUL, DIV, ADD_SCALAR, SUB_SCALAR, RSUB_SCALAR, POW_SCALAR} |
+                         {op for op in TABLE if op.sign_through})
 
 
 def _sum_vjp(g, i, o, r):
@@ -771,13 +785,11 @@ def _fit(grads, ins):
     return ga, gb
 
 
-RSQRT = row("rsqrt", "RsqrtBackward0", 1, lambda x: np.reciprocal(np.sqrt(x)), "adj_rsqrt",
-            lambda g, i, o, r: (g * o * o * o * -0.5,), reads=("out",))
-LOG1P = row("log1p", "Log1PBackward0", 1, np.log1p, "adj_log1p", lambda g, i, o, r: (g / (i[0] + 1),), reads=(0,))
-EXPM1 = row("expm1", "Expm1Backward0", 1, np.expm1, "adj_expm1", lambda g, i, o, r: (g * (o + 1),), reads=("out",))
-TAN = row("tan", "TanBackward0", 1, np.tan, "adj_tan", lambda g, i, o, r: (g * (o * o + 1),), reads=("out",))
-ERF = row("erf", "ErfBackward0", 1, lambda x: _scipy_special().erf(x), "adj_erf",
-          lambda g, i, o, r: (g * exp(i[0] * i[0] * -1.0) * (2 / math.sqrt(math.pi)),), reads=(0,))
+RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)")
+LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)")
+EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)")
+TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)")
+ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "g * 1.1283791670955126 * exp(-x * x)")
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
                  lambda g, i, o, r: (where(_leaf(i[0]._value > 0), g, g * r[7]),), reads=(0,))
 GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,))

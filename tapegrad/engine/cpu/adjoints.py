@@ -150,31 +150,6 @@ def adj_cast(e, R, RF, C):
 
 
 @adjoint(assigns=True, blockable=True)
-def adj_neg(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    f = claim(C, R[e, 1])
-    for i in range(g.size):
-        put(ga, i, -g[i], f)
-
-
-@adjoint(assigns=True, blockable=True)
-def adj_mul_scalar(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    c = RF[e, 7]
-    f = claim(C, R[e, 1])
-    for i in range(g.size):
-        put(ga, i, g[i] * c, f)
-
-
-@adjoint(blockable=True)
-def adj_div_scalar(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    c = RF[e, 7]
-    for i in range(g.size):
-        ga[i] += g[i] / c
-
-
-@adjoint(assigns=True, blockable=True)
 def adj_pow_scalar(e, R, RF, C):
     c = RF[e, 7]
     if c != 0.0:
@@ -196,23 +171,6 @@ def adj_rpow_scalar(e, R, RF, C):
     for i in range(g.size):
         if not (c == 0 and va[i] >= 0):
             ga[i] += g[i] * out[i] * lc
-
-
-@adjoint(assigns=True, blockable=True)
-def adj_exp(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    y = val(C, R[e, 4])
-    f = claim(C, R[e, 1])
-    for i in range(g.size):
-        put(ga, i, g[i] * y[i], f)
-
-
-@adjoint(blockable=True)
-def adj_log(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    x = val(C, R[e, 1])
-    for i in range(g.size):
-        ga[i] += g[i] / x[i]
 
 
 @adjoint(assigns=True, blockable=True)
@@ -241,46 +199,12 @@ def adj_cos(e, R, RF, C):
             put(ga, i, -g[i] * np.sin(x[i]), f)
 
 
-@adjoint(assigns=True, blockable=True)
-def adj_tanh(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    y = val(C, R[e, 4])
-    f = claim(C, R[e, 1])
-    for i in range(g.size):
-        put(ga, i, g[i] * (1 - y[i] * y[i]), f)
-
-
-@adjoint(assigns=True, blockable=True)
-def adj_sigmoid(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    y = val(C, R[e, 4])
-    f = claim(C, R[e, 1])
-    for i in range(g.size):
-        put(ga, i, g[i] * ((1 - y[i]) * y[i]), f)
-
-
 @adjoint(blockable=True)
 def adj_relu(e, R, RF, C):
     g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
     for i in range(g.size):
         if y[i] > 0:
             ga[i] += g[i]
-
-
-@adjoint(blockable=True)
-def adj_sqrt(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    y = val(C, R[e, 4])
-    for i in range(g.size):
-        ga[i] += g[i] / (2 * y[i])
-
-
-@adjoint(blockable=True)
-def adj_abs(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    x = val(C, R[e, 1])
-    for i in range(g.size):
-        ga[i] += g[i] * np.sign(x[i])
 
 
 @adjoint(assigns=True, blockable=True)
@@ -367,14 +291,6 @@ def adj_setitem(e, R, RF, C):
         grad(C, a)[:] += keep
 
 
-@adjoint(blockable=True)
-def adj_reciprocal(e, R, RF, C):
-    g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
-    y = val(C, R[e, 4])
-    for i in range(g.size):
-        ga[i] += -g[i] * (y[i] * y[i])
-
-
 @adjoint(assigns=True)
 def adj_scatter_flat(e, R, RF, C):
     """The transpose of getitem: the output gradient gathered at the index map (or the run from i0).
@@ -412,42 +328,6 @@ def adj_function(e, R, RF, C):
     """A custom autograd.Function: its backward is Python, run by the engine between replay
     segments; a replay that reaches this row is a driver bug (dispatch reports ERR_PYTHON)."""
     return ERR_PYTHON
-
-
-# -- adjoints of the full op surface ---------------------------------------------------------
-@adjoint(blockable=True)
-def adj_rsqrt(e, R, RF, C):
-    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
-    for i in range(g.size):
-        ga[i] += -0.5 * g[i] * (y[i] * y[i] * y[i])
-
-
-@adjoint(blockable=True)
-def adj_log1p(e, R, RF, C):
-    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
-    for i in range(g.size):
-        ga[i] += g[i] / (x[i] + 1)
-
-
-@adjoint(blockable=True)
-def adj_expm1(e, R, RF, C):
-    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
-    for i in range(g.size):
-        ga[i] += g[i] * (y[i] + 1)
-
-
-@adjoint(blockable=True)
-def adj_tan(e, R, RF, C):
-    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
-    for i in range(g.size):
-        ga[i] += g[i] * (1 + y[i] * y[i])
-
-
-@adjoint(blockable=True)
-def adj_erf(e, R, RF, C):
-    g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
-    for i in range(g.size):
-        ga[i] += g[i] * 1.1283791670955126 * np.exp(-x[i] * x[i])  # 2/sqrt(pi)
 
 
 @adjoint(blockable=True)

@@ -1,0 +1,96 @@
+"""Derivative formulas of elementwise rows, in the spirit of derivatives.yaml: one expression per
+row, from which both the jitted adjoint (tools/generate.py writes it into the CPU engine) and the
+differentiable VJP (tapegrad ops, built when the op table loads) are derived, so the two cannot
+drift. Both evaluate the formula in the order it is written, so write it in torch's order.
+
+The language: ``g`` (the output's gradient), ``x`` (the input), ``y`` (the output), ``c`` (the
+row's float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in FUNCTIONS.
+"""
+import ast
+
+# name in a formula -> (NumPy/math spelling in a jitted kernel, tapegrad op in a VJP)
+FUNCTIONS = {"exp": ("np.exp", "exp"), "log": ("np.log", "log"), "sign": ("np.sign", "sign"),
+             "cos": ("np.cos", "cos"), "sin": ("np.sin", "sin"), "sqrt": ("np.sqrt", "sqrt"),
+             "tanh": ("np.tanh", "tanh")}
+VARIABLES = ("g", "x", "y", "c")
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def parse(d):
+    """The formula's expression tree, checked against the language above."""
+    tree = ast.parse(d, mode="eval").body
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in VARIABLES and node.id not in FUNCTIONS:
+            raise ValueError(f"formula {d!r}: unknown name {node.id!r}")
+        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS
+                                           or len(node.args) != 1 or node.keywords):
+            raise ValueError(f"formula {d!r}: only one-argument calls of {sorted(FUNCTIONS)}")
+        if isinstance(node, ast.BinOp) and type(node.op) not in _BINOPS:
+            raise ValueError(f"formula {d!r}: only + - * /")
+        if not isinstance(node, (ast.Name, ast.Call, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Load,
+                                 ast.USub, *_BINOPS)):
+            raise ValueError(f"formula {d!r}: {type(node).__name__} is not part of the language")
+    return tree
+
+
+def _render(node, name, call):
+    """Source text of ``node`` with variables spelled by ``name`` and functions by ``call``,
+    parenthesised exactly as parsed, so evaluation follows the formula's order."""
+    if isinstance(node, ast.Name):
+        return name[node.id]
+    if isinstance(node, ast.Constant):
+        return repr(node.value)
+    if isinstance(node, ast.UnaryOp):
+        return f"-{_wrap(node.operand, name, call)}"
+    if isinstance(node, ast.Call):
+        return f"{call[node.func.id]}({_render(node.args[0], name, call)})"
+    return f"{_wrap(node.left, name, call)} {_BINOPS[type(node.op)]} {_wrap(node.right, name, call)}"
+
+
+def _wrap(node, name, call):
+    text = _render(node, name, call)
+    return f"({text})" if isinstance(node, ast.BinOp) else text
+
+
+def kernel_expr(d):
+    """The formula for element i of a jitted loop (``g[i] * (1 - y[i] * y[i])``)."""
+    return _render(parse(d), {"g": "g[i]", "x": "x[i]", "y": "y[i]", "c": "c"},
+                   {k: v[0] for k, v in FUNCTIONS.items()})
+
+
+def vjp_expr(d):
+    """The formula in tapegrad ops over a VJP's arguments ``(g, i, o, r)``."""
+    return _render(parse(d), {"g": "g", "x": "i[0]", "y": "o", "c": "r[7]"},
+                   {k: v[1] for k, v in FUNCTIONS.items()})
+
+
+def uses(d):
+    """The variables the formula reads."""
+    return {node.id for node in ast.walk(parse(d)) if isinstance(node, ast.Name) and node.id in VARIABLES}
+
+
+def reads(d):
+    """What the adjoint reads, as a row's ``reads``: operand 0 for x, "out" for y."""
+    u = uses(d)
+    return (0,) * ("x" in u) + ("out",) * ("y" in u)
+
+
+def sign_through(d):
+    """Whether the formula is g times or over factors that do not involve g (and g appears once):
+    then it commutes with negating g bit for bit (rounding is symmetric), which the create_graph
+    walk uses to defer negations."""
+    tree = parse(d)
+    if sum(isinstance(n, ast.Name) and n.id == "g" for n in ast.walk(tree)) != 1:
+        return False
+    node = tree
+    while not (isinstance(node, ast.Name) and node.id == "g"):
+        if isinstance(node, ast.UnaryOp):
+            node = node.operand
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+            left_has_g = any(isinstance(n, ast.Name) and n.id == "g" for n in ast.walk(node.left))
+            if isinstance(node.op, ast.Div) and not left_has_g:
+                return False  # g in a denominator
+            node = node.left if left_has_g else node.right
+        else:
+            return False
+    return True
