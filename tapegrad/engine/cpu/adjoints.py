@@ -138,15 +138,18 @@ def adj_identity(e, R, RF, C):
         put(ga, i, g[i], f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_cast(e, R, RF, C):
     """The gradient passes back rounded to the input's dtype, as torch computes it in that dtype."""
     a = R[e, 1]
-    g = grad(C, R[e, 4])
+    g, ga = grad(C, R[e, 4]), grad(C, a)
+    f = claim(C, a)
     if dtype_code(C, a) == F32:
-        grad(C, a)[:] += g.astype(np.float32).astype(C[1].dtype)
+        for i in range(g.size):
+            put(ga, i, np.float32(g[i]), f)
     else:
-        grad(C, a)[:] += g
+        for i in range(g.size):
+            put(ga, i, g[i], f)
 
 
 @adjoint(assigns=True, blockable=True)
@@ -199,12 +202,12 @@ def adj_cos(e, R, RF, C):
             put(ga, i, -g[i] * np.sin(x[i]), f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_relu(e, R, RF, C):
     g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        if y[i] > 0:
-            ga[i] += g[i]
+        put(ga, i, g[i] if y[i] > 0 else 0.0, f)
 
 
 @adjoint(assigns=True, blockable=True)
@@ -330,24 +333,26 @@ def adj_function(e, R, RF, C):
     return ERR_PYTHON
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_leaky_relu(e, R, RF, C):
     g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
     slope = RF[e, 7]
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        ga[i] += g[i] if x[i] > 0 else g[i] * slope
+        put(ga, i, g[i] if x[i] > 0 else g[i] * slope, f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_gelu(e, R, RF, C):
     """i0 = 0: the exact gelu x * Phi(x); i0 = 1: torch's tanh approximation."""
     g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
+    f = claim(C, R[e, 1])
     if R[e, 5] == 0:
         for i in range(g.size):
             xi = x[i]
             cdf = 0.5 * (1 + math.erf(xi * 0.7071067811865476))
             pdf = np.exp(-0.5 * xi * xi) * 0.3989422804014327
-            ga[i] += g[i] * (cdf + xi * pdf)
+            put(ga, i, g[i] * (cdf + xi * pdf), f)
     else:
         beta, kappa = 0.7978845608028654, 0.044715  # sqrt(2/pi)
         for i in range(g.size):
@@ -355,36 +360,38 @@ def adj_gelu(e, R, RF, C):
             th = np.tanh(beta * (xi + kappa * xi * xi * xi))
             left = 0.5 * xi
             dright = (1 - th * th) * beta * (1 + 3 * kappa * xi * xi)
-            ga[i] += g[i] * (0.5 * (1 + th) + left * dright)
+            put(ga, i, g[i] * (0.5 * (1 + th) + left * dright), f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_softplus(e, R, RF, C):
     """f0 = beta; the bits of i1 hold the threshold (read as a float through RF)."""
     g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
     beta, threshold = RF[e, 7], RF[e, 6]
+    f = claim(C, R[e, 1])
     for i in range(g.size):
         z = x[i] * beta
         if z > threshold:
-            ga[i] += g[i]
+            put(ga, i, g[i], f)
         else:
             ez = np.exp(z)
-            ga[i] += g[i] * ez / (ez + 1)
+            put(ga, i, g[i] * ez / (ez + 1), f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_clamp(e, R, RF, C):
     """f0 = min; the bits of i1 hold max (infinite where not given)."""
     g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
     lo, hi = RF[e, 7], RF[e, 6]
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        if x[i] >= lo and x[i] <= hi:
-            ga[i] += g[i]
+        put(ga, i, g[i] if x[i] >= lo and x[i] <= hi else 0.0, f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_zero(e, R, RF, C):
-    """sign, zero_, fill_: the input gets a zero gradient (nothing to add)."""
+    """sign, zero_, fill_: the input gets a zero gradient (nothing to add; left fresh, a region
+    nothing writes is zeroed at the end of the replay)."""
     return
 
 
