@@ -3,8 +3,9 @@ row, from which both the jitted adjoint (tools/generate.py writes it into the CP
 differentiable VJP (tapegrad ops, built when the op table loads) are derived, so the two cannot
 drift. Both evaluate the formula in the order it is written, so write it in torch's order.
 
-The language: ``g`` (the output's gradient), ``x`` (the input), ``y`` (the output), ``c`` (the
-row's float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in FUNCTIONS.
+The language: ``g`` (the output's gradient), ``x`` (a unary row's input), ``a`` and ``b`` (a
+binary row's operands, each broadcast to the output's shape), ``y`` (the output), ``c`` (the row's
+float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in FUNCTIONS.
 """
 import ast
 
@@ -12,7 +13,7 @@ import ast
 FUNCTIONS = {"exp": ("np.exp", "exp"), "log": ("np.log", "log"), "sign": ("np.sign", "sign"),
              "cos": ("np.cos", "cos"), "sin": ("np.sin", "sin"), "sqrt": ("np.sqrt", "sqrt"),
              "tanh": ("np.tanh", "tanh")}
-VARIABLES = ("g", "x", "y", "c")
+VARIABLES = ("g", "x", "a", "b", "y", "c")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
@@ -54,13 +55,13 @@ def _wrap(node, name, call):
 
 def kernel_expr(d):
     """The formula for element i of a jitted loop (``g[i] * (1 - y[i] * y[i])``)."""
-    return _render(parse(d), {"g": "g[i]", "x": "x[i]", "y": "y[i]", "c": "c"},
+    return _render(parse(d), {"g": "g[i]", "x": "x[i]", "a": "a[i]", "b": "b[i]", "y": "y[i]", "c": "c"},
                    {k: v[0] for k, v in FUNCTIONS.items()})
 
 
 def vjp_expr(d):
     """The formula in tapegrad ops over a VJP's arguments ``(g, i, o, r)``."""
-    return _render(parse(d), {"g": "g", "x": "i[0]", "y": "o", "c": "r[7]"},
+    return _render(parse(d), {"g": "g", "x": "i[0]", "a": "i[0]", "b": "i[1]", "y": "o", "c": "r[7]"},
                    {k: v[1] for k, v in FUNCTIONS.items()})
 
 
@@ -69,10 +70,11 @@ def uses(d):
     return {node.id for node in ast.walk(parse(d)) if isinstance(node, ast.Name) and node.id in VARIABLES}
 
 
-def reads(d):
-    """What the adjoint reads, as a row's ``reads``: operand 0 for x, "out" for y."""
-    u = uses(d)
-    return (0,) * ("x" in u) + ("out",) * ("y" in u)
+def reads(*ds):
+    """What the adjoint of formulas ``ds`` reads, as a row's ``reads``: operand 0 for x or a,
+    1 for b, "out" for y."""
+    u = set().union(*map(uses, ds))
+    return (0,) * bool(u & {"x", "a"}) + (1,) * ("b" in u) + ("out",) * ("y" in u)
 
 
 def sign_through(d):

@@ -58,6 +58,51 @@ def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None):
     return op
 
 
+FUNCTIONS = {}  # public name -> function, for rows that declare their own front end (installed below)
+
+
+def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True):
+    """A broadcasting binary row of two tensors promoted to a floating dtype, whose derivatives are
+    the formulas ``da`` and ``db`` (formula.py, in ``g``, ``a``, ``b``, ``y``): the jitted adjoint
+    ``adj_<name>`` and the VJP come from them, and so do ``tg.<name>``, the method, the in-place
+    method ``<name>_`` and the ``aliases``. ``integers`` false: two integer tensors are refused, as
+    torch has no integer kernel for the op."""
+    vjp = eval(f"lambda g, i, o, r: _fit(({formula.vjp_expr(da)}, {formula.vjp_expr(db)}), i)", globals())
+    op = Op(len(TABLE), name, grad_fn, 2, forward, "adj_" + name, vjp, formula.reads(da, db), (da, db))
+    TABLE.append(op)
+
+    def function(input, other):
+        for pos, (arg, v) in enumerate((("input", input), ("other", other))):
+            if not isinstance(v, Tensor):
+                raise TypeError(f"{name}(): argument '{arg}' (position {pos + 1}) must be Tensor, not {type(v).__name__}")
+        if not integers and input._value.dtype.kind in "biu" and other._value.dtype.kind in "biu":
+            raise NotImplementedError(f'"{name}_cpu" not implemented for '
+                                      f"'{_torch_type_name(_promote(input, other).np)}'")
+        x, y = _prepare(input, other, float_result=True)
+        return _binary_rec(op, x, y, forward(x._value, y._value))
+
+    def method(self, other):
+        if not isinstance(other, Tensor):
+            raise TypeError(f"{name}(): argument 'other' (position 1) must be Tensor, not {type(other).__name__}")
+        return function(self, other)
+
+    def in_place(self, other):  # (an adjoint that reads self's old value gets a copy: _saved)
+        return _inplace(self, method(_saved(self, other) if 0 in op.reads else self, other))
+
+    function.__name__ = method.__name__ = name
+    in_place.__name__ = name + "_"
+    FUNCTIONS[name] = function
+    for alias in aliases:
+        FUNCTIONS[alias] = function
+    for n in (name, *aliases):
+        METHODS[n] = method
+        METHODS[n + "_"] = in_place
+    return op
+
+
+METHODS = {}  # Tensor method name -> function, for rows that declare their own front end
+
+
 # -- recording (the hot path) -----------------------------------------------------------------
 def _result(value, tape, slot, vc):
     t = _new(Tensor)
@@ -785,6 +830,9 @@ def _fit(grads, ins):
     return ga, gb
 
 
+ATAN2 = binary_elementwise("atan2", "Atan2Backward0", np.arctan2, "g * b * (1 / (a * a + b * b))",
+                           "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",))
+HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False)
 RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)")
 LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)")
 EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)")
@@ -2665,6 +2713,8 @@ def _install_surface(M):
             scatter_add_=scatter_add_).items():
         setattr(M, name, fn)
     M.where = lambda x, condition, y: where(condition, x, y)
+    for name, fn in METHODS.items():
+        setattr(M, name, fn)
 
 
 def _to(x, *args, **kwargs):

@@ -137,6 +137,8 @@ CASES = {
     "clamp": (lambda lib, x: (x.clamp(min=-0.9).clamp(-0.5, 0.5) ** 3).sum(), [(2, 4)], away_from_zero),
     "sign": (lambda lib, x: ((x * 2).sign() * x ** 3).sum(), [(2, 3)], away_from_zero),
     "maximum": (lambda lib, x, y: (lib.maximum(x, y) ** 3).sum(), [(2, 3), (3,)], normal),
+    "atan2": (lambda lib, x, y: (lib.atan2(x, y) * x).sum(), [(2, 3), (3,)], away_from_zero),
+    "hypot": (lambda lib, x, y: (lib.hypot(x, y) * y).sum(), [(2, 3), (3,)], away_from_zero),
     "minimum": (lambda lib, x, y: (lib.minimum(x, y) ** 3).sum(), [(2, 1), (2, 3)], normal),
     "where": (lambda lib, x, y: (lib.where(x > 0, x, y) ** 3).sum(), [(2, 3), (2, 1)], normal),
     "masked_fill": (lambda lib, x: (x.masked_fill(x > 0.5, 2.0) ** 3).sum(), [(2, 3)], normal),

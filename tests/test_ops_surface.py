@@ -425,3 +425,60 @@ def test_unary_functions_refuse_a_second_argument(call):
     for lib in (tg, torch):
         with pytest.raises(TypeError):
             call(lib, lib.ones(2, requires_grad=True))
+
+
+# Rows that declare their own front end (ops.binary_elementwise): atan2 and hypot.
+BINARY_FLOAT = ["atan2", "hypot"]
+
+
+@pytest.mark.parametrize("name", BINARY_FLOAT)
+@pytest.mark.parametrize("call", [lambda lib, f, x: getattr(lib, f)(x, 2.0), lambda lib, f, x: getattr(lib, f)(2.0, x),
+                                  lambda lib, f, x: getattr(x, f)(2.0)])
+def test_binary_float_functions_take_tensors_only(name, call):
+    torch = pytest.importorskip("torch")
+    messages = []
+    for lib in (tg, torch):
+        with pytest.raises(TypeError) as err:
+            call(lib, name, lib.ones(2, requires_grad=True))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("name", BINARY_FLOAT)
+def test_binary_float_functions_broadcast_zero_dim_operands_and_promote_integers(name):
+    torch = pytest.importorskip("torch")
+    out = []
+    for lib in (tg, torch):
+        x = lib.tensor([[1.0, -2.0, 3.0], [0.5, 4.0, -1.5]], dtype=lib.float64, requires_grad=True)
+        s = lib.tensor(-0.75, dtype=lib.float64, requires_grad=True)
+        n = lib.tensor([1, 2, 3])
+        y = getattr(lib, name)(x, s) + getattr(lib, name)(s, x) + getattr(x, name)(n)
+        if name == "atan2":
+            y = y + lib.atan2(n, n)
+        else:
+            with pytest.raises(NotImplementedError, match="\"hypot_cpu\" not implemented for 'Long'"):
+                lib.hypot(n, n)
+        y.sum().backward()
+        out.append((y.detach().numpy(), x.grad.numpy(), s.grad.numpy(), str(y.dtype).split(".")[1], type(y.grad_fn).__name__))
+    for a, b in zip(*out):
+        if isinstance(a, str):
+            assert a == b
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", BINARY_FLOAT)
+def test_binary_float_functions_in_place(name):
+    torch = pytest.importorskip("torch")
+    out = []
+    for lib in (tg, torch):
+        w = lib.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        o = lib.tensor([2.0, 0.5, -1.0], requires_grad=True)
+        x = w * 1
+        assert getattr(x, name + "_")(o) is x
+        x.sum().backward()
+        out.append((x.detach().numpy(), w.grad.numpy(), o.grad.numpy()))
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            getattr(w, name + "_")(o)
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -197,7 +197,7 @@ import numpy as np
 
 from ...jit import njit
 from .adjoints import ({imports})
-from .context import ERR_OPCODE, OK, claim, grad, put, val
+from .context import ERR_OPCODE, OK, bsum, bval, claim, grad, nel, put, rg, val
 
 {formula_kernels}
 
@@ -248,8 +248,46 @@ def {kernel}(e, R, RF, C):
 '''
 
 
+BINARY_FORMULA_KERNEL = '''
+
+@adjoint(assigns=True, blockable=True)
+def {kernel}(e, R, RF, C):
+    """{name}: {da}, {db} (a and b broadcast to the output's shape)"""
+    o = R[e, 4]
+    g = grad(C, o)
+    a, b = bval(C, R[e, 1], o), bval(C, R[e, 2], o)
+{reads}    for k in (1, 2):
+        s = R[e, k]
+        if not rg(C, s):
+            continue
+        if nel(C, s) == g.size:  # written in place
+            gs, f = grad(C, s), claim(C, s)
+            if k == 1:
+                for i in range(g.size):
+                    put(gs, i, {ea}, f)
+            else:
+                for i in range(g.size):
+                    put(gs, i, {eb}, f)
+        else:  # summed over the axes s was broadcast along
+            t = np.empty(g.size, g.dtype)
+            if k == 1:
+                for i in range(g.size):
+                    t[i] = {ea}
+            else:
+                for i in range(g.size):
+                    t[i] = {eb}
+            bsum(C, s, o, t, 1.0)
+'''
+
+
 def _formula_kernel(op):
     from tapegrad import formula
+    if isinstance(op.formula, tuple):
+        da, db = op.formula
+        used = formula.uses(da) | formula.uses(db)
+        return BINARY_FORMULA_KERNEL.format(kernel=op.kernel, name=op.name, da=da, db=db,
+                                            reads="    y = val(C, o)\n" if "y" in used else "",
+                                            ea=formula.kernel_expr(da), eb=formula.kernel_expr(db))
     used = formula.uses(op.formula)
     reads = "".join(line for var, line in (("x", "    x = val(C, R[e, 1])\n"), ("y", "    y = val(C, R[e, 4])\n"),
                                             ("c", "    c = RF[e, 7]\n")) if var in used)

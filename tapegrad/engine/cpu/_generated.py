@@ -12,7 +12,7 @@ from .adjoints import (adjoint, adj_add, adj_sub, adj_mul, adj_div, adj_pow, adj
                        adj_leaky_relu, adj_gelu, adj_softplus, adj_clamp, adj_zero, adj_maximum, adj_where,
                        adj_masked_fill, adj_prod, adj_amax, adj_norm, adj_cumsum, adj_softmax, adj_log_softmax,
                        adj_bmm, adj_cat, adj_scatter_add, adj_copy, adj_nll)
-from .context import ERR_OPCODE, OK, claim, grad, put, val
+from .context import ERR_OPCODE, OK, bsum, bval, claim, grad, nel, put, rg, val
 
 
 @adjoint(assigns=True, blockable=True)
@@ -115,6 +115,65 @@ def adj_abs(e, R, RF, C):
 
 
 @adjoint(assigns=True, blockable=True)
+def adj_atan2(e, R, RF, C):
+    """atan2: g * b * (1 / (a * a + b * b)), g * -a * (1 / (a * a + b * b)) (a and b broadcast to the output's shape)"""
+    o = R[e, 4]
+    g = grad(C, o)
+    a, b = bval(C, R[e, 1], o), bval(C, R[e, 2], o)
+    for k in (1, 2):
+        s = R[e, k]
+        if not rg(C, s):
+            continue
+        if nel(C, s) == g.size:  # written in place
+            gs, f = grad(C, s), claim(C, s)
+            if k == 1:
+                for i in range(g.size):
+                    put(gs, i, (g[i] * b[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i]))), f)
+            else:
+                for i in range(g.size):
+                    put(gs, i, (g[i] * -a[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i]))), f)
+        else:  # summed over the axes s was broadcast along
+            t = np.empty(g.size, g.dtype)
+            if k == 1:
+                for i in range(g.size):
+                    t[i] = (g[i] * b[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
+            else:
+                for i in range(g.size):
+                    t[i] = (g[i] * -a[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
+            bsum(C, s, o, t, 1.0)
+
+
+@adjoint(assigns=True, blockable=True)
+def adj_hypot(e, R, RF, C):
+    """hypot: g * a / y, g * b / y (a and b broadcast to the output's shape)"""
+    o = R[e, 4]
+    g = grad(C, o)
+    a, b = bval(C, R[e, 1], o), bval(C, R[e, 2], o)
+    y = val(C, o)
+    for k in (1, 2):
+        s = R[e, k]
+        if not rg(C, s):
+            continue
+        if nel(C, s) == g.size:  # written in place
+            gs, f = grad(C, s), claim(C, s)
+            if k == 1:
+                for i in range(g.size):
+                    put(gs, i, (g[i] * a[i]) / y[i], f)
+            else:
+                for i in range(g.size):
+                    put(gs, i, (g[i] * b[i]) / y[i], f)
+        else:  # summed over the axes s was broadcast along
+            t = np.empty(g.size, g.dtype)
+            if k == 1:
+                for i in range(g.size):
+                    t[i] = (g[i] * a[i]) / y[i]
+            else:
+                for i in range(g.size):
+                    t[i] = (g[i] * b[i]) / y[i]
+            bsum(C, s, o, t, 1.0)
+
+
+@adjoint(assigns=True, blockable=True)
 def adj_rsqrt(e, R, RF, C):
     """rsqrt: -0.5 * g * (y * y * y)"""
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
@@ -171,7 +230,8 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_masked_fill", "adj_prod", "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax",
            "adj_log_softmax", "adj_bmm", "adj_cat", "adj_scatter_add", "adj_copy", "adj_nll", "adj_mul_scalar",
            "adj_div_scalar", "adj_neg", "adj_reciprocal", "adj_exp", "adj_log", "adj_tanh", "adj_sigmoid",
-           "adj_sqrt", "adj_abs", "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf")
+           "adj_sqrt", "adj_abs", "adj_atan2", "adj_hypot", "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan",
+           "adj_erf")
 K_ADD = 0
 K_SUB = 1
 K_MUL = 2
@@ -222,27 +282,30 @@ K_TANH = 46
 K_SIGMOID = 47
 K_SQRT = 48
 K_ABS = 49
-K_RSQRT = 50
-K_LOG1P = 51
-K_EXPM1 = 52
-K_TAN = 53
-K_ERF = 54
+K_ATAN2 = 50
+K_HYPOT = 51
+K_RSQRT = 52
+K_LOG1P = 53
+K_EXPM1 = 54
+K_TAN = 55
+K_ERF = 56
 
 # The kernel of each row of ops.TABLE, by opcode.
 OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 42, 40, 41, 7, 8, 42, 43, 44, 45, 9, 10, 46, 47, 11, 48, 49, 12, 12,
                       12, 12, 13, 14, 5, 5, 5, 15, 15, 15, 16, 16, 16, 16, 16, 18, 19, 17, 6, 5, 20, 50, 51, 52,
-                      53, 54, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33, 34, 35, 5,
-                      36, 36, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39], np.int64)
+                      53, 54, 55, 56, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33,
+                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array([True, True, True, True, False, True, True, True, False, True, True, True, True, True, True,
                     False, False, False, True, True, False, True, True, True, True, True, False, False, False,
                     False, False, False, False, False, False, True, False, False, False, False, True, True,
-                    True, True, True, True, True, True, True, True, True, True, True, True, True])
+                    True, True, True, True, True, True, True, True, True, True, True, True, True, True, True])
 # Kernels elementwise over their operands, so a run of them may replay a block at a time.
 BLOCKABLE = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, False,
                       False, False, False, False, False, False, False, True, True, True, True, True, True, True,
                       True, False, False, False, False, False, False, False, False, False, False, False, True,
-                      True, True, True, True, True, True, True, True, True, True, True, True, True, True])
+                      True, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
+                      True])
 
 
 # Inlined (Numba IR) into the replays: as a call of its own it cost 40 ns an entry, the arguments'
@@ -349,6 +412,10 @@ def dispatch(k, e, R, RF, C):
         adj_sqrt(e, R, RF, C)
     elif k == K_ABS:
         adj_abs(e, R, RF, C)
+    elif k == K_ATAN2:
+        adj_atan2(e, R, RF, C)
+    elif k == K_HYPOT:
+        adj_hypot(e, R, RF, C)
     elif k == K_RSQRT:
         adj_rsqrt(e, R, RF, C)
     elif k == K_LOG1P:
