@@ -16,7 +16,9 @@ import struct
 import numpy as np
 
 from . import dtypes, formula
-from .tape import LEAF, REQUIRES_GRAD, _contiguous, _hot, _pack_row, _state, counter, current_tape, recording_tape
+from ._record import record_binary as _binary_rec, record_unary as _unary, recorder as _recorder
+from .operands import operand as _operand
+from .tape import LEAF, _contiguous, _state, counter, current_tape
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
 
@@ -103,7 +105,7 @@ def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True
 METHODS = {}  # Tensor method name -> function, for rows that declare their own front end
 
 
-# -- recording (the hot path) -----------------------------------------------------------------
+# -- recording (the hot path: generated into _record.py) ---------------------------------------
 def _result(value, tape, slot, vc):
     t = _new(Tensor)
     t._value = value
@@ -114,105 +116,6 @@ def _result(value, tape, slot, vc):
     t._grad = None
     t._x = None
     return t
-
-
-def _unary(op, x, value, i0=0, i1=0, f0=0.0):
-    """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad.
-    Inlined by hand, Tape.push included: this runs once per op (W1 measures it)."""
-    if value.__class__ is not ndarray:
-        value = np.asarray(value)  # NumPy returns scalars for 0-d results
-    elif value.ndim > 1 and not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
-    t = _new(Tensor)
-    t._value = value
-    t._vc = None
-    t._grad = None
-    t._x = None
-    if x._rg:
-        try:
-            tape = _hot.rec()
-        except AttributeError:  # (a thread's first op: tape.py)
-            tape = None
-        if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
-            tape = recording_tape()  # (a tape closed by its first create_graph backward takes ops on its values)
-        if tape is not None:
-            a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add a slot: before reading ns)
-            s = tape.ns
-            if s >= tape.cap:
-                tape._grow()
-            _pack_row(tape.rows, tape.n << 6, op.code, a, -1, -1, s, i0, i1, f0)  # (no slot: tape.py)
-            tape.values.append(value)
-            tape.n += 1
-            tape.ns = s + 1
-            t._tape = tape
-            t._slot = s
-            t._rg = True
-            return t
-    t._tape = None
-    t._slot = -1
-    t._rg = False
-    return t
-
-
-_UNARY = object()  # a recorder's second argument when it is called as a unary function
-
-
-def _recorder(op, generic, binary=True):
-    """The function that the public op runs (``tg.exp``, ``x * c``...), with _unary's body inlined:
-    one Python call fewer an op (150 ns of W1's 1.4 us). Unary (``binary`` false): a float x.
-    Binary: a float x and a Python float c, the operand that _operand caches and the row's f0.
-    Anything else goes to ``generic``, the op's general function."""
-    code, forward, hot, operands, f64, float64 = op.code, op.forward, _hot, _OPERANDS, _F64_OPERANDS, _F64
-
-    def f(x, y=_UNARY):
-        v = x._value
-        dt = v.dtype
-        if y is _UNARY:
-            if dt.kind != "f":
-                return generic(x)
-            value = forward(v)
-            f0 = 0.0
-        elif y.__class__ is float and binary and (dt is float64 or dt.kind == "f"):
-            c = f64.get(y) if dt is float64 else operands.get((y, dt))  # (float64: a key without the dtype's hash)
-            value = forward(v, _operand(y, dt) if c is None else c)
-            f0 = y
-        else:
-            return generic(x, y)
-        if value.__class__ is not ndarray:
-            value = np.asarray(value)  # NumPy returns scalars for 0-d results
-        elif value.ndim > 1 and not value.flags.c_contiguous:
-            value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
-        t = _new(Tensor)
-        t._value = value
-        t._vc = None
-        t._grad = None
-        t._x = None
-        if x._rg:
-            try:
-                tape = hot.rec()
-            except AttributeError:
-                tape = None
-            if tape is None or tape.closed and not (tape.resumable == 1 and x._tape is tape):
-                tape = recording_tape()
-            if tape is not None:
-                a = x._slot if x._tape is tape else tape.slot_of(x)
-                s = tape.ns
-                if s >= tape.cap:
-                    tape._grow()
-                _pack_row(tape.rows, tape.n << 6, code, a, -1, -1, s, 0, 0, f0)
-                tape.values.append(value)
-                tape.n += 1
-                tape.ns = s + 1
-                t._tape = tape
-                t._slot = s
-                t._rg = True
-                return t
-        t._tape = None
-        t._slot = -1
-        t._rg = False
-        return t
-    f.__name__ = generic.__name__
-    return f
 
 
 def _float_unary(op):
@@ -239,44 +142,6 @@ def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
         t = _leaf(value)
         t._vc = vc
     t._extra().base = x
-    return t
-
-
-def _binary_rec(op, x, y, value):
-    """_unary for two operands (Tape.push and _result inlined: W2 runs six per step)."""
-    if value.__class__ is not ndarray:
-        value = np.asarray(value)
-    elif not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)
-    t = _new(Tensor)
-    t._value = value
-    t._vc = None
-    t._grad = None
-    t._x = None
-    if x._rg or y._rg:
-        try:
-            tape = _hot.rec()
-        except AttributeError:
-            tape = None
-        if tape is None or tape.closed and not (tape.resumable == 1 and (x._tape is tape or y._tape is tape)):
-            tape = recording_tape()
-        if tape is not None:
-            a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add slots: before reading ns)
-            b = y._slot if y._tape is tape else tape.slot_of(y)
-            s = tape.ns
-            if s >= tape.cap:
-                tape._grow()
-            _pack_row(tape.rows, tape.n << 6, op.code, a, b, -1, s, 0, 0, 0.0)
-            tape.values.append(value)
-            tape.n += 1
-            tape.ns = s + 1
-            t._tape = tape
-            t._slot = s
-            t._rg = True
-            return t
-    t._tape = None
-    t._slot = -1
-    t._rg = False
     return t
 
 
@@ -447,29 +312,6 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
             return _unary(op_scalar, x, op_scalar.forward(v, _operand(c, v.dtype)), f0=c)
         return _unary(op_scalar, x, op_scalar.forward(v, y), f0=float(y))
     return _binary(op, op_scalar, x, _as_tensor(y, x), reverse_scalar, float_result)
-
-
-_OPERANDS = {}  # (float, dtype) -> read-only 0-d array
-_F64 = np.dtype(np.float64)
-_F64_OPERANDS = {}  # float -> the same arrays for float64, keyed by the float alone
-
-
-def _operand(c, dt):
-    """The float constant c as an operand of dtype dt: a cached 0-d array, which a ufunc takes about
-    250 ns faster than a Python float (same value: NumPy casts a Python float to the array's dtype).
-    Zeros (0.0 and -0.0 share a key) and NaN (never equal to a key) stay Python floats."""
-    a = _OPERANDS.get((c, dt))
-    if a is None:
-        if not c or c != c:
-            return c
-        if len(_OPERANDS) >= 1024:  # a loop that makes ever-new constants stays bounded
-            _OPERANDS.clear()
-            _F64_OPERANDS.clear()
-        a = _OPERANDS[c, dt] = np.array(c, dt)
-        a.flags.writeable = False
-        if dt is _F64:
-            _F64_OPERANDS[c] = a
-    return a
 
 
 # -- the rows -----------------------------------------------------------------------------
@@ -897,7 +739,6 @@ def _nll_vjp(g, i, o, r):
 # sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
 # for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
-
 
 
 def _sigmoid(x):

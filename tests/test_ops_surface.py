@@ -354,17 +354,17 @@ def test_float_operands_give_numpys_python_float_results(op, dtype):
 
 
 def test_float_operand_cache_stays_bounded():
-    from tapegrad import ops
+    from tapegrad import operands
     for dtype in (tg.float32, tg.float64):
         x = tg.ones(1, dtype=dtype, requires_grad=True)
         for k in range(3000):
             x * (1.0 + k * 1e-3)
-    assert len(ops._OPERANDS) <= 1024 and len(ops._F64_OPERANDS) <= 1024
-    assert not ops._OPERANDS[next(iter(ops._OPERANDS))].flags.writeable
+    assert len(operands.OPERANDS) <= 1024 and len(operands.F64_OPERANDS) <= 1024
+    assert not operands.OPERANDS[next(iter(operands.OPERANDS))].flags.writeable
 
 
 # The operators with a Python float and the unary float functions have their own recorders
-# (ops._recorder): they must agree with torch in value, dtype, node and
+# (_record.recorder): they must agree with torch in value, dtype, node and
 # gradient for every kind of tensor, and send what they do not handle to the general path.
 OPERATOR_EXPRS = ["x + 0.5", "0.5 + x", "x - 0.5", "x * 0.5", "0.5 * x", "x / 0.5", "x * 2", "x + True",
                   "lib.sin(x)", "lib.exp(x)", "lib.tanh(x)", "lib.sqrt(x.abs() + 1)"]
