@@ -15,8 +15,9 @@ ASV      = $(BIN)/asv --config $(ASV_CONF)
 BENCH_PY = $(BIN)/python tools/bench.py --config '$(ASV_CONF)'
 BASE     ?= main
 # bench-compare fails when a benchmark is slower than on BASE by more than this factor (and by
-# more than its own spread, as asv judges it). asv's default is 1.1; on this 2-core shared
-# machine a benchmark moves by 10-15% between runs of the same commit.
+# more than its samples' spread, as asv judges it). asv's default, 1.1, is within one run's noise
+# on a 2-core machine; on a shared one, where other tenants' load moved W1 record's time by up to
+# 1.7x between runs of unchanged code, compare with a larger FACTOR or read the RatioToTorch rows.
 FACTOR   ?= 1.25
 QUICK    ?=# QUICK=1: each benchmark once (asv run --quick): checks the plumbing, times roughly
 BENCH    ?=# a regular expression: only the benchmarks whose names match (asv run --bench)
