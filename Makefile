@@ -21,6 +21,7 @@ BASE     ?= main
 FACTOR   ?= 1.25
 QUICK    ?=# QUICK=1: each benchmark once (asv run --quick): checks the plumbing, times roughly
 BENCH    ?=# a regular expression: only the benchmarks whose names match (asv run --bench)
+COMMIT   ?=# make bench COMMIT=main: time main's tapegrad with today's suite, filed under main
 
 .PHONY: install bench-install demo test bench bench-compare bench-publish clean
 
@@ -43,23 +44,25 @@ test: install
 	$(BIN)/python -m pytest tests
 
 # Times the working tree and files the results under the checked-out commit (asv keeps an
-# `existing` environment's results only when told which commit they are for).
+# `existing` environment's results only when told which commit they are for); with a commit as
+# $(2), times that commit's tapegrad instead, put first on the path of the processes asv times in.
 define bench_run
 	@$(BENCH_PY) machine
-	@git diff --quiet HEAD -- || echo "bench: the working tree differs from HEAD: its results are filed under HEAD $$(git rev-parse --short HEAD)"
-	$(1)$(ASV) run --python=same --set-commit-hash "$$(git rev-parse HEAD)" --show-stderr \
+	$(if $(2),,@git diff --quiet HEAD -- || echo "bench: the working tree differs from HEAD: its results are filed under HEAD $$(git rev-parse --short HEAD)")
+	$(1)$(if $(2),src="$$($(BENCH_PY) source '$(2)')" && PYTHONPATH="$$src" ASV_PYTHONPATH="$$src" )$(ASV) run \
+		--python=same --set-commit-hash "$$(git rev-parse --verify '$(or $(2),HEAD)^{commit}')" --show-stderr \
 		$(if $(QUICK),--quick) $(if $(BENCH),--bench '$(BENCH)')
 endef
 
 bench: bench-install
-	$(call bench_run)
+	$(call bench_run,,$(COMMIT))
 
 # The current commit against BASE's recorded results, as `asv continuous` prints and judges it.
 # BASE is checked first, so that a missing base fails before the run, not after it; a benchmark
 # that fails in the run goes on to the table, where it counts as a regression (!).
 bench-compare: bench-install
 	@$(BENCH_PY) check-base '$(BASE)'
-	$(call bench_run,-)
+	$(call bench_run,-,)
 	@$(BENCH_PY) compare '$(BASE)' --factor '$(FACTOR)' $(if $(BENCH),--bench '$(BENCH)')
 
 bench-publish: bench-install

@@ -2,6 +2,7 @@
 that asv leaves to a person at a console or does not do for an `existing` environment.
 
     python tools/bench.py machine             asv's machine info, its defaults, unless already set
+    python tools/bench.py source COMMIT       print a folder holding COMMIT's tapegrad/ (extracted once)
     python tools/bench.py check-results       exit 2, saying what to run, unless this machine has results
     python tools/bench.py check-base BASE     the same for BASE's results
     python tools/bench.py compare BASE        HEAD against BASE as `asv continuous` prints and judges it
@@ -10,11 +11,14 @@ that asv leaves to a person at a console or does not do for an `existing` enviro
 + or -, one that started failing !) and exits 1 on what `asv continuous` counts as a regression:
 slower than BASE by more than the factor and, where both sides have several samples, by more
 than their spread. `asv continuous` itself cannot run here: it builds each commit in a fresh
-environment, while this project times the working tree in its own; BASE's results are the ones
-`make bench` recorded with BASE checked out.
+environment, while this project times in its own: BASE's results are the ones `make bench`
+recorded at BASE, or `make bench COMMIT=BASE`, which puts BASE's tapegrad first on the path of
+the processes asv times in, in front of the working tree's (today's suite against BASE's code,
+as asv times any commit).
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -43,8 +47,27 @@ def resolve(name):
 def load_config(path):
     """asv reads the config's paths from the config's folder (it changes into it); so do we."""
     conf = Config.load(path)
-    conf.results_dir = os.path.join(os.path.dirname(os.path.abspath(path)), conf.results_dir)
+    folder = os.path.dirname(os.path.abspath(path))
+    conf.results_dir = os.path.join(folder, conf.results_dir)
+    conf.env_dir = os.path.join(folder, conf.env_dir)
     return conf
+
+
+def commit_source(conf, name):
+    """A folder with the commit's tapegrad/ in it, extracted once into asv's env_dir."""
+    commit = resolve(name)
+    if commit is None:
+        raise BenchError(f"bench: unknown COMMIT={name}: no commit, branch or tag of that name here")
+    folder = os.path.join(conf.env_dir, f"src-{commit[:12]}")
+    if not os.path.isdir(os.path.join(folder, "tapegrad")):
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        archive = subprocess.Popen(["git", "archive", commit, "tapegrad"], stdout=subprocess.PIPE)
+        untar = subprocess.run(["tar", "-x", "-C", folder], stdin=archive.stdout)
+        if archive.wait() != 0 or untar.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise BenchError(f"bench: could not extract tapegrad/ from COMMIT={name} ({commit[:8]})")
+    return folder
 
 
 def has_results(conf, machine, commit):
@@ -91,8 +114,8 @@ def check_base(conf, machine, base_name):
                             "nothing to compare against; name an earlier commit (BASE=HEAD~1)")
     if not has_results(conf, machine, base):
         raise BenchError(f"bench-compare: no results for BASE={base_name} ({base[:8]}) on machine "
-                            f"{machine} in {conf.results_dir}. Record them first, with BASE checked out:\n"
-                            f"    git switch --detach {base[:8]} && make bench && git switch -\n"
+                            f"{machine} in {conf.results_dir}. Record them first (today's suite timed "
+                            f"on BASE's tapegrad, no checkout needed):\n    make bench COMMIT={base[:8]}\n"
                             "then run make bench-compare again.")
     return base
 
@@ -127,6 +150,7 @@ def main(argv=None):
     parser.add_argument("--config", default="asv.conf.json")
     steps = parser.add_subparsers(dest="step", required=True)
     steps.add_parser("machine")
+    steps.add_parser("source").add_argument("commit")
     steps.add_parser("check-results")
     steps.add_parser("check-base").add_argument("base")
     step = steps.add_parser("compare")
@@ -142,7 +166,9 @@ def main(argv=None):
         return 0
     conf = load_config(args.config)
     try:
-        if args.step == "check-results":
+        if args.step == "source":
+            print(commit_source(conf, args.commit))
+        elif args.step == "check-results":
             check_results(conf, machine)
         elif args.step == "check-base":
             check_base(conf, machine, args.base)
