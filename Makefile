@@ -70,5 +70,6 @@ bench-publish: bench-install
 	$(ASV) publish
 	@echo "bench-publish: open it with: $(ASV) preview   (serves it at http://127.0.0.1:8080)"
 
+# Keeps .asv/results: the benchmark history is not a build product (rm -rf .asv drops it).
 clean:
-	rm -rf $(VENV) .asv build *.egg-info
+	rm -rf $(VENV) .asv/env .asv/html build *.egg-info

@@ -10,11 +10,10 @@ that asv leaves to a person at a console or does not do for an `existing` enviro
 `compare` prints asv's own table (sorted by ratio; a benchmark that changed significantly marked
 + or -, one that started failing !) and exits 1 on what `asv continuous` counts as a regression:
 slower than BASE by more than the factor and, where both sides have several samples, by more
-than their spread. `asv continuous` itself cannot run here: it builds each commit in a fresh
-environment, while this project times in its own: BASE's results are the ones `make bench`
-recorded at BASE, or `make bench COMMIT=BASE`, which puts BASE's tapegrad first on the path of
-the processes asv times in, in front of the working tree's (today's suite against BASE's code,
-as asv times any commit).
+than their spread. `asv continuous` itself cannot run here: it builds each commit in an
+environment of its own, while this project times in its .venv. BASE's results are the ones
+`make bench` recorded at BASE, or `make bench COMMIT=BASE`: today's suite against BASE's
+tapegrad, put first on the path of the processes asv times in.
 """
 import argparse
 import os
@@ -59,14 +58,16 @@ def commit_source(conf, name):
     if commit is None:
         raise BenchError(f"bench: unknown COMMIT={name}: no commit, branch or tag of that name here")
     folder = os.path.join(conf.env_dir, f"src-{commit[:12]}")
-    if not os.path.isdir(os.path.join(folder, "tapegrad")):
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
+    if not os.path.isdir(folder):
+        part = folder + ".part"  # renamed when complete: an interrupted extraction is redone
+        shutil.rmtree(part, ignore_errors=True)
+        os.makedirs(part)
         archive = subprocess.Popen(["git", "archive", commit, "tapegrad"], stdout=subprocess.PIPE)
-        untar = subprocess.run(["tar", "-x", "-C", folder], stdin=archive.stdout)
+        untar = subprocess.run(["tar", "-x", "-C", part], stdin=archive.stdout)
         if archive.wait() != 0 or untar.returncode != 0:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(part, ignore_errors=True)
             raise BenchError(f"bench: could not extract tapegrad/ from COMMIT={name} ({commit[:8]})")
+        os.rename(part, folder)
     return folder
 
 
@@ -100,7 +101,7 @@ def check_results(conf, machine):
     if not (os.path.isdir(folder) and any(name.endswith(".json") and name != "machine.json"
                                           for name in os.listdir(folder))):
         raise BenchError(f"bench-publish: no results for machine {machine} in {conf.results_dir} "
-                            "yet: run make bench first (make bench QUICK=1 for a quick one)")
+                         "yet: run make bench first (make bench QUICK=1 for a quick one)")
 
 
 def check_base(conf, machine, base_name):
@@ -108,15 +109,15 @@ def check_base(conf, machine, base_name):
     base = resolve(base_name)
     if base is None:
         raise BenchError(f"bench-compare: unknown base BASE={base_name}: no commit, branch or tag "
-                            "of that name here (BASE=main, BASE=HEAD~1 or a commit hash)")
+                         "of that name here (BASE=main, BASE=HEAD~1 or a commit hash)")
     if base == resolve("HEAD"):
         raise BenchError(f"bench-compare: BASE={base_name} is the checked-out commit {base[:8]}: "
-                            "nothing to compare against; name an earlier commit (BASE=HEAD~1)")
+                         "nothing to compare against; name an earlier commit (BASE=HEAD~1)")
     if not has_results(conf, machine, base):
         raise BenchError(f"bench-compare: no results for BASE={base_name} ({base[:8]}) on machine "
-                            f"{machine} in {conf.results_dir}. Record them first (today's suite timed "
-                            f"on BASE's tapegrad, no checkout needed):\n    make bench COMMIT={base[:8]}\n"
-                            "then run make bench-compare again.")
+                         f"{machine} in {conf.results_dir}. Record them first (today's suite timed "
+                         f"on BASE's tapegrad, no checkout needed):\n    make bench COMMIT={base[:8]}\n"
+                         "then run make bench-compare again.")
     return base
 
 
@@ -125,7 +126,7 @@ def compare(conf, machine, base_name, factor, bench):
     head = resolve("HEAD")
     if not has_results(conf, machine, head):
         raise BenchError(f"bench-compare: no results for HEAD ({head[:8]}) on machine {machine}: "
-                            "run make bench first")
+                         "run make bench first")
     # The suite as HEAD's run discovered it, narrowed as that run was: no row for a benchmark that
     # BASE had and HEAD dropped, nor for one of HEAD's results that an earlier run left.
     names = set(Benchmarks.load(conf, regex=bench or None))
