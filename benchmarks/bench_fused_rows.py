@@ -52,6 +52,8 @@ class SinKernel:
         from tapegrad.jit import forward
         self.kernels = forward
         self.a = np.random.default_rng(0).standard_normal(1_000_000)
+        forward.sin_forward(self.a[:1])  # compiles (or loads from cache) once, as the other
+        forward.cos_forward(self.a[:1])  # benchmarks' setups do: a quick run times one call
 
     def time_forward(self, kernel):
         if kernel == "vectorised":
