@@ -33,7 +33,7 @@ FREED = 8  # tape.FREED
 F32, F64, I64, I32, BOOL = 0, 1, 2, 3, 4
 
 # status codes returned to the driver
-OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON = 0, 1, 2, 3
+OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON, ERR_NAN = 0, 1, 2, 3, 4
 
 
 def _keep_freed_memory():
@@ -1554,6 +1554,38 @@ def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, o
             if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
                 return ERR_OPCODE, e
     return OK, -1
+
+
+@njit(cache=True)
+def has_nan(a):
+    for v in a:
+        if v != v:
+            return True
+    return False
+
+
+@njit(cache=True)
+def replay_checked(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
+    """``replay`` for anomaly mode: stop at the first entry whose adjoint makes the gradient of one of
+    its operands NaN. Returns (status, entry, operand). A gradient that was NaN before the entry ran
+    (a NaN seed) does not count against it: the entry that reads it next is blamed, as torch's
+    check of each node's outputs blames it."""
+    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
+    P = C[0]
+    before = np.zeros(3, np.bool_)
+    for e in range(hi - 1, lo - 1, -1):
+        if not need[R[e, 4]]:
+            continue
+        for k in range(3):
+            s = R[e, 1 + k]
+            before[k] = s >= 0 and P[s, GPTR] != 0 and has_nan(grad(C, s))
+        if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
+            return ERR_OPCODE, e, -1
+        for k in range(3):
+            s = R[e, 1 + k]
+            if s >= 0 and P[s, GPTR] != 0 and not before[k] and has_nan(grad(C, s)):
+                return ERR_NAN, e, k
+    return OK, -1, -1
 
 
 @njit(cache=True)
