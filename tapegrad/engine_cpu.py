@@ -427,7 +427,7 @@ def _give_grad(t, g, create_graph):
             t._grad._value += g
         return
     if t._grad is None:
-        t._grad = g if create_graph else ops._leaf(g._value)
+        t._grad = ops.fresh_grad(g) if create_graph else ops._leaf(g._value)
     elif create_graph:
         t._grad = t._grad + g
     else:

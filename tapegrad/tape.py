@@ -424,14 +424,18 @@ def recorded_at(stack):
     return f"{os.path.basename(filename)}:{lineno}"
 
 
-def format_stack(stack):
-    """A recorded stack as traceback.format_stack writes one (outermost first), without the frames
-    of the recording machinery at its inner end."""
+def stack_lines(stack):
+    """A recorded stack as traceback.format_stack gives one (a string per frame, outermost first),
+    without the frames of the recording machinery at its inner end."""
     frames = []
     for filename, lineno, name in reversed(_callers(stack)):
         linecache.checkcache(filename)
         frames.append(traceback.FrameSummary(filename, lineno, name, line=linecache.getline(filename, lineno)))
-    return "".join(traceback.format_list(frames))
+    return traceback.format_list(frames)
+
+
+def format_stack(stack):
+    return "".join(stack_lines(stack))
 
 
 def current_tape():
