@@ -320,10 +320,8 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
     goff, garena = K.arena(S, _HOFF, need, export, witness)
 
     def replay(lo, hi):
-        if not check_nan:
-            return K.replay(R, RF, S, _HOFF, export, need, goff, garena, lo, hi, tcode, witness, K.OP_KERNEL)
-        status, where, k = K.replay_checked(R, RF, S, _HOFF, export, need, goff, garena, lo, hi, tcode, witness,
-                                            K.OP_KERNEL)
+        status, where, k = K.replay(R, RF, S, _HOFF, export, need, goff, garena, lo, hi, tcode, witness,
+                                    K.OP_KERNEL, check_nan)
         if status == K.ERR_NAN:
             raise _nan_error(tape, where, k)
         return status, where

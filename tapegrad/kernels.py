@@ -1546,17 +1546,6 @@ def arena(S, hoff, need, export, witness):
 
 
 @njit(cache=True)
-def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
-    """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed."""
-    C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
-    for e in range(hi - 1, lo - 1, -1):
-        if need[R[e, 4]]:
-            if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
-                return ERR_OPCODE, e
-    return OK, -1
-
-
-@njit(cache=True)
 def has_nan(a):
     for v in a:
         if v != v:
@@ -1565,26 +1554,29 @@ def has_nan(a):
 
 
 @njit(cache=True)
-def replay_checked(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
-    """``replay`` for anomaly mode: stop at the first entry whose adjoint makes the gradient of one of
-    its operands NaN. Returns (status, entry, operand). A gradient that was NaN before the entry ran
-    (a NaN seed) does not count against it: the entry that reads it next is blamed, as torch's
-    check of each node's outputs blames it."""
+def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel, check_nan):
+    """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed; returns
+    (status, entry, operand). With ``check_nan`` (anomaly mode) stop at the first entry whose adjoint
+    makes the gradient of one of its operands NaN. A gradient already NaN before the entry ran (a
+    NaN seed) does not count against it: the entry that reads it next is blamed, as torch's check
+    of each node's outputs blames it. (A flag here, not a second replay: that would compile the
+    interpreter's dispatch once more, half a minute on a first use.)"""
     C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
     P = C[0]
     before = np.zeros(3, np.bool_)
     for e in range(hi - 1, lo - 1, -1):
-        if not need[R[e, 4]]:
-            continue
-        for k in range(3):
-            s = R[e, 1 + k]
-            before[k] = s >= 0 and P[s, GPTR] != 0 and has_nan(grad(C, s))
-        if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
-            return ERR_OPCODE, e, -1
-        for k in range(3):
-            s = R[e, 1 + k]
-            if s >= 0 and P[s, GPTR] != 0 and not before[k] and has_nan(grad(C, s)):
-                return ERR_NAN, e, k
+        if need[R[e, 4]]:
+            if check_nan:
+                for k in range(3):
+                    s = R[e, 1 + k]
+                    before[k] = s >= 0 and P[s, GPTR] != 0 and has_nan(grad(C, s))
+            if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
+                return ERR_OPCODE, e, -1
+            if check_nan:
+                for k in range(3):
+                    s = R[e, 1 + k]
+                    if s >= 0 and P[s, GPTR] != 0 and not before[k] and has_nan(grad(C, s)):
+                        return ERR_NAN, e, k
     return OK, -1, -1
 
 
