@@ -6,9 +6,9 @@ Without ``create_graph`` each tape is replayed by ONE call into the jitted inter
 non-leaf tensors split that call at the hooked slot's producer. With ``create_graph`` the
 rows' differentiable VJPs run in Python and record onto the current tape.
 
-In anomaly mode (``tape.Anomaly``) every tape is replayed in segments, each entry's gradients
-checked for NaN, and an error raised in backward carries the node it arose in (``_blame``) for
-autograd's report of that node's forward traceback.
+In anomaly mode (``tape.Anomaly``) each entry's gradients are checked for NaN as it runs (the
+jitted replay in segments, its check_nan flag on), and an error raised in backward carries the
+node it arose in (``_blame``) for autograd's report of that node's forward traceback.
 """
 import ctypes
 import weakref
@@ -144,12 +144,14 @@ def blame_leaf(exc, req, t):
             pass
 
 
-def _note_leaves(req, tape, slots, leaves):
-    for s, t in zip(slots, leaves):
+def _note_leaves(req, tape, pairs):
+    """Anomaly mode: where each leaf of the (slot, leaf) pairs was recorded, for blame_leaf (its
+    newest tape's slot)."""
+    for s, t in pairs:
         req.leaf_slots.setdefault(id(t), (tape, s))
 
 
-def entry_name(tape, e):
+def _entry_name(tape, e):
     """torch's name of the node of entry e, for a message (a composite shows as its torch node)."""
     r = tape.row(e)
     shown = tape.shown.get(r[4])
@@ -160,7 +162,7 @@ def entry_name(tape, e):
 
 
 def _nan_error(tape, e, k):
-    return _blame(RuntimeError(f"Function '{entry_name(tape, e)}' returned nan values in its {k}th output."),
+    return _blame(RuntimeError(f"Function '{_entry_name(tape, e)}' returned nan values in its {k}th output."),
                   tape, tape.row(e)[4])
 
 
@@ -259,7 +261,7 @@ def _run_jitted(tape, seeds, req):
     release = not req.retain_graph and tape.epoch == Global.inplace_events
     left = -1
     if anomaly:
-        _note_leaves(req, tape, lslots, leaves)
+        _note_leaves(req, tape, zip(lslots, leaves))
     if not segmented:
         status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
     else:
@@ -562,9 +564,7 @@ def _run_python(tape, seeds, req):
     check_nan = anomaly and Anomaly.check_nan
     if anomaly:
         parent, here = _state.anomaly_parent, weakref.ref(tape)
-        for s, (kind, t) in wanted.items():
-            if kind == "leaf":
-                req.leaf_slots.setdefault(id(t), (tape, s))
+        _note_leaves(req, tape, ((s, t) for s, (kind, t) in wanted.items() if kind == "leaf"))
     e = len(rows)
     try:
         for r in reversed(rows):

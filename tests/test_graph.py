@@ -176,6 +176,18 @@ def test_create_graph_gradient_shows_torchs_nodes(name, seed):
     np.testing.assert_allclose(got[0][1], got[1][1], rtol=1e-12, atol=1e-15)
 
 
+def test_relu_backward_shows_threshold_backward():
+    # with a gradient that requires grad (whether an untracked one gives a result that requires grad
+    # is a matter of differentiability, not of names)
+    torch = pytest.importorskip("torch")
+    got = []
+    for lib in (tg, torch):
+        x, y, loss = _seeded(lib, "mul", "tracked")
+        (gx,) = lib.autograd.grad((x.relu() * y).sum(), x, create_graph=True)
+        got.append(structure(gx.grad_fn))
+    assert got[0] == got[1] and got[0][0] == "ThresholdBackwardBackward0"
+
+
 @pytest.mark.parametrize("keepdim", [False, True])
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 @pytest.mark.parametrize("dim", [0, 1, (0, 1), None])
