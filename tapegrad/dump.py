@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from . import ops
-from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, _state
+from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, _state, recorded_at
 from .tensor import Tensor
 
 DTYPE_NAMES = ("float32", "float64", "int64", "int32", "bool")
@@ -319,11 +319,15 @@ def _tape_rows(tape, view):
             heads = [["", "const", "", ""]]  # an index map or other value a row reads, not a tensor
         tail = [_ref(tape, s, view), _fmt_shape(_shape(tape, s, view)), _dtype(tape, s, dt, view),
                 _version(tape, s, recorded), _flags(tape, s, flags)]
+        if tape.traces is not None:  # recorded in anomaly mode: where each entry was made
+            trace = tape.traces.get(s) if heads[0][0] else None
+            tail.append(recorded_at(trace[0]) if trace is not None else "")
         out.extend(h + tail for h in heads)
     return out
 
 
 _COLUMNS = ["entry", "op", "grad_fn", "inputs", "out", "shape", "dtype", "ver", "flags"]
+_TRACED_COLUMNS = _COLUMNS + ["recorded at"]
 _RIGHT = {0}  # right-aligned columns
 _LEGEND = ("flags: rg = requires grad, retained = retain_grad(), hook = register_hook(), "
            "freed = saved values released by backward\n"
@@ -331,7 +335,7 @@ _LEGEND = ("flags: rg = requires grad, retained = retain_grad(), hook = register
 
 
 def _table(rows):
-    widths = [max(len(r[k]) for r in rows) for k in range(len(_COLUMNS))]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = []
     for r in rows:
         cells = [c.rjust(w) if k in _RIGHT else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))]
@@ -347,7 +351,7 @@ def format_view(view):
         if lines:
             lines.append("")
         lines.append(_header(tape, shown, view))
-        lines.extend(_table([_COLUMNS] + rows))
+        lines.extend(_table([_COLUMNS if tape.traces is None else _TRACED_COLUMNS] + rows))
     if view.slots:
         lines.append(_LEGEND)
     return DumpText("\n".join(lines) + "\n")

@@ -5,13 +5,18 @@ Without ``create_graph`` each tape is replayed by ONE call into the jitted inter
 (leaf grads, retained grads, links into older tapes) and hands them out afterwards. Hooks on
 non-leaf tensors split that call at the hooked slot's producer. With ``create_graph`` the
 rows' differentiable VJPs run in Python and record onto the current tape.
+
+In anomaly mode (``tape.Anomaly``) each entry's gradients are checked for NaN as it runs (the
+jitted replay in segments, its check_nan flag on), and an error raised in backward carries the
+node it arose in (``_blame``) for autograd's report of that node's forward traceback.
 """
 import ctypes
+import weakref
 
 import numpy as np
 
 from . import ops
-from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, ROW, Global
+from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, ROW, Anomaly, Global, _state
 from .ops import Negated, add_grads, negated, plain
 from .tensor import Size, Tensor
 from .tensor import _new
@@ -88,6 +93,7 @@ class Request:
         self.leaf_grads = {}  # id(leaf) -> [leaf, gradient summed over its slots on every tape]
         self.last = False  # the tape now running is the last one (no older tape pending)
         self.reached = set()
+        self.leaf_slots = {}  # anomaly mode: id(leaf) -> (tape, slot), where its AccumulateGrad was recorded
 
 
 def run(seeds, req):
@@ -111,7 +117,64 @@ def run(seeds, req):
             into[slot] = _accumulate(into.get(slot), g)
     # Once per leaf after every tape, so that its hooks see the whole gradient, as torch's do.
     for t, g in req.leaf_grads.values():
-        _give_grad(t, g, req.create_graph)
+        try:
+            _give_grad(t, g, req.create_graph)
+        except BaseException as exc:
+            blame_leaf(exc, req, t)
+            raise
+
+
+def _blame(exc, tape, slot):
+    """Anomaly mode: tag an error raised in backward with the node it arose in (the entry that made
+    ``slot``, or the leaf at ``slot``): autograd warns with that node's forward traceback."""
+    if Anomaly.enabled:
+        try:
+            exc.anomaly_node = (tape, slot)
+        except AttributeError:  # an exception type that takes no attributes: reported without its node
+            pass
+    return exc
+
+
+def blame_leaf(exc, req, t):
+    """_blame for an error in a leaf's hooks (torch's AccumulateGrad)."""
+    where = req.leaf_slots.get(id(t))
+    if where is not None:
+        _blame(exc, *where)
+    elif Anomaly.enabled:
+        try:
+            exc.anomaly_node = None  # a leaf with no recorded slot: no forward information
+        except AttributeError:
+            pass
+
+
+def _note_leaves(req, tape, pairs):
+    """Anomaly mode: where each leaf of the (slot, leaf) pairs was recorded, for blame_leaf (its
+    newest tape's slot)."""
+    for s, t in pairs:
+        req.leaf_slots.setdefault(id(t), (tape, s))
+
+
+def _entry_name(tape, e):
+    """torch's name of the node of entry e, for a message (a composite shows as its torch node)."""
+    r = tape.row(e)
+    shown = tape.shown.get(r[4])
+    if shown is not None:
+        return shown[0]
+    call = tape.pyfuncs.get(e)
+    return call.name if call is not None else ops.TABLE[r[0]].grad_fn
+
+
+def _nan_error(tape, e, k):
+    return _blame(RuntimeError(f"Function '{_entry_name(tape, e)}' returned nan values in its {k}th output."),
+                  tape, tape.row(e)[4])
+
+
+def _has_nan(g):
+    """Whether gradient g (a Tensor, ndarray or a deferred Negated or Run) holds a NaN."""
+    while g.__class__ is Negated or g.__class__ is ops.Run:
+        g = g.t if g.__class__ is Negated else g.g
+    v = g._value if isinstance(g, Tensor) else g
+    return v.dtype.kind == "f" and bool(np.isnan(v).any())
 
 
 def _add_leaf_grad(req, t, g):
@@ -171,16 +234,18 @@ def _run_jitted(tape, seeds, req):
     bufs = {}
     for s, seed in seeds.items():
         if values[s] is None:  # the seed's own entry was freed by an earlier backward
-            raise RuntimeError(FREED_MSG)
+            raise _blame(RuntimeError(FREED_MSG), tape, s)
         # The kernels read a buffer in C order: an expanded or transposed seed must be laid out anew.
         b = np.array(seed, dtype=T, order="C", copy=True).reshape(values[s].shape)
         bufs[s] = b
         export[s] = id(b)
     lslots, leaves, wanted = _exports(tape, req)
     hooked = [s for s, hs in tape.hooks.items() if hs] if tape.hooks else ()
-    # The one-call replay (no hooks, no Functions) writes or zeroes each exported buffer before
-    # reading it (interp.replay_packed): no memset here.
-    segmented = hooked or tape.pyfuncs
+    # The one-call replay (no hooks, no Functions, no NaN checks) writes or zeroes each exported
+    # buffer before reading it (interp.replay_packed): no memset here.
+    anomaly = Anomaly.enabled
+    check_nan = anomaly and Anomaly.check_nan
+    segmented = hooked or tape.pyfuncs or check_nan
     alloc = np.zeros if segmented else np.empty
     # The hot part for a model with many parameters. A leaf slot is never a seed (seeds are outputs).
     lbufs = [alloc(values[s].shape, T) for s in lslots]
@@ -198,14 +263,17 @@ def _run_jitted(tape, seeds, req):
     # Unless the version check below may still raise, the kernel marks the freed entries itself.
     release = not req.retain_graph and tape.epoch == Global.inplace_events
     left = -1
-    if not hooked and not tape.pyfuncs:
+    if anomaly:
+        _note_leaves(req, tape, zip(lslots, leaves))
+    if not segmented:
         status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
     else:
         status, where, need = K.plan(R, S, roots, 0)
         if status == K.OK:
-            status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness)
+            status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness,
+                                               check_nan)
     if status == K.ERR_FREED:
-        raise RuntimeError(FREED_MSG)
+        raise _blame(RuntimeError(FREED_MSG), tape, R[where, 4])
     if status != K.OK:
         raise RuntimeError(f"tapegrad internal error: no adjoint for entry {where} ({tape.row(where)})")
     if tape.epoch != Global.inplace_events:
@@ -250,10 +318,18 @@ def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
                 entry[1] = entry[1] + g
 
 
-def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness):
+def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness, check_nan=False):
     """Replay in segments: a hook on a non-leaf sees (and may replace) its complete gradient, and a
-    custom Function's Python backward runs after the rows recorded later than its call."""
+    custom Function's Python backward runs after the rows recorded later than its call. With
+    ``check_nan`` (anomaly mode) every entry's gradients are checked as it runs."""
     goff, garena = K.arena(S, _HOFF, need, export, witness)
+
+    def replay(lo, hi):
+        status, where, k = K.replay(R, RF, S, _HOFF, export, need, goff, garena, lo, hi, tcode, witness,
+                                    K.OP_KERNEL, check_nan)
+        if status == K.ERR_NAN:
+            raise _nan_error(tape, where, k)
+        return status, where
 
     def gbuf(s):
         v = tape.values[s]
@@ -276,29 +352,42 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
     cuts.sort(key=lambda c: (c[0], c[1]), reverse=True)
     hi = R.shape[0]
     for top, order, bottom, what in cuts:
-        status, where = K.replay(R, RF, S, _HOFF, export, need, goff, garena, top, hi, tcode, witness, K.OP_KERNEL)
+        status, where = replay(top, hi)
         if status != K.OK:
             return status, where
-        if order:
-            g = gbuf(what)
-            for hook in tape.hooks[what]:
-                r = hook(ops._leaf(g.copy()))
-                if r is not None:
-                    g[...] = r._value
-        else:
-            _function_jitted(what, gbuf, need)
+        try:
+            if order:
+                g = gbuf(what)
+                for hook in tape.hooks[what]:
+                    r = hook(ops._leaf(g.copy()))
+                    if r is not None:
+                        g[...] = r._value
+            else:
+                _function_jitted(tape, what, gbuf, need, check_nan)
+        except BaseException as exc:  # a hook on a tensor runs as part of its node, as in torch
+            _blame(exc, tape, what if order else R[what.lo, 4])
+            raise
         hi = bottom
-    return K.replay(R, RF, S, _HOFF, export, need, goff, garena, 0, hi, tcode, witness, K.OP_KERNEL)
+    return replay(0, hi)
 
 
-def _function_jitted(call, gbuf, need):
+def _function_jitted(tape, call, gbuf, need, check_nan):
     """A custom Function's backward on the jitted path: its output gradients come from the
     buffers (copied, in each output's dtype), its input gradients are added into theirs."""
     gouts = [ops._leaf(gbuf(s).astype(m[1])) if s >= 0 and need[s] else None
              for s, m in zip(call.out_slots, call.out_meta)]
-    for s, g in call.run(gouts):
+    grads = call.run(gouts)
+    if check_nan:
+        _check_function_nan(tape, call, grads)
+    for s, g in grads:
         b = gbuf(s)
         b += g._value
+
+
+def _check_function_nan(tape, call, grads):
+    for s, g in grads:
+        if _has_nan(g):
+            raise _nan_error(tape, call.lo, call.in_slots.index(s))
 
 
 def _deliver(tape, wanted, need, bufs, req):
@@ -341,7 +430,7 @@ def _give_grad(t, g, create_graph):
             t._grad._value += g
         return
     if t._grad is None:
-        t._grad = g if create_graph else ops._leaf(g._value)
+        t._grad = ops.fresh_grad(g) if create_graph else ops._leaf(g._value)
     elif create_graph:
         t._grad = t._grad + g
     else:
@@ -349,7 +438,8 @@ def _give_grad(t, g, create_graph):
 
 
 def check_versions(tape, R, need):
-    """Raise torch's error when a value a needed adjoint reads was changed in place after recording."""
+    """Raise torch's error when a value a needed adjoint reads was changed in place after recording
+    (in anomaly mode with its other hint, and blaming the entry that reads it)."""
     S = tape.slot_table()
     vcs = tape.vcs
     for e in np.flatnonzero(need[R[:, 4]]).tolist():
@@ -361,12 +451,15 @@ def check_versions(tape, R, need):
                 kind = {"float32": "FloatTensor", "float64": "DoubleTensor"}.get(v.dtype.name, "Tensor")
                 p = tape.producer(s)
                 origin = f"output 0 of {ops.TABLE[R[p, 0]].grad_fn}" if p >= 0 else "a leaf"
-                raise RuntimeError(
+                hint = ("the backtrace further above shows the operation that failed to compute its gradient. "
+                        "The variable in question was changed in there or anywhere later. Good luck!"
+                        if Anomaly.enabled else
+                        "enable anomaly detection to find the operation that failed to compute its gradient, "
+                        "with torch.autograd.set_detect_anomaly(True, check_nan=False).")
+                raise _blame(RuntimeError(
                     "one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: [torch.{kind} {list(v.shape)}], which is {origin}, is at version {vcs[s][0]}; "
-                    f"expected version {S[s, 2]} instead. Hint: enable anomaly detection to find the "
-                    "operation that failed to compute its gradient, with "
-                    "torch.autograd.set_detect_anomaly(True).")
+                    f"expected version {S[s, 2]} instead. Hint: {hint}"), tape, R[e, 4])
 
 
 # -- create_graph: the differentiable path ---------------------------------------------------------
@@ -426,7 +519,7 @@ class _SlotTensors(dict):
         return t
 
 
-def _function_python(tape, call, grads, wanted):
+def _function_python(tape, call, grads, wanted, check_nan):
     """A custom Function's backward with create_graph: it records, so it differentiates again."""
     gouts = []
     for s in call.out_slots:
@@ -440,7 +533,10 @@ def _function_python(tape, call, grads, wanted):
         gouts.append(g)
     if all(g is None for g in gouts):
         return
-    for s, g in call.run(gouts):
+    gis = call.run(gouts)
+    if check_nan:
+        _check_function_nan(tape, call, gis)
+    for s, g in gis:
         grads[s] = _accumulate(grads.get(s), g)
 
 
@@ -453,7 +549,7 @@ def _run_python(tape, seeds, req):
     roots = np.fromiter(seeds, np.int64, len(seeds))
     status, where, need = K.plan(R, S, roots, 0)
     if status == K.ERR_FREED:
-        raise RuntimeError(FREED_MSG)
+        raise _blame(RuntimeError(FREED_MSG), tape, R[where, 4])
     if tape.epoch != Global.inplace_events:
         check_versions(tape, R, need)
     grads = {s: (g if isinstance(g, Tensor) else ops._leaf(np.asarray(g, dtype=tape.values[s].dtype)
@@ -467,47 +563,66 @@ def _run_python(tape, seeds, req):
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
     sign_through, takes_negated = ops.SIGN_THROUGH, ops.TAKES_NEGATED
     cache = _SlotTensors(tape, flags)  # slot -> the Tensor standing for it, shared by the rows that read it
+    anomaly = Anomaly.enabled
+    check_nan = anomaly and Anomaly.check_nan
+    if anomaly:
+        parent, here = _state.anomaly_parent, weakref.ref(tape)
+        _note_leaves(req, tape, ((s, t) for s, (kind, t) in wanted.items() if kind == "leaf"))
     e = len(rows)
-    for r in reversed(rows):
-        e -= 1
-        code, a, b, c, o = r[0], r[1], r[2], r[3], r[4]
-        if code == function_code:  # its rows run as one call, from its last row
-            call = tape.pyfuncs.get(e)
-            if call is not None and e == call.hi - 1:
-                _function_python(tape, call, grads, wanted)
-            continue
-        g = grads.get(o)
-        if g is None or not needl[o]:
-            continue
-        if o not in wanted:
-            del grads[o]
-        op = table[code]
-        sign = False
-        if g.__class__ is not Tensor:  # a deferred sign or run (ops.Negated, ops.Run)
-            if g.__class__ is Negated and not (hooks and o in hooks) and op in sign_through and \
-                    not (a in wanted or b in wanted or c in wanted):
-                # t through a VJP that commutes with the sign, what it returns negated (no row); not
-                # for one going out: it would show NegBackward0 where torch's shows the VJP's last op
-                g, sign = g.t, True
-            elif g.__class__ is not Negated or hooks and o in hooks or op not in takes_negated:
-                g = plain(g)
-                if o in grads:
-                    grads[o] = g
-        if hooks:
-            for hook in hooks.get(o, ()):
-                h = hook(g)
-                if h is not None:
-                    g = grads[o] = h
-        n = op.arity
-        ins = (cache[a],) if n == 1 else (cache[a], cache[b]) if n == 2 else (cache[a], cache[b], cache[c])
-        # (an unused operand slot is -1: zip pairs it with nothing, or with a None that is skipped)
-        for s, gi in zip((a, b, c), op.vjp(g, ins, cache[o], r)):
-            if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
+    try:
+        for r in reversed(rows):
+            e -= 1
+            code, a, b, c, o = r[0], r[1], r[2], r[3], r[4]
+            if anomaly:  # the node whose backward records from here on (torch's anomaly "parent")
+                _state.anomaly_parent = (here, o)
+            if code == function_code:  # its rows run as one call, from its last row
+                call = tape.pyfuncs.get(e)
+                if call is not None and e == call.hi - 1:
+                    _function_python(tape, call, grads, wanted, check_nan)
                 continue
-            if sign:
-                gi = negated(gi)
-            old = grads.get(s)
-            grads[s] = gi if old is None else add_grads(old, gi, s in wanted)
+            g = grads.get(o)
+            if g is None or not needl[o]:
+                continue
+            if o not in wanted:
+                del grads[o]
+            op = table[code]
+            sign = False
+            if g.__class__ is not Tensor:  # a deferred sign or run (ops.Negated, ops.Run)
+                if g.__class__ is Negated and not (hooks and o in hooks) and op in sign_through and \
+                        not (a in wanted or b in wanted or c in wanted):
+                    # t through a VJP that commutes with the sign, what it returns negated (no row); not
+                    # for one going out: it would show NegBackward0 where torch's shows the VJP's last op
+                    g, sign = g.t, True
+                elif g.__class__ is not Negated or hooks and o in hooks or op not in takes_negated:
+                    g = plain(g)
+                    if o in grads:
+                        grads[o] = g
+            if hooks:
+                for hook in hooks.get(o, ()):
+                    h = hook(g)
+                    if h is not None:
+                        g = grads[o] = h
+            n = op.arity
+            ins = (cache[a],) if n == 1 else (cache[a], cache[b]) if n == 2 else (cache[a], cache[b], cache[c])
+            # (an unused operand slot is -1: zip pairs it with nothing, or with a None that is skipped)
+            gis = op.vjp(g, ins, cache[o], r)
+            if check_nan:
+                for k, (s, gi) in enumerate(zip((a, b, c), gis)):
+                    if gi is not None and s >= 0 and flags[s] & REQUIRES_GRAD and _has_nan(gi):
+                        raise _nan_error(tape, e, k)
+            for s, gi in zip((a, b, c), gis):
+                if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
+                    continue
+                if sign:
+                    gi = negated(gi)
+                old = grads.get(s)
+                grads[s] = gi if old is None else add_grads(old, gi, s in wanted)
+    except BaseException as exc:
+        _blame(exc, tape, o)  # the entry whose backward (VJP, hook or Function) failed
+        raise
+    finally:
+        if anomaly:
+            _state.anomaly_parent = parent
     links = {}
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:

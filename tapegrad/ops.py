@@ -214,13 +214,33 @@ def add_grads(old, g, exported=False):
 
 
 def shown_as(out, grad_fn, *inputs):
-    """Show a composite's result as torch's single node: ``grad_fn`` its class name, ``inputs`` (the
-    user's tensors, None for other operands) its next_functions. The tape keeps the primitives."""
+    """Show a composite's result as torch's node: ``grad_fn`` its class name, ``inputs`` its
+    next_functions: the user's tensors, None for other operands, or a ``shown`` node that the
+    composite's rows stand for (a VJP fused into fewer rows than torch's formula has nodes). The
+    tape keeps the primitives."""
     tape = out._tape
     if tape is not None:
-        tape.shown[out._slot] = (grad_fn, tuple(tape.slot_of(t) if isinstance(t, Tensor) and t._rg else -1
-                                                for t in inputs))
+        tape.shown[out._slot] = (grad_fn, _shown_inputs(tape, inputs))
     return out
+
+
+def shown(grad_fn, *inputs):
+    """A node of torch's graph inside a ``shown_as`` spec, with no row of its own."""
+    return grad_fn, inputs
+
+
+def _shown_inputs(tape, inputs):
+    """The spec's inputs as slots (-1: none) and nested (name, inputs) pairs. (A plain loop: W4's
+    create_graph walk runs this twice per Hessian-vector product.)"""
+    out = []
+    for t in inputs:
+        if t.__class__ is tuple:
+            out.append((t[0], _shown_inputs(tape, t[1])))
+        elif isinstance(t, Tensor) and t._rg:
+            out.append(t._slot if t._tape is tape else tape.slot_of(t))
+        else:
+            out.append(-1)
+    return tuple(out)
 
 
 # -- broadcasting and type promotion ------------------------------------------------------------
@@ -316,12 +336,15 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
 
 # -- the rows -----------------------------------------------------------------------------
 def _sum_to(g, shape):
-    """Sum a broadcast gradient back to ``shape`` (the VJP of expand)."""
+    """Sum a broadcast gradient back to ``shape`` (the VJP of expand), in torch's at::sum_to nodes."""
     if g._value.shape == tuple(shape):  # the common case, on the create_graph path's hot loop
         return g
+    if not shape:
+        return sum(g)
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and g.shape[lead + i] != 1)
-    return reshape(sum(g, axes, keepdim=True), shape)
+    g = sum(g, axes, keepdim=True) if axes else g
+    return reshape(g, shape) if lead else g
 
 
 # Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
@@ -402,16 +425,21 @@ def _pow_scalar_vjp(g, i, o, r):
     if c == 0:
         return (g * 0.0,)
     x = i[0]
+    # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); x ** 1 (c == 2) and a uniform
+    # grad folded into the scalar have no rows here, so their nodes are shown
+    p = shown("PowBackward0", x) if c == 2 else x ** (c - 1)
     u = _uniform(g)
     if u is not None and _exact(c, u):  # g is the number u everywhere: one product fewer, same bits
-        return (x * float(c * u),) if c == 2 else (x ** (c - 1) * float(c * u),)
-    return (g * (x * 2.0),) if c == 2 else (g * (c * x ** (c - 1)),)
+        out = (x if c == 2 else p) * float(c * u)
+        return (shown_as(out, "MulBackward0", None, shown("MulBackward1", p)),)
+    return (g * shown_as((x if c == 2 else p) * float(c), "MulBackward1", p),)
 
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c == 2 else np.power(x, c),
                  "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
-                  lambda g, i, o, r: (g * o * math.log(r[7]) if r[7] > 0 else g * o * math.nan,), reads=(0, "out"))
+                  lambda g, i, o, r: (g * shown_as(o * math.log(r[7]), "MulBackward1", o) if r[7] > 0 else
+                                      g * o * math.nan,), reads=(0, "out"))
 NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),))
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)")
 EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y")
@@ -437,12 +465,18 @@ def _cos(x):
 # (their kernels compute cos and sin with the vectorised kernel where it is exact)
 SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin")
 COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos")
-TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)")
-SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)")
+# A VJP that torch writes as one op (tanh_backward...) or with Scalar overloads (MulBackward1: one
+# input) shows those nodes (shown_as): the same formula, with torch's nodes in the graph.
+TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
+                   vjp=lambda g, i, o, r: (shown_as(g * (1 - o * o), "TanhBackwardBackward0", g, o),))
+SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
+                      vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (g * gt(o, 0),), reads=("out",))
-SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)")
-ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)")
+           lambda g, i, o, r: (shown_as(g * gt(o, 0), "ThresholdBackwardBackward0", g, o),), reads=("out",))
+SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
+                   vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),))
+ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
+                  vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),))
 
 # Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
 # (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
@@ -452,14 +486,28 @@ SIGN_THROUGH = frozenset({ADD, SUB, MUL, DIV, ADD_SCALAR, SUB_SCALAR, RSUB_SCALA
 
 
 def _sum_vjp(g, i, o, r):
+    # torch's sum_backward, grad.unsqueeze(dims).expand(sizes), divided by the count for a mean
     x = i[0]
+    mean = r[0] == MEAN.code or r[0] == MEAN_DIM.code
     if not g._rg:  # the seed of a scalar loss (W4): the broadcast view itself, recorded nowhere
         gv = g._value
         gv = gv.reshape(_keep_shape(x, r)) if gv.ndim else gv  # (a 0-d gradient broadcasts as it is)
-        return (_leaf(_broadcast(gv if r[7] == 1.0 else gv * r[7], x._value.shape)),)
-    keep = _keep_shape(x, r)
-    return (expand(reshape(g, keep), tuple(x.shape)) * r[7],) if r[7] != 1.0 else \
-        (expand(reshape(g, keep), tuple(x.shape)),)
+        return (_leaf(_broadcast(gv / _count(x, r) if mean else gv, x._value.shape)),)
+    if not r[6] and r[0] != SUM.code and r[0] != MEAN.code:  # (a full reduction's grad expands as it is)
+        for k in range(x.ndim):
+            if (r[5] >> k) & 1:
+                g = unsqueeze(g, k)
+    g = expand(g, tuple(x.shape))
+    return (shown_as(g / _count(x, r), "DivBackward1", g),) if mean else (g,)
+
+
+def _count(x, r):
+    """The number of elements a mean over x (its axis mask r[5]) averages."""
+    n = 1
+    for k, d in enumerate(x.shape):
+        if (r[5] >> k) & 1:
+            n *= d
+    return n
 
 
 SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp)
@@ -675,11 +723,31 @@ def _fit(grads, ins):
 ATAN2 = binary_elementwise("atan2", "Atan2Backward0", np.arctan2, "g * b * (1 / (a * a + b * b))",
                            "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",))
 HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False)
-RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)")
-LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)")
-EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)")
-TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)")
-ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "g * 1.1283791670955126 * exp(-x * x)")
+RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)",
+                    vjp=lambda g, i, o, r: (shown_as(g * -0.5, "MulBackward1", g) *
+                                            shown_as(o * o * o, "PowBackward0", o),))  # torch's result.pow(3)
+LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)",
+                    vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),))
+EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)",
+                    vjp=lambda g, i, o, r: (g * shown_as(o + 1, "AddBackward1", o),))
+
+
+def _tan_vjp(g, i, o, r):
+    sq = shown_as(o * o, "PowBackward0", o)  # torch's grad * (1 + result.pow(2))
+    return (g * shown_as(sq + 1, "AddBackward1", sq),)
+
+
+TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)", vjp=_tan_vjp)
+
+
+def _erf_vjp(g, i, o, r):
+    x = i[0]  # torch's 2 / sqrt(pi) * exp(-(x.pow(2))) * grad
+    e = exp(-shown_as(x * x, "PowBackward0", x))
+    return (shown_as(e * (2 / math.sqrt(math.pi)), "MulBackward1", e) * g,)
+
+
+ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1283791670955126 * exp(-(x * x)) * g",
+                  vjp=_erf_vjp)
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
                  lambda g, i, o, r: (where(_leaf(i[0]._value > 0), g, g * r[7]),), reads=(0,))
 GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,))
@@ -701,9 +769,11 @@ NORM = row("norm", "LinalgVectorNormBackward0", 1, None, "adj_norm", _norm_vjp, 
 CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
              lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),))
 SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
-              lambda g, i, o, r: (o * (g - sum(g * o, r[5], keepdim=True)),), reads=("out",))
+              lambda g, i, o, r: (shown_as(o * (g - sum(g * o, r[5], keepdim=True)), "SoftmaxBackwardDataBackward0",
+                                           g, o),), reads=("out",))
 LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
-                  lambda g, i, o, r: (g - exp(o) * sum(g, r[5], keepdim=True),), reads=("out",))
+                  lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
+                                               "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",))
 BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
           lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)), reads=(0, 1))
 UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
@@ -1386,6 +1456,13 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
 
 def _tracked(v):
     return v.__class__ is Tensor and v._rg
+
+
+def fresh_grad(g):
+    """The .grad a create_graph backward gives a leaf that had none: a copy of g, made as torch's
+    AccumulateGrad makes it, empty(...).copy_(g), so it shows CopyBackwards(None, g's node)."""
+    value = np.array(g._value, order="C")
+    return _record(COPY, value, np.empty_like(value), g)
 
 
 def _with_map(op, x, value, positions):

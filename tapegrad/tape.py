@@ -17,9 +17,13 @@ a fresh one, and an op whose input lives on an older tape gets a LINK slot that 
 After a tape's first create_graph backward, ops that read its values (a Hessian-vector product's
 (g * v).sum()) still record on it while it is the current tape, so the next backward replays one tape.
 """
+import linecache
+import os
 import struct
+import sys
 import _thread
 import threading
+import traceback
 import weakref
 
 import numpy as np
@@ -41,7 +45,7 @@ _INITIAL_ROWS = 32
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "synced", "values", "vcs", "leaf_slot", "leaves", "links",
                  "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "resumable", "freed",
-                 "serial", "epoch", "__weakref__")
+                 "serial", "epoch", "traces", "nodes", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
 
@@ -52,7 +56,9 @@ class Tape:
         self.slots = bytearray(_FRESH_SLOT * _INITIAL_ROWS)
         self.ns = 0
         self.synced = 0  # slots whose address the engine has filled in from ``values``
-        self.values = []  # slot -> ndarray kept alive while the slot can be read (None once freed)
+        self.traces = None  # anomaly mode: slot -> (where it was made, parent), see _TracedValues
+        # slot -> ndarray kept alive while the slot can be read (None once freed)
+        self.values = [] if not Anomaly.enabled else _TracedValues(self)
         self.vcs = {}  # slot -> version counter ([int]) of the storage, for the in-place check (absent: version 0)
         self.leaf_slot = {}  # id(leaf tensor) -> slot
         self.leaves = _Leaves(self.leaf_slot)  # slot -> leaf tensor (gets .grad), held weakly
@@ -68,6 +74,7 @@ class Tape:
         self.freed = False
         self.serial = next(Tape._serials)
         self.epoch = Global.inplace_events
+        self.nodes = None  # slot -> its grad_fn object, held weakly, made on first request (autograd.graph)
 
     # -- recording (hot path) ------------------------------------------------------------
     def push(self, op, a, b, c, i0, i1, f0, value, vc):
@@ -317,6 +324,7 @@ class _State(threading.local):
     def __init__(self):
         self._grad = True
         self.inference = False
+        self.anomaly_parent = None  # anomaly mode: (weakref to tape, slot) of the entry whose VJP is recording
         self.tape_ref = _dead_ref
         _hot.rec = _dead_ref
 
@@ -345,6 +353,94 @@ _state = _State()
 
 class Global:
     inplace_events = 0  # counts in-place ops in every thread; a tape with none since it began skips the version check
+
+
+class Anomaly:
+    """Anomaly mode (autograd.detect_anomaly): one switch for every thread, as torch's. Tapes begun
+    while it is on keep, per slot, the Python stack that made it (_TracedValues); backward then checks
+    each entry's gradients for NaN (``check_nan``) and names the forward line of a failing entry."""
+    enabled = False
+    check_nan = True
+
+
+class _TracedValues(list):
+    """A tape's ``values`` in anomaly mode. Every recording path appends one value per slot it makes,
+    so the stack is taken here and a plain list (anomaly mode off) costs recording nothing. The
+    engine reads the items through the list's C layout, which a subclass with __slots__ keeps."""
+    __slots__ = ("traces",)
+
+    def __init__(self, tape, items=()):
+        super().__init__(items)
+        if tape.traces is None:
+            tape.traces = {}
+        self.traces = tape.traces  # the tape's own dict: it outlives the values a backward frees
+
+    def append(self, value):
+        if Anomaly.enabled:
+            self.traces[len(self)] = (_stack(), _state.anomaly_parent)
+        list.append(self, value)
+
+
+def trace_values(tape, on):
+    """Make ``tape``, still open when anomaly mode is switched, record stacks from now on (or no
+    longer: its recording then costs nothing more, as a tape begun with the mode off)."""
+    if tape is None or tape.closed:
+        return
+    if on and tape.values.__class__ is list:
+        tape.values = _TracedValues(tape, tape.values)
+    elif not on and tape.values.__class__ is _TracedValues:
+        tape.values = list(tape.values)
+
+
+def _stack():
+    """(file, line, function) of each frame that led to this recording, innermost first; the lines'
+    text is read only if a report needs it."""
+    out = []
+    f = sys._getframe(2)
+    while f is not None:
+        out.append((f.f_code.co_filename, f.f_lineno, f.f_code.co_name))
+        f = f.f_back
+    return out
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The frames of recording itself (ops, recorders, a Function's call, the create_graph walk) are every
+# module of the package but the layers written like user code (nn, optim, the demo), whose
+# counterparts in torch are Python too; torch's recording machinery is C++ and shows no frame.
+_USER_LAYERS = tuple(os.path.join(_HERE, f) for f in ("nn" + os.sep, "optim.py", "demo.py"))
+
+
+def _recording_frame(filename):
+    path = os.path.abspath(filename)
+    return path.startswith(_HERE) and not path.startswith(_USER_LAYERS)
+
+
+def _callers(stack):
+    """The stack without the frames of the recording machinery at its inner end."""
+    k = 0
+    while k < len(stack) - 1 and _recording_frame(stack[k][0]):
+        k += 1
+    return stack[k:]
+
+
+def recorded_at(stack):
+    """``file.py:line`` of the line that recorded an entry (the dump's column)."""
+    filename, lineno, _ = _callers(stack)[0]
+    return f"{os.path.basename(filename)}:{lineno}"
+
+
+def stack_lines(stack):
+    """A recorded stack as traceback.format_stack gives one (a string per frame, outermost first),
+    without the frames of the recording machinery at its inner end."""
+    frames = []
+    for filename, lineno, name in reversed(_callers(stack)):
+        linecache.checkcache(filename)
+        frames.append(traceback.FrameSummary(filename, lineno, name, line=linecache.getline(filename, lineno)))
+    return traceback.format_list(frames)
+
+
+def format_stack(stack):
+    return "".join(stack_lines(stack))
 
 
 def current_tape():

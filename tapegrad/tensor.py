@@ -29,13 +29,14 @@ class Size(tuple):
 
 class _Extra:
     """Rarely used per-tensor state, kept out of the hot path."""
-    __slots__ = ("name", "hooks", "retains", "base")
+    __slots__ = ("name", "hooks", "retains", "base", "node")
 
     def __init__(self):
         self.name = None
         self.hooks = None
         self.retains = False
         self.base = None
+        self.node = None  # the grad_fn handed out, kept as long as the tensor (torch's tensor holds its node)
 
 
 class Tensor:
@@ -147,8 +148,12 @@ class Tensor:
     def grad_fn(self):
         if self._tape is None:
             return None
-        from .autograd.graph import node_for
-        return node_for(self._tape, self._slot)
+        x = self._x
+        node = x.node if x is not None else None
+        if node is None or node._tape is not self._tape or node._slot != self._slot:  # (changed in place since)
+            from .autograd.graph import node_for
+            node = self._extra().node = node_for(self._tape, self._slot)
+        return node
 
     @property
     def name(self):

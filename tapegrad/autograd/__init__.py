@@ -4,6 +4,8 @@ import numpy as np
 from .. import engine_cpu
 from ..grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from ..tensor import Size, Tensor
+from . import anomaly_mode
+from .anomaly_mode import detect_anomaly, set_detect_anomaly  # noqa: F401
 from .graph import Node  # noqa: F401
 
 
@@ -66,14 +68,26 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
     want = _want_from_graph(seeds, inputs) if inputs is not None else None
     req = engine_cpu.Request(True, want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
-        engine_cpu.run(seeds, req)
-        if inputs is not None:
-            for i, t in enumerate(inputs):
-                if i in req.results:
-                    engine_cpu._give_grad(t, req.results[i], create_graph)
-        for y, g in leaf_seeds:
-            if inputs is None or any(y is t for t in inputs):
-                engine_cpu._give_grad(y, g if create_graph else np.array(g, copy=True), create_graph)
+        try:
+            engine_cpu.run(seeds, req)
+            if inputs is not None:
+                for i, t in enumerate(inputs):
+                    if i in req.results:
+                        _give_grad(req, t, req.results[i], create_graph)
+            for y, g in leaf_seeds:
+                if inputs is None or any(y is t for t in inputs):
+                    _give_grad(req, y, g if create_graph else np.array(g, copy=True), create_graph)
+        except BaseException as exc:
+            anomaly_mode.report(exc)
+            raise
+
+
+def _give_grad(req, t, g, create_graph):
+    try:
+        engine_cpu._give_grad(t, g, create_graph)
+    except BaseException as exc:
+        engine_cpu.blame_leaf(exc, req, t)
+        raise
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, only_inputs=True,
@@ -92,7 +106,11 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     want = _want_from_graph(seeds, inputs)
     req = engine_cpu.Request(False, want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
-        engine_cpu.run(seeds, req)
+        try:
+            engine_cpu.run(seeds, req)
+        except BaseException as exc:
+            anomaly_mode.report(exc)
+            raise
     result = []
     for i, t in enumerate(inputs):
         g = req.results.get(i)

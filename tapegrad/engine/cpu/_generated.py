@@ -215,12 +215,12 @@ def adj_tan(e, R, RF, C):
 
 @adjoint(assigns=True, blockable=True)
 def adj_erf(e, R, RF, C):
-    """erf: g * 1.1283791670955126 * exp(-x * x)"""
+    """erf: 1.1283791670955126 * exp(-(x * x)) * g"""
     g, ga = grad(C, R[e, 4]), grad(C, R[e, 1])
     x = val(C, R[e, 1])
     f = claim(C, R[e, 1])
     for i in range(g.size):
-        put(ga, i, (g[i] * 1.1283791670955126) * np.exp(-x[i] * x[i]), f)
+        put(ga, i, (1.1283791670955126 * np.exp(-(x[i] * x[i]))) * g[i], f)
 
 
 KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity", "adj_cast", "adj_pow_scalar",

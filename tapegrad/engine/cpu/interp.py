@@ -6,7 +6,7 @@ import numpy as np
 from ...jit import njit
 from ...jit.ffi import size_of
 from ._generated import ASSIGNS, BLOCKABLE, K_SUM, OP_KERNEL, dispatch  # noqa: F401  (OP_KERNEL: the driver's)
-from .context import (ERR_FREED, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, OK, RG, SCRATCH, SIZE, claim,  # noqa: F401
+from .context import (ERR_FREED, ERR_NAN, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, OK, RG, SCRATCH, SIZE, claim,  # noqa: F401
                       fill_slots, grad, pointers)
 
 
@@ -42,14 +42,38 @@ def arena(S, hoff, need, export, witness):
 
 
 @njit(cache=True)
-def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel):
-    """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed."""
+def has_nan(a):
+    for v in a:
+        if v != v:
+            return True
+    return False
+
+
+@njit(cache=True)
+def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, op_kernel, check_nan):
+    """Walk entries hi-1 .. lo in reverse, running the adjoint of each one that is needed; returns
+    (status, entry, operand). With ``check_nan`` (anomaly mode) stop at the first entry whose adjoint
+    makes the gradient of one of its operands NaN. A gradient already NaN before the entry ran (a
+    NaN seed) does not count against it: the entry that reads it next is blamed, as torch's check
+    of each node's outputs blames it. (A flag here, not a second replay: that would compile the
+    interpreter's dispatch once more, half a minute on a first use.)"""
     C = (pointers(R, S, hoff, export, need, goff, garena), witness, tcode, hoff)
+    P = C[0]
+    before = np.zeros(3, np.bool_)
     for e in range(hi - 1, lo - 1, -1):
         if need[R[e, 4]]:
+            if check_nan:
+                for k in range(3):
+                    s = R[e, 1 + k]
+                    before[k] = s >= 0 and P[s, GPTR] != 0 and has_nan(grad(C, s))
             if dispatch(op_kernel[R[e, 0]], e, R, RF, C) != OK:
-                return ERR_OPCODE, e
-    return OK, -1
+                return ERR_OPCODE, e, -1
+            if check_nan:
+                for k in range(3):
+                    s = R[e, 1 + k]
+                    if s >= 0 and P[s, GPTR] != 0 and not before[k] and has_nan(grad(C, s)):
+                        return ERR_NAN, e, k
+    return OK, -1, -1
 
 
 @njit(cache=True)
