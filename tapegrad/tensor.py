@@ -11,7 +11,6 @@ from . import dtypes
 from .printing import format_tensor
 from .tape import FREED, REQUIRES_GRAD, _state, counter
 
-_BACKWARD = []  # autograd.backward, imported on the first call (autograd imports this module)
 
 
 class Size(tuple):
@@ -145,17 +144,6 @@ class Tensor:
         self._tape.retained[self._slot] = _weakref(self)
 
     @property
-    def grad_fn(self):
-        if self._tape is None:
-            return None
-        x = self._x
-        node = x.node if x is not None else None
-        if node is None or node._tape is not self._tape or node._slot != self._slot:  # (changed in place since)
-            from .autograd.graph import node_for
-            node = self._extra().node = node_for(self._tape, self._slot)
-        return node
-
-    @property
     def name(self):
         return self._x.name if self._x is not None else None
 
@@ -240,13 +228,7 @@ class Tensor:
             return self._value.item().__format__(spec)
         return object.__format__(self, spec)
 
-    # -- autograd --------------------------------------------------------------------------
-    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-        if not _BACKWARD:  # imported once (an import statement per call costs ~1 us of a step's backward)
-            from .autograd import backward
-            _BACKWARD.append(backward)
-        _BACKWARD[0]((self,), None if gradient is None else (gradient,), retain_graph, create_graph, inputs=inputs)
-
+    # -- autograd (``backward`` and ``grad_fn`` are bound by tapegrad.autograd, the layer above) ----
     def detach(self):
         t = leaf(self._value)
         t._vc = counter(self)  # shares storage, so shares the version counter

@@ -98,7 +98,7 @@ def _check_requires_grad(inputs, input_type, strict):
 def _autograd_grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=None):
     """autograd.grad that skips outputs that are None or do not require grad (None for every input
     when none is left), and allows unused inputs."""
-    from . import grad
+    from .api import grad
     if grad_outputs is None:
         grad_outputs = (None,) * len(outputs)
     new_outputs, new_grad_outputs = (), ()

@@ -97,7 +97,7 @@ def _diff(a, b, eps):
 def _analytical_jacobians(inputs, output):
     """(jacobians per input requiring grad, sizes ok, dtypes ok): row j is the gradient for the
     one-hot grad_output at output element j, stored as column j as torch stores it."""
-    from . import grad
+    from .api import grad
     diff_inputs = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
     n_out = output.numel()
     jacs = [np.zeros((t.numel(), n_out), t._value.dtype) for t in diff_inputs]
@@ -143,7 +143,7 @@ def _notallclose_msg(analytical, numerical, output_idx, input_idx):
 
 def _test_backward_mul_by_grad_output(outputs, inputs):
     """With all-zero grad_outputs every input gradient must be zero, of the input's dtype and size."""
-    from . import grad
+    from .api import grad
     diff_inputs = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
     zeros = [ops._leaf(np.zeros(o._value.shape, o._value.dtype)) for o in outputs]
     gins = grad(outputs, diff_inputs, zeros, allow_unused=True)
@@ -212,7 +212,7 @@ def gradgradcheck(func, inputs, grad_outputs=None, *, eps=1e-6, atol=1e-5, rtol=
                   check_fwd_over_rev=False, check_rev_over_rev=True, fast_mode=False, masked=False):
     """gradcheck of the gradient of ``func``: backward with create_graph, differentiated again with
     respect to the inputs and to ``grad_outputs`` (random in [-1, 1) when not given)."""
-    from . import grad
+    from .api import grad
     from ..creation import rand
     from ..dtypes import float64
     if not (check_fwd_over_rev or check_rev_over_rev):
