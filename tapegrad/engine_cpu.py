@@ -349,7 +349,10 @@ def _give_grad(t, g, create_graph):
 
 
 def check_versions(tape, R, need):
-    """Raise torch's error when a value a needed adjoint reads was changed in place after recording."""
+    """Raise torch's error when a value a needed adjoint reads was changed in place after recording,
+    or when the gradient reaches a write into an expand (which needs an in-place write first)."""
+    if tape.overlapped and any(need[s] for s in tape.overlapped):
+        raise RuntimeError(ops.OVERLAP_MSG)  # torch refuses to backward through a write into an expand
     S = tape.slot_table()
     vcs = tape.vcs
     for e in np.flatnonzero(need[R[:, 4]]).tolist():

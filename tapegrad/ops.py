@@ -11,6 +11,7 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 ``(op, a, b, c, out, i0, i1, f0)``; returns one gradient (or None) per input.
 """
 import math
+import warnings
 import struct
 
 import numpy as np
@@ -1433,21 +1434,59 @@ def setitem(x, key, v):
     if v._value.shape != sel_shape:
         broadcast_shapes(v._value.shape, sel_shape)
         v = expand(v, sel_shape, _materialize=True)
+    advanced = _key_kind(k) is INDEX
     record = (x._rg or v._rg) and _state.grad_enabled
+    if not xv.flags.writeable and _overlaps(xv):  # an expand, or a view of one, whose elements repeat
+        if advanced:
+            warnings.warn("Use of index_put_ on expanded tensors is deprecated. Please clone() the tensor before "
+                          "performing this operation. This also applies to advanced indexing e.g. "
+                          "tensor[indices] = tensor", UserWarning, stacklevel=2)
+        else:
+            _write_target(_basic_view(xv, k))  # (torch's error where the places written repeat)
+            if record:
+                return _setitem_shared(x, k, v)
     if record:
         tape = current_tape()
         a = tape.slot_of(x)
         b = tape.slot_of(v)
         idx = np.ascontiguousarray(np.arange(xv.size, dtype=np.int64).reshape(xv.shape)[k]).reshape(-1)
         c = tape.new_slot(idx, LEAF, [0])
-    xv[k] = v._value
+    _write_target(xv, True)[k] = v._value
     x._bump_version()
     if record:
         x._tape = tape
-        op = INDEX_PUT if _key_kind(k) is INDEX else SETITEM  # torch: index_put_ for tensor keys
+        op = INDEX_PUT if advanced else SETITEM  # torch: index_put_ for tensor keys
         x._slot = tape.push(op.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
         x._rg = True
     _update_base(x)
+
+
+def _basic_view(xv, k):
+    """xv[k] for a basic key, as a view even where it is one element (NumPy gives a scalar then)."""
+    parts = k if isinstance(k, tuple) else (k,)
+    return _index(xv, parts if any(p is Ellipsis for p in parts) else parts + (Ellipsis,))
+
+
+def _setitem_shared(x, k, v):
+    """x[k] = v, recorded, for an x whose elements share memory (an expand): writing one place
+    changes all that alias it, so, as torch does, the write is recorded on x's base at the places
+    written, and x is read anew from the new base."""
+    root = _root(x)
+    if root is x:
+        raise RuntimeError(OVERLAP_MSG)
+    xv, rv = x._value, root._value
+    dest = _basic_view(xv, k)
+    tape = current_tape()
+    a, b = tape.slot_of(root), tape.slot_of(v)
+    c = tape.new_slot(_view_positions(rv, dest), LEAF, None)
+    _write_target(dest)[...] = v._value
+    x._bump_version()  # (x shares its base's counter)
+    vc = counter(root)
+    root._tape, root._rg = tape, True
+    root._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(rv), vc)
+    d = tape.new_slot(_view_positions(rv, xv), LEAF, None)
+    x._tape, x._rg = tape, True
+    x._slot = tape.push(ALIAS.code, root._slot, d, -1, 0, 0, 0.0, _contiguous(xv), vc)
 
 
 # -- the full op surface: front-end functions -----------------------------------------------------
@@ -2459,8 +2498,10 @@ def _check_inplace(x):
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
 
 
-def _inplace(x, result):
-    """Make x hold ``result`` in its own storage: x takes result's place in the graph."""
+def _inplace(x, result, where=True, overlap_ok=False):
+    """Make x hold ``result`` in its own storage: x takes result's place in the graph. ``where``: the
+    elements written (masked_fill_); ``overlap_ok``: fill_, zero_ and masked_fill_, which torch lets
+    write into an expanded tensor."""
     _check_inplace(x)
     xv = x._value
     if result._value.shape != xv.shape:
@@ -2469,7 +2510,7 @@ def _inplace(x, result):
     if result._value.dtype.kind == "f" and xv.dtype.kind != "f":
         raise RuntimeError(f"result type Float can't be cast to the desired output type "
                            f"{_torch_type_name(xv.dtype)}")
-    np.copyto(xv, result._value, casting="unsafe")
+    np.copyto(_write_target(xv, overlap_ok), result._value, casting="unsafe", where=where)
     x._bump_version()
     if result._tape is not None:
         tape = result._tape
@@ -2478,6 +2519,32 @@ def _inplace(x, result):
         _repin_version(tape, result._slot, x._vc[0])
     _update_base(x)
     return x
+
+
+OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a single memory "
+               "location. Please clone() the tensor before performing the operation.")
+
+
+def _overlaps(v):
+    """Whether some elements of v share memory (torch's has_internal_overlap: a stride 0 over a size > 1)."""
+    return any(st == 0 and n > 1 for n, st in zip(v.shape, v.strides))
+
+
+def _write_target(v, overlap_ok=False):
+    """v, ready for an in-place write. An expand, and any view of one, is a read-only NumPy view
+    (np.broadcast_to): where its elements repeat, torch's error, unless the op may write there
+    (``overlap_ok``); else a writable view of the same memory, so the write reaches the expanded
+    tensor's storage as in torch."""
+    if v.flags.writeable:
+        return v
+    if not overlap_ok and _overlaps(v):
+        raise RuntimeError(OVERLAP_MSG)
+    root = v
+    while isinstance(root.base, ndarray):
+        root = root.base
+    if not root.flags.writeable or not root.flags.c_contiguous:
+        return v  # memory that is read-only itself: NumPy's error stands
+    return ndarray(v.shape, v.dtype, root, v.ctypes.data - root.ctypes.data, v.strides)
 
 
 def _update_base(x):
@@ -2491,6 +2558,9 @@ def _update_base(x):
     c = tape.new_slot(_view_positions(root._value, x._value), LEAF, None)
     root._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(root._value), counter(root))
     root._tape, root._rg = tape, True
+    if _overlaps(x._value):  # written through an expand (fill_, zero_, masked_fill_, index_put_): as in
+        # torch, the forward stands and a gradient that reaches the write is an error (check_versions)
+        tape.overlapped = (tape.overlapped or set()) | {b, root._slot}
 
 
 def _view_positions(base, view):
@@ -2528,8 +2598,8 @@ def _repin_version(tape, s, version):
 def zero_(x):
     _check_inplace(x)
     if (x._rg or x._tape is not None) and _state.grad_enabled:
-        return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)))
-    x._value[...] = 0
+        return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)), overlap_ok=True)
+    _write_target(x._value, True)[...] = 0
     x._bump_version()
     return x
 
@@ -2540,8 +2610,8 @@ def fill_(x, value):
         return _inplace(x, mul(x, 0) + value)  # the fill value's gradient is the sum of g
     v = value._value if isinstance(value, Tensor) else value
     if (x._rg or x._tape is not None) and _state.grad_enabled:
-        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)))
-    x._value[...] = v
+        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)), overlap_ok=True)
+    _write_target(x._value, True)[...] = v
     x._bump_version()
     return x
 
@@ -2567,7 +2637,14 @@ def exp_(x):
 
 
 def masked_fill_(x, mask, value):
-    return _inplace(x, masked_fill(x, mask, value))
+    result = masked_fill(x, mask, value)
+    if not _overlaps(x._value):
+        return _inplace(x, result)
+    warnings.warn("Use of masked_fill_ on expanded tensors is deprecated. Please clone() the tensor before "
+                  "performing this operation. This also applies to advanced indexing e.g. tensor[mask] = scalar",
+                  UserWarning, stacklevel=2)
+    m = mask._value if isinstance(mask, Tensor) else np.asarray(mask)
+    return _inplace(x, result, where=np.broadcast_to(m, x._value.shape), overlap_ok=True)  # (only the masked places)
 
 
 def scatter_add_(x, dim, index, src):

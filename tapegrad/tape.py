@@ -41,7 +41,7 @@ _INITIAL_ROWS = 32
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "synced", "values", "vcs", "leaf_slot", "leaves", "links",
                  "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "resumable", "freed",
-                 "serial", "epoch", "__weakref__")
+                 "serial", "epoch", "overlapped", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
 
@@ -68,6 +68,7 @@ class Tape:
         self.freed = False
         self.serial = next(Tape._serials)
         self.epoch = Global.inplace_events
+        self.overlapped = None  # slots written through an expand: a gradient reaching one is torch's error
 
     # -- recording (hot path) ------------------------------------------------------------
     def push(self, op, a, b, c, i0, i1, f0, value, vc):
