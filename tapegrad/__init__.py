@@ -20,7 +20,7 @@ from .ops import (all_ as all, amax, amin, any_ as any, argmax, argmin, bmm, cat
                   gather, ge, ger, gt, index_select, inner, isfinite, isinf, isnan, le, log1p, log_softmax,
                   logical_not, logsumexp, lt, masked_fill, max_ as max, maximum, min_ as min, minimum, mv, narrow,
                   ne, nonzero, norm, outer, prod, repeat_interleave, rsqrt, scatter_add, softmax, split, square,
-                  stack, std, tan, unbind, unflatten, var, vdot, where)
+                  select, stack, std, tan, unbind, unflatten, var, vdot, where)
 from .printing import set_printoptions  # noqa: F401
 from .dump import dump, to_dot  # noqa: F401  (tapegrad.dump the module stays importable by its full name)
 from . import nn, optim  # noqa: F401,E402

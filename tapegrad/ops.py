@@ -817,6 +817,10 @@ GATHER = row("gather", "GatherBackward0", 2, None, "adj_getitem", _gather_vjp)
 MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp)
 MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp)
 SPLIT = row("split", "SplitBackward0", 2, None, "adj_getitem", _gather_vjp)
+UNBIND = row("unbind", "UnbindBackward0", 2, None, "adj_getitem", _gather_vjp)
+# One call's outputs are one node in torch (its hooks run together, in output order, None where no
+# gradient came): their rows are consecutive, each with its output index in i1 (engine_cpu.output_group).
+MULTI_OUTPUT = frozenset({SPLIT.code, UNBIND.code})
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
                   lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None))
 COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
@@ -970,7 +974,31 @@ def _mask(axes):
     return m
 
 
-def sum(x, dim=None, keepdim=False, dtype=None):
+_NO_DIM = object()  # a required dim, which NumPy's axis= may give instead
+
+
+def _axis(name, dim, axis, default=None):
+    """dim, or NumPy's axis= that torch's argument parser takes in its place on every native function."""
+    if axis is None:
+        if dim is _NO_DIM:
+            raise TypeError(f'{name}() missing 1 required positional arguments: "dim"')
+        return dim
+    if dim is not default and dim is not _NO_DIM:
+        raise TypeError(f"{name}() got an unexpected keyword argument 'axis'")
+    return axis
+
+
+def _required(name, **args):
+    """torch's error for required arguments left out (they default to _NO_DIM so that axis= can stand for dim)."""
+    missing = [k for k, v in args.items() if v is _NO_DIM]
+    if missing:
+        raise TypeError(f"{name}() missing {len(missing)} required positional arguments: "
+                        + ", ".join(f'"{k}"' for k in missing))
+
+
+def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:  # NumPy's names (torch takes them too)
+        dim, keepdim = _axis("sum", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtypes.as_dtype(dtype))
     xv = x._value
@@ -985,7 +1013,9 @@ def sum(x, dim=None, keepdim=False, dtype=None):
     return _unary(SUM if dim is None else SUM_DIM, x, value, i0=_mask(axes), i1=int(keepdim), f0=1.0)
 
 
-def mean(x, dim=None, keepdim=False, dtype=None):
+def mean(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("mean", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtypes.as_dtype(dtype))
     xv = x._value
@@ -1052,13 +1082,16 @@ def reshape(x, *shape):
     return _unary(VIEW, x, value)
 
 
-def unsqueeze(x, dim):
+def unsqueeze(x, dim=_NO_DIM, *, axis=None):
+    dim = _axis("unsqueeze", dim, axis)
     xv = x._value
     d = _dim(dim, xv.ndim + 1)
     return _view(UNSQUEEZE, x, np.expand_dims(xv, d))
 
 
-def squeeze(x, dim=None):
+def squeeze(x, dim=None, *, axis=None):
+    if axis is not None:
+        dim = _axis("squeeze", dim, axis)
     xv = x._value
     if dim is None:
         axes = tuple(i for i, s in enumerate(xv.shape) if s == 1)
@@ -1718,11 +1751,15 @@ def _invert(x):
     return _leaf(np.invert(x._value))
 
 
-def argmax(x, dim=None, keepdim=False):
+def argmax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("argmax", dim, axis), keepdim if keepdims is None else keepdims
     return _arg(np.argmax, "argmax", x, dim, keepdim)
 
 
-def argmin(x, dim=None, keepdim=False):
+def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("argmin", dim, axis), keepdim if keepdims is None else keepdims
     return _arg(np.argmin, "argmin", x, dim, keepdim)
 
 
@@ -1741,12 +1778,16 @@ def _arg(fn, name, x, dim, keepdim):
     return _leaf(np.asarray(fn(xv, axis=d, keepdims=keepdim), dtype=np.int64))
 
 
-def all_(x, dim=None, keepdim=False):
+def all_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("all", dim, axis), keepdim if keepdims is None else keepdims
     return _leaf(np.asarray(np.all(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
                                    keepdims=keepdim)))
 
 
-def any_(x, dim=None, keepdim=False):
+def any_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("any", dim, axis), keepdim if keepdims is None else keepdims
     return _leaf(np.asarray(np.any(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
                                    keepdims=keepdim)))
 
@@ -1764,7 +1805,9 @@ def _reduce_axes(dim, xv):
     return axes, _mask(axes)
 
 
-def prod(x, dim=None, keepdim=False, dtype=None):
+def prod(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("prod", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtype)
     xv = x._value
@@ -1802,13 +1845,17 @@ def _named(name):
 _MAX_RT, _MIN_RT = _named("max"), _named("min")
 
 
-def max_(x, dim=None, keepdim=False):
+def max_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("max", dim, axis), keepdim if keepdims is None else keepdims
     if isinstance(dim, Tensor):
         return maximum(x, dim)
     return _extreme(x, dim, keepdim, np.max, np.argmax, MAX, MAX_DIM, _MAX_RT, "max")
 
 
-def min_(x, dim=None, keepdim=False):
+def min_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("min", dim, axis), keepdim if keepdims is None else keepdims
     if isinstance(dim, Tensor):
         return minimum(x, dim)
     return _extreme(x, dim, keepdim, np.min, np.argmin, MIN, MIN_DIM, _MIN_RT, "min")
@@ -1832,11 +1879,15 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
     return rt(_with_map(op_dim, x, values, positions), _leaf(_contiguous(idx.astype(np.int64, copy=False))))
 
 
-def amax(x, dim=(), keepdim=False):
+def amax(x, dim=(), keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("amax", dim, axis, ()), keepdim if keepdims is None else keepdims
     return _amax(x, dim, keepdim, np.max, AMAX, "amax")
 
 
-def amin(x, dim=(), keepdim=False):
+def amin(x, dim=(), keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("amin", dim, axis, ()), keepdim if keepdims is None else keepdims
     return _amax(x, dim, keepdim, np.min, AMIN, "amin")
 
 
@@ -1881,11 +1932,15 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     return _unary(NORM, x, np.asarray(value, dtype=xv.dtype), i0=mask, i1=int(keepdim), f0=p)
 
 
-def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("var", dim, axis), keepdim if keepdims is None else keepdims
     return _moment(x, dim, unbiased, keepdim, correction, False)
 
 
-def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("std", dim, axis), keepdim if keepdims is None else keepdims
     return _moment(x, dim, unbiased, keepdim, correction, True)
 
 
@@ -1908,7 +1963,10 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
         return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
 
 
-def logsumexp(x, dim, keepdim=False):
+def logsumexp(x, dim=_NO_DIM, keepdim=False, *, axis=None, keepdims=None):
+    dim = _axis("logsumexp", dim, axis)
+    if keepdims is not None:
+        keepdim = keepdims
     x = _float_input(x)
     xv = x._value
     axes = _axes(dim, xv.ndim)
@@ -1926,8 +1984,8 @@ def _softmax_dim(x, dim, dtype):
     return x, (_dim(dim, x._value.ndim) if x._value.ndim else 0)
 
 
-def softmax(x, dim, dtype=None):
-    x, d = _softmax_dim(x, dim, dtype)
+def softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    x, d = _softmax_dim(x, _axis("softmax", dim, axis), dtype)
     xv = x._value
     if xv.ndim == 0:
         return _unary(SOFTMAX, x, np.ones((), xv.dtype), i0=0)
@@ -1939,8 +1997,8 @@ def softmax(x, dim, dtype=None):
     return _unary(SOFTMAX, x, value, i0=d)
 
 
-def log_softmax(x, dim, dtype=None):
-    x, d = _softmax_dim(x, dim, dtype)
+def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    x, d = _softmax_dim(x, _axis("log_softmax", dim, axis), dtype)
     xv = x._value
     if xv.ndim == 0:
         return _unary(LOG_SOFTMAX, x, np.zeros((), xv.dtype), i0=0)
@@ -1962,7 +2020,8 @@ def _softmax_kernel(xv, d, log):
     return softmax_forward(x3, log).reshape(shape)
 
 
-def cumsum(x, dim, dtype=None):
+def cumsum(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    dim = _axis("cumsum", dim, axis)
     if dtype is not None:
         x = to_dtype(x, dtype)
     xv = x._value
@@ -2237,7 +2296,9 @@ def _seq(tensors, name):
     return ts
 
 
-def cat(tensors, dim=0):
+def cat(tensors, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("cat", dim, axis, 0)
     ts = _seq(tensors, "torch.cat")
     ts = [t for t in ts if t._value.shape != (0,)] or ts[:1]  # torch skips legacy empty 1-D tensors
     ref = ts[0]._value.shape
@@ -2258,7 +2319,9 @@ def cat(tensors, dim=0):
 concat = concatenate = cat
 
 
-def stack(tensors, dim=0):
+def stack(tensors, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("stack", dim, axis, 0)
     ts = _seq(tensors, "stack")
     ref = ts[0]._value.shape
     for k, t in enumerate(ts):
@@ -2301,14 +2364,16 @@ def split(x, split_size_or_sections, dim=0):
         key = (slice(None),) * d + (slice(off, off + s),)
         value = xv[key]
         if pos is not None:
-            out.append(_view(SPLIT, x, value, b=np.ascontiguousarray(pos[key]).reshape(-1)))
+            out.append(_view(SPLIT, x, value, i1=len(out), b=np.ascontiguousarray(pos[key]).reshape(-1)))
         else:
             out.append(_view(SPLIT, x, value))
         off += s
     return tuple(out)
 
 
-def chunk(x, chunks, dim=0):
+def chunk(x, chunks, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("chunk", dim, axis, 0)
     if chunks <= 0:
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     xv = x._value
@@ -2316,12 +2381,52 @@ def chunk(x, chunks, dim=0):
     return split(x, -(-n // chunks) if n else 0, dim)
 
 
-def unbind(x, dim=0):
-    d = _dim(dim, x._value.ndim)
-    return tuple(getitem(x, (slice(None),) * d + (i,)) for i in range(x._value.shape[d]))
+def unbind(x, dim=0, *, axis=None):
+    """Views of x's pieces along dim, recorded as one multi-output node (torch's UnbindBackward0)."""
+    if axis is not None:
+        dim = _axis("unbind", dim, axis, 0)
+    xv = x._value
+    if xv.ndim == 0:
+        raise IndexError("Dimension specified as 0 but tensor has no dimensions")
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d]
+    if not (x._rg and _state.grad_enabled):
+        return tuple(_view(UNBIND, x, xv[(slice(None),) * d + (i, ...)]) for i in range(n))
+    if d == 0 and xv.flags.c_contiguous:  # each piece is a run of x: no index map
+        step = xv.size // n if n else 0
+        return tuple(_view(UNBIND, x, xv[i, ...], i0=i * step, i1=i) for i in range(n))
+    pos = _positions(x)
+    keys = [(slice(None),) * d + (i, ...) for i in range(n)]
+    return tuple(_view(UNBIND, x, xv[k], i1=i, b=np.ascontiguousarray(pos[k]).reshape(-1)) for i, k in enumerate(keys))
 
 
-def narrow(x, dim, start, length):
+def select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
+    """x's slice at ``index`` along dim, without that dim: a view (torch's SelectBackward0)."""
+    dim = _axis("select", dim, axis)
+    _required("select", index=index)
+    xv = x._value
+    if xv.ndim == 0:
+        raise IndexError("select() cannot be applied to a 0-dim tensor.")
+    if isinstance(index, Tensor):
+        index = index.item()
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        raise TypeError(f"select(): argument 'index' (position 2) must be int, not {type(index).__name__}")
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d]
+    if not -n <= index < n:
+        raise IndexError(f"select(): index {index} out of range for tensor of size {list(xv.shape)} at dimension {d}")
+    key = (slice(None),) * d + (index % n, ...)
+    value = xv[key]  # (the Ellipsis keeps a one-element result a view)
+    if not (x._rg and _state.grad_enabled):
+        return _view(SELECT, x, value)
+    if value.size and value.flags.c_contiguous and xv.flags.c_contiguous:
+        return _view(SELECT, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
+    return _view(SELECT, x, value, b=np.ascontiguousarray(_positions(x)[key]).reshape(-1))
+
+
+def narrow(x, dim=_NO_DIM, start=_NO_DIM, length=_NO_DIM, *, axis=None):
+    dim = _axis("narrow", dim, axis)
+    _required("narrow", start=start, length=length)
     d = _dim(dim, x._value.ndim)
     return getitem(x, (slice(None),) * d + (slice(start, start + length),))
 
@@ -2335,7 +2440,9 @@ def _index_tensor(index, name, allow_int32=True):
     return iv.astype(np.int64, copy=False)
 
 
-def index_select(x, dim, index):
+def index_select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
+    dim = _axis("index_select", dim, axis)
+    _required("index_select", index=index)
     xv = x._value
     iv = index._value if isinstance(index, Tensor) else np.asarray(index)
     if iv.dtype.kind not in "iu":
@@ -2352,7 +2459,9 @@ def index_select(x, dim, index):
     return _with_map(INDEX_SELECT, x, value, np.take(_positions(x).reshape(x1.shape), iv, axis=d))
 
 
-def repeat_interleave(x, repeats, dim=None):
+def repeat_interleave(x, repeats, dim=None, *, axis=None):
+    if axis is not None:
+        dim = _axis("repeat_interleave", dim, axis)
     if dim is None:
         x, dim = reshape(x, -1), 0
     n = x._value.shape[_dim(dim, x._value.ndim)]
@@ -2385,7 +2494,9 @@ def _scatter_positions(shape, iv, d, name, limits):
     return pos
 
 
-def gather(x, dim, index, sparse_grad=False):
+def gather(x, dim=_NO_DIM, index=_NO_DIM, sparse_grad=False, *, axis=None):
+    dim = _axis("gather", dim, axis)
+    _required("gather", index=index)
     xv = x._value
     iv = _index_tensor(index, "gather")
     d = _dim(dim, xv.ndim)
@@ -2394,7 +2505,9 @@ def gather(x, dim, index, sparse_grad=False):
     return _with_map(GATHER, x, value, pos)
 
 
-def scatter_add(x, dim, index, src):
+def scatter_add(x, dim=_NO_DIM, index=_NO_DIM, src=_NO_DIM, *, axis=None):
+    dim = _axis("scatter_add", dim, axis)
+    _required("scatter_add", index=index, src=src)
     xv = x._value
     iv = _index_tensor(index, "scatter_add", allow_int32=False)
     d = _dim(dim, xv.ndim)
@@ -2722,6 +2835,7 @@ def _install_surface(M):
             softmax=softmax, log_softmax=log_softmax, cumsum=cumsum, argmax=argmax, argmin=argmin, isnan=isnan,
             isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, vdot=vdot, inner=inner, outer=outer, ger=outer, flatten=flatten,
             unflatten=unflatten, repeat=repeat, split=split, chunk=chunk, flip=flip, unbind=unbind, narrow=narrow,
+            select=select,
             index_select=index_select, gather=gather, scatter_add=scatter_add, masked_fill=masked_fill,
             lt=lt, le=le, gt=gt, ge=ge, eq=eq, ne=ne, greater=gt, less=lt, logical_not=logical_not, all=all_,
             any=any_, nonzero=nonzero, mul_=mul_, div_=div_, pow_=pow_, clamp_=clamp_, clip_=clamp_,

@@ -406,3 +406,92 @@ def test_saved_leaf_with_a_create_graph_grad_is_no_cycle():
         assert param() is None and tape() is None
     finally:
         gc.enable()
+
+
+# -- torch's semantics of Functions, run as user code on both libraries ----------------------------
+@pytest.fixture(params=["tapegrad", "torch"])
+def lib(request):
+    if request.param == "torch":
+        return pytest.importorskip("torch")
+    return tg
+
+
+def _first_only(lib):
+    class FirstOnly(lib.autograd.Function):
+        """x * y whose backward gives y no gradient (None)."""
+
+        @staticmethod
+        def forward(ctx, x, y):
+            return x * y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    return FirstOnly
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_backward_returning_none_leaves_no_gradient(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([3.0, 4.0], requires_grad=True)
+    F.apply(x, y).sum().backward(create_graph=create_graph)
+    assert x.grad.tolist() == [1.0, 1.0] and y.grad is None
+    y.grad = None
+    (F.apply(x, y).sum() + (y * 2).sum()).backward(create_graph=create_graph)  # another path still gives one
+    assert y.grad.tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_none_reaches_through_ops_retained_grads_and_hooks(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = y.exp()
+    u.retain_grad()
+    seen = []
+    u.register_hook(lambda g: seen.append(("u", g)))
+    y.register_hook(lambda g: seen.append(("y", g)))
+    F.apply(x, u * 2).sum().backward(create_graph=create_graph)
+    assert x.grad.tolist() == [1.0, 1.0] and y.grad is None and u.grad is None
+    assert seen == [("u", None), ("y", None)]
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_autograd_grad_of_an_input_given_none(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([3.0, 4.0], requires_grad=True)
+    gx, gy = lib.autograd.grad(F.apply(x, y).sum(), [x, y], allow_unused=True, create_graph=create_graph)
+    assert gx.tolist() == [1.0, 1.0] and gy is None
+    with pytest.raises(RuntimeError, match="The differentiated Tensor at index 1 appears to not have been used"):
+        lib.autograd.grad(F.apply(x, y).sum(), [x, y], create_graph=create_graph)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_a_function_downstream_of_a_none_still_runs(lib, create_graph):
+    """Its backward runs with zeros (materialized) or None, and what it returns counts."""
+    F = _first_only(lib)
+    got = []
+
+    def make(materialize):
+        class Id(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, t):
+                ctx.set_materialize_grads(materialize)
+                return t * 1
+
+            @staticmethod
+            def backward(ctx, g):
+                got.append(g if g is None else g.tolist())
+                return g
+
+        return Id
+
+    for materialize, want_got, want_grad in ((True, [0.0, 0.0], [0.0, 0.0]), (False, None, None)):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        y = lib.tensor([1.0, 2.0], requires_grad=True)
+        F.apply(x, make(materialize).apply(y)).sum().backward(create_graph=create_graph)
+        assert got[-1] == want_got
+        assert (y.grad.tolist() if y.grad is not None else None) == want_grad

@@ -82,7 +82,7 @@ K_NLL = 54
 OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 7, 8, 9, 10, 11, 7, 27, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 21,
                       21, 21, 22, 23, 5, 5, 5, 24, 24, 24, 25, 25, 25, 25, 25, 28, 29, 26, 6, 5, 30, 31, 32, 33,
                       34, 35, 36, 37, 38, 39, 40, 41, 41, 42, 43, 44, 44, 45, 45, 45, 45, 46, 47, 48, 49, 50, 5,
-                      51, 51, 25, 25, 25, 25, 25, 25, 25, 52, 53, 40, 40, 26, 54], np.int64)
+                      51, 51, 25, 25, 25, 25, 25, 25, 25, 25, 52, 53, 40, 40, 26, 54], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array([True, True, True, True, False, True, False, True, True, False, True, False, True, False,
                     True, True, True, True, False, False, False, True, True, True, False, False, False, False,
