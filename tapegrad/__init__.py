@@ -4,6 +4,7 @@ from . import autograd, dtypes, ops  # noqa: F401
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace,  # noqa: F401
                        manual_seed, ones, ones_like, rand, rand_like, randint, randn, randn_like, tensor, zeros,
                        zeros_like)
+from .creation import BoolTensor, DoubleTensor, FloatTensor, IntTensor, LongTensor  # noqa: F401
 from .dtypes import bool_ as bool  # noqa: F401,A001
 from .dtypes import (double, float32, float64, get_default_dtype, int32, int64, long,  # noqa: F401
                      set_default_dtype)

@@ -41,9 +41,7 @@ class _Extra:
 class Tensor:
     __slots__ = ("_value", "_tape", "_slot", "_rg", "_vc", "_grad", "_x", "__weakref__")
     __array_priority__ = 1000  # so that ndarray (op) Tensor defers to Tensor's reflected op
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError("create tensors with tapegrad.tensor(...), tapegrad.zeros(...) and friends")
+    # Tensor(...) itself is torch's legacy constructor, installed by ``creation``.
 
     # -- attributes --------------------------------------------------------------------------
     @property

@@ -604,3 +604,62 @@ def test_unbind_bad_input(lib):
         lib.tensor(1.0).unbind()
     with pytest.raises(IndexError, match="Dimension out of range"):
         lib.tensor([1.0]).unbind(1)
+
+
+def test_tensor_is_torchs_legacy_constructor(lib):
+    a = lib.Tensor([1, 2, 3])
+    assert a.dtype == lib.float32 and a.tolist() == [1.0, 2.0, 3.0] and not a.requires_grad and a.is_leaf
+    assert lib.Tensor([[1, 2], [3, 4]]).shape == (2, 2) and lib.Tensor((2, 3)).tolist() == [2.0, 3.0]
+    assert lib.Tensor(np.array([1, 2])).dtype == lib.float32 and lib.Tensor([True, False]).tolist() == [1.0, 0.0]
+    assert lib.Tensor(range(3)).tolist() == [0.0, 1.0, 2.0]
+    assert lib.Tensor([lib.tensor(1.0), lib.tensor(2.0)]).tolist() == [1.0, 2.0]
+    for t, shape in ((lib.Tensor(2, 3), (2, 3)), (lib.Tensor(2), (2,)), (lib.Tensor(), (0,)), (lib.Tensor(0), (0,)),
+                     (lib.Tensor(lib.Size([2, 3])), (2, 3)), (lib.Tensor(size=(4,)), (4,)), (lib.Tensor(np.int64(2)), (2,))):
+        assert tuple(t.shape) == shape and t.dtype == lib.float32  # sizes: uninitialised, as torch's
+    assert lib.Tensor([1.0], device="cpu").tolist() == [1.0]
+    lib.set_default_dtype(lib.float64)
+    try:
+        assert lib.Tensor([1]).dtype == lib.float64 and lib.Tensor(2).dtype == lib.float64
+    finally:
+        lib.set_default_dtype(lib.float32)
+
+
+def test_tensor_of_a_tensor_is_an_alias(lib):
+    t = lib.tensor([1.0, 2.0], requires_grad=True)
+    a = lib.Tensor(t)
+    assert a is not t and a.requires_grad and type(a.grad_fn).__name__ == "AliasBackward0"
+    (a * 3).sum().backward()
+    assert t.grad.tolist() == [3.0, 3.0]
+    with lib.no_grad():
+        a[0] = 5.0
+    assert t.tolist() == [5.0, 2.0] and t._version == 1
+    assert lib.Tensor(lib.tensor([1, 2])).dtype == lib.int64  # the dtype stays
+
+
+def test_typed_legacy_constructors(lib):
+    for cls, dt, data in ((lib.FloatTensor, lib.float32, [1.0, 2.0]), (lib.DoubleTensor, lib.float64, [1.0, 2.0]),
+                          (lib.LongTensor, lib.int64, [1, 2]), (lib.IntTensor, lib.int32, [1, 2]),
+                          (lib.BoolTensor, lib.bool, [True, False])):
+        t = cls(data)
+        assert t.dtype == dt and type(t) is lib.Tensor and t.tolist() == data
+        assert cls(2, 3).shape == (2, 3) and cls(2, 3).dtype == dt
+        assert isinstance(t, cls) and isinstance(t, lib.Tensor)
+    assert not isinstance(lib.ones(2, dtype=lib.float64), lib.FloatTensor)
+    assert lib.LongTensor([1.5, 2.0]).tolist() == [1, 2]
+    with pytest.raises(TypeError, match="expected"):
+        lib.FloatTensor(lib.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda lib: lib.Tensor(3.5), TypeError, r"new\(\): data must be a sequence \(got float\)"),
+    (lambda lib: lib.Tensor(True), TypeError, r"new\(\): data must be a sequence \(got bool\)"),
+    (lambda lib: lib.Tensor(i for i in range(3)), TypeError, r"new\(\): data must be a sequence \(got generator\)"),
+    (lambda lib: lib.Tensor("ab"), TypeError, r"new\(\): invalid data type 'str'"),
+    (lambda lib: lib.Tensor(2, 3.0), TypeError, r"new\(\): argument 'size' failed to unpack the object at pos 2"),
+    (lambda lib: lib.Tensor(-1, 2), RuntimeError, r"Trying to create tensor with negative dimension -1: \[-1, 2\]"),
+    (lambda lib: lib.Tensor([2.0], requires_grad=True), TypeError, r"new\(\) received an invalid combination of arguments"),
+    (lambda lib: lib.Tensor([2.0], dtype=lib.float64), TypeError, r"new\(\) received an invalid combination of arguments"),
+], ids=["float", "bool", "generator", "str", "float_size", "negative_size", "requires_grad", "dtype"])
+def test_tensor_legacy_constructor_bad_input(lib, call, error, words):
+    with pytest.raises(error, match=words):
+        call(lib)

@@ -154,7 +154,9 @@ def stub_text():
     global _UNARY
     import tapegrad as tg
     from tapegrad.ops import _UNARY
-    lines = [HEADER, "class Tensor:"]
+    lines = [HEADER, "class Tensor:",
+             "    def __init__(self, *data_or_sizes: Any, device: _Device = ..., size: Any = ...) -> None: ...  "
+             "# torch's legacy constructor"]
     for name in sorted(PROPERTIES):
         lines.append(f"    {name}: {PROPERTIES[name]}" if name in SETTABLE else
                      f"    @property\n    def {name}(self) -> {PROPERTIES[name]}: ...")
@@ -171,10 +173,15 @@ def stub_text():
             continue
         lines.append(_def(name, attr, True, "    "))
     lines.append("")
+    legacy = []
     for name in sorted(dir(tg)):
         if name.startswith("_") or name in ("Tensor", "Size", "device", "dtype"):
             continue
         obj = getattr(tg, name)
+        if isinstance(obj, type) and type(obj).__name__ == "_LegacyType":
+            # FloatTensor and kin, declared as torch's stub declares them (at run time they make a Tensor)
+            legacy.append(f"class {name}(Tensor): ...")
+            continue
         if isinstance(obj, types.ModuleType) or isinstance(obj, type):
             continue  # submodules and the grad-mode classes are imported in the header
         if isinstance(obj, tg.dtype):
@@ -183,6 +190,7 @@ def stub_text():
             lines.append(f"{name}: _b.str")
         elif callable(obj):
             lines.append(_def(name, obj, False))
+    lines += [""] + legacy
     return "\n".join(lines) + "\n"
 
 
