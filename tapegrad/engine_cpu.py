@@ -205,14 +205,14 @@ def _run_jitted(tape, seeds, req):
     left = -1
     if not hooked and not tape.pyfuncs:
         status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
-        got = need
+        got = need  # (without Functions every needed slot gets a gradient)
     else:
         status, where, need = K.plan(R, S, roots, 0)
-        got = need
+        defined = _Defined(K, tape, R, S, need, roots)
         if status == K.OK:
-            got = _Defined(K, tape, R, S, need, roots)
-            status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness, got)
-            got = got.mask()
+            status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness,
+                                               defined)
+        got = defined.mask()
     if status == K.ERR_FREED:
         raise RuntimeError(FREED_MSG)
     if status != K.OK:
@@ -278,7 +278,7 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
     cuts, groups = [], set()
     for s in hooked:
         p = tape.producer(s)
-        if R[p, 0] in ops.MULTI_OUTPUT:
+        if p >= 0 and R[p, 0] in ops.MULTI_OUTPUT:
             lo, hi = output_group(R, p)
             if lo not in groups and need[R[lo:hi, 4]].any():
                 groups.add(lo)

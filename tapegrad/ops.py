@@ -11,8 +11,8 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 ``(op, a, b, c, out, i0, i1, f0)``; returns one gradient (or None) per input.
 """
 import math
-import warnings
 import struct
+import warnings
 
 import numpy as np
 
@@ -818,7 +818,7 @@ MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp)
 MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp)
 SPLIT = row("split", "SplitBackward0", 2, None, "adj_getitem", _gather_vjp)
 UNBIND = row("unbind", "UnbindBackward0", 2, None, "adj_getitem", _gather_vjp)
-# One call's outputs are one node in torch (its hooks run together, in output order, None where no
+# One call's outputs are one node in torch (the hooks of all of them run when it runs, None where no
 # gradient came): their rows are consecutive, each with its output index in i1 (engine_cpu.output_group).
 MULTI_OUTPUT = frozenset({SPLIT.code, UNBIND.code})
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
@@ -2397,7 +2397,8 @@ def unbind(x, dim=0, *, axis=None):
         return tuple(_view(UNBIND, x, xv[i, ...], i0=i * step, i1=i) for i in range(n))
     pos = _positions(x)
     keys = [(slice(None),) * d + (i, ...) for i in range(n)]
-    return tuple(_view(UNBIND, x, xv[k], i1=i, b=np.ascontiguousarray(pos[k]).reshape(-1)) for i, k in enumerate(keys))
+    return tuple(_view(UNBIND, x, xv[k], i1=i, b=np.ascontiguousarray(pos[k]).reshape(-1))
+                 for i, k in enumerate(keys))
 
 
 def select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):

@@ -74,6 +74,7 @@ PARAM = {
     "mat2": "Tensor", "condition": "Tensor", "mask": "Tensor", "index": "Tensor | _b.int", "gradient": "Tensor | None",
     "dim": "_DimsOrNone", "dims": "_Dims", "dim0": "_b.int", "dim1": "_b.int", "start_dim": "_b.int", "end_dim": "_b.int",
     "keepdim": "_b.bool", "unbiased": "_b.bool | None", "correction": "_Scalar | None", "alpha": "_Scalar",
+    "axis": "_DimsOrNone", "keepdims": "_b.bool | None",
     "min": "_TensorOrScalar | None", "max": "_TensorOrScalar | None", "value": "_TensorOrScalar",
     "fill_value": "_Scalar", "p": "_Scalar | _b.str | None", "dtype": "_dtype | None", "device": "_Device",
     "requires_grad": "_b.bool", "retain_graph": "_b.bool | None", "create_graph": "_b.bool",
@@ -154,9 +155,8 @@ def stub_text():
     global _UNARY
     import tapegrad as tg
     from tapegrad.ops import _UNARY
-    lines = [HEADER, "class Tensor:",
-             "    def __init__(self, *data_or_sizes: Any, device: _Device = ..., size: Any = ...) -> None: ...  "
-             "# torch's legacy constructor"]
+    lines = [HEADER, "class Tensor:", "    # torch's legacy constructor",
+             "    def __init__(self, *data_or_sizes: Any, device: _Device = ..., size: Any = ...) -> None: ..."]
     for name in sorted(PROPERTIES):
         lines.append(f"    {name}: {PROPERTIES[name]}" if name in SETTABLE else
                      f"    @property\n    def {name}(self) -> {PROPERTIES[name]}: ...")
