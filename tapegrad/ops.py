@@ -2624,7 +2624,15 @@ def _inplace(x, result, where=True, overlap_ok=False):
     if result._value.dtype.kind == "f" and xv.dtype.kind != "f":
         raise RuntimeError(f"result type Float can't be cast to the desired output type "
                            f"{_torch_type_name(xv.dtype)}")
-    np.copyto(_write_target(xv, overlap_ok), result._value, casting="unsafe", where=where)
+    try:
+        if where is True:  # (where=True costs a ufunc argument more)
+            np.copyto(xv, result._value, casting="unsafe")
+        else:
+            np.copyto(xv, result._value, casting="unsafe", where=where)
+    except ValueError:  # read-only: an expand, or a view of one
+        if xv.flags.writeable:
+            raise
+        np.copyto(_write_target(xv, overlap_ok), result._value, casting="unsafe", where=where)
     x._bump_version()
     if result._tape is not None:
         tape = result._tape
