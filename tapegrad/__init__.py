@@ -4,6 +4,7 @@ from . import autograd, dtypes, ops  # noqa: F401
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace,  # noqa: F401
                        manual_seed, ones, ones_like, rand, rand_like, randint, randn, randn_like, tensor, zeros,
                        zeros_like)
+from .creation import BoolTensor, DoubleTensor, FloatTensor, IntTensor, LongTensor  # noqa: F401
 from .dtypes import bool_ as bool  # noqa: F401,A001
 from .dtypes import (double, float32, float64, get_default_dtype, int32, int64, long,  # noqa: F401
                      set_default_dtype)
@@ -20,7 +21,7 @@ from .ops import (all_ as all, amax, amin, any_ as any, argmax, argmin, bmm, cat
                   gather, ge, ger, gt, index_select, inner, isfinite, isinf, isnan, le, log1p, log_softmax,
                   logical_not, logsumexp, lt, masked_fill, max_ as max, maximum, min_ as min, minimum, mv, narrow,
                   ne, nonzero, norm, outer, prod, repeat_interleave, rsqrt, scatter_add, softmax, split, square,
-                  stack, std, tan, unbind, unflatten, var, vdot, where)
+                  select, stack, std, tan, unbind, unflatten, var, vdot, where)
 from .printing import set_printoptions  # noqa: F401
 from .autograd.anomaly_mode import is_anomaly_check_nan_enabled, is_anomaly_enabled, set_anomaly_enabled  # noqa: F401
 from .ops import FUNCTIONS as _FUNCTIONS

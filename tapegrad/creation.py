@@ -2,9 +2,9 @@
 import numpy as np
 
 from . import dtypes
-from .ops import _leaf
+from .ops import _leaf, getitem
 from .tape import _contiguous
-from .tensor import Tensor
+from .tensor import Device, Size, Tensor
 
 
 def _check_device(device):
@@ -165,3 +165,76 @@ def rand_like(t, dtype=None, device=None, requires_grad=False):
 
 def randn_like(t, dtype=None, device=None, requires_grad=False):
     return _finish(_rng[0].standard_normal(t._value.shape).astype(_like_dtype(t, dtype)), requires_grad, device)
+
+
+# -- torch's legacy constructors: Tensor(...), FloatTensor(...) -----------------------------------
+def _legacy(dt, args, kwargs, typed):
+    """``Tensor(2, 3)`` (or ``size=``) is an uninitialised tensor of that size, ``Tensor([1, 2])`` data
+    in dtype dt (the default float dtype for Tensor itself), ``Tensor(t)`` an alias of t."""
+    device = kwargs.pop("device", None)
+    if "size" in kwargs and not args:
+        args = tuple(kwargs.pop("size"))
+    if kwargs:
+        raise TypeError(f"new() received an invalid combination of arguments - got ({', '.join(kwargs)}), but "
+                        "expected one of: (*, torch.device device), (tuple of ints size, *, torch.device device), "
+                        "(object data, *, torch.device device), (Tensor other)")
+    if device is not None and Device(device).type != "cpu":
+        raise RuntimeError(f"legacy constructor expects device type: cpu but device type: {Device(device).type} "
+                           "was passed")
+    if len(args) == 1 and not _is_size(args[0]):
+        data = args[0]
+        if isinstance(data, Size):
+            args = tuple(data)
+        elif isinstance(data, Tensor):
+            if typed and data._value.dtype != dt.np:
+                raise TypeError(f"expected {dt} (got {data.dtype})")
+            return getitem(data, ...)  # torch's alias: a view of the same storage
+        elif isinstance(data, str):
+            raise TypeError("new(): invalid data type 'str'")
+        elif not isinstance(data, (list, tuple, range, np.ndarray)):
+            raise TypeError(f"new(): data must be a sequence (got {type(data).__name__})")
+        else:
+            return _leaf(_contiguous(np.array(_unwrap(data), dtype=dt.np)))
+    for k, n in enumerate(args):
+        if not _is_size(n):
+            raise TypeError(f"new(): argument 'size' failed to unpack the object at pos {k + 1} with error "
+                            f'"type must be tuple of ints,but got {type(n).__name__}"')
+    shape = tuple(int(n) for n in args) if args else (0,)
+    for n in shape:
+        if n < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {n}: {list(shape)}")
+    return _leaf(np.empty(shape, dt.np))
+
+
+def _is_size(n):
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
+def _tensor_new(cls, *args, **kwargs):
+    return _legacy(dtypes.get_default_dtype(), args, kwargs, False)
+
+
+Tensor.__new__ = _tensor_new
+
+
+class _LegacyType(type):
+    """torch.FloatTensor and kin: calling one constructs (as Tensor(...) does, in its dtype); a tensor
+    of that dtype is an instance."""
+
+    def __call__(cls, *args, **kwargs):
+        return _legacy(cls.dtype, args, kwargs, True)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor) and obj._value.dtype == cls.dtype.np
+
+
+def _legacy_type(name, dt):
+    return _LegacyType(name, (), {"dtype": dt, "__module__": "tapegrad",
+                                  "__doc__": f"torch.{name}: the legacy constructor of {dt} tensors."})
+
+
+FloatTensor = _legacy_type("FloatTensor", dtypes.float32)
+DoubleTensor = _legacy_type("DoubleTensor", dtypes.float64)
+LongTensor = _legacy_type("LongTensor", dtypes.int64)
+IntTensor = _legacy_type("IntTensor", dtypes.int32)
+BoolTensor = _legacy_type("BoolTensor", dtypes.bool_)

@@ -94,6 +94,7 @@ class Request:
         self.last = False  # the tape now running is the last one (no older tape pending)
         self.reached = set()
         self.leaf_slots = {}  # anomaly mode: id(leaf) -> (tape, slot), where its AccumulateGrad was recorded
+        self.gradless = []  # leaves with hooks that were reached but got no gradient (see _Defined)
 
 
 def run(seeds, req):
@@ -122,6 +123,10 @@ def run(seeds, req):
         except BaseException as exc:
             blame_leaf(exc, req, t)
             raise
+    for t in req.gradless:  # torch calls a leaf's hooks with None when no gradient reached it
+        if id(t) not in req.leaf_grads:
+            req.leaf_grads[id(t)] = None
+            _hooks_on_none(t._x.hooks)
 
 
 def _blame(exc, tape, slot):
@@ -267,20 +272,25 @@ def _run_jitted(tape, seeds, req):
         _note_leaves(req, tape, zip(lslots, leaves))
     if not segmented:
         status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
+        got = need  # (without Functions every needed slot gets a gradient)
     else:
         status, where, need = K.plan(R, S, roots, 0)
+        defined = _Defined(K, tape, R, S, need, roots)
         if status == K.OK:
             status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness,
-                                               check_nan)
+                                               defined, check_nan)
+        got = defined.mask()
     if status == K.ERR_FREED:
         raise _blame(RuntimeError(FREED_MSG), tape, R[where, 4])
     if status != K.OK:
         raise RuntimeError(f"tapegrad internal error: no adjoint for entry {where} ({tape.row(where)})")
     if tape.epoch != Global.inplace_events:
         check_versions(tape, R, need)
-    links = _deliver(tape, wanted, need, bufs, req)
+    links = _deliver(tape, wanted, got, bufs, req)
     if leaves:
-        _deliver_leaves(tape, lslots, leaves, lbufs, need, req.leaf_grads, req.last and not tape.links)
+        _deliver_leaves(tape, lslots, leaves, lbufs, got, req.leaf_grads, req.last and not tape.links)
+        if got is not need:
+            req.gradless.extend(t for s, t in zip(lslots, leaves) if need[s] and not got[s] and t._x and t._x.hooks)
     if left == 0:
         tape.drop_values(True, None)
     elif left > 0:
@@ -318,10 +328,11 @@ def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
                 entry[1] = entry[1] + g
 
 
-def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness, check_nan=False):
+def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness, got, check_nan=False):
     """Replay in segments: a hook on a non-leaf sees (and may replace) its complete gradient, and a
-    custom Function's Python backward runs after the rows recorded later than its call. With
-    ``check_nan`` (anomaly mode) every entry's gradients are checked as it runs."""
+    custom Function's Python backward runs after the rows recorded later than its call. ``got``
+    (_Defined) learns which inputs each Function gave a gradient. With ``check_nan`` (anomaly mode)
+    every entry's gradients are checked as it runs."""
     goff, garena = K.arena(S, _HOFF, need, export, witness)
 
     def replay(lo, hi):
@@ -337,13 +348,21 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
 
     # (top, order, bottom, what): replay rows top..hi-1, act, go on below bottom. A hook on a
     # Function's output (order 1) runs before that Function's backward (order 0) at the same top.
-    cuts = []
+    # The outputs of one multi-output node (unbind, split) have their hooks run together once the
+    # gradients of all of them are complete, output by output in the order of first registration.
+    cuts, groups = [], set()
     for s in hooked:
-        if need[s]:
-            p = tape.producer(s)
+        p = tape.producer(s)
+        if p >= 0 and R[p, 0] in ops.MULTI_OUTPUT:
+            lo, hi = output_group(R, p)
+            if lo not in groups and need[R[lo:hi, 4]].any():
+                groups.add(lo)
+                outs = set(R[lo:hi, 4].tolist())
+                cuts.append((hi, 1, hi, [o for o in hooked if o in outs]))
+        elif need[s]:
             call = tape.pyfuncs.get(p)
             top = call.hi if call is not None else p + 1
-            cuts.append((top, 1, top, s))
+            cuts.append((top, 1, top, [s]))
     seen = set()
     for call in tape.pyfuncs.values():
         if id(call) not in seen and any(s >= 0 and need[s] for s in call.out_slots):
@@ -355,33 +374,98 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
         status, where = replay(top, hi)
         if status != K.OK:
             return status, where
-        try:
-            if order:
-                g = gbuf(what)
-                for hook in tape.hooks[what]:
-                    r = hook(ops._leaf(g.copy()))
-                    if r is not None:
-                        g[...] = r._value
-            else:
-                _function_jitted(tape, what, gbuf, need, check_nan)
-        except BaseException as exc:  # a hook on a tensor runs as part of its node, as in torch
-            _blame(exc, tape, what if order else R[what.lo, 4])
-            raise
+        if order:
+            for s in what:
+                hs = tape.hooks.get(s)
+                if not hs:
+                    continue
+                try:  # a hook on a tensor runs as part of its node, as in torch
+                    if not got.has(s):
+                        _hooks_on_none(hs)
+                        continue
+                    g = gbuf(s)
+                    for hook in hs:
+                        r = hook(ops._leaf(g.copy()))
+                        if r is not None:
+                            g[...] = r._value
+                except BaseException as exc:
+                    _blame(exc, tape, s)
+                    raise
+        else:
+            try:
+                _function_jitted(tape, what, gbuf, need, got, check_nan)
+            except BaseException as exc:
+                _blame(exc, tape, R[what.lo, 4])
+                raise
         hi = bottom
     return replay(0, hi)
 
 
-def _function_jitted(tape, call, gbuf, need, check_nan):
+def output_group(R, e):
+    """Rows lo..hi-1 of the multi-output call that row e belongs to (its rows are consecutive, on
+    one input, with their output index in i1)."""
+    lo = e - int(R[e, 6])
+    hi, n = e + 1, R.shape[0]
+    while hi < n and R[hi, 0] == R[e, 0] and R[hi, 1] == R[e, 1] and R[hi, 6] == R[hi - 1, 6] + 1:
+        hi += 1
+    return lo, hi
+
+
+def _hooks_on_none(hooks):
+    """torch runs the hooks of a tensor that got no gradient with None; they may not replace it."""
+    for hook in hooks:
+        if hook(None) is not None:
+            raise RuntimeError("can't replace a None gradient with a non-None value")
+
+
+class _Defined:
+    """Which needed slots got a gradient (torch's defined ones). All of them, ``need``, unless a
+    custom Function's backward returns None for an input that needs grad: from then on, the slots
+    that only such inputs reach got none (their .grad stays None, their hooks see None), found by
+    planning again from the seeds and from each input a Function did give a gradient, through the
+    rows other than Functions'. A slot's answer is final once the rows recorded after it have run,
+    which is when the engine asks."""
+    __slots__ = ("K", "tape", "R", "S", "need", "roots", "given", "withheld", "cached")
+
+    def __init__(self, K, tape, R, S, need, roots):
+        self.K, self.tape, self.R, self.S, self.need, self.roots = K, tape, R, S, need, roots
+        self.given, self.withheld, self.cached = [], False, None
+
+    def gave(self, slots, withheld):
+        self.given.extend(slots)
+        self.withheld = self.withheld or withheld
+        self.cached = None
+
+    def mask(self):
+        if not self.withheld:
+            return self.need
+        if self.cached is None:
+            R = self.R.copy()
+            for call in self.tape.pyfuncs.values():
+                R[call.lo:call.hi, 1:4] = -1
+            roots = np.concatenate([self.roots, np.asarray(self.given, np.int64)])
+            self.cached = self.K.plan(R, self.S, roots, 0)[2] & self.need
+        return self.cached
+
+    def has(self, s):
+        return bool(self.mask()[s])
+
+
+def _function_jitted(tape, call, gbuf, need, got, check_nan):
     """A custom Function's backward on the jitted path: its output gradients come from the
-    buffers (copied, in each output's dtype), its input gradients are added into theirs."""
-    gouts = [ops._leaf(gbuf(s).astype(m[1])) if s >= 0 and need[s] else None
+    buffers (copied, in each output's dtype; None where none came), its input gradients are added
+    into theirs."""
+    gouts = [ops._leaf(gbuf(s).astype(m[1])) if s >= 0 and got.has(s) else None
              for s, m in zip(call.out_slots, call.out_meta)]
     grads = call.run(gouts)
     if check_nan:
         _check_function_nan(tape, call, grads)
+    given = []
     for s, g in grads:
         b = gbuf(s)
         b += g._value
+        given.append(s)
+    got.gave(given, any(s >= 0 and need[s] and s not in given for s in call.in_slots))
 
 
 def _check_function_nan(tape, call, grads):
@@ -439,7 +523,10 @@ def _give_grad(t, g, create_graph):
 
 def check_versions(tape, R, need):
     """Raise torch's error when a value a needed adjoint reads was changed in place after recording
-    (in anomaly mode with its other hint, and blaming the entry that reads it)."""
+    (in anomaly mode with its other hint, and blaming the entry that reads it), or when the gradient
+    reaches a write into an expand (which needs an in-place write first)."""
+    if tape.overlapped and any(need[s] for s in tape.overlapped):
+        raise RuntimeError(ops.OVERLAP_MSG)  # torch refuses to backward through a write into an expand
     S = tape.slot_table()
     vcs = tape.vcs
     for e in np.flatnonzero(need[R[:, 4]]).tolist():
@@ -519,8 +606,11 @@ class _SlotTensors(dict):
         return t
 
 
-def _function_python(tape, call, grads, wanted, check_nan):
-    """A custom Function's backward with create_graph: it records, so it differentiates again."""
+def _function_python(tape, call, grads, wanted, needl, check_nan):
+    """A custom Function's backward with create_graph: it records, so it differentiates again.
+    It runs when an output is needed, even if no gradient came (torch's None, or zeros)."""
+    if not any(s >= 0 and needl[s] for s in call.out_slots):
+        return
     gouts = []
     for s in call.out_slots:
         g = None
@@ -530,14 +620,46 @@ def _function_python(tape, call, grads, wanted, check_nan):
                 r = hook(g)
                 if r is not None:
                     g = grads[s] = r
+        elif s >= 0 and needl[s] and s in tape.hooks:
+            _hooks_on_none(tape.hooks[s])
         gouts.append(g)
-    if all(g is None for g in gouts):
-        return
     gis = call.run(gouts)
     if check_nan:
         _check_function_nan(tape, call, gis)
     for s, g in gis:
         grads[s] = _accumulate(grads.get(s), g)
+
+
+def _output_groups(tape, R):
+    """{top row: (lo, hi)} of the multi-output calls with a hooked output, and their output slots."""
+    tops, grouped = {}, set()
+    for s, hs in tape.hooks.items():
+        p = tape.producer(s) if hs else -1
+        if p >= 0 and R[p, 0] in ops.MULTI_OUTPUT:
+            lo, hi = output_group(R, p)
+            tops[hi - 1] = (lo, hi)
+            grouped.update(R[lo:hi, 4].tolist())
+    return tops, grouped
+
+
+def _group_hooks_python(tape, rows, lo, hi, grads, needl):
+    """The hooks of one multi-output call's outputs, output by output in the order of first
+    registration (None where no gradient came)."""
+    outs = {rows[e][4] for e in range(lo, hi)}
+    if not any(needl[o] for o in outs):
+        return
+    for o in [o for o in tape.hooks if o in outs]:
+        hs = tape.hooks.get(o)
+        if not hs:
+            continue
+        if o not in grads or not needl[o]:
+            _hooks_on_none(hs)
+            continue
+        g = grads[o] = plain(grads[o])
+        for hook in hs:
+            h = hook(g)
+            if h is not None:
+                g = grads[o] = h
 
 
 def _run_python(tape, seeds, req):
@@ -563,6 +685,7 @@ def _run_python(tape, seeds, req):
     table, function_code, hooks = ops.TABLE, ops.FUNCTION.code, tape.hooks
     sign_through, takes_negated = ops.SIGN_THROUGH, ops.TAKES_NEGATED
     cache = _SlotTensors(tape, flags)  # slot -> the Tensor standing for it, shared by the rows that read it
+    group_tops, grouped = _output_groups(tape, R) if hooks else ({}, ())
     anomaly = Anomaly.enabled
     check_nan = anomaly and Anomaly.check_nan
     if anomaly:
@@ -578,10 +701,14 @@ def _run_python(tape, seeds, req):
             if code == function_code:  # its rows run as one call, from its last row
                 call = tape.pyfuncs.get(e)
                 if call is not None and e == call.hi - 1:
-                    _function_python(tape, call, grads, wanted, check_nan)
+                    _function_python(tape, call, grads, wanted, needl, check_nan)
                 continue
+            if group_tops and e in group_tops:
+                _group_hooks_python(tape, rows, *group_tops[e], grads, needl)
             g = grads.get(o)
             if g is None or not needl[o]:
+                if g is None and hooks and needl[o] and o in hooks and o not in grouped:
+                    _hooks_on_none(hooks[o])
                 continue
             if o not in wanted:
                 del grads[o]
@@ -597,7 +724,7 @@ def _run_python(tape, seeds, req):
                     g = plain(g)
                     if o in grads:
                         grads[o] = g
-            if hooks:
+            if hooks and o not in grouped:
                 for hook in hooks.get(o, ()):
                     h = hook(g)
                     if h is not None:
@@ -626,6 +753,8 @@ def _run_python(tape, seeds, req):
     links = {}
     for s, (kind, who) in wanted.items():
         if s not in grads or not need[s]:
+            if need[s] and kind == "leaf" and who._x is not None and who._x.hooks:
+                req.gradless.append(who)
             continue
         g = plain(grads[s])
         if not g._rg and 0 in g._value.strides and g._value.size > 1:  # one number broadcast (ops._uniform)

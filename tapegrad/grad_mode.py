@@ -1,5 +1,7 @@
 """Grad mode: no_grad, enable_grad, set_grad_enabled, inference_mode (per thread, as in torch)."""
 import functools
+import inspect
+import sys
 
 from .tape import _state
 
@@ -25,6 +27,9 @@ class _Mode:
         return False
 
     def __call__(self, fn):
+        if inspect.isgeneratorfunction(fn):
+            return _generator(self, fn)
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             with self.__class__(*self._args()):
@@ -96,3 +101,32 @@ class inference_mode(_Mode):
 
     def _args(self):
         return (self._mode,)
+
+
+def _generator(mode, fn):
+    """A decorated generator function, as torch wraps one: the mode holds while the generator's
+    body runs and the caller's mode is back at each ``yield``, so every resumption (next, send,
+    throw, close) enters the mode afresh."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        gen = fn(*args, **kwargs)
+        try:
+            with mode.__class__(*mode._args()):
+                response = gen.send(None)
+            while True:
+                try:
+                    request = yield response
+                except GeneratorExit:
+                    with mode.__class__(*mode._args()):
+                        gen.close()
+                    raise
+                except BaseException:
+                    with mode.__class__(*mode._args()):
+                        response = gen.throw(*sys.exc_info())
+                else:
+                    with mode.__class__(*mode._args()):
+                        response = gen.send(request)
+        except StopIteration as stop:
+            return stop.value
+    return wrapper

@@ -12,6 +12,7 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 """
 import math
 import struct
+import warnings
 
 import numpy as np
 
@@ -788,6 +789,10 @@ GATHER = row("gather", "GatherBackward0", 2, None, "adj_getitem", _gather_vjp)
 MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp)
 MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp)
 SPLIT = row("split", "SplitBackward0", 2, None, "adj_getitem", _gather_vjp)
+UNBIND = row("unbind", "UnbindBackward0", 2, None, "adj_getitem", _gather_vjp)
+# One call's outputs are one node in torch (the hooks of all of them run when it runs, None where no
+# gradient came): their rows are consecutive, each with its output index in i1 (engine_cpu.output_group).
+MULTI_OUTPUT = frozenset({SPLIT.code, UNBIND.code})
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
                   lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None))
 COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
@@ -940,7 +945,31 @@ def _mask(axes):
     return m
 
 
-def sum(x, dim=None, keepdim=False, dtype=None):
+_NO_DIM = object()  # a required dim, which NumPy's axis= may give instead
+
+
+def _axis(name, dim, axis, default=None):
+    """dim, or NumPy's axis= that torch's argument parser takes in its place on every native function."""
+    if axis is None:
+        if dim is _NO_DIM:
+            raise TypeError(f'{name}() missing 1 required positional arguments: "dim"')
+        return dim
+    if dim is not default and dim is not _NO_DIM:
+        raise TypeError(f"{name}() got an unexpected keyword argument 'axis'")
+    return axis
+
+
+def _required(name, **args):
+    """torch's error for required arguments left out (they default to _NO_DIM so that axis= can stand for dim)."""
+    missing = [k for k, v in args.items() if v is _NO_DIM]
+    if missing:
+        raise TypeError(f"{name}() missing {len(missing)} required positional arguments: "
+                        + ", ".join(f'"{k}"' for k in missing))
+
+
+def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:  # NumPy's names (torch takes them too)
+        dim, keepdim = _axis("sum", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtypes.as_dtype(dtype))
     xv = x._value
@@ -955,7 +984,9 @@ def sum(x, dim=None, keepdim=False, dtype=None):
     return _unary(SUM if dim is None else SUM_DIM, x, value, i0=_mask(axes), i1=int(keepdim), f0=1.0)
 
 
-def mean(x, dim=None, keepdim=False, dtype=None):
+def mean(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("mean", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtypes.as_dtype(dtype))
     xv = x._value
@@ -1022,13 +1053,16 @@ def reshape(x, *shape):
     return _unary(VIEW, x, value)
 
 
-def unsqueeze(x, dim):
+def unsqueeze(x, dim=_NO_DIM, *, axis=None):
+    dim = _axis("unsqueeze", dim, axis)
     xv = x._value
     d = _dim(dim, xv.ndim + 1)
     return _view(UNSQUEEZE, x, np.expand_dims(xv, d))
 
 
-def squeeze(x, dim=None):
+def squeeze(x, dim=None, *, axis=None):
+    if axis is not None:
+        dim = _axis("squeeze", dim, axis)
     xv = x._value
     if dim is None:
         axes = tuple(i for i, s in enumerate(xv.shape) if s == 1)
@@ -1404,21 +1438,59 @@ def setitem(x, key, v):
     if v._value.shape != sel_shape:
         broadcast_shapes(v._value.shape, sel_shape)
         v = expand(v, sel_shape, _materialize=True)
+    advanced = _key_kind(k) is INDEX
     record = (x._rg or v._rg) and _state.grad_enabled
+    if not xv.flags.writeable and _overlaps(xv):  # an expand, or a view of one, whose elements repeat
+        if advanced:
+            warnings.warn("Use of index_put_ on expanded tensors is deprecated. Please clone() the tensor before "
+                          "performing this operation. This also applies to advanced indexing e.g. "
+                          "tensor[indices] = tensor", UserWarning, stacklevel=2)
+        else:
+            _write_target(_basic_view(xv, k))  # (torch's error where the places written repeat)
+            if record:
+                return _setitem_shared(x, k, v)
     if record:
         tape = current_tape()
         a = tape.slot_of(x)
         b = tape.slot_of(v)
         idx = np.ascontiguousarray(np.arange(xv.size, dtype=np.int64).reshape(xv.shape)[k]).reshape(-1)
         c = tape.new_slot(idx, LEAF, [0])
-    xv[k] = v._value
+    _write_target(xv, True)[k] = v._value
     x._bump_version()
     if record:
         x._tape = tape
-        op = INDEX_PUT if _key_kind(k) is INDEX else SETITEM  # torch: index_put_ for tensor keys
+        op = INDEX_PUT if advanced else SETITEM  # torch: index_put_ for tensor keys
         x._slot = tape.push(op.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
         x._rg = True
     _update_base(x)
+
+
+def _basic_view(xv, k):
+    """xv[k] for a basic key, as a view even where it is one element (NumPy gives a scalar then)."""
+    parts = k if isinstance(k, tuple) else (k,)
+    return _index(xv, parts if any(p is Ellipsis for p in parts) else parts + (Ellipsis,))
+
+
+def _setitem_shared(x, k, v):
+    """x[k] = v, recorded, for an x whose elements share memory (an expand): writing one place
+    changes all that alias it, so, as torch does, the write is recorded on x's base at the places
+    written, and x is read anew from the new base."""
+    root = _root(x)
+    if root is x:
+        raise RuntimeError(OVERLAP_MSG)
+    xv, rv = x._value, root._value
+    dest = _basic_view(xv, k)
+    tape = current_tape()
+    a, b = tape.slot_of(root), tape.slot_of(v)
+    c = tape.new_slot(_view_positions(rv, dest), LEAF, None)
+    _write_target(dest)[...] = v._value
+    x._bump_version()  # (x shares its base's counter)
+    vc = counter(root)
+    root._tape, root._rg = tape, True
+    root._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(rv), vc)
+    d = tape.new_slot(_view_positions(rv, xv), LEAF, None)
+    x._tape, x._rg = tape, True
+    x._slot = tape.push(ALIAS.code, root._slot, d, -1, 0, 0, 0.0, _contiguous(xv), vc)
 
 
 # -- the full op surface: front-end functions -----------------------------------------------------
@@ -1657,11 +1729,15 @@ def _invert(x):
     return _leaf(np.invert(x._value))
 
 
-def argmax(x, dim=None, keepdim=False):
+def argmax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("argmax", dim, axis), keepdim if keepdims is None else keepdims
     return _arg(np.argmax, "argmax", x, dim, keepdim)
 
 
-def argmin(x, dim=None, keepdim=False):
+def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("argmin", dim, axis), keepdim if keepdims is None else keepdims
     return _arg(np.argmin, "argmin", x, dim, keepdim)
 
 
@@ -1680,12 +1756,16 @@ def _arg(fn, name, x, dim, keepdim):
     return _leaf(np.asarray(fn(xv, axis=d, keepdims=keepdim), dtype=np.int64))
 
 
-def all_(x, dim=None, keepdim=False):
+def all_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("all", dim, axis), keepdim if keepdims is None else keepdims
     return _leaf(np.asarray(np.all(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
                                    keepdims=keepdim)))
 
 
-def any_(x, dim=None, keepdim=False):
+def any_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("any", dim, axis), keepdim if keepdims is None else keepdims
     return _leaf(np.asarray(np.any(x._value, axis=None if dim is None else _axes(dim, x._value.ndim),
                                    keepdims=keepdim)))
 
@@ -1703,7 +1783,9 @@ def _reduce_axes(dim, xv):
     return axes, _mask(axes)
 
 
-def prod(x, dim=None, keepdim=False, dtype=None):
+def prod(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("prod", dim, axis), keepdim if keepdims is None else keepdims
     if dtype is not None:
         x = to_dtype(x, dtype)
     xv = x._value
@@ -1741,13 +1823,17 @@ def _named(name):
 _MAX_RT, _MIN_RT = _named("max"), _named("min")
 
 
-def max_(x, dim=None, keepdim=False):
+def max_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("max", dim, axis), keepdim if keepdims is None else keepdims
     if isinstance(dim, Tensor):
         return maximum(x, dim)
     return _extreme(x, dim, keepdim, np.max, np.argmax, MAX, MAX_DIM, _MAX_RT, "max")
 
 
-def min_(x, dim=None, keepdim=False):
+def min_(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("min", dim, axis), keepdim if keepdims is None else keepdims
     if isinstance(dim, Tensor):
         return minimum(x, dim)
     return _extreme(x, dim, keepdim, np.min, np.argmin, MIN, MIN_DIM, _MIN_RT, "min")
@@ -1771,11 +1857,15 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
     return rt(_with_map(op_dim, x, values, positions), _leaf(_contiguous(idx.astype(np.int64, copy=False))))
 
 
-def amax(x, dim=(), keepdim=False):
+def amax(x, dim=(), keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("amax", dim, axis, ()), keepdim if keepdims is None else keepdims
     return _amax(x, dim, keepdim, np.max, AMAX, "amax")
 
 
-def amin(x, dim=(), keepdim=False):
+def amin(x, dim=(), keepdim=False, *, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("amin", dim, axis, ()), keepdim if keepdims is None else keepdims
     return _amax(x, dim, keepdim, np.min, AMIN, "amin")
 
 
@@ -1820,11 +1910,15 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     return _unary(NORM, x, np.asarray(value, dtype=xv.dtype), i0=mask, i1=int(keepdim), f0=p)
 
 
-def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("var", dim, axis), keepdim if keepdims is None else keepdims
     return _moment(x, dim, unbiased, keepdim, correction, False)
 
 
-def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    if axis is not None or keepdims is not None:
+        dim, keepdim = _axis("std", dim, axis), keepdim if keepdims is None else keepdims
     return _moment(x, dim, unbiased, keepdim, correction, True)
 
 
@@ -1847,7 +1941,10 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
         return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
 
 
-def logsumexp(x, dim, keepdim=False):
+def logsumexp(x, dim=_NO_DIM, keepdim=False, *, axis=None, keepdims=None):
+    dim = _axis("logsumexp", dim, axis)
+    if keepdims is not None:
+        keepdim = keepdims
     x = _float_input(x)
     xv = x._value
     axes = _axes(dim, xv.ndim)
@@ -1865,8 +1962,8 @@ def _softmax_dim(x, dim, dtype):
     return x, (_dim(dim, x._value.ndim) if x._value.ndim else 0)
 
 
-def softmax(x, dim, dtype=None):
-    x, d = _softmax_dim(x, dim, dtype)
+def softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    x, d = _softmax_dim(x, _axis("softmax", dim, axis), dtype)
     xv = x._value
     if xv.ndim == 0:
         return _unary(SOFTMAX, x, np.ones((), xv.dtype), i0=0)
@@ -1878,8 +1975,8 @@ def softmax(x, dim, dtype=None):
     return _unary(SOFTMAX, x, value, i0=d)
 
 
-def log_softmax(x, dim, dtype=None):
-    x, d = _softmax_dim(x, dim, dtype)
+def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    x, d = _softmax_dim(x, _axis("log_softmax", dim, axis), dtype)
     xv = x._value
     if xv.ndim == 0:
         return _unary(LOG_SOFTMAX, x, np.zeros((), xv.dtype), i0=0)
@@ -1901,7 +1998,8 @@ def _softmax_kernel(xv, d, log):
     return softmax_forward(x3, log).reshape(shape)
 
 
-def cumsum(x, dim, dtype=None):
+def cumsum(x, dim=_NO_DIM, dtype=None, *, axis=None):
+    dim = _axis("cumsum", dim, axis)
     if dtype is not None:
         x = to_dtype(x, dtype)
     xv = x._value
@@ -2176,7 +2274,9 @@ def _seq(tensors, name):
     return ts
 
 
-def cat(tensors, dim=0):
+def cat(tensors, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("cat", dim, axis, 0)
     ts = _seq(tensors, "torch.cat")
     ts = [t for t in ts if t._value.shape != (0,)] or ts[:1]  # torch skips legacy empty 1-D tensors
     ref = ts[0]._value.shape
@@ -2197,7 +2297,9 @@ def cat(tensors, dim=0):
 concat = concatenate = cat
 
 
-def stack(tensors, dim=0):
+def stack(tensors, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("stack", dim, axis, 0)
     ts = _seq(tensors, "stack")
     ref = ts[0]._value.shape
     for k, t in enumerate(ts):
@@ -2240,14 +2342,16 @@ def split(x, split_size_or_sections, dim=0):
         key = (slice(None),) * d + (slice(off, off + s),)
         value = xv[key]
         if pos is not None:
-            out.append(_view(SPLIT, x, value, b=np.ascontiguousarray(pos[key]).reshape(-1)))
+            out.append(_view(SPLIT, x, value, i1=len(out), b=np.ascontiguousarray(pos[key]).reshape(-1)))
         else:
             out.append(_view(SPLIT, x, value))
         off += s
     return tuple(out)
 
 
-def chunk(x, chunks, dim=0):
+def chunk(x, chunks, dim=0, *, axis=None):
+    if axis is not None:
+        dim = _axis("chunk", dim, axis, 0)
     if chunks <= 0:
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     xv = x._value
@@ -2255,12 +2359,53 @@ def chunk(x, chunks, dim=0):
     return split(x, -(-n // chunks) if n else 0, dim)
 
 
-def unbind(x, dim=0):
-    d = _dim(dim, x._value.ndim)
-    return tuple(getitem(x, (slice(None),) * d + (i,)) for i in range(x._value.shape[d]))
+def unbind(x, dim=0, *, axis=None):
+    """Views of x's pieces along dim, recorded as one multi-output node (torch's UnbindBackward0)."""
+    if axis is not None:
+        dim = _axis("unbind", dim, axis, 0)
+    xv = x._value
+    if xv.ndim == 0:
+        raise IndexError("Dimension specified as 0 but tensor has no dimensions")
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d]
+    if not (x._rg and _state.grad_enabled):
+        return tuple(_view(UNBIND, x, xv[(slice(None),) * d + (i, ...)]) for i in range(n))
+    if d == 0 and xv.flags.c_contiguous:  # each piece is a run of x: no index map
+        step = xv.size // n if n else 0
+        return tuple(_view(UNBIND, x, xv[i, ...], i0=i * step, i1=i) for i in range(n))
+    pos = _positions(x)
+    keys = [(slice(None),) * d + (i, ...) for i in range(n)]
+    return tuple(_view(UNBIND, x, xv[k], i1=i, b=np.ascontiguousarray(pos[k]).reshape(-1))
+                 for i, k in enumerate(keys))
 
 
-def narrow(x, dim, start, length):
+def select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
+    """x's slice at ``index`` along dim, without that dim: a view (torch's SelectBackward0)."""
+    dim = _axis("select", dim, axis)
+    _required("select", index=index)
+    xv = x._value
+    if xv.ndim == 0:
+        raise IndexError("select() cannot be applied to a 0-dim tensor.")
+    if isinstance(index, Tensor):
+        index = index.item()
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        raise TypeError(f"select(): argument 'index' (position 2) must be int, not {type(index).__name__}")
+    d = _dim(dim, xv.ndim)
+    n = xv.shape[d]
+    if not -n <= index < n:
+        raise IndexError(f"select(): index {index} out of range for tensor of size {list(xv.shape)} at dimension {d}")
+    key = (slice(None),) * d + (index % n, ...)
+    value = xv[key]  # (the Ellipsis keeps a one-element result a view)
+    if not (x._rg and _state.grad_enabled):
+        return _view(SELECT, x, value)
+    if value.size and value.flags.c_contiguous and xv.flags.c_contiguous:
+        return _view(SELECT, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
+    return _view(SELECT, x, value, b=np.ascontiguousarray(_positions(x)[key]).reshape(-1))
+
+
+def narrow(x, dim=_NO_DIM, start=_NO_DIM, length=_NO_DIM, *, axis=None):
+    dim = _axis("narrow", dim, axis)
+    _required("narrow", start=start, length=length)
     d = _dim(dim, x._value.ndim)
     return getitem(x, (slice(None),) * d + (slice(start, start + length),))
 
@@ -2274,7 +2419,9 @@ def _index_tensor(index, name, allow_int32=True):
     return iv.astype(np.int64, copy=False)
 
 
-def index_select(x, dim, index):
+def index_select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
+    dim = _axis("index_select", dim, axis)
+    _required("index_select", index=index)
     xv = x._value
     iv = index._value if isinstance(index, Tensor) else np.asarray(index)
     if iv.dtype.kind not in "iu":
@@ -2291,7 +2438,9 @@ def index_select(x, dim, index):
     return _with_map(INDEX_SELECT, x, value, np.take(_positions(x).reshape(x1.shape), iv, axis=d))
 
 
-def repeat_interleave(x, repeats, dim=None):
+def repeat_interleave(x, repeats, dim=None, *, axis=None):
+    if axis is not None:
+        dim = _axis("repeat_interleave", dim, axis)
     if dim is None:
         x, dim = reshape(x, -1), 0
     n = x._value.shape[_dim(dim, x._value.ndim)]
@@ -2324,7 +2473,9 @@ def _scatter_positions(shape, iv, d, name, limits):
     return pos
 
 
-def gather(x, dim, index, sparse_grad=False):
+def gather(x, dim=_NO_DIM, index=_NO_DIM, sparse_grad=False, *, axis=None):
+    dim = _axis("gather", dim, axis)
+    _required("gather", index=index)
     xv = x._value
     iv = _index_tensor(index, "gather")
     d = _dim(dim, xv.ndim)
@@ -2333,7 +2484,9 @@ def gather(x, dim, index, sparse_grad=False):
     return _with_map(GATHER, x, value, pos)
 
 
-def scatter_add(x, dim, index, src):
+def scatter_add(x, dim=_NO_DIM, index=_NO_DIM, src=_NO_DIM, *, axis=None):
+    dim = _axis("scatter_add", dim, axis)
+    _required("scatter_add", index=index, src=src)
     xv = x._value
     iv = _index_tensor(index, "scatter_add", allow_int32=False)
     d = _dim(dim, xv.ndim)
@@ -2437,8 +2590,10 @@ def _check_inplace(x):
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
 
 
-def _inplace(x, result):
-    """Make x hold ``result`` in its own storage: x takes result's place in the graph."""
+def _inplace(x, result, where=True, overlap_ok=False):
+    """Make x hold ``result`` in its own storage: x takes result's place in the graph. ``where``: the
+    elements written (masked_fill_); ``overlap_ok``: fill_, zero_ and masked_fill_, which torch lets
+    write into an expanded tensor."""
     _check_inplace(x)
     xv = x._value
     if result._value.shape != xv.shape:
@@ -2447,7 +2602,15 @@ def _inplace(x, result):
     if result._value.dtype.kind == "f" and xv.dtype.kind != "f":
         raise RuntimeError(f"result type Float can't be cast to the desired output type "
                            f"{_torch_type_name(xv.dtype)}")
-    np.copyto(xv, result._value, casting="unsafe")
+    try:
+        if where is True:  # (where=True costs a ufunc argument more)
+            np.copyto(xv, result._value, casting="unsafe")
+        else:
+            np.copyto(xv, result._value, casting="unsafe", where=where)
+    except ValueError:  # read-only: an expand, or a view of one
+        if xv.flags.writeable:
+            raise
+        np.copyto(_write_target(xv, overlap_ok), result._value, casting="unsafe", where=where)
     x._bump_version()
     if result._tape is not None:
         tape = result._tape
@@ -2456,6 +2619,32 @@ def _inplace(x, result):
         _repin_version(tape, result._slot, x._vc[0])
     _update_base(x)
     return x
+
+
+OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a single memory "
+               "location. Please clone() the tensor before performing the operation.")
+
+
+def _overlaps(v):
+    """Whether some elements of v share memory (torch's has_internal_overlap: a stride 0 over a size > 1)."""
+    return any(st == 0 and n > 1 for n, st in zip(v.shape, v.strides))
+
+
+def _write_target(v, overlap_ok=False):
+    """v, ready for an in-place write. An expand, and any view of one, is a read-only NumPy view
+    (np.broadcast_to): where its elements repeat, torch's error, unless the op may write there
+    (``overlap_ok``); else a writable view of the same memory, so the write reaches the expanded
+    tensor's storage as in torch."""
+    if v.flags.writeable:
+        return v
+    if not overlap_ok and _overlaps(v):
+        raise RuntimeError(OVERLAP_MSG)
+    root = v
+    while isinstance(root.base, ndarray):
+        root = root.base
+    if not root.flags.writeable or not root.flags.c_contiguous:
+        return v  # memory that is read-only itself: NumPy's error stands
+    return ndarray(v.shape, v.dtype, root, v.ctypes.data - root.ctypes.data, v.strides)
 
 
 def _update_base(x):
@@ -2469,6 +2658,9 @@ def _update_base(x):
     c = tape.new_slot(_view_positions(root._value, x._value), LEAF, None)
     root._slot = tape.push(SETITEM.code, a, b, c, 0, 0, 0.0, _contiguous(root._value), counter(root))
     root._tape, root._rg = tape, True
+    if _overlaps(x._value):  # written through an expand (fill_, zero_, masked_fill_, index_put_): as in
+        # torch, the forward stands and a gradient that reaches the write is an error (check_versions)
+        tape.overlapped = (tape.overlapped or set()) | {b, root._slot}
 
 
 def _view_positions(base, view):
@@ -2506,8 +2698,8 @@ def _repin_version(tape, s, version):
 def zero_(x):
     _check_inplace(x)
     if (x._rg or x._tape is not None) and _state.grad_enabled:
-        return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)))
-    x._value[...] = 0
+        return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)), overlap_ok=True)
+    _write_target(x._value, True)[...] = 0
     x._bump_version()
     return x
 
@@ -2518,8 +2710,8 @@ def fill_(x, value):
         return _inplace(x, mul(x, 0) + value)  # the fill value's gradient is the sum of g
     v = value._value if isinstance(value, Tensor) else value
     if (x._rg or x._tape is not None) and _state.grad_enabled:
-        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)))
-    x._value[...] = v
+        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)), overlap_ok=True)
+    _write_target(x._value, True)[...] = v
     x._bump_version()
     return x
 
@@ -2545,7 +2737,14 @@ def exp_(x):
 
 
 def masked_fill_(x, mask, value):
-    return _inplace(x, masked_fill(x, mask, value))
+    result = masked_fill(x, mask, value)
+    if not _overlaps(x._value):
+        return _inplace(x, result)
+    warnings.warn("Use of masked_fill_ on expanded tensors is deprecated. Please clone() the tensor before "
+                  "performing this operation. This also applies to advanced indexing e.g. tensor[mask] = scalar",
+                  UserWarning, stacklevel=2)
+    m = mask._value if isinstance(mask, Tensor) else np.asarray(mask)
+    return _inplace(x, result, where=np.broadcast_to(m, x._value.shape), overlap_ok=True)  # (only the masked places)
 
 
 def scatter_add_(x, dim, index, src):
@@ -2623,6 +2822,7 @@ def _install_surface(M):
             softmax=softmax, log_softmax=log_softmax, cumsum=cumsum, argmax=argmax, argmin=argmin, isnan=isnan,
             isfinite=isfinite, isinf=isinf, bmm=bmm, mv=mv, dot=dot, vdot=vdot, inner=inner, outer=outer, ger=outer, flatten=flatten,
             unflatten=unflatten, repeat=repeat, split=split, chunk=chunk, flip=flip, unbind=unbind, narrow=narrow,
+            select=select,
             index_select=index_select, gather=gather, scatter_add=scatter_add, masked_fill=masked_fill,
             lt=lt, le=le, gt=gt, ge=ge, eq=eq, ne=ne, greater=gt, less=lt, logical_not=logical_not, all=all_,
             any=any_, nonzero=nonzero, mul_=mul_, div_=div_, pow_=pow_, clamp_=clamp_, clip_=clamp_,

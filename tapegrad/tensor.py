@@ -41,9 +41,7 @@ class _Extra:
 class Tensor:
     __slots__ = ("_value", "_tape", "_slot", "_rg", "_vc", "_grad", "_x", "__weakref__")
     __array_priority__ = 1000  # so that ndarray (op) Tensor defers to Tensor's reflected op
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError("create tensors with tapegrad.tensor(...), tapegrad.zeros(...) and friends")
+    # Tensor(...) itself is torch's legacy constructor, installed by ``creation``.
 
     # -- attributes --------------------------------------------------------------------------
     @property
@@ -92,20 +90,29 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, flag):
+        if flag.__class__ is not bool:
+            raise RuntimeError("requires_grad must be a bool")
         if self._tape is not None:
-            raise RuntimeError(
-                "you can only change requires_grad flags of leaf variables. If you want to use a "
-                "computed variable in a subgraph that doesn't require differentiation use "
-                "var_no_grad = var.detach().")
-        flag = bool(flag)
+            raise RuntimeError(_leaf_flag_error(flag))
         if flag and self._value.dtype.kind != "f":
             raise RuntimeError("only Tensors of floating point and complex dtype can require gradients")
         self._rg = flag
 
+    @requires_grad.deleter
+    def requires_grad(self):
+        raise RuntimeError("requires_grad must be a bool")
+
     def requires_grad_(self, requires_grad=True):
+        if requires_grad.__class__ is not bool:
+            raise TypeError("requires_grad_(): argument 'requires_grad' (position 1) must be bool, not "
+                            f"{type(requires_grad).__name__}")
+        if self._tape is not None:
+            if requires_grad:
+                return self  # a result requires grad already: nothing to change
+            raise RuntimeError(_leaf_flag_error(False))
         if requires_grad and self._value.dtype.kind != "f":
             raise RuntimeError("only Tensors of floating point dtype can require gradients")  # torch's wording here
-        self.requires_grad = requires_grad
+        self._rg = requires_grad
         return self
 
     @property
@@ -130,6 +137,10 @@ class Tensor:
             if g._value.dtype != self._value.dtype:
                 raise RuntimeError(f"assigned grad has data of a different type: {g.dtype} vs {self.dtype}")
         self._grad = g
+
+    @grad.deleter
+    def grad(self):
+        self._grad = None
 
     @property
     def retains_grad(self):
@@ -169,14 +180,19 @@ class Tensor:
         self._value = other._value
         Global.inplace_events += 1  # open tapes that registered this leaf must register it afresh
 
+    @data.deleter
+    def data(self):
+        raise RuntimeError("Deleting tensor data is not allowed. Delete tensor instead!")
+
     # -- conversion ------------------------------------------------------------------------
     def numpy(self, force=False):
-        if self._rg and not force:
+        if self._rg and not force and _state.grad_enabled:  # (with grad mode off, torch hands out the storage)
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         return self._value
 
     def __array__(self, dtype=None, copy=None):
-        return self._value if dtype is None else self._value.astype(dtype)
+        v = self.numpy()  # np.asarray(t) follows numpy()'s rule, as in torch
+        return v if dtype is None else v.astype(dtype)
 
     def item(self):
         if self._value.size != 1:
@@ -313,6 +329,14 @@ def leaf(value):
     t._grad = None
     t._x = None
     return t
+
+
+def _leaf_flag_error(flag):
+    msg = "you can only change requires_grad flags of leaf variables."
+    if not flag:
+        msg += (" If you want to use a computed variable in a subgraph that doesn't require differentiation use "
+                "var_no_grad = var.detach().")
+    return msg
 
 
 def _dim(d, ndim):

@@ -101,6 +101,21 @@ def test_backward_inputs_empty_is_an_error(lib):
         (x * 2).sum().backward(inputs=[])
 
 
+@pytest.mark.parametrize("inputs", [[], ()], ids=["list", "tuple"])
+def test_autograd_grad_with_empty_inputs_is_an_error(lib, inputs):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="`inputs` argument to `grad\\(\\)` cannot be empty"):
+        lib.autograd.grad((x * 2).sum(), inputs)
+    with pytest.raises(RuntimeError, match="`inputs` argument to `grad\\(\\)` cannot be empty"):
+        lib.autograd.grad((x * 2).sum(), inputs, allow_unused=True)
+
+
+def test_autograd_grad_input_that_is_no_tensor(lib):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="all inputs have to be Tensors or GradientEdges, but got float"):
+        lib.autograd.grad((x * 2).sum(), [x, 1.0])
+
+
 def test_autograd_grad_never_touches_grad(lib):
     x = lib.tensor([1.0, 2.0], requires_grad=True)
     x.grad = lib.tensor([10.0, 10.0])
@@ -801,3 +816,169 @@ def test_composite_node_survives_its_backward_and_prints_like_torch():
     assert type(v.grad_fn).__name__ == "VarBackward0" and v.grad_fn.name() == "VarBackward0"
     assert repr(v) == "tensor(2.3333, grad_fn=<VarBackward0>)"
     assert [type(f).__name__ for f, _ in v.grad_fn.next_functions] == ["AccumulateGrad"]
+
+
+# -- the legacy Variable, requires_grad_, del, numpy() and decorated generators ------------------
+def test_variable_is_a_new_leaf_sharing_storage(lib):
+    t = lib.tensor([1.0, 2.0])
+    v = lib.autograd.Variable(t, requires_grad=True)
+    assert v is not t and v.requires_grad and v.is_leaf and not t.requires_grad
+    with lib.no_grad():
+        v[0] = 5.0
+    assert t.tolist() == [5.0, 2.0] and t._version == 1 and v._version == 1
+    assert isinstance(t, lib.autograd.Variable) and isinstance(v, lib.Tensor)
+    plain = lib.autograd.Variable(t)
+    assert plain is not t and not plain.requires_grad
+
+
+def test_variable_of_a_result_is_a_detached_leaf(lib):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 2
+    for flag in (False, True):
+        v = lib.autograd.Variable(u, requires_grad=flag)
+        assert v is not u and v.is_leaf and v.grad_fn is None and v.requires_grad is flag
+    assert lib.autograd.Variable(x).requires_grad is False and x.requires_grad
+
+
+def test_variable_bad_input(lib):
+    with pytest.raises(TypeError, match="Variable data has to be a tensor, but got list"):
+        lib.autograd.Variable([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="Only Tensors of floating point and complex dtype can require gradients"):
+        lib.autograd.Variable(lib.tensor([1, 2]), requires_grad=True)
+    with pytest.warns(UserWarning, match="volatile was removed and now has no effect"):
+        v = lib.autograd.Variable(lib.tensor([1.0]), volatile=True)
+    assert not v.requires_grad
+    assert lib.autograd.Variable().shape == (0,)
+
+
+def test_requires_grad_on_a_result(lib):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    assert y.requires_grad_() is y and y.requires_grad_(True) is y and not y.is_leaf  # nothing to change
+    v = x[:1]
+    assert v.requires_grad_() is v
+    with pytest.raises(RuntimeError, match="you can only change requires_grad flags of leaf variables. If you want"):
+        y.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="you can only change requires_grad flags of leaf variables.$"):
+        y.requires_grad = True
+    with lib.no_grad():
+        z = x * 2
+    assert z.requires_grad_() is z and z.is_leaf and z.requires_grad
+
+
+@pytest.mark.parametrize("flag", [1, None, "yes"])
+def test_requires_grad_must_be_a_bool(lib, flag):
+    t = lib.tensor([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="requires_grad must be a bool"):
+        t.requires_grad = flag
+    with pytest.raises(TypeError, match="requires_grad_\\(\\): argument 'requires_grad' \\(position 1\\) must be bool"):
+        t.requires_grad_(flag)
+    assert not t.requires_grad
+
+
+def test_del_grad_data_and_requires_grad(lib):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    (x * 2).sum().backward()
+    del x.grad
+    assert x.grad is None
+    del x.grad  # when there is none, too
+    y = x * 2
+    y.retain_grad()
+    y.sum().backward()
+    del y.grad
+    assert y.grad is None
+    with pytest.raises(RuntimeError, match="Deleting tensor data is not allowed. Delete tensor instead!"):
+        del x.data
+    with pytest.raises(RuntimeError, match="requires_grad must be a bool"):
+        del x.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "set_grad_enabled", "inference_mode"])
+def test_numpy_of_a_tensor_requiring_grad_with_grad_mode_off(lib, mode):
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    off = {"no_grad": lib.no_grad, "set_grad_enabled": lambda: lib.set_grad_enabled(False),
+           "inference_mode": lib.inference_mode}[mode]
+    with off():
+        a, b = x.numpy(), np.asarray(y)
+    assert a.tolist() == [1.0, 2.0] and b.tolist() == [2.0, 4.0]
+    a[0] = 7.0  # the tensor's own storage, as torch hands out
+    assert x.tolist() == [7.0, 2.0]
+    for get in (lambda t: t.numpy(), np.asarray):
+        with pytest.raises(RuntimeError, match="Can't call numpy\\(\\) on Tensor that requires grad"):
+            get(x)
+    assert x.numpy(force=True).tolist() == [7.0, 2.0]
+
+
+def _decorated_generators(lib):
+    @lib.no_grad()
+    def called(n):
+        for _ in range(n):
+            yield lib.is_grad_enabled()
+
+    @lib.no_grad
+    def bare(n):
+        for _ in range(n):
+            yield lib.is_grad_enabled()
+
+    @lib.set_grad_enabled(False)
+    def switched():
+        yield lib.is_grad_enabled()
+
+    @lib.inference_mode()
+    def inference():
+        yield lib.is_grad_enabled(), lib.is_inference_mode_enabled()
+
+    @lib.enable_grad()
+    def enabled():
+        yield lib.is_grad_enabled()
+        yield lib.is_grad_enabled()
+
+    return called, bare, switched, inference, enabled
+
+
+def test_grad_mode_decorators_on_generators(lib):
+    """The mode holds while the generator's body runs; the caller's is back at each yield."""
+    called, bare, switched, inference, enabled = _decorated_generators(lib)
+    import inspect
+    assert inspect.isgeneratorfunction(called) and inspect.isgeneratorfunction(bare)
+    assert [(v, lib.is_grad_enabled()) for v in called(2)] == [(False, True)] * 2
+    assert [(v, lib.is_grad_enabled()) for v in bare(2)] == [(False, True)] * 2
+    assert list(switched()) == [False] and lib.is_grad_enabled()
+    assert list(inference()) == [(False, True)] and not lib.is_inference_mode_enabled()
+    with lib.no_grad():
+        g = enabled()
+        assert next(g) is True and not lib.is_grad_enabled()
+        assert next(g) is True and not lib.is_grad_enabled()
+    assert lib.is_grad_enabled()
+
+
+def test_decorated_generator_send_throw_close_and_return(lib):
+    @lib.no_grad()
+    def echo():
+        try:
+            got = yield lib.is_grad_enabled()
+            while True:
+                got = yield (got, lib.is_grad_enabled())
+        except ValueError:
+            yield ("thrown", lib.is_grad_enabled())
+        finally:
+            closing.append(lib.is_grad_enabled())
+
+    @lib.no_grad()
+    def returns():
+        yield 1
+        return 9
+
+    closing = []
+    g = echo()
+    assert next(g) is False and lib.is_grad_enabled()
+    assert g.send(5) == (5, False) and lib.is_grad_enabled()
+    assert g.throw(ValueError()) == ("thrown", False) and lib.is_grad_enabled()
+    g.close()
+    assert closing == [False] and lib.is_grad_enabled()
+    r = returns()
+    next(r)
+    with pytest.raises(StopIteration) as stop:
+        next(r)
+    assert stop.value.value == 9

@@ -406,3 +406,401 @@ def test_saved_leaf_with_a_create_graph_grad_is_no_cycle():
         assert param() is None and tape() is None
     finally:
         gc.enable()
+
+
+# -- torch's semantics of Functions, run as user code on both libraries ----------------------------
+@pytest.fixture(params=["tapegrad", "torch"])
+def lib(request):
+    if request.param == "torch":
+        return pytest.importorskip("torch")
+    return tg
+
+
+def _first_only(lib):
+    class FirstOnly(lib.autograd.Function):
+        """x * y whose backward gives y no gradient (None)."""
+
+        @staticmethod
+        def forward(ctx, x, y):
+            return x * y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    return FirstOnly
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_backward_returning_none_leaves_no_gradient(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([3.0, 4.0], requires_grad=True)
+    F.apply(x, y).sum().backward(create_graph=create_graph)
+    assert x.grad.tolist() == [1.0, 1.0] and y.grad is None
+    y.grad = None
+    (F.apply(x, y).sum() + (y * 2).sum()).backward(create_graph=create_graph)  # another path still gives one
+    assert y.grad.tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_none_reaches_through_ops_retained_grads_and_hooks(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = y.exp()
+    u.retain_grad()
+    seen = []
+    u.register_hook(lambda g: seen.append(("u", g)))
+    y.register_hook(lambda g: seen.append(("y", g)))
+    F.apply(x, u * 2).sum().backward(create_graph=create_graph)
+    assert x.grad.tolist() == [1.0, 1.0] and y.grad is None and u.grad is None
+    assert seen == [("u", None), ("y", None)]
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_autograd_grad_of_an_input_given_none(lib, create_graph):
+    F = _first_only(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    y = lib.tensor([3.0, 4.0], requires_grad=True)
+    gx, gy = lib.autograd.grad(F.apply(x, y).sum(), [x, y], allow_unused=True, create_graph=create_graph)
+    assert gx.tolist() == [1.0, 1.0] and gy is None
+    with pytest.raises(RuntimeError, match="The differentiated Tensor at index 1 appears to not have been used"):
+        lib.autograd.grad(F.apply(x, y).sum(), [x, y], create_graph=create_graph)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_a_function_downstream_of_a_none_still_runs(lib, create_graph):
+    """Its backward runs with zeros (materialized) or None, and what it returns counts."""
+    F = _first_only(lib)
+    got = []
+
+    def make(materialize):
+        class Id(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, t):
+                ctx.set_materialize_grads(materialize)
+                return t * 1
+
+            @staticmethod
+            def backward(ctx, g):
+                got.append(g if g is None else g.tolist())
+                return g
+
+        return Id
+
+    for materialize, want_got, want_grad in ((True, [0.0, 0.0], [0.0, 0.0]), (False, None, None)):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        y = lib.tensor([1.0, 2.0], requires_grad=True)
+        F.apply(x, make(materialize).apply(y)).sum().backward(create_graph=create_graph)
+        assert got[-1] == want_got
+        assert (y.grad.tolist() if y.grad is not None else None) == want_grad
+
+
+def test_forward_returning_one_tensor_twice_returns_one_object(lib):
+    got = []
+
+    def make(materialize):
+        class Twice(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.set_materialize_grads(materialize)
+                y = x * 2
+                return y, y
+
+            @staticmethod
+            def backward(ctx, g1, g2):
+                got.append((None if g1 is None else g1.tolist(), g2.tolist()))
+                return g2 * 2
+
+        return Twice
+
+    for materialize, first in ((True, [0.0, 0.0]), (False, None)):
+        x = lib.tensor([1.0, 2.0], requires_grad=True)
+        a, b = make(materialize).apply(x)
+        assert a is b and a.grad_fn is not None
+        (a.sum() * 3).backward()  # the gradient of the object reaches backward at its last place
+        assert got[-1] == (first, [3.0, 3.0]) and x.grad.tolist() == [6.0, 6.0]
+    with lib.no_grad():
+        a, b = make(True).apply(lib.tensor([1.0, 2.0], requires_grad=True))
+    assert a is b and not a.requires_grad
+
+
+def test_input_returned_as_is_is_an_alias(lib):
+    class Ident(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x, x
+
+        @staticmethod
+        def backward(ctx, g1, g2):
+            return g1 + g2
+
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    a, b = Ident.apply(x)
+    assert a is not x and b is not x and a is not b and not a.is_leaf
+    (a.sum() + 2 * b.sum()).backward()
+    assert x.grad.tolist() == [3.0, 3.0]
+    for make in (lambda: lib.tensor([1.0, 2.0]), lambda: lib.tensor([1.0, 2.0], requires_grad=True)):
+        t = make()
+        with lib.no_grad():
+            c, _ = Ident.apply(t)
+        assert c is not t and not c.requires_grad and c.is_leaf  # unrecorded: a detached alias
+        with lib.no_grad():
+            c[0] = 7.0
+        assert t[0].item() == 7.0
+
+
+def test_needs_input_grad(lib):
+    seen = []
+
+    class Scale(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y, k, z=None):
+            seen.append(("forward", ctx.needs_input_grad))
+            return x * y * k
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(("backward", ctx.needs_input_grad))
+            return g, g, None, None
+
+    x, y = lib.tensor([1.0, 2.0], requires_grad=True), lib.tensor([3.0, 4.0])
+    Scale.apply(x, y, 2.0).sum().backward()
+    assert seen == [("forward", (True, False, False)), ("backward", (True, False, False))]
+    seen.clear()
+    with lib.no_grad():  # grad mode aside: whether each input requires grad
+        Scale.apply(x, y, 2.0)
+    Scale.apply(y, y, 2.0)
+    Scale.apply(x, x * 1, 2.0, x).sum().backward()
+    Scale.apply(x, lib.tensor([1, 2]), 2.0)
+    assert seen == [("forward", (True, False, False)), ("forward", (False, False, False)),
+                    ("forward", (True, True, False, True)), ("backward", (True, True, False, True)),
+                    ("forward", (True, False, False))]
+
+
+def _add_one(lib):
+    class AddOne(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            x.add_(1)
+            ctx.mark_dirty(x)
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    return AddOne
+
+
+def test_mark_dirty_returns_the_input_changed_in_place(lib):
+    AddOne = _add_one(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 1
+    y = AddOne.apply(u)
+    assert y is u and type(u.grad_fn).__name__ == "AddOneBackward" and u.tolist() == [2.0, 3.0]
+    assert u._version == 2  # the add_ and the mark, as torch counts
+    y.sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0]
+    plain = lib.tensor([1.0, 2.0])
+    assert AddOne.apply(plain) is plain and plain._version == 2 and not plain.requires_grad
+    w = lib.tensor([1.0, 2.0], requires_grad=True)
+    with lib.no_grad():
+        z = AddOne.apply(w)
+    assert z is not w and not z.requires_grad and w.requires_grad and w._version == 2 and w.tolist() == [2.0, 3.0]
+
+
+def test_mark_dirty_on_a_view_records_the_write_on_its_base(lib):
+    AddOne = _add_one(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 2
+    v = u[:1]
+    AddOne.apply(v)
+    assert u.tolist() == [3.0, 4.0] and type(u.grad_fn).__name__ == "CopySlices"
+    u.sum().backward()
+    assert x.grad.tolist() == [4.0, 2.0]
+
+
+def test_mark_dirty_saved_value_is_seen_by_the_version_check(lib):
+    AddOne = _add_one(lib)
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    u = x * 2
+    s = u.sin()  # saves u
+    AddOne.apply(u)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation.* is at version 2; expected version 0"):
+        s.sum().backward()
+
+
+def test_mark_dirty_errors(lib):
+    AddOne = _add_one(lib)
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad has been used in an in-place operation"):
+        AddOne.apply(lib.tensor([1.0, 2.0], requires_grad=True))
+
+    class NotReturned(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            x.add_(1)
+            ctx.mark_dirty(x)
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    for t in (lib.tensor([1.0, 2.0], requires_grad=True) * 1, lib.tensor([1.0, 2.0])):
+        with pytest.raises(RuntimeError, match="Some elements marked as dirty during the forward method were not "
+                                               "returned as output"):
+            NotReturned.apply(t)
+
+    class NotATensor(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.mark_dirty(5)
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    with pytest.raises(RuntimeError, match="mark_dirty can only accept variables, but argument"):
+        NotATensor.apply(lib.tensor([1.0], requires_grad=True))
+
+    class ViewTwoOutputs(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            x.add_(1)
+            ctx.mark_dirty(x)
+            return x, x * 2
+
+        @staticmethod
+        def backward(ctx, g, h):
+            return g + 2 * h
+
+    u = lib.tensor([1.0, 2.0], requires_grad=True) * 1
+    with pytest.raises(RuntimeError, match="If your Function modifies inplace an input that is a view of another "
+                                           "Tensor, your Function cannot return more than one Tensor"):
+        ViewTwoOutputs.apply(u[:1])
+    a, b = ViewTwoOutputs.apply(u)  # not a view: fine
+    assert a is u
+
+
+def test_mark_dirty_of_a_tensor_that_is_no_input_warns(lib):
+    class Marks(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = x * 2
+            ctx.mark_dirty(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.warns(UserWarning, match="ctx.mark_dirty\\(\\) received a tensor that was not an input"):
+        y = Marks.apply(x)
+    y.sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0]
+
+
+def test_mark_non_differentiable(lib):
+    got = []
+
+    class Split(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            a, b = x * 2, x * 3
+            ctx.mark_non_differentiable(b)
+            return a, b
+
+        @staticmethod
+        def backward(ctx, ga, gb):
+            got.append(gb.tolist())
+            return ga * 2
+
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    a, b = Split.apply(x)
+    assert a.requires_grad and not b.requires_grad and b.grad_fn is None and b.is_leaf
+    a.sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0] and got == [[0.0, 0.0]]  # its gradient: zeros
+    with pytest.raises(RuntimeError, match="element 0 of tensors does not require grad and does not have a grad_fn"):
+        Split.apply(x)[1].sum().backward()
+
+    class Passes(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.mark_non_differentiable(x)
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    y = Passes.apply(x)
+    assert y is not x and not y.requires_grad and y.is_leaf and x.requires_grad
+
+    class NotATensor(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.mark_non_differentiable("a")
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    with pytest.raises(RuntimeError, match="mark_non_differentiable only accepts variable arguments, but got"):
+        NotATensor.apply(x)
+
+
+@pytest.mark.parametrize("value", [1, 0, None])
+def test_set_materialize_grads_takes_a_bool(lib, value):
+    class M(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.set_materialize_grads(value)
+            return x * 1
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    with pytest.raises(TypeError, match="set_materialize_grads received an invalid combination of arguments"):
+        M.apply(lib.tensor([1.0], requires_grad=True))
+
+
+def _square_once(lib):
+    from importlib import import_module
+    once = import_module(lib.__name__ + ".autograd.function").once_differentiable  # torch's import path
+    modes = []
+
+    class Square(lib.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        @once
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            modes.append(lib.is_grad_enabled())
+            return 2 * x * g
+
+    return Square, modes
+
+
+def test_once_differentiable(lib):
+    Square, modes = _square_once(lib)
+    x = lib.tensor([1.0, 3.0], requires_grad=True)
+    Square.apply(x).sum().backward()
+    assert x.grad.tolist() == [2.0, 6.0] and modes == [False]
+    g, = lib.autograd.grad(Square.apply(x).sum(), x, create_graph=True)  # its gradient needs no grad
+    assert not g.requires_grad and g.tolist() == [2.0, 6.0] and modes == [False, False]
+    y = Square.apply(x)
+    g, = lib.autograd.grad((y * y).sum(), x, create_graph=True)
+    assert g.tolist() == [4.0, 108.0] and type(g.grad_fn).__name__ == "Error" and modes[-1] is False
+    with pytest.raises(RuntimeError, match="trying to differentiate twice a function that was marked with "
+                                           "@once_differentiable"):
+        g.sum().backward()

@@ -46,6 +46,9 @@ def test_type_checker_accepts_a_torch_style_script(tmp_path):
         d: tg.dtype = tg.float64
         model = nn.Linear(2, 1)
         opt = optim.SGD(model.parameters(), lr=0.1)
+        legacy: tg.Tensor = tg.Tensor([1.0, 2.0]) + tg.Tensor(2, 3).sum() + tg.LongTensor([1, 2])
+        typed: bool = isinstance(legacy, tg.FloatTensor)
+        r = x.sum(axis=1, keepdims=True).select(0, 0)
     """)
     assert code == 0, out
 

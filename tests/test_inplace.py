@@ -157,3 +157,125 @@ def test_grad_zero_clears_accumulated_gradients():
     np.testing.assert_allclose(x.grad.numpy(), [2.0, 2.0])
     x.grad.data.zero_()
     np.testing.assert_allclose(x.grad.numpy(), [0.0, 0.0])
+
+
+# -- writes into an expand: torch's rule for memory that several elements share ---------------------
+@pytest.fixture(params=["tapegrad", "torch"])
+def lib(request):
+    if request.param == "torch":
+        return pytest.importorskip("torch")
+    return tg
+
+
+OVERLAP = "unsupported operation: more than one element of the written-to tensor refers to a single memory location"
+VIEWS = {"expand": lambda e: e, "slice": lambda e: e[:, 1:], "transposed": lambda e: e.t(), "column": lambda e: e[:, 1]}
+
+
+def _expanded(lib, mode, view):
+    """x (1, 3); b is x, or x * 1 when the write is recorded; the written tensor is a view of b.expand(2, 3)."""
+    x = lib.tensor([[1.0, 2.0, 3.0]], requires_grad=mode != "plain")
+    b = x * 1 if mode == "recorded" else x
+    return x, b, VIEWS[view](b.expand(2, 3))
+
+
+def _write(mode, lib, fn):
+    if mode == "no_grad":
+        with lib.no_grad():
+            return fn()
+    return fn()
+
+
+# ops that read what they write through TensorIterator: refused wherever elements repeat
+REFUSED = {
+    "add_": lambda lib, e: e.add_(1),
+    "sub_": lambda lib, e: e.sub_(lib.ones(tuple(e.shape))),
+    "mul_": lambda lib, e: e.mul_(2),
+    "div_": lambda lib, e: e.div_(2),
+    "pow_": lambda lib, e: e.pow_(2),
+    "clamp_": lambda lib, e: e.clamp_(0, 1),
+    "exp_": lambda lib, e: e.exp_(),
+    "copy_": lambda lib, e: e.copy_(lib.zeros(tuple(e.shape))),
+    "iadd": lambda lib, e: e.__iadd__(1),
+    "imul": lambda lib, e: e.__imul__(2),
+    "setitem_all": lambda lib, e: e.__setitem__(slice(None), 5.0),
+}
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+@pytest.mark.parametrize("mode", ["plain", "no_grad", "recorded"])
+@pytest.mark.parametrize("op", sorted(REFUSED))
+def test_write_into_an_expand_is_refused(lib, op, mode, view):
+    x, b, e = _expanded(lib, mode, view)
+    with pytest.raises(RuntimeError, match=OVERLAP):
+        _write(mode, lib, lambda: REFUSED[op](lib, e))
+
+
+def test_setitem_whose_places_repeat_is_refused(lib):
+    x, b, e = _expanded(lib, "plain", "expand")
+    with pytest.raises(RuntimeError, match=OVERLAP):
+        e.t()[2] = lib.tensor(8.0)  # a column of the expand: one memory place twice
+    e.t()[2, 1] = 8.0  # one element is fine
+    assert x.tolist() == [[1.0, 2.0, 8.0]]
+
+
+# writes torch lets into an expand (fill_, zero_, masked_fill_ and index_put_ with a deprecation
+# warning): view -> x afterwards
+ALLOWED = {
+    "fill_": (lambda lib, e: e.fill_(0.0), {"expand": [[0, 0, 0]], "column": [[1, 0, 3]]}),
+    "zero_": (lambda lib, e: e.zero_(), {"expand": [[0, 0, 0]], "column": [[1, 0, 3]]}),
+    "masked_fill_": (lambda lib, e: e.masked_fill_(e > 1.5, 0.0), {"expand": [[1, 0, 0]], "column": [[1, 0, 3]]}),
+    "index_put": (lambda lib, e: e.__setitem__(lib.tensor([0]), 5.0), {"expand": [[5, 5, 5]], "column": [[1, 5, 3]]}),
+}
+DEPRECATED = {"masked_fill_": "masked_fill_", "index_put": "index_put_"}
+
+
+def _allowed(lib, op, e):
+    if op in DEPRECATED:
+        with pytest.warns(UserWarning, match=f"Use of {DEPRECATED[op]} on expanded tensors is deprecated"):
+            return ALLOWED[op][0](lib, e)
+    return ALLOWED[op][0](lib, e)
+
+
+@pytest.mark.parametrize("view", ["expand", "column"])
+@pytest.mark.parametrize("mode", ["plain", "no_grad"])
+@pytest.mark.parametrize("op", sorted(ALLOWED))
+def test_unrecorded_write_into_an_expand_reaches_its_base(lib, op, mode, view):
+    x, b, e = _expanded(lib, mode, view)
+    v0 = x._version
+    _write(mode, lib, lambda: _allowed(lib, op, e))
+    assert x.tolist() == [[float(v) for v in ALLOWED[op][1][view][0]]]
+    assert x._version == e._version == v0 + 1
+
+
+@pytest.mark.parametrize("view", ["expand", "column"])
+@pytest.mark.parametrize("op", sorted(ALLOWED))
+def test_recorded_write_into_an_expand_fails_when_backward_reaches_it(lib, op, view):
+    x, b, e = _expanded(lib, "recorded", view)
+    _allowed(lib, op, e)
+    assert b.tolist() == [[float(v) for v in ALLOWED[op][1][view][0]]]
+    with pytest.raises(RuntimeError, match=OVERLAP):
+        (b * 3).sum().backward()
+    x, b, e = _expanded(lib, "recorded", view)
+    _allowed(lib, op, e)
+    (x * 5).sum().backward()  # a backward that does not reach the write is fine
+    assert x.grad.tolist() == [[5.0, 5.0, 5.0]]
+
+
+def test_recorded_fill_with_a_tensor_requiring_grad_is_refused(lib):
+    x, b, e = _expanded(lib, "recorded", "expand")
+    with pytest.raises(RuntimeError, match=OVERLAP):
+        e.fill_(lib.tensor(2.0, requires_grad=True))
+
+
+def test_recorded_setitem_into_an_expand_writes_its_base(lib):
+    """e[0] = y writes b's one row, which every row of e shows: y gets the gradient of all of them."""
+    x, b, e = _expanded(lib, "recorded", "expand")
+    y = lib.tensor([7.0, 8.0, 9.0], requires_grad=True)
+    e[0] = y
+    assert b.tolist() == [[7.0, 8.0, 9.0]] and e.tolist() == [[7.0, 8.0, 9.0]] * 2
+    ((b * lib.tensor([[1.0, 10.0, 100.0]])).sum() + (e * e).sum()).backward()
+    assert x.grad.tolist() == [[0.0, 0.0, 0.0]] and y.grad.tolist() == [29.0, 42.0, 136.0]
+    x, b, e = _expanded(lib, "recorded", "expand")
+    e[0, 1] = 5.0
+    (e * e).sum().backward()
+    assert x.grad.tolist() == [[4.0, 0.0, 12.0]]

@@ -118,6 +118,7 @@ CASES = {
     "index_select": (lambda lib, x: x.index_select(-1, lib.tensor([2, 0, 2])), [(2, 3)], normal),
     "gather": (lambda lib, x: x.gather(1, lib.tensor([[0, 2], [1, 1]])), [(2, 3)], normal),
     "split": (lambda lib, x: x.split(2, -1)[1], [(2, 5)], normal),
+    "unbind": (lambda lib, x: (lambda a, b, c: a * b + c)(*x.unbind(1)), [(2, 3)], normal),
     "scatter_add": (lambda lib, x, y: x.scatter_add(1, lib.tensor([[0, 2, 0]]), y), [(2, 3), (1, 3)], normal),
     "copy": (lambda lib, x, y: (x * 1).copy_(y), [(2, 3), (3,)], normal),
     "zero": (lambda lib, x: (x * 1).zero_(), [(2, 3)], normal),

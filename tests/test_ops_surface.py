@@ -482,3 +482,241 @@ def test_binary_float_functions_in_place(name):
             getattr(w, name + "_")(o)
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+# -- what torch accepts that users write ---------------------------------------------------------
+@pytest.fixture(params=["tapegrad", "torch"])
+def lib(request):
+    if request.param == "torch":
+        return pytest.importorskip("torch")
+    return tg
+
+
+def _mat(lib, rg=True):
+    return lib.tensor([[1.0, 5.0, 3.0], [4.0, 2.0, 6.0]], dtype=lib.float64, requires_grad=rg)
+
+
+def _outputs(r):
+    return list(r) if isinstance(r, tuple) else [r]
+
+
+# name: (torch's own spelling, NumPy's spelling): NumPy's axis= and keepdims= stand for dim= and
+# keepdim= wherever torch's argument parser sees them
+NUMPY_NAMES = {
+    "sum": (lambda lib, x: x.sum(dim=1, keepdim=True), lambda lib, x: x.sum(axis=1, keepdims=True)),
+    "sum_tuple": (lambda lib, x: lib.sum(x, dim=(0, 1)), lambda lib, x: lib.sum(x, axis=(0, 1))),
+    "mean": (lambda lib, x: lib.mean(x, dim=0), lambda lib, x: lib.mean(x, axis=0)),
+    "prod": (lambda lib, x: x.prod(dim=1, keepdim=True), lambda lib, x: x.prod(axis=1, keepdim=True)),
+    "max": (lambda lib, x: x.max(dim=1, keepdim=True), lambda lib, x: x.max(axis=1, keepdims=True)),
+    "min": (lambda lib, x: lib.min(x, dim=0), lambda lib, x: lib.min(x, axis=0)),
+    "amax": (lambda lib, x: x.amax(dim=1), lambda lib, x: x.amax(axis=1)),
+    "amin": (lambda lib, x: lib.amin(x, dim=(0, 1), keepdim=True), lambda lib, x: lib.amin(x, axis=(0, 1), keepdims=True)),
+    "std": (lambda lib, x: x.std(dim=1, keepdim=True), lambda lib, x: x.std(axis=1, keepdims=True)),
+    "var": (lambda lib, x: lib.var(x, dim=0, correction=0), lambda lib, x: lib.var(x, axis=0, correction=0)),
+    "logsumexp": (lambda lib, x: x.logsumexp(dim=1, keepdim=True), lambda lib, x: x.logsumexp(axis=1, keepdims=True)),
+    "argmax": (lambda lib, x: x.argmax(dim=1, keepdim=True), lambda lib, x: x.argmax(axis=1, keepdims=True)),
+    "argmin": (lambda lib, x: lib.argmin(x, dim=0), lambda lib, x: lib.argmin(x, axis=0)),
+    "any": (lambda lib, x: (x > 4).any(dim=1, keepdim=True), lambda lib, x: (x > 4).any(axis=1, keepdims=True)),
+    "all": (lambda lib, x: lib.all(x > 1, dim=0), lambda lib, x: lib.all(x > 1, axis=0)),
+    "softmax": (lambda lib, x: x.softmax(dim=1), lambda lib, x: x.softmax(axis=1)),
+    "log_softmax": (lambda lib, x: lib.log_softmax(x, dim=0), lambda lib, x: lib.log_softmax(x, axis=0)),
+    "cumsum": (lambda lib, x: x.cumsum(dim=1), lambda lib, x: x.cumsum(axis=1)),
+    "squeeze": (lambda lib, x: x[:, None].squeeze(dim=1), lambda lib, x: x[:, None].squeeze(axis=1)),
+    "unsqueeze": (lambda lib, x: lib.unsqueeze(x, dim=2), lambda lib, x: lib.unsqueeze(x, axis=2)),
+    "unbind": (lambda lib, x: x.unbind(dim=1), lambda lib, x: x.unbind(axis=1)),
+    "select": (lambda lib, x: x.select(dim=1, index=2), lambda lib, x: x.select(axis=1, index=2)),
+    "cat": (lambda lib, x: lib.cat([x, x * 2], dim=1), lambda lib, x: lib.cat([x, x * 2], axis=1)),
+    "stack": (lambda lib, x: lib.stack([x, x * 2], dim=1), lambda lib, x: lib.stack([x, x * 2], axis=1)),
+    "chunk": (lambda lib, x: x.chunk(3, dim=1), lambda lib, x: x.chunk(3, axis=1)),
+    "narrow": (lambda lib, x: x.narrow(dim=1, start=1, length=2), lambda lib, x: x.narrow(axis=1, start=1, length=2)),
+    "index_select": (lambda lib, x: x.index_select(dim=1, index=lib.tensor([2, 0])),
+                     lambda lib, x: x.index_select(axis=1, index=lib.tensor([2, 0]))),
+    "gather": (lambda lib, x: x.gather(dim=1, index=lib.tensor([[2], [0]])),
+               lambda lib, x: x.gather(axis=1, index=lib.tensor([[2], [0]]))),
+    "repeat_interleave": (lambda lib, x: x.repeat_interleave(2, dim=1), lambda lib, x: x.repeat_interleave(2, axis=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NUMPY_NAMES))
+def test_numpy_names_for_dim_and_keepdim(lib, name):
+    torch_style, numpy_style = NUMPY_NAMES[name]
+    x = _mat(lib)
+    want, got = _outputs(torch_style(lib, x)), _outputs(numpy_style(lib, x))
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        assert tuple(g.shape) == tuple(w.shape) and g.dtype == w.dtype and g.tolist() == w.tolist()
+    floats = [(w, g) for w, g in zip(want, got) if w.requires_grad]
+    if floats:
+        gw = lib.autograd.grad(sum((w * (k + 1)).sum() for k, (w, _) in enumerate(floats)), x)[0]
+        gg = lib.autograd.grad(sum((g * (k + 1)).sum() for k, (_, g) in enumerate(floats)), x)[0]
+        np.testing.assert_allclose(gg.tolist(), gw.tolist(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("call", [
+    lambda lib, x: x.norm(axis=1),  # a Python function in torch: no NumPy names
+    lambda lib, x: x.cumsum(axis=1, keepdims=True),  # no keepdim to alias
+    lambda lib, x: x.flip(axis=1),  # its argument is dims
+    lambda lib, x: x.softmax(),  # dim is required
+    lambda lib, x: x.sum(1, axis=1),  # dim given twice
+], ids=["norm", "cumsum_keepdims", "flip", "softmax_no_dim", "sum_dim_twice"])
+def test_numpy_names_where_torch_takes_none(lib, call):
+    with pytest.raises(TypeError):
+        call(lib, _mat(lib))
+
+
+def test_select_is_a_differentiable_view(lib):
+    x = _mat(lib)
+    y = x * 1
+    s, t = y.select(1, 2), lib.select(y, 0, -1)
+    assert type(s.grad_fn).__name__ == "SelectBackward0" and s.tolist() == [3.0, 6.0] and t.tolist() == [4.0, 2.0, 6.0]
+    (s * t[:2]).sum().backward()
+    assert x.grad.tolist() == [[0.0, 0.0, 4.0], [3.0, 6.0, 2.0]]
+    with lib.no_grad():
+        s[0] = 7.0  # a view: the write shows in y, and bumps the counter they share
+    assert y[0, 2].item() == 7.0 and y._version == s._version == 1
+    z = lib.tensor([1.0, 2.0, 3.0])
+    e = z.select(0, 1)
+    assert e.shape == () and e.item() == 2.0
+    e.mul_(5)  # one element of a 1-D tensor: still a view
+    assert z.tolist() == [1.0, 10.0, 3.0]
+    assert lib.zeros(0, 3).select(1, 1).shape == (0,)
+    assert lib.tensor([1.0, 2.0]).select(0, lib.tensor(1)).item() == 2.0
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda lib: lib.tensor([[1.0, 2.0, 3.0]]).select(1, 3), IndexError,
+     r"select\(\): index 3 out of range for tensor of size \[1, 3\] at dimension 1"),
+    (lambda lib: lib.tensor([[1.0, 2.0, 3.0]]).select(1, -4), IndexError,
+     r"select\(\): index -4 out of range for tensor of size \[1, 3\] at dimension 1"),
+    (lambda lib: lib.tensor([[1.0, 2.0, 3.0]]).select(2, 0), IndexError, r"Dimension out of range"),
+    (lambda lib: lib.tensor(1.0).select(0, 0), IndexError, r"select\(\) cannot be applied to a 0-dim tensor"),
+    (lambda lib: lib.tensor([1.0, 2.0]).select(0, 1.0), TypeError,
+     r"select\(\): argument 'index' \(position 2\) must be int, not float"),
+], ids=["past_end", "before_start", "dim", "zero_dim", "float_index"])
+def test_select_bad_input(lib, call, error, words):
+    with pytest.raises(error, match=words):
+        call(lib)
+
+
+def _hook_log(outputs, log):
+    for k, t in enumerate(outputs):
+        t.register_hook(lambda g, k=k: log.append((k, None if g is None else g.tolist())))
+
+
+# how: (split it, x.grad for 5 * piece 0 + 2 * piece 1)
+MULTI_OUTPUT = {
+    "unbind": (lambda x: x.unbind(), [[5.0, 5.0], [2.0, 2.0]]),
+    "unbind_1": (lambda x: x.unbind(1), [[5.0, 2.0], [5.0, 2.0]]),
+    "split": (lambda x: x.split(1), [[5.0, 5.0], [2.0, 2.0]]),
+    "chunk": (lambda x: x.chunk(2, 1), [[5.0, 2.0], [5.0, 2.0]]),
+}
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("how", sorted(MULTI_OUTPUT))
+def test_hooks_on_the_outputs_of_one_multi_output_node(lib, how, create_graph):
+    """torch records unbind and split as one node: when it runs, the hooks of all its outputs run,
+    with None for an output no gradient reached."""
+    split, want = MULTI_OUTPUT[how]
+    x = lib.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=lib.float64, requires_grad=True)
+    pieces = split(x * 1)
+    assert len(pieces) == 2 and not pieces[0].is_leaf
+    log = []
+    _hook_log(pieces, log)
+    (pieces[1] * 3).sum().backward(create_graph=create_graph)
+    assert log == [(0, None), (1, (pieces[1].detach() * 0 + 3).tolist())]
+    log.clear()
+    x.grad = None
+    pieces = split(x * 1)
+    _hook_log(pieces[::-1], log)  # (piece 1 is k = 0 here): output by output, as first registered
+    pieces[0].register_hook(lambda g: log.append("again"))
+    (pieces[1] * 2 + pieces[0] * 5).sum().backward(create_graph=create_graph)
+    assert [entry if entry == "again" else entry[0] for entry in log] == [0, 1, "again"]
+    assert x.grad.tolist() == want
+
+
+def test_hook_on_a_piece_of_a_leaf_sees_none_when_another_piece_runs_backward(lib):
+    """PyTorch's test_grad_nonleaf_register_hook: unbind's node runs for every piece, so the hook on
+    piece 0 sees None when piece i's backward runs."""
+    x = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    pieces = x.unbind()
+    seen = []
+    pieces[0].register_hook(lambda g: seen.append(g if g is None else g.tolist()))
+    pieces[0].backward(retain_graph=True)
+    assert seen == [1.0] and x.grad.tolist() == [1.0, 0.0, 0.0] and pieces[0].grad_fn is not None
+    pieces[2].backward(retain_graph=True)
+    assert seen == [1.0, None] and x.grad.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_hook_may_not_replace_a_missing_gradient(lib):
+    x = lib.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    a, b = (x * 1).unbind()
+    a.register_hook(lambda g: lib.ones(2))
+    with pytest.raises(RuntimeError, match="can't replace a None gradient with a non-None value"):
+        b.sum().backward()
+
+
+def test_unbind_bad_input(lib):
+    with pytest.raises(IndexError, match="Dimension specified as 0 but tensor has no dimensions"):
+        lib.tensor(1.0).unbind()
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        lib.tensor([1.0]).unbind(1)
+
+
+def test_tensor_is_torchs_legacy_constructor(lib):
+    a = lib.Tensor([1, 2, 3])
+    assert a.dtype == lib.float32 and a.tolist() == [1.0, 2.0, 3.0] and not a.requires_grad and a.is_leaf
+    assert lib.Tensor([[1, 2], [3, 4]]).shape == (2, 2) and lib.Tensor((2, 3)).tolist() == [2.0, 3.0]
+    assert lib.Tensor(np.array([1, 2])).dtype == lib.float32 and lib.Tensor([True, False]).tolist() == [1.0, 0.0]
+    assert lib.Tensor(range(3)).tolist() == [0.0, 1.0, 2.0]
+    assert lib.Tensor([lib.tensor(1.0), lib.tensor(2.0)]).tolist() == [1.0, 2.0]
+    for t, shape in ((lib.Tensor(2, 3), (2, 3)), (lib.Tensor(2), (2,)), (lib.Tensor(), (0,)), (lib.Tensor(0), (0,)),
+                     (lib.Tensor(lib.Size([2, 3])), (2, 3)), (lib.Tensor(size=(4,)), (4,)), (lib.Tensor(np.int64(2)), (2,))):
+        assert tuple(t.shape) == shape and t.dtype == lib.float32  # sizes: uninitialised, as torch's
+    assert lib.Tensor([1.0], device="cpu").tolist() == [1.0]
+    lib.set_default_dtype(lib.float64)
+    try:
+        assert lib.Tensor([1]).dtype == lib.float64 and lib.Tensor(2).dtype == lib.float64
+    finally:
+        lib.set_default_dtype(lib.float32)
+
+
+def test_tensor_of_a_tensor_is_an_alias(lib):
+    t = lib.tensor([1.0, 2.0], requires_grad=True)
+    a = lib.Tensor(t)
+    assert a is not t and a.requires_grad and type(a.grad_fn).__name__ == "AliasBackward0"
+    (a * 3).sum().backward()
+    assert t.grad.tolist() == [3.0, 3.0]
+    with lib.no_grad():
+        a[0] = 5.0
+    assert t.tolist() == [5.0, 2.0] and t._version == 1
+    assert lib.Tensor(lib.tensor([1, 2])).dtype == lib.int64  # the dtype stays
+
+
+def test_typed_legacy_constructors(lib):
+    for cls, dt, data in ((lib.FloatTensor, lib.float32, [1.0, 2.0]), (lib.DoubleTensor, lib.float64, [1.0, 2.0]),
+                          (lib.LongTensor, lib.int64, [1, 2]), (lib.IntTensor, lib.int32, [1, 2]),
+                          (lib.BoolTensor, lib.bool, [True, False])):
+        t = cls(data)
+        assert t.dtype == dt and type(t) is lib.Tensor and t.tolist() == data
+        assert cls(2, 3).shape == (2, 3) and cls(2, 3).dtype == dt
+        assert isinstance(t, cls) and isinstance(t, lib.Tensor)
+    assert not isinstance(lib.ones(2, dtype=lib.float64), lib.FloatTensor)
+    assert lib.LongTensor([1.5, 2.0]).tolist() == [1, 2]
+    with pytest.raises(TypeError, match="expected"):
+        lib.FloatTensor(lib.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda lib: lib.Tensor(3.5), TypeError, r"new\(\): data must be a sequence \(got float\)"),
+    (lambda lib: lib.Tensor(True), TypeError, r"new\(\): data must be a sequence \(got bool\)"),
+    (lambda lib: lib.Tensor(i for i in range(3)), TypeError, r"new\(\): data must be a sequence \(got generator\)"),
+    (lambda lib: lib.Tensor("ab"), TypeError, r"new\(\): invalid data type 'str'"),
+    (lambda lib: lib.Tensor(2, 3.0), TypeError, r"new\(\): argument 'size' failed to unpack the object at pos 2"),
+    (lambda lib: lib.Tensor(-1, 2), RuntimeError, r"Trying to create tensor with negative dimension -1: \[-1, 2\]"),
+    (lambda lib: lib.Tensor([2.0], requires_grad=True), TypeError, r"new\(\) received an invalid combination of arguments"),
+    (lambda lib: lib.Tensor([2.0], dtype=lib.float64), TypeError, r"new\(\) received an invalid combination of arguments"),
+], ids=["float", "bool", "generator", "str", "float_size", "negative_size", "requires_grad", "dtype"])
+def test_tensor_legacy_constructor_bad_input(lib, call, error, words):
+    with pytest.raises(error, match=words):
+        call(lib)

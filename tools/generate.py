@@ -75,6 +75,7 @@ PARAM = {
     "mat2": "Tensor", "condition": "Tensor", "mask": "Tensor", "index": "Tensor | _b.int", "gradient": "Tensor | None",
     "dim": "_DimsOrNone", "dims": "_Dims", "dim0": "_b.int", "dim1": "_b.int", "start_dim": "_b.int", "end_dim": "_b.int",
     "keepdim": "_b.bool", "unbiased": "_b.bool | None", "correction": "_Scalar | None", "alpha": "_Scalar",
+    "axis": "_DimsOrNone", "keepdims": "_b.bool | None",
     "min": "_TensorOrScalar | None", "max": "_TensorOrScalar | None", "value": "_TensorOrScalar",
     "fill_value": "_Scalar", "p": "_Scalar | _b.str | None", "dtype": "_dtype | None", "device": "_Device",
     "requires_grad": "_b.bool", "retain_graph": "_b.bool | None", "create_graph": "_b.bool",
@@ -155,7 +156,8 @@ def stub_text():
     global _UNARY
     import tapegrad as tg
     from tapegrad._record import UNARY as _UNARY
-    lines = [HEADER, "class Tensor:"]
+    lines = [HEADER, "class Tensor:", "    # torch's legacy constructor",
+             "    def __init__(self, *data_or_sizes: Any, device: _Device = ..., size: Any = ...) -> None: ..."]
     for name in sorted(PROPERTIES):
         lines.append(f"    {name}: {PROPERTIES[name]}" if name in SETTABLE else
                      f"    @property\n    def {name}(self) -> {PROPERTIES[name]}: ...")
@@ -172,10 +174,15 @@ def stub_text():
             continue
         lines.append(_def(name, attr, True, "    "))
     lines.append("")
+    legacy = []
     for name in sorted(dir(tg)):
         if name.startswith("_") or name in ("Tensor", "Size", "device", "dtype"):
             continue
         obj = getattr(tg, name)
+        if isinstance(obj, type) and type(obj).__name__ == "_LegacyType":
+            # FloatTensor and kin, declared as torch's stub declares them (at run time they make a Tensor)
+            legacy.append(f"class {name}(Tensor): ...")
+            continue
         if isinstance(obj, types.ModuleType) or isinstance(obj, type):
             continue  # submodules and the grad-mode classes are imported in the header
         if isinstance(obj, tg.dtype):
@@ -184,6 +191,7 @@ def stub_text():
             lines.append(f"{name}: _b.str")
         elif callable(obj):
             lines.append(_def(name, obj, False))
+    lines += [""] + legacy
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,10 @@
 """backward, grad and the legacy Variable, with torch's semantics and errors."""
+import warnings
+
 import numpy as np
 
 from .. import engine_cpu
+from ..dtypes import get_default_dtype
 from ..grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
 from ..tensor import Size, Tensor
 from . import anomaly_mode
@@ -93,8 +96,12 @@ def _give_grad(req, t, g, create_graph):
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, only_inputs=True,
          allow_unused=None, is_grads_batched=False, materialize_grads=False):
     outputs = _tuple(outputs)
-    single = isinstance(inputs, Tensor)
     inputs = _tuple(inputs)
+    if not inputs:
+        raise RuntimeError("`inputs` argument to `grad()` cannot be empty.")
+    for t in inputs:
+        if not isinstance(t, Tensor):
+            raise RuntimeError(f"all inputs have to be Tensors or GradientEdges, but got {type(t).__name__}")
     grad_outputs = _tuple(grad_outputs)
     if allow_unused is None:
         allow_unused = materialize_grads
@@ -162,10 +169,36 @@ def _want_from_graph(seeds, inputs):
     return want
 
 
-def Variable(data, requires_grad=False, volatile=False):
-    """The legacy wrapper: returns an ordinary Tensor."""
-    from .. import creation
-    t = data if isinstance(data, Tensor) else creation.tensor(data)
-    if requires_grad:
-        t = t.detach().requires_grad_(True) if t._tape is not None else t.requires_grad_(True)
-    return t
+class _VariableMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """The legacy wrapper, as torch's: ``Variable(t)`` is a new leaf that shares t's storage and
+    version counter (t itself is left alone); every Tensor is an instance."""
+
+    def __new__(cls, data=None, requires_grad=False, volatile=False, _grad_fn=None, name=None):
+        if volatile:
+            warnings.warn("volatile was removed and now has no effect. Use `with torch.no_grad():` instead.",
+                          UserWarning, stacklevel=2)
+            if requires_grad:
+                raise ValueError("Variable can't be volatile and require_grad at the same time!")
+        if _grad_fn is not None:
+            raise RuntimeError("_grad_fn argument to legacy Variable constructor is no longer supported.  Instead, "
+                               "please invoke your _grad_fn to produce a variable with it as the _grad_fn.")
+        if data is None:
+            from .. import ops
+            t = ops._leaf(np.empty(0, get_default_dtype().np))
+        elif isinstance(data, Tensor):
+            t = data.detach()
+        else:
+            raise TypeError(f"Variable data has to be a tensor, but got {type(data).__name__}")
+        if requires_grad:
+            if t._value.dtype.kind != "f":
+                raise RuntimeError("Only Tensors of floating point and complex dtype can require gradients")
+            t._rg = True
+        if name is not None:
+            t.name = name
+        return t
+

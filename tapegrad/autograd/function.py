@@ -17,6 +17,7 @@ so a backward written in tapegrad ops is recorded and can be differentiated agai
 Saved tensors that live on a tape are kept as slots, not Tensors, so that the tape -> call ->
 ctx -> tensor -> tape chain is no reference cycle: reference counting alone frees the graph.
 """
+import functools
 import inspect
 import warnings
 import weakref
@@ -39,7 +40,7 @@ def backward_name(row):
 
 
 def _name_id(cls):
-    name = cls.__name__ + "Backward"
+    name = cls.__dict__.get("_node_name") or cls.__name__ + "Backward"
     i = _NAME_ID.get(name)
     if i is None:
         i = _NAME_ID[name] = len(_NAMES)
@@ -75,7 +76,10 @@ class FunctionCtx:
         self._non_differentiable = tensors
 
     def set_materialize_grads(self, value):
-        self.materialize_grads = bool(value)
+        if value.__class__ is not bool:
+            raise TypeError("set_materialize_grads received an invalid combination of arguments - got "
+                            f"({type(value).__name__}), but expected (bool)")
+        self.materialize_grads = value
 
     @property
     def saved_tensors(self):
@@ -215,16 +219,16 @@ class Function:
         if kwargs:  # torch binds keyword arguments to forward's positions
             args = _bind(cls, args, kwargs)
         ctx = FunctionCtx()
-        tracking = _state.grad_enabled
-        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._rg and tracking for a in args)
+        ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._rg for a in args)  # (grad mode aside, as torch's)
         with no_grad():
             if cls.setup_context is not Function.setup_context:
                 outputs = cls.forward(*args)
                 cls.setup_context(ctx, args, outputs)
             else:
                 outputs = cls.forward(ctx, *args)
-        if not any(ctx.needs_input_grad):
-            return outputs
+        _check_marks(ctx)
+        if not (_state.grad_enabled and any(ctx.needs_input_grad)):
+            return _unrecorded(ctx, args, outputs)
         return _record(cls, ctx, args, outputs)
 
 
@@ -238,10 +242,58 @@ def _bind(cls, args, kwargs):
     return tuple(vals[1:] if uses_ctx else vals)
 
 
+def _check_marks(ctx):
+    """ctx.mark_dirty and mark_non_differentiable take tensors; the dirty ones were changed in place,
+    which counts on their version counters as any in-place op does (recorded or not)."""
+    for i, t in enumerate(ctx._dirty):
+        if not isinstance(t, Tensor):
+            raise RuntimeError(f"mark_dirty can only accept variables, but argument {i} is of type "
+                               f"{type(t).__name__}")
+    for t in ctx._non_differentiable:
+        if not isinstance(t, Tensor):
+            raise RuntimeError(f"mark_non_differentiable only accepts variable arguments, but got {type(t).__name__}")
+    for t in ctx._dirty:
+        t._bump_version()
+
+
+def _check_dirty_returned(ctx, outs):
+    returned = {id(o) for o in outs}
+    if any(id(t) not in returned for t in ctx._dirty):
+        raise RuntimeError("Some elements marked as dirty during the forward method were not returned as output. "
+                           "The inputs that are modified inplace must all be outputs of the Function.")
+
+
+def _is_view(t):
+    return t._x is not None and t._x.base is not None
+
+
+def _not_differentiable(o, is_input, is_dirty):
+    """An output that gets no gradient, as torch hands it out: an input returned as is becomes an
+    alias of it (detached), unless forward changed it in place; another output that requires grad
+    (forward returned some outside tensor) is detached in place, unless it is a view."""
+    if not o._rg:
+        return o.detach() if is_input and not is_dirty else o
+    if is_input:
+        return o.detach()
+    return o if _is_view(o) else o.detach_()
+
+
+def _unrecorded(ctx, args, outputs):
+    """The outputs of a call that is not recorded (grad mode off, or no input requires grad)."""
+    single = not isinstance(outputs, tuple)
+    outs = (outputs,) if single else outputs
+    _check_dirty_returned(ctx, outs)
+    inputs = {id(a) for a in args if isinstance(a, Tensor)}
+    dirty = {id(t) for t in ctx._dirty}
+    res = [_not_differentiable(o, id(o) in inputs, id(o) in dirty) if isinstance(o, Tensor) else o for o in outs]
+    return res[0] if single else tuple(res)
+
+
 def _record(cls, ctx, args, outputs):
     """Put the call on the tape: wrap the outputs and append one row per differentiable output."""
     single = not isinstance(outputs, tuple)
     outs = (outputs,) if single else outputs
+    _check_dirty_returned(ctx, outs)
     tape = current_tape()
     call = _Call()
     call.cls, call.ctx, call.name = cls, ctx, cls.__name__ + "Backward"
@@ -257,11 +309,15 @@ def _record(cls, ctx, args, outputs):
     live = sorted({s for s in in_slots if s >= 0})
     chunks = [live[i:i + 3] + [-1] * (3 - len(live[i:i + 3])) for i in range(0, len(live), 3)]
 
+    inputs = {id(a) for a in args if isinstance(a, Tensor)}
     dirty = {id(t) for t in ctx._dirty}
     non_diff = {id(t) for t in ctx._non_differentiable}
+    # A tensor returned twice (not an input) is one output object, whose gradient is that of its
+    # last place, as torch sets its output_nr; the earlier places get none (zeros, materialized).
+    last = {id(o): k for k, o in enumerate(outs) if isinstance(o, Tensor)}
     cid = _name_id(cls)
     call.lo = tape.n
-    wrapped, out_slots, out_meta = [], [], []
+    wrapped, out_slots, out_meta, rebased = [], [], [], []
     for k, o in enumerate(outs):
         if not isinstance(o, Tensor):
             wrapped.append(o)
@@ -269,13 +325,18 @@ def _record(cls, ctx, args, outputs):
             out_meta.append(None)
             continue
         out_meta.append((o._value.shape, o._value.dtype))
+        is_input, is_dirty = id(o) in inputs, id(o) in dirty
+        if (not is_input or is_dirty) and last[id(o)] != k:
+            wrapped.append(None)  # the object made at its last place (below)
+            out_slots.append(-1)
+            continue
         if id(o) in non_diff or o._value.dtype.kind != "f":
-            wrapped.append(o if o._tape is None else o.detach())
+            wrapped.append(_not_differentiable(o, is_input, is_dirty))
             out_slots.append(-1)
             continue
         value = _contiguous(o._value)
-        if id(o) in dirty:  # modified in place by forward: the input itself becomes the output
-            ops._check_inplace(o)
+        if is_dirty:  # modified in place by forward: the input itself becomes the output
+            _check_dirty_output(o, is_input, len(outs))
             t, vc = o, counter(o)
         else:
             t, vc = None, _shared_vc(o, args)
@@ -285,19 +346,40 @@ def _record(cls, ctx, args, outputs):
         if t is None:
             t = ops._result(o._value, tape, s, vc)
         else:
-            t._tape, t._slot, t._rg = tape, s, True
+            t._tape, t._slot, t._rg, t._grad = tape, s, True, None
+            if _is_view(t):
+                rebased.append(t)
         wrapped.append(t)
         out_slots.append(s)
     call.hi = tape.n
     call.out_slots, call.out_meta = tuple(out_slots), tuple(out_meta)
+    wrapped = [wrapped[last[id(o)]] if w is None and isinstance(o, Tensor) else w for w, o in zip(wrapped, outs)]
     if call.hi == call.lo:
-        return outputs  # no differentiable output
+        return wrapped[0] if single else tuple(wrapped)  # no differentiable output
     for e in range(call.lo, call.hi):
         tape.pyfuncs[e] = call
+    for t in rebased:  # a view changed in place: its base records the write (torch's CopySlices)
+        ops._update_base(t)
     ctx._tape = weakref.ref(tape)
     ctx._saved = [_saved_item(tape, t, outs, wrapped, out_slots) for t in ctx.to_save]
     ctx.to_save = ()
     return wrapped[0] if single else tuple(wrapped)
+
+
+def _check_dirty_output(o, is_input, n_outputs):
+    if o._rg and o._tape is None:
+        raise RuntimeError("a leaf Variable that requires grad has been used in an in-place operation.")
+    if not is_input:
+        warnings.warn("ctx.mark_dirty() received a tensor that was not an input. Only input Tensors that have "
+                      "been mutated should be passed to ctx.mark_dirty().", UserWarning, stacklevel=4)
+    if _is_view(o) and n_outputs > 1:
+        raise RuntimeError(
+            "If your Function modifies inplace an input that is a view of another Tensor, your Function cannot "
+            "return more than one Tensor. This is not supported by the current autograd engine. You should either "
+            "make sure the input is not a view (using .clone() for example) or make your Function only return one "
+            "Tensor (potentially splitting it into two Functions: one doing the inplace that returns a single Tensor "
+            "and a second one that does the other operations). You can ask on the forum "
+            "https://discuss.pytorch.org/ if you need help to do this change.")
 
 
 def _shared_vc(o, args):
@@ -332,11 +414,29 @@ class _SavedLeaf:
 
 
 def once_differentiable(fn):
-    """Decorator for a backward that is not itself differentiable: it runs under ``no_grad``."""
-    import functools
+    """Decorator for a backward that is not itself differentiable: it runs under ``no_grad``. Where
+    torch would differentiate it again (grad mode on, a gradient that requires grad), its results
+    come out of a node whose backward raises, as torch's DelayedError does."""
 
     @functools.wraps(fn)
-    def wrapper(ctx, *args):
+    def wrapper(ctx, *args, **kwargs):
         with no_grad():
-            return fn(ctx, *args)
+            outputs = fn(ctx, *args, **kwargs)
+        if not _state.grad_enabled or not any(isinstance(a, Tensor) and a._rg for a in args):
+            return outputs
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return _DelayedError.apply(*(o.detach().requires_grad_(True) if isinstance(o, Tensor) else o for o in outs))
     return wrapper
+
+
+class _DelayedError(Function):
+    """What once_differentiable's results come out of: torch's node named Error."""
+    _node_name = "Error"
+
+    @staticmethod
+    def forward(ctx, *xs):
+        return xs if len(xs) > 1 else xs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("trying to differentiate twice a function that was marked with @once_differentiable")

@@ -294,7 +294,7 @@ K_ERF = 56
 OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 42, 40, 41, 7, 8, 42, 43, 44, 45, 9, 10, 46, 47, 11, 48, 49, 12, 12,
                       12, 12, 13, 14, 5, 5, 5, 15, 15, 15, 16, 16, 16, 16, 16, 18, 19, 17, 6, 5, 20, 50, 51, 52,
                       53, 54, 55, 56, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33,
-                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39], np.int64)
+                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array([True, True, True, True, False, True, True, True, False, True, True, True, True, True, True,
                     False, False, False, True, True, False, True, True, True, True, True, False, False, False,
