@@ -108,14 +108,11 @@ METHODS = {}  # Tensor method name -> function, for rows that declare their own 
 
 # -- recording (the hot path: generated into _record.py) ---------------------------------------
 def _result(value, tape, slot, vc):
-    t = _new(Tensor)
-    t._value = value
+    t = _leaf(value)
     t._tape = tape
     t._slot = slot
     t._rg = True
     t._vc = vc
-    t._grad = None
-    t._x = None
     return t
 
 

@@ -528,9 +528,10 @@ def adj_cumsum(e, R, RF, C):
                 ga[i] += acc
 
 
-@adjoint()
-def adj_softmax(e, R, RF, C):
-    """y * (g - sum(g * y)) along dim i0."""
+@njit(cache=True)
+def softmax_family(e, R, C, log):
+    """The adjoint of softmax (y * (g - sum(g * y))) or, with ``log``, of log_softmax
+    (g - exp(y) * sum(g)), along dim i0."""
     a, o = R[e, 1], R[e, 4]
     g, ga, y = grad(C, o), grad(C, a), val(C, o)
     outer, n, inner = blocks(shape(C, a), R[e, 5])
@@ -539,27 +540,21 @@ def adj_softmax(e, R, RF, C):
             base = p * n * inner + j
             s = 0.0
             for k in range(n):
-                s += g[base + k * inner] * y[base + k * inner]
+                i = base + k * inner
+                s += g[i] if log else g[i] * y[i]
             for k in range(n):
                 i = base + k * inner
-                ga[i] += y[i] * (g[i] - s)
+                ga[i] += g[i] - np.exp(y[i]) * s if log else y[i] * (g[i] - s)
+
+
+@adjoint()
+def adj_softmax(e, R, RF, C):
+    softmax_family(e, R, C, False)
 
 
 @adjoint()
 def adj_log_softmax(e, R, RF, C):
-    """g - exp(y) * sum(g) along dim i0."""
-    a, o = R[e, 1], R[e, 4]
-    g, ga, y = grad(C, o), grad(C, a), val(C, o)
-    outer, n, inner = blocks(shape(C, a), R[e, 5])
-    for p in range(outer):
-        for j in range(inner):
-            base = p * n * inner + j
-            s = 0.0
-            for k in range(n):
-                s += g[base + k * inner]
-            for k in range(n):
-                i = base + k * inner
-                ga[i] += g[i] - np.exp(y[i]) * s
+    softmax_family(e, R, C, True)
 
 
 @adjoint(assigns=True)
