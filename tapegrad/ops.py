@@ -1272,8 +1272,8 @@ def getitem(x, key):
             return _view(SLICE, x, value, i0=start * (xv.size // xv.shape[0]))
     k = _np_key(key)
     value = _index(xv, k)
-    if value.__class__ is not ndarray:
-        value = np.asarray(value)
+    if value.__class__ is not ndarray:  # an int for every dim: NumPy's scalar copy, where torch gives a 0-d view
+        value = xv[k + (Ellipsis,)] if isinstance(k, tuple) else xv[k, ...]
     kind = _key_kind(k)
     if x._rg and _state.grad_enabled:
         if (kind is not INDEX and value.size and value.flags.c_contiguous and xv.flags.c_contiguous
@@ -2178,12 +2178,14 @@ def _seq(tensors, name):
 
 def cat(tensors, dim=0):
     ts = _seq(tensors, "torch.cat")
-    ts = [t for t in ts if t._value.shape != (0,)] or ts[:1]  # torch skips legacy empty 1-D tensors
-    ref = ts[0]._value.shape
+    # torch skips legacy empty 1-D tensors in the checks and the value, yet keeps them as inputs of
+    # the node: one that requires grad makes the result require grad, and gets an empty gradient
+    real = [t for t in ts if t._value.shape != (0,)] or ts[:1]
+    ref = real[0]._value.shape
     if not ref:
         raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
     d = _dim(dim, len(ref))
-    for k, t in enumerate(ts):
+    for k, t in enumerate(real):
         s = t._value.shape
         if len(s) != len(ref):
             raise RuntimeError(f"Tensors must have same number of dimensions: got {len(ref)} and {len(s)}")
@@ -2191,7 +2193,11 @@ def cat(tensors, dim=0):
             if j != d and s[j] != ref[j]:
                 raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size {ref[j]} "
                                    f"but got size {s[j]} for tensor number {k} in the list.")
-    return _cat_tree(CAT, ts, d, lambda vs: np.concatenate(vs, axis=d))
+
+    def join(vs):
+        kept = [v for v in vs if v.shape != (0,)]
+        return np.concatenate(kept, axis=d) if kept else np.concatenate(vs)  # (a row of empties only: empty)
+    return _cat_tree(CAT, ts, d, join)
 
 
 concat = concatenate = cat
@@ -2213,9 +2219,14 @@ def _cat_tree(op, ts, d, join):
     """Rows take up to three pieces; more become a tree of rows (three-way, so shallow)."""
     while True:
         groups = [ts[k:k + 3] for k in range(0, len(ts), 3)]
-        ts = [_record(op, join([t._value for t in grp]), *grp, i0=d) for grp in groups]
+        ts = [_cat_row(op, join([t._value for t in grp]), grp, d) for grp in groups]
         if len(ts) == 1:
             return ts[0]
+
+
+def _cat_row(op, value, pieces, d):
+    # a row of legacy empty pieces only is itself one, joined along its only dim
+    return _record(op, value, *pieces, i0=d if value.ndim > d else 0)
 
 
 def split(x, split_size_or_sections, dim=0):
