@@ -103,7 +103,11 @@ def run(seeds, req):
         tape = max(pending, key=lambda t: t.serial)
         tape_seeds = pending.pop(tape)
         req.last = not pending
-        links = (_run_python if req.create_graph else _run_jitted)(tape, tape_seeds, req)
+        if req.create_graph:
+            with np.errstate(all="ignore"):  # the VJPs' ops: inf and nan as torch gives them, without NumPy's warnings
+                links = _run_python(tape, tape_seeds, req)
+        else:
+            links = _run_jitted(tape, tape_seeds, req)
         # Later ops start a fresh tape even when this graph is retained: a retain_graph or create_graph
         # loop then frees each step's tape with its last tensor, instead of growing one tape forever.
         # Except, after a first create_graph backward, ops that read this tape's values (ops._unary,

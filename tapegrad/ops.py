@@ -12,6 +12,7 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 """
 import math
 import struct
+import warnings
 
 import numpy as np
 
@@ -370,8 +371,22 @@ def _mul_vjp(g, i, o, r):
 MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads=(0, 1))
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i), reads=(0, 1))  # torch's order
-POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
-          lambda g, i, o, r: _fit((g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), i), reads=(0, 1, "out"))
+
+
+def _pow_vjp(g, i, o, r):
+    # torch's pow_backward_self and pow_backward_exponent: a zero exponent has gradient 0 in x (not
+    # 0 * x**-1), and a zero base with a non-negative exponent gradient 0 in y (not result * log(0))
+    x, y = i
+    xv, yv = x._value, y._value
+    gx = gy = None
+    if x._rg:
+        gx = where(_leaf(yv == 0), 0.0, g * (y * pow(x, y - 1)))
+    if y._rg:
+        gy = g * where(_leaf((xv == 0) & (yv >= 0)), 0.0, o * log(x))
+    return _fit((gx, gy), i)
+
+
+POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
@@ -420,26 +435,60 @@ DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c")
 
 
 def _pow_scalar_vjp(g, i, o, r):
-    # torch's grad * (c * x**(c - 1)); x**1 is x exactly, so c == 2 saves a pow (W4's Rosenbrock)
+    # torch's pow_backward: zeros for c == 0, else grad * (c * x.pow(c - 1)), x.pow(c - 1) recorded
+    # even where it is x itself or ones (c == 2, c == 1), so that the gradient stays differentiable
+    # in x as torch's does (the fourth derivative of x**3 is zeros, not an error)
     c = r[7]
-    if c == 0:
-        return (g * 0.0,)
     x = i[0]
-    # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); x ** 1 (c == 2) and a uniform
-    # grad folded into the scalar have no rows here, so their nodes are shown
-    p = shown("PowBackward0", x) if c == 2 else x ** (c - 1)
+    if c == 0:
+        return (zeros_like(x),)
+    # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); a uniform grad folded into
+    # the scalar has no row of its own, so its node is shown
+    p = pow(x, c - 1)
     u = _uniform(g)
     if u is not None and _exact(c, u):  # g is the number u everywhere: one product fewer, same bits
-        out = (x if c == 2 else p) * float(c * u)
-        return (shown_as(out, "MulBackward0", None, shown("MulBackward1", p)),)
-    return (g * shown_as((x if c == 2 else p) * float(c), "MulBackward1", p),)
+        return (shown_as(p * float(c * u), "MulBackward0", None, shown("MulBackward1", p)),)
+    return (g * shown_as(p * float(c), "MulBackward1", p),)
 
 
-POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c == 2 else np.power(x, c),
-                 "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
+def _pow_value(x, c):
+    """x ** c as torch computes it: its special exponents are other formulas than pow(), which
+    differ from it in the last bit (x * x * x, 1 / sqrt) or at -0.0 and -inf (sqrt)."""
+    if c == 2:
+        return np.square(x)  # (np.power's ufunc call has no x * x fast path)
+    if x.dtype.kind != "f":
+        if c < 0:
+            raise RuntimeError("Integers to negative integer powers are not allowed.")
+        return np.power(x, c)
+    if c == 0.5:
+        return np.sqrt(x)
+    if c == -1:
+        return np.reciprocal(x)
+    if c == 3:
+        return x * x * x
+    if c == -0.5:
+        return np.reciprocal(np.sqrt(x))
+    if c == -2:
+        return np.reciprocal(x * x)
+    if c == 1:
+        return x.copy()
+    if c == 0:
+        return np.ones_like(x)
+    return np.power(x, c)
+
+
+def _rpow_scalar_vjp(g, i, o, r):
+    # torch's pow_backward_exponent for a Python base c: grad * (result * log(c)); a zero base has
+    # gradient 0 where x >= 0 (not 0 * -inf) and -inf where x < 0
+    c = r[7]
+    if c == 0:
+        return (g * where(_leaf(i[0]._value >= 0), 0.0, shown_as(o * -math.inf, "MulBackward1", o)),)
+    return (g * shown_as(o * (math.log(c) if c > 0 else math.nan), "MulBackward1", o),)
+
+
+POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
-                  lambda g, i, o, r: (g * shown_as(o * math.log(r[7]), "MulBackward1", o) if r[7] > 0 else
-                                      g * o * math.nan,), reads=(0, "out"))
+                  _rpow_scalar_vjp, reads=(0, "out"))
 NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),))
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)")
 EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y")
@@ -472,7 +521,7 @@ TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (shown_as(g * gt(o, 0), "ThresholdBackwardBackward0", g, o),), reads=("out",))
+           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",))
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
                    vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),))
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
@@ -673,21 +722,26 @@ def _amax_vjp(g, i, o, r):
 
 
 def _norm_vjp(g, i, o, r):
+    # torch's norm_backward, formula by formula: a zero norm (an all-zero group) has gradient 0
     x, p = i[0], r[7]
     keep = _keep_shape(x, r)
     gk, ok = reshape(g, keep), reshape(o, keep)
     if p == 0:
         return (zeros_like(x),)
     if p == 1:
-        return (gk * sign(x),)
+        return (sign(x) * gk,)
     if math.isinf(p):
         hit = np.abs(x._value) == ok._value
-        share = hit / np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
-        return (gk * sign(x) * _const_like(share, g),)
-    safe = where(_leaf(ok._value == 0), 1.0, ok)  # a zero norm has an all-zero group: gradient 0
+        count = np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
+        return (sign(x) * ((gk / _const_like(count, g)) * _const_like(hit, g)),)
+    zero = _leaf(ok._value == 0)
     if p == 2:
-        return (gk * x / safe,)
-    return (gk * sign(x) * abs(x) ** (p - 1) / safe ** (p - 1),)
+        return (gk * masked_fill(x / ok, zero, 0.0),)
+    if p < 1:
+        scaled = sign(x) * masked_fill(abs(x) ** (p - 1), _leaf(x._value == 0), 0.0)
+        return (scaled * gk * ok ** (1 - p),)
+    scaled = sign(x) * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+    return (scaled * masked_fill(gk / ok ** (p - 1), zero, 0.0),)
 
 
 def _cat_vjp(g, i, o, r):
@@ -749,7 +803,7 @@ def _erf_vjp(g, i, o, r):
 ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1283791670955126 * exp(-(x * x)) * g",
                   vjp=_erf_vjp)
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
-                 lambda g, i, o, r: (where(_leaf(i[0]._value > 0), g, g * r[7]),), reads=(0,))
+                 lambda g, i, o, r: (leaky_relu_backward(g, i[0], r[7]),), reads=(0,))
 GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,))
 SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softplus_vjp, reads=(0,))
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,))
@@ -809,6 +863,56 @@ def _nll_vjp(g, i, o, r):
 # sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
 # for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
+
+
+# Gradients that torch computes as ops of their own, which take the value they mask by (relu's
+# result, leaky_relu's input) as an input: a gradient made with create_graph then requires grad
+# through it, as torch's does, though its own gradient there is zero. a = the gradient, b = the
+# value; threshold_backward (i0 = 0): a where b > 0 else 0; leaky_relu_backward (i0 = 1): a where
+# b > 0 else a * f0.
+def _mask_backward_vjp(g, i, o, r):
+    gi = threshold_backward(g, i[1]) if r[5] == 0 else leaky_relu_backward(g, i[1], r[7])
+    return (gi, zeros_like(g))
+
+
+THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_mask_backward",
+                         _mask_backward_vjp, reads=(1,))
+LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_mask_backward",
+                          _mask_backward_vjp, reads=(1,))
+
+
+def _var_vjp(g, i, o, r):
+    # torch's var_backward: (2 / (n - correction)) * grad * (x - x.mean(dim)), the mean recorded (its
+    # gradient is part of var's second derivative); reduced over every dim without a dim argument
+    # (i1 bit 1 unset) and no degrees of freedom: grad * (nan where x is its mean, else inf)
+    x = i[0]
+    xv = x._value
+    keep = _keep_shape(x, r)
+    n = xv.size // max(o._value.size, 1)
+    dof = n - r[7]
+    if not r[6] & 2 and dof <= 0:
+        with np.errstate(invalid="ignore"):
+            hit = xv == xv.mean()
+        return (g * _const_like(np.where(hit, math.nan, math.inf), g),)
+    axes = tuple(k for k in range(x.ndim) if (r[5] >> k) & 1)
+    scale = 2.0 / dof if dof else math.inf
+    with np.errstate(invalid="ignore"):  # (inf * 0 is torch's nan too, without a warning)
+        return ((reshape(g, keep) * scale) * (x - mean(x, axes, keepdim=True)),)
+
+
+def _std_root_vjp(g, i, o, r):
+    # torch's std_backward: (grad / (result * 2)) with 0 where the result is 0, then var's
+    zero = o._value == 0
+    if not zero.any():
+        return (g / (o * 2),)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (masked_fill(g / (o * 2), _leaf(zero), 0.0),)
+
+
+# var over the axes in mask i0 (i1: bit 0 keepdim, bit 1 a dim was given; f0 the correction), and
+# std as the square root of a var row whose gradient is 0 where it is 0
+VAR = row("var", "VarBackward0", 1, None, "adj_var", _var_vjp, reads=(0,))
+STD_ROOT = row("std_root", "StdBackward0", 1, np.sqrt, "adj_std_root", _std_root_vjp, reads=("out",))
 
 
 def _sigmoid(x):
@@ -1506,6 +1610,21 @@ def leaky_relu(x, negative_slope=0.01, inplace=False):
     return _inplace(x, out) if inplace else out
 
 
+def threshold_backward(g, r):
+    """relu's gradient g at its result r, as torch's op: g where r > 0, else 0 (a NaN r passes g)."""
+    gv = g._value
+    with np.errstate(invalid="ignore"):
+        value = np.where(r._value <= 0, gv.dtype.type(0), gv)
+    return _record(THRESHOLD_BACKWARD, value, g, r)
+
+
+def leaky_relu_backward(g, x, slope):
+    """leaky_relu's gradient g at its input x, as torch's op: g where x > 0, else g * slope."""
+    gv = g._value
+    value = np.where(x._value > 0, gv, gv * gv.dtype.type(slope))
+    return _record(LEAKY_RELU_BACKWARD, value, g, x, i0=1, f0=float(slope))
+
+
 def gelu(x, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
@@ -1839,12 +1958,18 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
     n = 1
     for a in axes:
         n *= xv.shape[a]
-    d = x - mean(x, axes, keepdim=True)
-    s = sum(d * d, axes, keepdim=keepdim)
     dof = n - correction
+    if dof <= 0:
+        warnings.warn(f"{'std' if root else 'var'}(): degrees of freedom is <= 0. Correction should be strictly "
+                      "less than the reduction factor (input numel divided by output numel).", UserWarning,
+                      stacklevel=3)
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = s * (1.0 / dof if dof > 0 else math.inf)  # torch: inf or nan when dof <= 0
-        return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
+        d = xv - np.mean(xv, axis=axes, keepdims=True)
+        value = np.asarray(np.sum(d * d, axis=axes, keepdims=keepdim) / max(dof, 0), xv.dtype)  # inf or nan
+    v = _unary(VAR, x, value, i0=_mask(axes), i1=int(keepdim) | (dim is not None) << 1, f0=float(correction))
+    if not root:
+        return v
+    return shown_as(_unary(STD_ROOT, v, np.sqrt(v._value)), "StdBackward0", x)
 
 
 def logsumexp(x, dim, keepdim=False):
