@@ -852,11 +852,14 @@ INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem
 
 
 def _nll_vjp(g, i, o, r):
+    # torch's nll_loss_backward: -g (times the weights) at each target, as an op that takes the
+    # log-probabilities too (see THRESHOLD_BACKWARD)
     logp, pos, w = i
     gi = g if r[5] == 0 else expand(reshape(g * r[7], (1,)), tuple(pos.shape))
     if w is not None:
         gi = gi * w
-    return (-_scatter_flat(gi, pos, tuple(logp.shape)), None, None)
+    out = _scatter_flat(-gi, pos, tuple(logp.shape))  # (negated before the scatter: its zeros stay +0.0)
+    return (_record(NLL_BACKWARD, out._value, out, logp, i0=2), None, None)
 
 
 # nll_loss (and cross_entropy after log_softmax) as one row: b holds the flat position of each
@@ -865,20 +868,23 @@ def _nll_vjp(g, i, o, r):
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
 
 
-# Gradients that torch computes as ops of their own, which take the value they mask by (relu's
-# result, leaky_relu's input) as an input: a gradient made with create_graph then requires grad
-# through it, as torch's does, though its own gradient there is zero. a = the gradient, b = the
-# value; threshold_backward (i0 = 0): a where b > 0 else 0; leaky_relu_backward (i0 = 1): a where
-# b > 0 else a * f0.
-def _mask_backward_vjp(g, i, o, r):
-    gi = threshold_backward(g, i[1]) if r[5] == 0 else leaky_relu_backward(g, i[1], r[7])
-    return (gi, zeros_like(g))
+# Gradients that torch computes as ops of their own, which take a value of the forward (relu's
+# result, leaky_relu's input, nll_loss's log-probabilities) as an input: a gradient made with
+# create_graph then requires grad through it, as torch's does, though its own gradient there is
+# zero. a = the gradient, b = the value; threshold_backward (i0 = 0): a where b > 0 else 0;
+# leaky_relu_backward (i0 = 1): a where b > 0 else a * f0; nll_loss_backward (i0 = 2): a, the
+# scattered gradient that _nll_vjp made.
+def _backward_op_vjp(g, i, o, r):
+    kind = r[5]
+    gi = threshold_backward(g, i[1]) if kind == 0 else leaky_relu_backward(g, i[1], r[7]) if kind == 1 else g
+    return (gi, zeros_like(i[1]))
 
 
-THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_mask_backward",
-                         _mask_backward_vjp, reads=(1,))
-LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_mask_backward",
-                          _mask_backward_vjp, reads=(1,))
+THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_backward_op",
+                         _backward_op_vjp, reads=(1,))
+LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_backward_op",
+                          _backward_op_vjp, reads=(1,))
+NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp)
 
 
 def _var_vjp(g, i, o, r):

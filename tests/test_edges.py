@@ -321,6 +321,9 @@ STRUCTURE = {
     "norm1": lambda lib, x: x.norm(p=1), "softmax": lambda lib, x: x.softmax(0), "tanh": lambda lib, x: x.tanh(),
     "mse": lambda lib, x: lib.nn.functional.mse_loss(x, lib.ones(3, dtype=lib.float64)),
     "cross_entropy": lambda lib, x: lib.nn.functional.cross_entropy(x.view(1, 3), lib.tensor([1])),
+    "nll_loss": lambda lib, x: lib.nn.functional.nll_loss(x.view(1, 3), lib.tensor([1])),
+    "nll_loss_weighted": lambda lib, x: lib.nn.functional.nll_loss(
+        x.view(1, 3) * x.view(1, 3), lib.tensor([2]), weight=lib.tensor([1.0, 2.0, 3.0], dtype=lib.float64)),
 }
 
 

@@ -174,6 +174,8 @@ CASES = {
     "threshold_backward": (lambda lib, x: ((x * x - 0.5).relu() ** 2).sum(), [(2, 3)], away_from_zero),
     "leaky_relu_backward": (lambda lib, x: (lib.nn.functional.leaky_relu(x * x - 0.5, 0.2) ** 2).sum(), [(2, 3)],
                             away_from_zero),
+    "nll_loss_backward": (lambda lib, x: lib.nn.functional.nll_loss((x * x).log_softmax(1), lib.tensor([2, 0, 1]),
+                                                                    reduction="sum") ** 2, [(3, 4)], normal),
     "var": (lambda lib, x: (x.var(1) ** 2).sum() + x.var() ** 2, [(2, 3)], normal),
     "std_root": (lambda lib, x: (x.std(0) ** 3).sum() + x.std(correction=0), [(2, 3)], normal),
 }

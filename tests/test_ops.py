@@ -131,6 +131,8 @@ CASES = {
                            away_from_zero),
     "leaky_relu_backward": (lambda lib, x, y: _grad_at(lib, lambda t: lib.nn.functional.leaky_relu(t, 0.1), x, y),
                             [(2, 3), (2, 3)], away_from_zero),
+    "nll_loss_backward": (lambda lib, x, y: _grad_at(lib, lambda t: lib.nn.functional.nll_loss(
+        t, lib.tensor([2, 0, 1]), reduction="none"), x, y), [(3, 4), (3,)], normal),
     "var": (lambda lib, x: x.var(1, keepdim=True) + x.var(correction=0), [(2, 3)], normal),
     "std_root": (lambda lib, x: x.std(0), [(2, 3)], normal),
 }

@@ -11,7 +11,7 @@ from .adjoints import (adjoint, adj_add, adj_sub, adj_mul, adj_div, adj_pow, adj
                        adj_permute, adj_getitem, adj_setitem, adj_scatter_flat, adj_add_run, adj_function,
                        adj_leaky_relu, adj_gelu, adj_softplus, adj_clamp, adj_zero, adj_maximum, adj_where,
                        adj_masked_fill, adj_prod, adj_amax, adj_norm, adj_cumsum, adj_softmax, adj_log_softmax,
-                       adj_bmm, adj_cat, adj_scatter_add, adj_copy, adj_nll, adj_mask_backward, adj_var,
+                       adj_bmm, adj_cat, adj_scatter_add, adj_copy, adj_nll, adj_backward_op, adj_var,
                        adj_std_root)
 from .context import ERR_OPCODE, OK, bsum, bval, claim, grad, nel, put, rg, val
 
@@ -229,10 +229,10 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_permute", "adj_getitem", "adj_setitem", "adj_scatter_flat", "adj_add_run", "adj_function",
            "adj_leaky_relu", "adj_gelu", "adj_softplus", "adj_clamp", "adj_zero", "adj_maximum", "adj_where",
            "adj_masked_fill", "adj_prod", "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax",
-           "adj_log_softmax", "adj_bmm", "adj_cat", "adj_scatter_add", "adj_copy", "adj_nll",
-           "adj_mask_backward", "adj_var", "adj_std_root", "adj_mul_scalar", "adj_div_scalar", "adj_neg",
-           "adj_reciprocal", "adj_exp", "adj_log", "adj_tanh", "adj_sigmoid", "adj_sqrt", "adj_abs",
-           "adj_atan2", "adj_hypot", "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf")
+           "adj_log_softmax", "adj_bmm", "adj_cat", "adj_scatter_add", "adj_copy", "adj_nll", "adj_backward_op",
+           "adj_var", "adj_std_root", "adj_mul_scalar", "adj_div_scalar", "adj_neg", "adj_reciprocal",
+           "adj_exp", "adj_log", "adj_tanh", "adj_sigmoid", "adj_sqrt", "adj_abs", "adj_atan2", "adj_hypot",
+           "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf")
 K_ADD = 0
 K_SUB = 1
 K_MUL = 2
@@ -273,7 +273,7 @@ K_CAT = 36
 K_SCATTER_ADD = 37
 K_COPY = 38
 K_NLL = 39
-K_MASK_BACKWARD = 40
+K_BACKWARD_OP = 40
 K_VAR = 41
 K_STD_ROOT = 42
 K_MUL_SCALAR = 43
@@ -298,7 +298,7 @@ K_ERF = 59
 OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 45, 43, 44, 7, 8, 45, 46, 47, 48, 9, 10, 49, 50, 11, 51, 52, 12, 12,
                       12, 12, 13, 14, 5, 5, 5, 15, 15, 15, 16, 16, 16, 16, 16, 18, 19, 17, 6, 5, 20, 53, 54, 55,
                       56, 57, 58, 59, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33,
-                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39, 40, 40, 41, 42], np.int64)
+                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39, 40, 40, 40, 41, 42], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array([True, True, True, True, False, True, True, True, False, True, True, True, True, True, True,
                     False, False, False, True, True, False, True, True, True, True, True, False, False, False,
@@ -397,8 +397,8 @@ def dispatch(k, e, R, RF, C):
         adj_copy(e, R, RF, C)
     elif k == K_NLL:
         adj_nll(e, R, RF, C)
-    elif k == K_MASK_BACKWARD:
-        adj_mask_backward(e, R, RF, C)
+    elif k == K_BACKWARD_OP:
+        adj_backward_op(e, R, RF, C)
     elif k == K_VAR:
         adj_var(e, R, RF, C)
     elif k == K_STD_ROOT:

@@ -680,13 +680,20 @@ def adj_nll(e, R, RF, C):
 
 # -- gradients that are ops of their own, and var/std (torch's formulas) -----------------------
 @adjoint(blockable=True)
-def adj_mask_backward(e, R, RF, C):
-    """threshold_backward (i0 = 0) and leaky_relu_backward (i0 = 1, slope f0) of a gradient a at
-    values b: a gets the same masking; b's gradient is zero."""
+def adj_backward_op(e, R, RF, C):
+    """Gradients that are ops of their own, of a gradient a at values b: threshold_backward (i0 = 0)
+    and leaky_relu_backward (i0 = 1, slope f0) mask a as they mask their own; nll_loss_backward
+    (i0 = 2) passes it. b's gradient is zero."""
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     if rg(C, a):
-        g, ga, vb = grad(C, o), grad(C, a), val(C, b)
-        if R[e, 5] == 0:
+        g, ga = grad(C, o), grad(C, a)
+        kind = R[e, 5]
+        if kind == 2:
+            for i in range(g.size):
+                ga[i] += g[i]
+            return
+        vb = val(C, b)
+        if kind == 0:
             for i in range(g.size):
                 if not vb[i] <= 0:
                     ga[i] += g[i]
