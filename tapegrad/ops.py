@@ -897,8 +897,7 @@ def _var_vjp(g, i, o, r):
     n = xv.size // max(o._value.size, 1)
     dof = n - r[7]
     if not r[6] & 2 and dof <= 0:
-        with np.errstate(invalid="ignore"):
-            hit = xv == xv.mean()
+        hit = xv == (np.add.reduce(xv, axis=None) / xv.size if xv.size else 0.0)
         return (g * _const_like(np.where(hit, math.nan, math.inf), g),)
     axes = tuple(k for k in range(x.ndim) if (r[5] >> k) & 1)
     scale = 2.0 / dof if dof else math.inf
@@ -1076,7 +1075,8 @@ def mean(x, dim=None, keepdim=False, dtype=None):
     count = 1
     for a in axes:
         count *= xv.shape[a]
-    value = np.mean(xv, axis=axes, keepdims=keepdim)
+    value = np.add.reduce(xv, axis=axes, keepdims=keepdim)  # np.mean's sum and division, bit for bit
+    value = value / count if count else np.full_like(value, math.nan)  # (torch's nan for an empty mean, no warning)
     return _unary(MEAN if dim is None else MEAN_DIM, x, value, i0=_mask(axes), i1=int(keepdim),
                   f0=1.0 / count if count else math.nan)
 
@@ -1970,7 +1970,7 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
                       "less than the reduction factor (input numel divided by output numel).", UserWarning,
                       stacklevel=3)
     with np.errstate(divide="ignore", invalid="ignore"):
-        d = xv - np.mean(xv, axis=axes, keepdims=True)
+        d = xv - np.add.reduce(xv, axis=axes, keepdims=True) / n  # (np.mean's value, without its warning when empty)
         value = np.asarray(np.sum(d * d, axis=axes, keepdims=keepdim) / max(dof, 0), xv.dtype)  # inf or nan
     v = _unary(VAR, x, value, i0=_mask(axes), i1=int(keepdim) | (dim is not None) << 1, f0=float(correction))
     if not root:

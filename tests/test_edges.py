@@ -5,6 +5,7 @@ Tests taking the ``lib`` fixture are user code run on tapegrad and (when install
 behaviour asserted is torch's.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -423,3 +424,18 @@ def test_norm_gradient_at_a_zero_group(lib, p):
         assert np.isfinite(val(g)).all()
         same(g[1], [0.0, 0.0, 0.0])
     np.testing.assert_allclose(val(jitted), val(recorded), rtol=1e-15)
+
+
+def test_mean_var_std_of_empty_groups(lib):
+    x = lib.zeros(2, 0, dtype=lib.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # torch's nan, without NumPy's warnings
+        same(x.mean(), NAN)
+        same(x.mean(1), [NAN, NAN])
+        assert x.mean(0).shape == (0,)
+        with pytest.warns(UserWarning, match="degrees of freedom is <= 0"):
+            v, s = x.var(1), x.std()
+        same(v, [NAN, NAN])
+        same(s, NAN)
+        (g,) = lib.autograd.grad(v.sum() + s, x, create_graph=True)
+        assert g.shape == (2, 0)
