@@ -11,6 +11,7 @@ jitted replay in segments, its check_nan flag on), and an error raised in backwa
 node it arose in (``_blame``) for autograd's report of that node's forward traceback.
 """
 import ctypes
+import threading
 import weakref
 
 import numpy as np
@@ -75,6 +76,10 @@ def header_offset():
     raise RuntimeError("tapegrad cannot locate the data pointer in NumPy's array header")
 
 
+# Backwards in several threads may reach one leaf: its .grad is read, added to and written under
+# this lock (torch's AccumulateGrad holds a mutex too), so no thread's gradient is lost.
+_GRAD_LOCK = threading.Lock()
+
 FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved tensors after "
              "they have already been freed). Saved intermediate values of the graph are freed when you call "
              ".backward() or autograd.grad(). Specify retain_graph=True if you need to backward through the "
@@ -104,7 +109,11 @@ def run(seeds, req):
         tape = max(pending, key=lambda t: t.serial)
         tape_seeds = pending.pop(tape)
         req.last = not pending
-        links = (_run_python if req.create_graph else _run_jitted)(tape, tape_seeds, req)
+        if req.create_graph:
+            with np.errstate(all="ignore"):  # the VJPs' ops: inf and nan as torch gives them, without NumPy's warnings
+                links = _run_python(tape, tape_seeds, req)
+        else:
+            links = _run_jitted(tape, tape_seeds, req)
         # Later ops start a fresh tape even when this graph is retained: a retain_graph or create_graph
         # loop then frees each step's tape with its last tensor, instead of growing one tape forever.
         # Except, after a first create_graph backward, ops that read this tape's values (ops._unary,
@@ -306,26 +315,27 @@ def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
     (what _give_grad would do: nothing can add to it later, and no hook can see the difference)."""
     need = memoryview(need)  # indexing it gives Python bools, 3x faster than a NumPy scalar
     values = tape.values
-    for s, t, g in zip(lslots, leaves, lbufs):
-        if need[s]:
-            dt = values[s].dtype
-            if g.dtype is not dt and g.dtype != dt:
-                g = g.astype(dt)
-            if last and t._x is None:
-                if t._grad is None:
-                    t._grad = lg = _new(Tensor)  # _leaf(g), inlined: once per parameter per step
-                    lg._value = g
-                    lg._tape = lg._vc = lg._grad = lg._x = None
-                    lg._slot = -1
-                    lg._rg = False
+    with _GRAD_LOCK:
+        for s, t, g in zip(lslots, leaves, lbufs):
+            if need[s]:
+                dt = values[s].dtype
+                if g.dtype is not dt and g.dtype != dt:
+                    g = g.astype(dt)
+                if last and t._x is None:
+                    if t._grad is None:
+                        t._grad = lg = _new(Tensor)  # _leaf(g), inlined: once per parameter per step
+                        lg._value = g
+                        lg._tape = lg._vc = lg._grad = lg._x = None
+                        lg._slot = -1
+                        lg._rg = False
+                    else:
+                        t._grad._value += g
+                    continue
+                entry = leaf_grads.get(id(t))
+                if entry is None:
+                    leaf_grads[id(t)] = [t, g]
                 else:
-                    t._grad._value += g
-                continue
-            entry = leaf_grads.get(id(t))
-            if entry is None:
-                leaf_grads[id(t)] = [t, g]
-            else:
-                entry[1] = entry[1] + g
+                    entry[1] = entry[1] + g
 
 
 def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness, got, check_nan=False):
@@ -507,18 +517,18 @@ def _give_grad(t, g, create_graph):
             r = hook(g if isinstance(g, Tensor) else ops._leaf(g.copy()))
             if r is not None:
                 g = r if create_graph else r._value
-    if not isinstance(g, Tensor):
-        if t._grad is None:
-            t._grad = ops._leaf(g)
+    with _GRAD_LOCK:
+        if not isinstance(g, Tensor):
+            if t._grad is None:
+                t._grad = ops._leaf(g)
+            else:
+                t._grad._value += g
+        elif t._grad is None:
+            t._grad = ops.fresh_grad(g) if create_graph else ops._leaf(g._value)
+        elif create_graph:
+            t._grad = t._grad + g
         else:
-            t._grad._value += g
-        return
-    if t._grad is None:
-        t._grad = ops.fresh_grad(g) if create_graph else ops._leaf(g._value)
-    elif create_graph:
-        t._grad = t._grad + g
-    else:
-        t._grad._value += g._value
+            t._grad._value += g._value
 
 
 def check_versions(tape, R, need):

@@ -368,8 +368,22 @@ def _mul_vjp(g, i, o, r):
 MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads=(0, 1))
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i), reads=(0, 1))  # torch's order
-POW = row("pow", "PowBackward1", 2, np.power, "adj_pow",
-          lambda g, i, o, r: _fit((g * i[1] * i[0] ** (i[1] - 1), g * o * log(i[0])), i), reads=(0, 1, "out"))
+
+
+def _pow_vjp(g, i, o, r):
+    # torch's pow_backward_self and pow_backward_exponent: a zero exponent has gradient 0 in x (not
+    # 0 * x**-1), and a zero base with a non-negative exponent gradient 0 in y (not result * log(0))
+    x, y = i
+    xv, yv = x._value, y._value
+    gx = gy = None
+    if x._rg:
+        gx = where(_leaf(yv == 0), 0.0, g * (y * pow(x, y - 1)))
+    if y._rg:
+        gy = g * where(_leaf((xv == 0) & (yv >= 0)), 0.0, o * log(x))
+    return _fit((gx, gy), i)
+
+
+POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads=(0, 1, "out"))
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
@@ -418,26 +432,60 @@ DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c")
 
 
 def _pow_scalar_vjp(g, i, o, r):
-    # torch's grad * (c * x**(c - 1)); x**1 is x exactly, so c == 2 saves a pow (W4's Rosenbrock)
+    # torch's pow_backward: zeros for c == 0, else grad * (c * x.pow(c - 1)), x.pow(c - 1) recorded
+    # even where it is x itself or ones (c == 2, c == 1), so that the gradient stays differentiable
+    # in x as torch's does (the fourth derivative of x**3 is zeros, not an error)
     c = r[7]
-    if c == 0:
-        return (g * 0.0,)
     x = i[0]
-    # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); x ** 1 (c == 2) and a uniform
-    # grad folded into the scalar have no rows here, so their nodes are shown
-    p = shown("PowBackward0", x) if c == 2 else x ** (c - 1)
+    if c == 0:
+        return (zeros_like(x),)
+    # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); a uniform grad folded into
+    # the scalar has no row of its own, so its node is shown
+    p = pow(x, c - 1)
     u = _uniform(g)
     if u is not None and _exact(c, u):  # g is the number u everywhere: one product fewer, same bits
-        out = (x if c == 2 else p) * float(c * u)
-        return (shown_as(out, "MulBackward0", None, shown("MulBackward1", p)),)
-    return (g * shown_as((x if c == 2 else p) * float(c), "MulBackward1", p),)
+        return (shown_as(p * float(c * u), "MulBackward0", None, shown("MulBackward1", p)),)
+    return (g * shown_as(p * float(c), "MulBackward1", p),)
 
 
-POW_SCALAR = row("pow_scalar", "PowBackward0", 1, lambda x, c: np.square(x) if c == 2 else np.power(x, c),
-                 "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))  # (np.power's ufunc call has no x * x fast path)
+def _pow_value(x, c):
+    """x ** c as torch computes it: its special exponents are other formulas than pow(), which
+    differ from it in the last bit (x * x * x, 1 / sqrt) or at -0.0 and -inf (sqrt)."""
+    if c == 2:
+        return np.square(x)  # (np.power's ufunc call has no x * x fast path)
+    if x.dtype.kind != "f":
+        if c < 0:
+            raise RuntimeError("Integers to negative integer powers are not allowed.")
+        return np.power(x, c)
+    if c == 0.5:
+        return np.sqrt(x)
+    if c == -1:
+        return np.reciprocal(x)
+    if c == 3:
+        return x * x * x
+    if c == -0.5:
+        return np.reciprocal(np.sqrt(x))
+    if c == -2:
+        return np.reciprocal(x * x)
+    if c == 1:
+        return x.copy()
+    if c == 0:
+        return np.ones_like(x)
+    return np.power(x, c)
+
+
+def _rpow_scalar_vjp(g, i, o, r):
+    # torch's pow_backward_exponent for a Python base c: grad * (result * log(c)); a zero base has
+    # gradient 0 where x >= 0 (not 0 * -inf) and -inf where x < 0
+    c = r[7]
+    if c == 0:
+        return (g * where(_leaf(i[0]._value >= 0), 0.0, shown_as(o * -math.inf, "MulBackward1", o)),)
+    return (g * shown_as(o * (math.log(c) if c > 0 else math.nan), "MulBackward1", o),)
+
+
+POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,))
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
-                  lambda g, i, o, r: (g * shown_as(o * math.log(r[7]), "MulBackward1", o) if r[7] > 0 else
-                                      g * o * math.nan,), reads=(0, "out"))
+                  _rpow_scalar_vjp, reads=(0, "out"))
 NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),))
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)")
 EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y")
@@ -470,7 +518,7 @@ TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (shown_as(g * gt(o, 0), "ThresholdBackwardBackward0", g, o),), reads=("out",))
+           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",))
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
                    vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),))
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
@@ -671,21 +719,26 @@ def _amax_vjp(g, i, o, r):
 
 
 def _norm_vjp(g, i, o, r):
+    # torch's norm_backward, formula by formula: a zero norm (an all-zero group) has gradient 0
     x, p = i[0], r[7]
     keep = _keep_shape(x, r)
     gk, ok = reshape(g, keep), reshape(o, keep)
     if p == 0:
         return (zeros_like(x),)
     if p == 1:
-        return (gk * sign(x),)
+        return (sign(x) * gk,)
     if math.isinf(p):
         hit = np.abs(x._value) == ok._value
-        share = hit / np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
-        return (gk * sign(x) * _const_like(share, g),)
-    safe = where(_leaf(ok._value == 0), 1.0, ok)  # a zero norm has an all-zero group: gradient 0
+        count = np.sum(hit, axis=tuple(k for k in range(x.ndim) if (r[5] >> k) & 1), keepdims=True)
+        return (sign(x) * ((gk / _const_like(count, g)) * _const_like(hit, g)),)
+    zero = _leaf(ok._value == 0)
     if p == 2:
-        return (gk * x / safe,)
-    return (gk * sign(x) * abs(x) ** (p - 1) / safe ** (p - 1),)
+        return (gk * masked_fill(x / ok, zero, 0.0),)
+    if p < 1:
+        scaled = sign(x) * masked_fill(abs(x) ** (p - 1), _leaf(x._value == 0), 0.0)
+        return (scaled * gk * ok ** (1 - p),)
+    scaled = sign(x) * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+    return (scaled * masked_fill(gk / ok ** (p - 1), zero, 0.0),)
 
 
 def _cat_vjp(g, i, o, r):
@@ -747,7 +800,7 @@ def _erf_vjp(g, i, o, r):
 ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1283791670955126 * exp(-(x * x)) * g",
                   vjp=_erf_vjp)
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
-                 lambda g, i, o, r: (where(_leaf(i[0]._value > 0), g, g * r[7]),), reads=(0,))
+                 lambda g, i, o, r: (leaky_relu_backward(g, i[0], r[7]),), reads=(0,))
 GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,))
 SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softplus_vjp, reads=(0,))
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,))
@@ -800,17 +853,72 @@ INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem
 
 
 def _nll_vjp(g, i, o, r):
+    # torch's nll_loss_backward: -g (times the weights) at each target, as an op that takes the
+    # log-probabilities too (see THRESHOLD_BACKWARD)
     logp, pos, w = i
     gi = g if r[5] == 0 else expand(reshape(g * r[7], (1,)), tuple(pos.shape))
     if w is not None:
         gi = gi * w
-    return (-_scatter_flat(gi, pos, tuple(logp.shape)), None, None)
+    out = _scatter_flat(-gi, pos, tuple(logp.shape))  # (negated before the scatter: its zeros stay +0.0)
+    return (_record(NLL_BACKWARD, out._value, out, logp, i0=2), None, None)
 
 
 # nll_loss (and cross_entropy after log_softmax) as one row: b holds the flat position of each
 # sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
 # for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
+
+
+# Gradients that torch computes as ops of their own, which take a value of the forward (relu's
+# result, leaky_relu's input, nll_loss's log-probabilities) as an input: a gradient made with
+# create_graph then requires grad through it, as torch's does, though its own gradient there is
+# zero. a = the gradient, b = the value; threshold_backward (i0 = 0): a where b > 0 else 0;
+# leaky_relu_backward (i0 = 1): a where b > 0 else a * f0; nll_loss_backward (i0 = 2): a, the
+# scattered gradient that _nll_vjp made.
+def _backward_op_vjp(g, i, o, r):
+    kind = r[5]
+    gi = threshold_backward(g, i[1]) if kind == 0 else leaky_relu_backward(g, i[1], r[7]) if kind == 1 else g
+    return (gi, zeros_like(i[1]))
+
+
+THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_backward_op",
+                         _backward_op_vjp, reads=(1,))
+LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_backward_op",
+                          _backward_op_vjp, reads=(1,))
+NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp)
+
+
+def _var_vjp(g, i, o, r):
+    # torch's var_backward: (2 / (n - correction)) * grad * (x - x.mean(dim)), the mean recorded (its
+    # gradient is part of var's second derivative); reduced over every dim without a dim argument
+    # (i1 bit 1 unset) and no degrees of freedom: grad * (nan where x is its mean, else inf)
+    x = i[0]
+    xv = x._value
+    keep = _keep_shape(x, r)
+    n = xv.size // max(o._value.size, 1)
+    dof = n - r[7]
+    if not r[6] & 2 and dof <= 0:
+        hit = xv == (np.add.reduce(xv, axis=None) / xv.size if xv.size else 0.0)
+        return (g * _const_like(np.where(hit, math.nan, math.inf), g),)
+    axes = tuple(k for k in range(x.ndim) if (r[5] >> k) & 1)
+    scale = 2.0 / dof if dof else math.inf
+    with np.errstate(invalid="ignore"):  # (inf * 0 is torch's nan too, without a warning)
+        return ((reshape(g, keep) * scale) * (x - mean(x, axes, keepdim=True)),)
+
+
+def _std_root_vjp(g, i, o, r):
+    # torch's std_backward: (grad / (result * 2)) with 0 where the result is 0, then var's
+    zero = o._value == 0
+    if not zero.any():
+        return (g / (o * 2),)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (masked_fill(g / (o * 2), _leaf(zero), 0.0),)
+
+
+# var over the axes in mask i0 (i1: bit 0 keepdim, bit 1 a dim was given; f0 the correction), and
+# std as the square root of a var row whose gradient is 0 where it is 0
+VAR = row("var", "VarBackward0", 1, None, "adj_var", _var_vjp, reads=(0,))
+STD_ROOT = row("std_root", "StdBackward0", 1, np.sqrt, "adj_std_root", _std_root_vjp, reads=("out",))
 
 
 def _sigmoid(x):
@@ -994,7 +1102,8 @@ def mean(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
     count = 1
     for a in axes:
         count *= xv.shape[a]
-    value = np.mean(xv, axis=axes, keepdims=keepdim)
+    value = np.add.reduce(xv, axis=axes, keepdims=keepdim)  # np.mean's sum and division, bit for bit
+    value = value / count if count else np.full_like(value, math.nan)  # (torch's nan for an empty mean, no warning)
     return _unary(MEAN if dim is None else MEAN_DIM, x, value, i0=_mask(axes), i1=int(keepdim),
                   f0=1.0 / count if count else math.nan)
 
@@ -1303,8 +1412,8 @@ def getitem(x, key):
             return _view(SLICE, x, value, i0=start * (xv.size // xv.shape[0]))
     k = _np_key(key)
     value = _index(xv, k)
-    if value.__class__ is not ndarray:
-        value = np.asarray(value)
+    if value.__class__ is not ndarray:  # an int for every dim: NumPy's scalar copy, where torch gives a 0-d view
+        value = xv[k + (Ellipsis,)] if isinstance(k, tuple) else xv[k, ...]
     kind = _key_kind(k)
     if x._rg and _state.grad_enabled:
         if (kind is not INDEX and value.size and value.flags.c_contiguous and xv.flags.c_contiguous
@@ -1573,6 +1682,21 @@ def leaky_relu(x, negative_slope=0.01, inplace=False):
     value = np.where(xv > 0, xv, xv * negative_slope).astype(xv.dtype, copy=False)
     out = _unary(LEAKY_RELU, x, value, f0=float(negative_slope))
     return _inplace(x, out) if inplace else out
+
+
+def threshold_backward(g, r):
+    """relu's gradient g at its result r, as torch's op: g where r > 0, else 0 (a NaN r passes g)."""
+    gv = g._value
+    with np.errstate(invalid="ignore"):
+        value = np.where(r._value <= 0, gv.dtype.type(0), gv)
+    return _record(THRESHOLD_BACKWARD, value, g, r)
+
+
+def leaky_relu_backward(g, x, slope):
+    """leaky_relu's gradient g at its input x, as torch's op: g where x > 0, else g * slope."""
+    gv = g._value
+    value = np.where(x._value > 0, gv, gv * gv.dtype.type(slope))
+    return _record(LEAKY_RELU_BACKWARD, value, g, x, i0=1, f0=float(slope))
 
 
 def gelu(x, approximate="none"):
@@ -1930,12 +2054,18 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
     n = 1
     for a in axes:
         n *= xv.shape[a]
-    d = x - mean(x, axes, keepdim=True)
-    s = sum(d * d, axes, keepdim=keepdim)
     dof = n - correction
+    if dof <= 0:
+        warnings.warn(f"{'std' if root else 'var'}(): degrees of freedom is <= 0. Correction should be strictly "
+                      "less than the reduction factor (input numel divided by output numel).", UserWarning,
+                      stacklevel=3)
     with np.errstate(divide="ignore", invalid="ignore"):
-        v = s * (1.0 / dof if dof > 0 else math.inf)  # torch: inf or nan when dof <= 0
-        return shown_as(sqrt(v), "StdBackward0", x) if root else shown_as(v, "VarBackward0", x)
+        d = xv - np.add.reduce(xv, axis=axes, keepdims=True) / n  # (np.mean's value, without its warning when empty)
+        value = np.asarray(np.sum(d * d, axis=axes, keepdims=keepdim) / max(dof, 0), xv.dtype)  # inf or nan
+    v = _unary(VAR, x, value, i0=_mask(axes), i1=int(keepdim) | (dim is not None) << 1, f0=float(correction))
+    if not root:
+        return v
+    return shown_as(_unary(STD_ROOT, v, np.sqrt(v._value)), "StdBackward0", x)
 
 
 def logsumexp(x, dim=_NO_DIM, keepdim=False, *, axis=None, keepdims=None):
@@ -2275,12 +2405,14 @@ def cat(tensors, dim=0, *, axis=None):
     if axis is not None:
         dim = _axis("cat", dim, axis, 0)
     ts = _seq(tensors, "torch.cat")
-    ts = [t for t in ts if t._value.shape != (0,)] or ts[:1]  # torch skips legacy empty 1-D tensors
-    ref = ts[0]._value.shape
+    # torch skips legacy empty 1-D tensors in the checks and the value, yet keeps them as inputs of
+    # the node: one that requires grad makes the result require grad, and gets an empty gradient
+    real = [t for t in ts if t._value.shape != (0,)] or ts[:1]
+    ref = real[0]._value.shape
     if not ref:
         raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
     d = _dim(dim, len(ref))
-    for k, t in enumerate(ts):
+    for k, t in enumerate(real):
         s = t._value.shape
         if len(s) != len(ref):
             raise RuntimeError(f"Tensors must have same number of dimensions: got {len(ref)} and {len(s)}")
@@ -2288,7 +2420,11 @@ def cat(tensors, dim=0, *, axis=None):
             if j != d and s[j] != ref[j]:
                 raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size {ref[j]} "
                                    f"but got size {s[j]} for tensor number {k} in the list.")
-    return _cat_tree(CAT, ts, d, lambda vs: np.concatenate(vs, axis=d))
+
+    def join(vs):
+        kept = [v for v in vs if v.shape != (0,)]
+        return np.concatenate(kept, axis=d) if kept else np.concatenate(vs)  # (a row of empties only: empty)
+    return _cat_tree(CAT, ts, d, join)
 
 
 concat = concatenate = cat
@@ -2312,9 +2448,14 @@ def _cat_tree(op, ts, d, join):
     """Rows take up to three pieces; more become a tree of rows (three-way, so shallow)."""
     while True:
         groups = [ts[k:k + 3] for k in range(0, len(ts), 3)]
-        ts = [_record(op, join([t._value for t in grp]), *grp, i0=d) for grp in groups]
+        ts = [_cat_row(op, join([t._value for t in grp]), grp, d) for grp in groups]
         if len(ts) == 1:
             return ts[0]
+
+
+def _cat_row(op, value, pieces, d):
+    # a row of legacy empty pieces only is itself one, joined along its only dim
+    return _record(op, value, *pieces, i0=d if value.ndim > d else 0)
 
 
 def split(x, split_size_or_sections, dim=0):

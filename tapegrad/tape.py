@@ -17,6 +17,7 @@ a fresh one, and an op whose input lives on an older tape gets a LINK slot that 
 After a tape's first create_graph backward, ops that read its values (a Hessian-vector product's
 (g * v).sum()) still record on it while it is the current tape, so the next backward replays one tape.
 """
+import itertools
 import linecache
 import os
 import struct
@@ -354,6 +355,13 @@ _state = _State()
 
 class Global:
     inplace_events = 0  # counts in-place ops in every thread; a tape with none since it began skips the version check
+    _events = itertools.count(1)
+
+    @classmethod
+    def bump(cls):
+        # next() on a count is atomic: two threads never store one number, so a tape whose epoch
+        # differs from any in-place event's number cannot miss it (a read-add-store could lose one)
+        cls.inplace_events = next(cls._events)
 
 
 class Anomaly:

@@ -178,7 +178,7 @@ class Tensor:
             raise TypeError("data must be a Tensor")
         from .tape import Global
         self._value = other._value
-        Global.inplace_events += 1  # open tapes that registered this leaf must register it afresh
+        Global.bump()  # open tapes that registered this leaf must register it afresh
 
     @data.deleter
     def data(self):
@@ -275,7 +275,7 @@ class Tensor:
         """An in-place change to this tensor's storage (shared by its views)."""
         from .tape import Global
         counter(self)[0] += 1
-        Global.inplace_events += 1
+        Global.bump()
 
     @property
     def _version(self):

@@ -116,7 +116,7 @@ CASES = {
     "alias": (lambda lib, x: (x[...] ** 3).sum(), [(2, 2)], normal),
     "index_unsqueeze": (lambda lib, x: (x[None] ** 3).sum(), [(2, 2)], normal),
     # the VJP of getitem: recorded by the first derivative, differentiated by the second and third
-    "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[0], [(4,)], normal),
+    "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[[0]].sum(), [(4,)], normal),
     "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
     # the create_graph walk's sum of x's gradients from two runs of it: a scatter and an add_run
     "add_run": (lambda lib, x: ((x[1:] - x[:-1]) ** 3).sum() * x[0], [(5,)], normal),
@@ -171,6 +171,14 @@ CASES = {
     "fill": (lambda lib, x: (((x * 1).fill_(2.0) + x * x) ** 3).sum(), [(2, 3)], normal),
     "index_put_advanced": (lambda lib, x, y: _setitem_mask(lib, x, y), [(2, 3), (3,)], normal),
     "nll_loss": (lambda lib, x: lib.nn.functional.cross_entropy(x * x, lib.tensor([2, 0, 1])), [(3, 4)], normal),
+    # rows that the first derivative records (relu's and leaky_relu's gradients), differentiated twice
+    "threshold_backward": (lambda lib, x: ((x * x - 0.5).relu() ** 2).sum(), [(2, 3)], away_from_zero),
+    "leaky_relu_backward": (lambda lib, x: (lib.nn.functional.leaky_relu(x * x - 0.5, 0.2) ** 2).sum(), [(2, 3)],
+                            away_from_zero),
+    "nll_loss_backward": (lambda lib, x: lib.nn.functional.nll_loss((x * x).log_softmax(1), lib.tensor([2, 0, 1]),
+                                                                    reduction="sum") ** 2, [(3, 4)], normal),
+    "var": (lambda lib, x: (x.var(1) ** 2).sum() + x.var() ** 2, [(2, 3)], normal),
+    "std_root": (lambda lib, x: (x.std(0) ** 3).sum() + x.std(correction=0), [(2, 3)], normal),
 }
 
 

@@ -11,7 +11,8 @@ from .adjoints import (adjoint, adj_add, adj_sub, adj_mul, adj_div, adj_pow, adj
                        adj_permute, adj_getitem, adj_setitem, adj_scatter_flat, adj_add_run, adj_function,
                        adj_leaky_relu, adj_gelu, adj_softplus, adj_clamp, adj_zero, adj_maximum, adj_where,
                        adj_masked_fill, adj_prod, adj_amax, adj_norm, adj_cumsum, adj_softmax, adj_log_softmax,
-                       adj_bmm, adj_cat, adj_scatter_add, adj_copy, adj_nll)
+                       adj_bmm, adj_cat, adj_scatter_add, adj_copy, adj_nll, adj_backward_op, adj_var,
+                       adj_std_root)
 from .context import ERR_OPCODE, OK, bsum, bval, claim, grad, nel, put, rg, val
 
 
@@ -228,10 +229,10 @@ KERNELS = ("adj_add", "adj_sub", "adj_mul", "adj_div", "adj_pow", "adj_identity"
            "adj_permute", "adj_getitem", "adj_setitem", "adj_scatter_flat", "adj_add_run", "adj_function",
            "adj_leaky_relu", "adj_gelu", "adj_softplus", "adj_clamp", "adj_zero", "adj_maximum", "adj_where",
            "adj_masked_fill", "adj_prod", "adj_amax", "adj_norm", "adj_cumsum", "adj_softmax",
-           "adj_log_softmax", "adj_bmm", "adj_cat", "adj_scatter_add", "adj_copy", "adj_nll", "adj_mul_scalar",
-           "adj_div_scalar", "adj_neg", "adj_reciprocal", "adj_exp", "adj_log", "adj_tanh", "adj_sigmoid",
-           "adj_sqrt", "adj_abs", "adj_atan2", "adj_hypot", "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan",
-           "adj_erf")
+           "adj_log_softmax", "adj_bmm", "adj_cat", "adj_scatter_add", "adj_copy", "adj_nll", "adj_backward_op",
+           "adj_var", "adj_std_root", "adj_mul_scalar", "adj_div_scalar", "adj_neg", "adj_reciprocal",
+           "adj_exp", "adj_log", "adj_tanh", "adj_sigmoid", "adj_sqrt", "adj_abs", "adj_atan2", "adj_hypot",
+           "adj_rsqrt", "adj_log1p", "adj_expm1", "adj_tan", "adj_erf")
 K_ADD = 0
 K_SUB = 1
 K_MUL = 2
@@ -272,40 +273,45 @@ K_CAT = 36
 K_SCATTER_ADD = 37
 K_COPY = 38
 K_NLL = 39
-K_MUL_SCALAR = 40
-K_DIV_SCALAR = 41
-K_NEG = 42
-K_RECIPROCAL = 43
-K_EXP = 44
-K_LOG = 45
-K_TANH = 46
-K_SIGMOID = 47
-K_SQRT = 48
-K_ABS = 49
-K_ATAN2 = 50
-K_HYPOT = 51
-K_RSQRT = 52
-K_LOG1P = 53
-K_EXPM1 = 54
-K_TAN = 55
-K_ERF = 56
+K_BACKWARD_OP = 40
+K_VAR = 41
+K_STD_ROOT = 42
+K_MUL_SCALAR = 43
+K_DIV_SCALAR = 44
+K_NEG = 45
+K_RECIPROCAL = 46
+K_EXP = 47
+K_LOG = 48
+K_TANH = 49
+K_SIGMOID = 50
+K_SQRT = 51
+K_ABS = 52
+K_ATAN2 = 53
+K_HYPOT = 54
+K_RSQRT = 55
+K_LOG1P = 56
+K_EXPM1 = 57
+K_TAN = 58
+K_ERF = 59
 
 # The kernel of each row of ops.TABLE, by opcode.
-OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 42, 40, 41, 7, 8, 42, 43, 44, 45, 9, 10, 46, 47, 11, 48, 49, 12, 12,
-                      12, 12, 13, 14, 5, 5, 5, 15, 15, 15, 16, 16, 16, 16, 16, 18, 19, 17, 6, 5, 20, 50, 51, 52,
-                      53, 54, 55, 56, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33,
-                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39], np.int64)
+OP_KERNEL = np.array([0, 1, 2, 3, 4, 5, 5, 45, 43, 44, 7, 8, 45, 46, 47, 48, 9, 10, 49, 50, 11, 51, 52, 12, 12,
+                      12, 12, 13, 14, 5, 5, 5, 15, 15, 15, 16, 16, 16, 16, 16, 18, 19, 17, 6, 5, 20, 53, 54, 55,
+                      56, 57, 58, 59, 21, 22, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 30, 30, 30, 31, 32, 33,
+                      34, 35, 5, 36, 36, 16, 16, 16, 16, 16, 16, 16, 16, 37, 38, 25, 25, 17, 39, 40, 40, 40, 41,
+                      42], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array([True, True, True, True, False, True, True, True, False, True, True, True, True, True, True,
                     False, False, False, True, True, False, True, True, True, True, True, False, False, False,
-                    False, False, False, False, False, False, True, False, False, False, False, True, True,
-                    True, True, True, True, True, True, True, True, True, True, True, True, True, True, True])
+                    False, False, False, False, False, False, True, False, False, False, False, False, False,
+                    True, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
+                    True, True, True])
 # Kernels elementwise over their operands, so a run of them may replay a block at a time.
 BLOCKABLE = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, False,
                       False, False, False, False, False, False, False, True, True, True, True, True, True, True,
                       True, False, False, False, False, False, False, False, False, False, False, False, True,
-                      True, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
-                      True])
+                      False, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
+                      True, True, True, True])
 
 
 # Inlined (Numba IR) into the replays: as a call of its own it cost 40 ns an entry, the arguments'
@@ -392,6 +398,12 @@ def dispatch(k, e, R, RF, C):
         adj_copy(e, R, RF, C)
     elif k == K_NLL:
         adj_nll(e, R, RF, C)
+    elif k == K_BACKWARD_OP:
+        adj_backward_op(e, R, RF, C)
+    elif k == K_VAR:
+        adj_var(e, R, RF, C)
+    elif k == K_STD_ROOT:
+        adj_std_root(e, R, RF, C)
     elif k == K_MUL_SCALAR:
         adj_mul_scalar(e, R, RF, C)
     elif k == K_DIV_SCALAR:

@@ -115,17 +115,21 @@ def adj_pow(e, R, RF, C):
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
     va, vb = bval(C, a, o), bval(C, b, o)
+    # torch's formulas: 0 where the exponent is 0 (not 0 * x**-1), and g * 0 where the base is 0
+    # and the exponent not negative (not g * 0 * log(0))
     if rg(C, a):
         t = target(C, a, g.size)
         for i in range(g.size):
             if vb[i] != 0:
-                t[i] += g[i] * vb[i] * va[i] ** (vb[i] - 1)
+                t[i] += g[i] * (vb[i] * va[i] ** (vb[i] - 1))
         settle(C, a, o, t)
     if rg(C, b):
         t, out = target(C, b, g.size), val(C, o)
         for i in range(g.size):
-            if not (va[i] == 0 and vb[i] >= 0):
-                t[i] += g[i] * out[i] * np.log(va[i])
+            if va[i] == 0 and vb[i] >= 0:
+                t[i] += g[i] * 0.0
+            else:
+                t[i] += g[i] * (out[i] * np.log(va[i]))
         settle(C, b, o, t)
 
 
@@ -152,28 +156,55 @@ def adj_cast(e, R, RF, C):
             put(ga, i, g[i], f)
 
 
+@njit(cache=True, inline="always")
+def torch_pow(x, c):
+    """x ** c as torch computes it for a Python exponent (ops._pow_value): its special exponents
+    are other formulas than pow(), which differ from it in the last bit or at -0.0 and -inf."""
+    if c == 1.0:
+        return x
+    if c == 0.0:
+        return 1.0
+    if c == 2.0:
+        return x * x
+    if c == 0.5:
+        return np.sqrt(x)
+    if c == -1.0:
+        return 1.0 / x
+    if c == 3.0:
+        return x * x * x
+    if c == -0.5:
+        return 1.0 / np.sqrt(x)
+    if c == -2.0:
+        return 1.0 / (x * x)
+    return x ** c
+
+
 @adjoint(assigns=True, blockable=True)
 def adj_pow_scalar(e, R, RF, C):
+    """torch's grad * (c * x ** (c - 1)); nothing for c == 0."""
     c = RF[e, 7]
     if c != 0.0:
         g, ga, x = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 1])
         f = claim(C, R[e, 1])
-        if c == 2.0:  # x ** 2: no pow call per element
+        if c == 2.0:  # x ** 2: no pow call per element (2 * g * x is g * (2 * x) bit for bit)
             for i in range(g.size):
                 put(ga, i, 2.0 * g[i] * x[i], f)
         else:
             for i in range(g.size):
-                put(ga, i, g[i] * c * x[i] ** (c - 1.0), f)
+                put(ga, i, g[i] * (c * torch_pow(x[i], c - 1.0)), f)
 
 
 @adjoint(blockable=True)
 def adj_rpow_scalar(e, R, RF, C):
+    """torch's grad * (c ** x * log(c)); a zero base: g * 0 where x >= 0, g * -inf where x < 0."""
     c = RF[e, 7]
     g, ga, out, va = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4]), val(C, R[e, 1])
-    lc = np.log(c) if c > 0 else np.nan
+    lc = np.log(c) if c >= 0 else np.nan
     for i in range(g.size):
-        if not (c == 0 and va[i] >= 0):
-            ga[i] += g[i] * out[i] * lc
+        if c == 0 and va[i] >= 0:
+            ga[i] += g[i] * 0.0
+        else:
+            ga[i] += g[i] * (out[i] * lc)
 
 
 @adjoint(assigns=True, blockable=True)
@@ -204,10 +235,11 @@ def adj_cos(e, R, RF, C):
 
 @adjoint(assigns=True, blockable=True)
 def adj_relu(e, R, RF, C):
+    """torch's threshold_backward at the result: g unless y <= 0 (a NaN result passes g)."""
     g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
     f = claim(C, R[e, 1])
     for i in range(g.size):
-        put(ga, i, g[i] if y[i] > 0 else 0.0, f)
+        put(ga, i, 0.0 if y[i] <= 0 else g[i], f)
 
 
 @adjoint(assigns=True, blockable=True)
@@ -501,16 +533,22 @@ def adj_norm(e, R, RF, C):
     elif p == 1:
         for i in range(x.size):
             ga[i] += g[m[i]] * np.sign(x[i])
-    elif p == 2:
+    elif p == 2:  # torch's formulas and order of operations from here on
         for i in range(x.size):
             j = m[i]
             if y[j] != 0:
-                ga[i] += g[j] * x[i] / y[j]
+                ga[i] += g[j] * (x[i] / y[j])
+    elif p < 1:
+        for i in range(x.size):
+            j = m[i]
+            if x[i] != 0:
+                ga[i] += np.sign(x[i]) * abs(x[i]) ** (p - 1) * g[j] * y[j] ** (1 - p)
     else:
         for i in range(x.size):
             j = m[i]
-            if y[j] != 0 and x[i] != 0:
-                ga[i] += g[j] * x[i] * abs(x[i]) ** (p - 2) / y[j] ** (p - 1)
+            if y[j] != 0:
+                scaled = np.sign(x[i]) * abs(x[i]) ** (p - 1) if p < 2 else x[i] * abs(x[i]) ** (p - 2)
+                ga[i] += scaled * (g[j] / y[j] ** (p - 1))
 
 
 @adjoint()
@@ -633,3 +671,65 @@ def adj_nll(e, R, RF, C):
     for i in range(pos.size):
         gi = g[0] * scale if reduced else g[i]
         ga[pos[i]] -= gi * w[i]
+
+
+# -- gradients that are ops of their own, and var/std (torch's formulas) -----------------------
+@adjoint(blockable=True)
+def adj_backward_op(e, R, RF, C):
+    """Gradients that are ops of their own, of a gradient a at values b: threshold_backward (i0 = 0)
+    and leaky_relu_backward (i0 = 1, slope f0) mask a as they mask their own; nll_loss_backward
+    (i0 = 2) passes it. b's gradient is zero."""
+    o, a, b = R[e, 4], R[e, 1], R[e, 2]
+    if rg(C, a):
+        g, ga = grad(C, o), grad(C, a)
+        kind = R[e, 5]
+        if kind == 2:
+            for i in range(g.size):
+                ga[i] += g[i]
+            return
+        vb = val(C, b)
+        if kind == 0:
+            for i in range(g.size):
+                if not vb[i] <= 0:
+                    ga[i] += g[i]
+        else:
+            slope = RF[e, 7]
+            for i in range(g.size):
+                ga[i] += g[i] if vb[i] > 0 else g[i] * slope
+
+
+@adjoint()
+def adj_var(e, R, RF, C):
+    """torch's var_backward over the axes in mask i0, correction f0: (2 / dof) * g * (x - mean);
+    over every dim without a dim argument (i1 bit 1 unset) and dof <= 0: g * (nan where x is the
+    mean, else inf)."""
+    a, o = R[e, 1], R[e, 4]
+    g, ga, x = grad(C, o), grad(C, a), val(C, a)
+    m = reduce_map(shape(C, a), R[e, 5])
+    k = g.size
+    if k == 0:
+        return
+    mu = np.zeros(k, ga.dtype)
+    for i in range(x.size):
+        mu[m[i]] += x[i]
+    n = x.size // k
+    for j in range(k):
+        mu[j] /= n
+    dof = n - RF[e, 7]
+    if (R[e, 6] & 2) == 0 and dof <= 0:
+        for i in range(x.size):
+            ga[i] += g[m[i]] * (np.nan if x[i] == mu[m[i]] else np.inf)
+        return
+    scale = 2.0 / dof if dof != 0 else np.inf
+    for i in range(x.size):
+        ga[i] += (g[m[i]] * scale) * (x[i] - mu[m[i]])
+
+
+@adjoint(assigns=True, blockable=True)
+def adj_std_root(e, R, RF, C):
+    """std as the square root of its var: torch's std_backward, g / (2 * y) and 0 where y is 0."""
+    g, ga, y = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4])
+    f = claim(C, R[e, 1])
+    for i in range(g.size):
+        put(ga, i, 0.0 if y[i] == 0 else g[i] / (2 * y[i]), f)
+
