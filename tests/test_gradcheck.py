@@ -118,6 +118,53 @@ def test_gradgradcheck_with_given_grad_outputs():
     assert gradgradcheck(lambda a: a.sin() * a, (x,), (go,))
 
 
+# functions whose output views (or is) their input: the numerical Jacobian must copy each output
+# before the next perturbation changes it through the shared storage, as torch's clones it
+VIEWS = {
+    "itself": (lambda x: x, (3, 2)),
+    "index": (lambda x: x[0], (3, 2)),
+    "index_1d": (lambda x: x[1], (3,)),
+    "column": (lambda x: x[:, 1], (3, 2)),
+    "slice": (lambda x: x[1:], (3, 2)),
+    "step": (lambda x: x[::2], (3, 2)),
+    "narrow": (lambda x: x.narrow(0, 1, 2), (3, 2)),
+    "t": (lambda x: x.t(), (3, 2)),
+    "T": (lambda x: x.T, (3, 2)),
+    "transpose": (lambda x: x.transpose(0, 1), (2, 3)),
+    "permute": (lambda x: x.permute(2, 0, 1), (2, 3, 2)),
+    "view": (lambda x: x.view(6), (3, 2)),
+    "reshape": (lambda x: x.reshape(2, 3), (3, 2)),
+    "flatten": (lambda x: x.flatten(), (3, 2)),
+    "unsqueeze": (lambda x: x.unsqueeze(0), (3, 2)),
+    "squeeze": (lambda x: x.squeeze(), (3, 1)),
+    "none_and_ellipsis": (lambda x: x[None][...], (3, 2)),
+    "expand": (lambda x: x.expand(2, 3, 2), (3, 2)),
+    "contiguous": (lambda x: x.contiguous(), (3, 2)),
+    "unbind": (lambda x: x.unbind(0), (3, 2)),
+    "split": (lambda x: x.split(1), (3, 2)),
+    "chunk": (lambda x: x.chunk(2, 1), (3, 2)),
+    "with_another_output": (lambda x: (x, x * 2), (3, 2)),
+}
+
+
+@pytest.mark.parametrize("lib", ["tapegrad", "torch"])
+@pytest.mark.parametrize("name", sorted(VIEWS))
+def test_gradcheck_on_views_of_the_input(name, lib):
+    lib = pytest.importorskip(lib)
+    fn, shape = VIEWS[name]
+    x = lib.arange(1.0, 1.0 + np.prod(shape), dtype=lib.float64).reshape(shape).requires_grad_()
+    assert lib.autograd.gradcheck(fn, (x,))
+    assert lib.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("lib", ["tapegrad", "torch"])
+def test_gradcheck_on_a_detached_view_finds_a_nonzero_numerical_gradient(lib):
+    lib = pytest.importorskip(lib)
+    x = lib.tensor([1.0, 2.0], dtype=lib.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Numerical gradient for function expected to be zero"):
+        lib.autograd.gradcheck(lambda a: a.detach(), (x,))
+
+
 # -- bad input -------------------------------------------------------------------------------
 def test_float32_input_warns():
     x = tg.tensor([1.0, 2.0], requires_grad=True)

@@ -71,9 +71,9 @@ def _numerical_jacobians(func, inputs, out_indices, eps):
         for idx in np.ndindex(v.shape):
             orig = v[idx].copy()
             v[idx] = orig - eps
-            outa = _as_tuple(func(*inputs))
+            outa = _snapshot(func(*inputs))
             v[idx] = orig + eps
-            outb = _as_tuple(func(*inputs))
+            outb = _snapshot(func(*inputs))
             v[idx] = orig
             cols.append([_diff(outa[k], outb[k], eps) for k in out_indices])
         jacs = []
@@ -83,6 +83,12 @@ def _numerical_jacobians(func, inputs, out_indices, eps):
             jacs.append(np.stack(col).astype(v.dtype) if col else np.zeros((0, width), v.dtype))
         result.append(jacs)
     return result
+
+
+def _snapshot(out):
+    """func's outputs as copies, as torch's clones them: an output that views a perturbed input
+    (x[0], x.t(), x itself) would otherwise change with the next perturbation."""
+    return tuple(np.array(o._value, np.float64) if isinstance(o, Tensor) else o for o in _as_tuple(out))
 
 
 def _diff(a, b, eps):
