@@ -12,14 +12,6 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import tape as tape_module
-
-
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,6 @@ import pytest
 import tapegrad as tg
 
 
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 def val(t):
     return np.asarray(t.tolist(), dtype=np.float64)
 

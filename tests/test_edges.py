@@ -13,13 +13,6 @@ import pytest
 import tapegrad as tg
 
 
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 def val(t):
     t = t.detach()
     if type(t).__module__.startswith("torch") and t._is_zerotensor():

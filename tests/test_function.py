@@ -409,13 +409,6 @@ def test_saved_leaf_with_a_create_graph_grad_is_no_cycle():
 
 
 # -- torch's semantics of Functions, run as user code on both libraries ----------------------------
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 def _first_only(lib):
     class FirstOnly(lib.autograd.Function):
         """x * y whose backward gives y no gradient (None)."""

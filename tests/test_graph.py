@@ -14,13 +14,6 @@ import pytest
 import tapegrad as tg
 
 
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 def structure(fn, depth=8):
     if fn is None:
         return None

@@ -160,13 +160,6 @@ def test_grad_zero_clears_accumulated_gradients():
 
 
 # -- writes into an expand: torch's rule for memory that several elements share ---------------------
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 OVERLAP = "unsupported operation: more than one element of the written-to tensor refers to a single memory location"
 VIEWS = {"expand": lambda e: e, "slice": lambda e: e[:, 1:], "transposed": lambda e: e.t(), "column": lambda e: e[:, 1]}
 

@@ -485,13 +485,6 @@ def test_binary_float_functions_in_place(name):
 
 
 # -- what torch accepts that users write ---------------------------------------------------------
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
-
-
 def _mat(lib, rg=True):
     return lib.tensor([[1.0, 5.0, 3.0], [4.0, 2.0, 6.0]], dtype=lib.float64, requires_grad=rg)
 

@@ -10,17 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-import tapegrad as tg
 
 THREADS = 4
 STEPS = 200
-
-
-@pytest.fixture(params=["tapegrad", "torch"])
-def lib(request):
-    if request.param == "torch":
-        return pytest.importorskip("torch")
-    return tg
 
 
 @pytest.fixture(autouse=True)
