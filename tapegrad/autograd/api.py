@@ -5,11 +5,9 @@ import numpy as np
 
 from .. import engine_cpu
 from ..dtypes import get_default_dtype
-from ..grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: F401
+from ..grad_mode import set_grad_enabled
 from ..tensor import Size, Tensor
 from . import anomaly_mode
-from .anomaly_mode import detect_anomaly, set_detect_anomaly  # noqa: F401
-from .graph import Node, node_for  # noqa: F401
 
 
 def _tuple(x):
