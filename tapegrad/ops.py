@@ -440,8 +440,9 @@ def _pow_scalar_vjp(g, i, o, r):
     if c == 0:
         return (zeros_like(x),)
     # torch's nodes: MulBackward0(grad, MulBackward1(PowBackward0(x))); a uniform grad folded into
-    # the scalar has no row of its own, so its node is shown
-    p = pow(x, c - 1)
+    # the scalar has no row of its own, so its node is shown. x ** 1 is x: its row holds x's own
+    # array, not a copy (this tensor stays inside the VJP: nothing writes to it)
+    p = _unary(POW_SCALAR, x, x._value, f0=1.0) if c == 2 else pow(x, c - 1)
     u = _uniform(g)
     if u is not None and _exact(c, u):  # g is the number u everywhere: one product fewer, same bits
         return (shown_as(p * float(c * u), "MulBackward0", None, shown("MulBackward1", p)),)
