@@ -148,7 +148,8 @@ _NO_SLOTS = np.zeros(0, np.int64)
 def _mark_leads(seeds, req):
     """For autograd.grad and backward(inputs=...): mark the requested inputs on each tape reachable
     from the seeds (plan completes the marks with interp.leads); a link leads when its older slot
-    does, so with links the older tapes' marks are completed first, oldest first."""
+    does, so with links the tapes' marks are completed oldest first, and again until none changes
+    (a tape another thread made may link to one newer than itself)."""
     K = _kernels()
     if len(seeds) == 1:
         tape = next(iter(seeds))
@@ -171,12 +172,18 @@ def _mark_leads(seeds, req):
         if serial in serials:
             req.on[serials[serial]][s] = K.WANTED
     if len(tapes) > 1:
-        for tape in sorted(tapes, key=lambda t: t.serial):
-            on = req.on[tape]
-            for s, (older, there) in tape.links.items():
-                if req.on[older][there]:
-                    on[s] |= K.LEADS
-            K.leads(tape.row_table()[0], tape.raw_slots(), on)
+        order, total = sorted(tapes, key=lambda t: t.serial), -1
+        while True:  # (marks only grow: their sum stops changing once they are complete)
+            for tape in order:
+                on = req.on[tape]
+                for s, (older, there) in tape.links.items():
+                    if req.on[older][there]:
+                        on[s] |= K.LEADS
+                K.leads(tape.row_table()[0], tape.raw_slots(), on)
+            now = sum(int(req.on[tape].sum(dtype=np.int64)) for tape in order)
+            if now == total:
+                break
+            total = now
 
 
 def _blame(exc, tape, slot):
@@ -643,8 +650,9 @@ def _give_grad(t, g, create_graph):
 
 def check_versions(tape, R, need):
     """Raise torch's error when a value that an entry about to run saved (ops' ``reads``, for its
-    inputs that require grad) was changed in place after recording (in anomaly mode with its other hint, and blaming the entry that reads it), or when the gradient
-    reaches a write into an expand (which needs an in-place write first)."""
+    inputs that require grad) was changed in place after recording (in anomaly mode with its other
+    hint, and blaming the entry that reads it), or when the gradient reaches a write into an expand
+    (which needs an in-place write first)."""
     if tape.overlapped and any(need[s] for s in tape.overlapped):
         raise RuntimeError(ops.OVERLAP_MSG)  # torch refuses to backward through a write into an expand
     S = tape.slot_table()
@@ -865,7 +873,7 @@ def _run_python(tape, seeds, req):
             gis = op.vjp(g, ins, cache[o], r)
             if check_nan:
                 for k, (s, gi) in enumerate(zip((a, b, c), gis)):
-                    if gi is not None and s >= 0 and flags[s] & REQUIRES_GRAD and _has_nan(gi):
+                    if gi is not None and s >= 0 and needl[s] and _has_nan(gi):
                         raise _nan_error(tape, e, k)
             for s, gi in zip((a, b, c), gis):
                 if gi is None or s < 0 or not needl[s]:

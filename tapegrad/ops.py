@@ -65,8 +65,8 @@ def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None):
     torch's bits or graph). It saves what ``d`` reads, unless ``reads`` says more (torch's saved set)."""
     if vjp is None:
         vjp = eval(f"lambda g, i, o, r: ({formula.vjp_expr(d)},)", globals())  # names resolve when called
-    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp, formula.reads(d) if reads is None else reads, d,
-            formula.sign_through(d))
+    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp,
+            formula.reads(d) if reads is None else reads, d, formula.sign_through(d))
     TABLE.append(op)
     return op
 
