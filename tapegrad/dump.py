@@ -227,7 +227,7 @@ def _codes(*names):
 
 def _const_ops():
     """Codes of the rows that keep a Python scalar operand in f0: right (x op c) and left (c op x)."""
-    return _codes("ADD_SCALAR", "MUL_SCALAR", "DIV_SCALAR", "POW_SCALAR"), _codes("RSUB_SCALAR", "RPOW_SCALAR")
+    return _codes("ADD_SCALAR", "MUL_SCALAR", "SCALE", "DIV_SCALAR", "POW_SCALAR"), _codes("RSUB_SCALAR", "RPOW_SCALAR")
 
 
 def _args(op, r, ndim):

@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 
 from . import ops
-from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, ROW, Anomaly, Global, _state
+from .tape import LEAF, LINK, REQUIRES_GRAD, ROW, Anomaly, Global, _state
 from .ops import Negated, add_grads, negated, plain
 from .tensor import Size, Tensor
 from .tensor import _new
@@ -100,10 +100,13 @@ class Request:
         self.reached = set()
         self.leaf_slots = {}  # anomaly mode: id(leaf) -> (tape, slot), where its AccumulateGrad was recorded
         self.gradless = []  # leaves with hooks that were reached but got no gradient (see _Defined)
+        self.on = {}  # tape -> interp.leads marks, when only some inputs are wanted
 
 
 def run(seeds, req):
     """seeds: {tape: {slot: gradient}}; walks the tapes newest first, following links."""
+    if req.want is not None:
+        _mark_leads(seeds, req)
     pending = dict(seeds)
     while pending:
         tape = max(pending, key=lambda t: t.serial)
@@ -136,6 +139,51 @@ def run(seeds, req):
         if id(t) not in req.leaf_grads:
             req.leaf_grads[id(t)] = None
             _hooks_on_none(t._x.hooks)
+
+
+_EVERY = np.zeros(0, np.int8)  # plan's ``on`` when every leaf is wanted: nothing limits the walk
+_NO_SLOTS = np.zeros(0, np.int64)
+
+
+def _mark_leads(seeds, req):
+    """For autograd.grad and backward(inputs=...): mark the requested inputs on each tape reachable
+    from the seeds (plan completes the marks with interp.leads); a link leads when its older slot
+    does, so with links the tapes' marks are completed oldest first, and again until none changes
+    (a tape another thread made may link to one newer than itself)."""
+    K = _kernels()
+    if len(seeds) == 1:
+        tape = next(iter(seeds))
+        if not tape.links:  # (the common case: one tape)
+            on = req.on[tape] = np.zeros(tape.ns, np.int8)
+            for serial, s in req.want:
+                if serial == tape.serial:
+                    on[s] = K.WANTED
+            return
+    tapes, stack = {}, list(seeds)
+    while stack:
+        tape = stack.pop()
+        if tape not in tapes:
+            tapes[tape] = None
+            stack.extend(older for older, _ in tape.links.values())
+    serials = {tape.serial: tape for tape in tapes}
+    for tape in tapes:
+        req.on[tape] = np.zeros(tape.ns, np.int8)
+    for serial, s in req.want:
+        if serial in serials:
+            req.on[serials[serial]][s] = K.WANTED
+    if len(tapes) > 1:
+        order, total = sorted(tapes, key=lambda t: t.serial), -1
+        while True:  # (marks only grow: their sum stops changing once they are complete)
+            for tape in order:
+                on = req.on[tape]
+                for s, (older, there) in tape.links.items():
+                    if req.on[older][there]:
+                        on[s] |= K.LEADS
+                K.leads(tape.row_table()[0], tape.raw_slots(), on)
+            now = sum(int(req.on[tape].sum(dtype=np.int64)) for tape in order)
+            if now == total:
+                break
+            total = now
 
 
 def _blame(exc, tape, slot):
@@ -274,17 +322,19 @@ def _run_jitted(tape, seeds, req):
     roots = np.fromiter(seeds, np.int64, len(seeds))
     witness = _WITNESS[T]
     tcode = 1 if T is _F64 else 0
-    # Unless the version check below may still raise, the kernel marks the freed entries itself.
+    on = req.on.get(tape, _EVERY)
+    # Unless the version check below may still raise, the kernel frees the entries itself.
     release = not req.retain_graph and tape.epoch == Global.inplace_events
     left = -1
     if anomaly:
         _note_leaves(req, tape, zip(lslots, leaves))
     if not segmented:
-        status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, tcode, witness, K.OP_KERNEL, release)
+        status, where, need, left = K.backward(R, RF, S, _HOFF, export, roots, on, tcode, witness, K.OP_KERNEL,
+                                               K.SAVES, release)
         got = need  # (without Functions every needed slot gets a gradient)
     else:
-        status, where, need = K.plan(R, S, roots, 0)
-        defined = _Defined(K, tape, R, S, need, roots)
+        status, where, need = K.plan(R, S, roots, on)
+        defined = _Defined(K, tape, R, S, need, roots, on)
         if status == K.OK:
             status, where = _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, witness,
                                                defined, check_nan)
@@ -300,13 +350,79 @@ def _run_jitted(tape, seeds, req):
         _deliver_leaves(tape, lslots, leaves, lbufs, got, req.leaf_grads, req.last and not tape.links)
         if got is not need:
             req.gradless.extend(t for s, t in zip(lslots, leaves) if need[s] and not got[s] and t._x and t._x.hooks)
-    if left == 0:
-        tape.drop_values(True, None)
-    elif left > 0:
-        tape.drop_values(False, R[need[R[:, 4]], 4])
+    if left >= 0:
+        _keep(K, tape, R, S, left)
     elif not req.retain_graph:
-        tape.release(np.flatnonzero(need[R[:, 4]]))
+        _release(tape, need)
     return links
+
+
+# The largest value (in bytes) a freed tape keeps whole where its shape would do: a stub costs
+# about as much as that, and a chain's one-element values are kept at no cost per slot.
+_SMALL = 64
+
+
+def _release(tape, need):
+    """Free what a backward without retain_graph ran, as torch's engine releases each node's saved
+    tensors once it has run: the entries that saved a value (interp.free_entries) and custom
+    Functions' saved tensors; then keep only what the entries left unfreed read."""
+    K = _kernels()
+    R = tape.row_table()[0]
+    S = tape.raw_slots()
+    K.fill_slots(S, tape.synced, id(tape.values), _LIST_ITEMS, id(None), _HOFF, _TNOFF, _LUT)
+    tape.synced = tape.ns
+    if need.shape[0] < S.shape[0]:  # slots the create_graph VJPs added: not run by this backward
+        need = np.concatenate([need, np.zeros(S.shape[0] - need.shape[0], np.int8)])
+    for call in {id(c): c for c in tape.pyfuncs.values()}.values():
+        if any(s >= 0 and need[s] == K.RUN for s in call.out_slots):
+            call.ctx._release()
+    _keep(K, tape, R, S, K.free_entries(R, S, need, K.SAVES))
+
+
+def _keep(K, tape, R, S, left):
+    """Close the tape, keeping for its ``left`` unfreed entries the values and shapes they read."""
+    if not left:
+        tape.free(None)
+        return
+    # what a custom Function not yet run saved, wherever it lives
+    pinned = np.array([s for call in tape.pyfuncs.values() for s in call.ctx._saved_slots()], np.int64) \
+        if tape.pyfuncs else _NO_SLOTS
+    level, missing = K.keep(R, S, K.SAVES, pinned, id(tape.values), _LIST_ITEMS, id(None), _HOFF, _TNOFF, _SMALL,
+                            _STUBS.table)
+    for s in missing.tolist():
+        stub = tape.values[s] = _STUBS.make(tape.values[s])
+        S[s, 0] = id(stub)
+    tape.free(level)
+
+
+class _Stubs:
+    """Stubs: arrays of a shape and dtype that hold no data (every stride 0, over one element),
+    what a freed tape keeps where its adjoints read a shape only. One per shape and dtype, shared
+    by every tape (a training loop's freed tapes hold no stub of their own), found by the jitted
+    ``interp.keep`` in ``table`` (their addresses, by shape and dtype)."""
+    _DATA = np.zeros(16, np.uint8)
+    _DATA.flags.writeable = False
+
+    def __init__(self):
+        self.table = np.zeros(4096, np.int64)
+        self.stubs = {}  # address -> stub (keeps it alive while the table names it)
+
+    def make(self, v):
+        K = _kernels()
+        i = K.find_stub(self.table, id(v), _HOFF, _TNOFF)
+        if i >= 0:
+            return self.stubs[i]
+        if len(self.stubs) * 2 >= self.table.shape[0]:  # ever-new shapes stay bounded
+            self.table[:] = 0
+            self.stubs.clear()
+            i = K.find_stub(self.table, id(v), _HOFF, _TNOFF)
+        stub = np.ndarray(v.shape, v.dtype, self._DATA, 0, (0,) * v.ndim)
+        self.table[-1 - i] = id(stub)
+        self.stubs[id(stub)] = stub
+        return stub
+
+
+_STUBS = _Stubs()
 
 
 def _deliver_leaves(tape, lslots, leaves, lbufs, need, leaf_grads, last):
@@ -375,7 +491,7 @@ def _replay_with_hooks(K, tape, R, RF, S, export, need, bufs, hooked, tcode, wit
             cuts.append((top, 1, top, [s]))
     seen = set()
     for call in tape.pyfuncs.values():
-        if id(call) not in seen and any(s >= 0 and need[s] for s in call.out_slots):
+        if id(call) not in seen and any(s >= 0 and need[s] == K.RUN for s in call.out_slots):
             seen.add(id(call))
             cuts.append((call.hi, 0, call.lo, call))
     cuts.sort(key=lambda c: (c[0], c[1]), reverse=True)
@@ -435,10 +551,10 @@ class _Defined:
     planning again from the seeds and from each input a Function did give a gradient, through the
     rows other than Functions'. A slot's answer is final once the rows recorded after it have run,
     which is when the engine asks."""
-    __slots__ = ("K", "tape", "R", "S", "need", "roots", "given", "withheld", "cached")
+    __slots__ = ("K", "tape", "R", "S", "need", "roots", "on", "given", "withheld", "cached")
 
-    def __init__(self, K, tape, R, S, need, roots):
-        self.K, self.tape, self.R, self.S, self.need, self.roots = K, tape, R, S, need, roots
+    def __init__(self, K, tape, R, S, need, roots, on):
+        self.K, self.tape, self.R, self.S, self.need, self.roots, self.on = K, tape, R, S, need, roots, on
         self.given, self.withheld, self.cached = [], False, None
 
     def gave(self, slots, withheld):
@@ -454,7 +570,7 @@ class _Defined:
             for call in self.tape.pyfuncs.values():
                 R[call.lo:call.hi, 1:4] = -1
             roots = np.concatenate([self.roots, np.asarray(self.given, np.int64)])
-            self.cached = self.K.plan(R, self.S, roots, 0)[2] & self.need
+            self.cached = (self.K.plan(R, self.S, roots, self.on.copy())[2] != 0) & (self.need != 0)
         return self.cached
 
     def has(self, s):
@@ -472,8 +588,9 @@ def _function_jitted(tape, call, gbuf, need, got, check_nan):
         _check_function_nan(tape, call, grads)
     given = []
     for s, g in grads:
-        b = gbuf(s)
-        b += g._value
+        if need[s]:  # (not an input past autograd.grad's inputs)
+            b = gbuf(s)
+            b += g._value
         given.append(s)
     got.gave(given, any(s >= 0 and need[s] and s not in given for s in call.in_slots))
 
@@ -532,16 +649,24 @@ def _give_grad(t, g, create_graph):
 
 
 def check_versions(tape, R, need):
-    """Raise torch's error when a value a needed adjoint reads was changed in place after recording
-    (in anomaly mode with its other hint, and blaming the entry that reads it), or when the gradient
-    reaches a write into an expand (which needs an in-place write first)."""
+    """Raise torch's error when a value that an entry about to run saved (ops' ``reads``, for its
+    inputs that require grad) was changed in place after recording (in anomaly mode with its other
+    hint, and blaming the entry that reads it), or when the gradient reaches a write into an expand
+    (which needs an in-place write first)."""
     if tape.overlapped and any(need[s] for s in tape.overlapped):
         raise RuntimeError(ops.OVERLAP_MSG)  # torch refuses to backward through a write into an expand
     S = tape.slot_table()
     vcs = tape.vcs
-    for e in np.flatnonzero(need[R[:, 4]]).tolist():
+    for e in np.flatnonzero(need[R[:, 4]] == 1).tolist():  # (the entries that run: interp.RUN)
         op = ops.TABLE[R[e, 0]]
-        for r in op.reads:
+        reads = set()
+        for k in range(3):
+            s = R[e, 1 + k]
+            if s >= 0 and S[s, 1] & REQUIRES_GRAD:
+                reads.update(op.reads[k])
+        for r in reads:
+            if r == "const":
+                continue
             s = R[e, 4] if r == "out" else R[e, 1 + r]
             if s >= 0 and s in vcs and vcs[s][0] != S[s, 2]:
                 v = tape.values[s]
@@ -678,8 +803,11 @@ def _run_python(tape, seeds, req):
     # buffers (new bytearrays: the views keep the old ones), so the views stay as they are.
     R = tape.row_table()[0]
     S = tape.raw_slots()  # (plan reads the flags only: no dtype fill)
+    for s in seeds:
+        if tape.values[s] is None:  # a seed's own entry was freed by an earlier backward
+            raise _blame(RuntimeError(FREED_MSG), tape, s)
     roots = np.fromiter(seeds, np.int64, len(seeds))
-    status, where, need = K.plan(R, S, roots, 0)
+    status, where, need = K.plan(R, S, roots, req.on.get(tape, _EVERY))
     if status == K.ERR_FREED:
         raise _blame(RuntimeError(FREED_MSG), tape, R[where, 4])
     if tape.epoch != Global.inplace_events:
@@ -716,7 +844,7 @@ def _run_python(tape, seeds, req):
             if group_tops and e in group_tops:
                 _group_hooks_python(tape, rows, *group_tops[e], grads, needl)
             g = grads.get(o)
-            if g is None or not needl[o]:
+            if g is None or needl[o] != K.RUN:
                 if g is None and hooks and needl[o] and o in hooks and o not in grouped:
                     _hooks_on_none(hooks[o])
                 continue
@@ -745,10 +873,10 @@ def _run_python(tape, seeds, req):
             gis = op.vjp(g, ins, cache[o], r)
             if check_nan:
                 for k, (s, gi) in enumerate(zip((a, b, c), gis)):
-                    if gi is not None and s >= 0 and flags[s] & REQUIRES_GRAD and _has_nan(gi):
+                    if gi is not None and s >= 0 and needl[s] and _has_nan(gi):
                         raise _nan_error(tape, e, k)
             for s, gi in zip((a, b, c), gis):
-                if gi is None or s < 0 or not flags[s] & REQUIRES_GRAD:
+                if gi is None or s < 0 or not needl[s]:
                     continue
                 if sign:
                     gi = negated(gi)
@@ -771,5 +899,5 @@ def _run_python(tape, seeds, req):
             g = ops._leaf(np.ascontiguousarray(g._value))  # handed out: a tensor of its own, as torch's
         _route(tape, s, kind, who, g, req, links)
     if not req.retain_graph:
-        tape.release(np.flatnonzero(need[R[:, 4]]))
+        _release(tape, need)
     return links

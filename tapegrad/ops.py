@@ -2,9 +2,18 @@
 
 A row holds everything about an op: its name, torch's ``grad_fn`` class name, arity, NumPy
 forward, the name of its numeric adjoint in ``engine/cpu/adjoints.py`` (the jitted path), its differentiable
-VJP written in tapegrad ops (the ``create_graph`` path, which re-records), and which values
-the adjoint reads (``reads``: operand positions 0..2 and 'out'), used by the in-place version
-check. Several rows may share one adjoint kernel (sum/mean, the identity-gradient ops).
+VJP written in tapegrad ops (the ``create_graph`` path, which re-records), and what it saves
+(``reads``, below). Several rows may share one adjoint kernel (sum/mean, the identity-gradient ops).
+
+``reads`` is torch's saved set for the op (tools/autograd/derivatives.yaml): the values each
+input's gradient reads, as operand positions 0..2, 'out' for the result, and 'const' for a
+tensor torch saves that the row keeps itself (a Python scalar operand, indices). A plain tuple
+holds for every input; a dict {input: tuple} when it depends on which inputs need grad (x * y
+saves y for x's gradient, x for y's); the row keeps it per input, a tuple of three. It decides
+what a backward frees: an entry whose inputs that need grad read something is freed (a second
+backward through it fails, and only the values unfreed entries read are kept), one that reads
+nothing replays again (x + 1, sum, views); and which values the in-place version check guards.
+The adjoints read no other value (shapes aside, and a row's own index maps).
 
 VJP signature: ``vjp(g, ins, out, row) -> grads``: ``g`` the output gradient (Tensor), ``ins``
 the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the tape row tuple
@@ -31,7 +40,8 @@ class Op:
 
     def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False):
         self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
-        self.forward, self.kernel, self.vjp, self.reads = forward, kernel, vjp, reads
+        self.forward, self.kernel, self.vjp = forward, kernel, vjp
+        self.reads = tuple(reads.get(k, ()) for k in range(3)) if isinstance(reads, dict) else (tuple(reads),) * 3
         self.formula = formula  # an elementwise row's derivative (formula.py): its adjoint is generated
         self.sign_through = sign_through  # its VJP commutes with negating g (Negated, below)
 
@@ -48,15 +58,15 @@ def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False
     return op
 
 
-def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None):
+def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None):
     """A unary elementwise row whose derivative is the formula ``d`` (formula.py). Its jitted
     adjoint ``adj_<name>`` is generated from ``d`` (tools/generate.py) unless ``kernel`` names a
     hand-written one; its VJP is ``d`` in tapegrad ops unless ``vjp`` is given (a VJP tuned for
-    torch's bits or graph)."""
+    torch's bits or graph). It saves what ``d`` reads, unless ``reads`` says more (torch's saved set)."""
     if vjp is None:
         vjp = eval(f"lambda g, i, o, r: ({formula.vjp_expr(d)},)", globals())  # names resolve when called
-    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp, formula.reads(d), d,
-            formula.sign_through(d))
+    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp,
+            formula.reads(d) if reads is None else reads, d, formula.sign_through(d))
     TABLE.append(op)
     return op
 
@@ -71,7 +81,8 @@ def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True
     method ``<name>_`` and the ``aliases``. ``integers`` false: two integer tensors are refused, as
     torch has no integer kernel for the op."""
     vjp = eval(f"lambda g, i, o, r: _fit(({formula.vjp_expr(da)}, {formula.vjp_expr(db)}), i)", globals())
-    op = Op(len(TABLE), name, grad_fn, 2, forward, "adj_" + name, vjp, formula.reads(da, db), (da, db))
+    op = Op(len(TABLE), name, grad_fn, 2, forward, "adj_" + name, vjp, {0: formula.reads(da), 1: formula.reads(db)},
+            (da, db))
     TABLE.append(op)
 
     def function(input, other):
@@ -90,7 +101,7 @@ def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True
         return function(self, other)
 
     def in_place(self, other):  # (an adjoint that reads self's old value gets a copy: _saved)
-        return _inplace(self, method(_saved(self, other) if 0 in op.reads else self, other))
+        return _inplace(self, method(_saved(self, other) if 0 in op.reads[0] + op.reads[1] else self, other))
 
     function.__name__ = method.__name__ = name
     in_place.__name__ = name + "_"
@@ -365,9 +376,10 @@ def _mul_vjp(g, i, o, r):
     return _fit((g * i[1], g * i[0]), i)
 
 
-MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads=(0, 1))
+MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads={0: (1,), 1: (0,)})
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
-          lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i), reads=(0, 1))  # torch's order
+          lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i),  # torch's order
+          reads={0: (1,), 1: (0, 1)})
 
 
 def _pow_vjp(g, i, o, r):
@@ -383,7 +395,7 @@ def _pow_vjp(g, i, o, r):
     return _fit((gx, gy), i)
 
 
-POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads=(0, 1, "out"))
+POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")})
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,))
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,))
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
@@ -427,8 +439,11 @@ def _mul_scalar_vjp(g, i, o, r):
     return (g * r[7],)
 
 
-MUL_SCALAR = elementwise("mul_scalar", "MulBackward0", np.multiply, "g * c", vjp=_mul_scalar_vjp)
-DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c")
+# (torch wraps the scalar in a tensor and saves it: a second backward through x * 2 fails)
+MUL_SCALAR = elementwise("mul_scalar", "MulBackward0", np.multiply, "g * c", vjp=_mul_scalar_vjp, reads=("const",))
+# x * c inside a node of torch's that keeps c as a number (add's and sub's alpha): saves nothing
+SCALE = row("scale", "MulBackward0", 1, np.multiply, "adj_mul_scalar", _mul_scalar_vjp, sign_through=True)
+DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c", reads=("const",))
 
 
 def _pow_scalar_vjp(g, i, o, r):
@@ -563,7 +578,7 @@ MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp)
 MEAN_DIM = row("mean_dim", "MeanBackward1", 1, None, "adj_sum", _sum_vjp)
 EXPAND = row("expand", "ExpandBackward0", 1, None, "adj_expand", lambda g, i, o, r: (_sum_to(g, i[0].shape),))
 MM = row("mm", "MmBackward0", 2, None, "adj_mm",
-         lambda g, i, o, r: (mm(g, i[1].t()), mm(i[0].t(), g)), reads=(0, 1))
+         lambda g, i, o, r: (mm(g, i[1].t()), mm(i[0].t(), g)), reads={0: (1,), 1: (0,)})
 VIEW = row("view", "ViewBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
 UNSQUEEZE = row("unsqueeze", "UnsqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
 SQUEEZE = row("squeeze", "SqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
@@ -601,7 +616,7 @@ def _scatter_vjp(g, i, o, r):
 # i0 instead: no map to build, and the adjoints copy a block. scatter_flat, their VJP, does the same.
 SELECT = row("select", "SelectBackward0", 2, None, "adj_getitem", _gather_vjp)
 SLICE = row("slice", "SliceBackward0", 2, None, "adj_getitem", _gather_vjp)
-INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp)
+INDEX = row("index", "IndexBackward0", 2, None, "adj_getitem", _gather_vjp, reads=(1,))  # (torch saves the indices)
 ALIAS = row("alias", "AliasBackward0", 2, None, "adj_getitem", _gather_vjp)
 UNSQUEEZE_KEY = row("index_unsqueeze", "UnsqueezeBackward0", 2, None, "adj_getitem", _gather_vjp)
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp)
@@ -627,7 +642,7 @@ def _setitem_vjp(g, i, o, r):
     return (_index_put(g, idx, zeros_like(v)), reshape(_gather_flat(g, idx, tuple(v.shape)), v.shape), None)
 
 
-SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp)
+SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp, reads=("const",))  # (its view function)
 CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),))
 CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,))
 # A custom autograd.Function (autograd/function.py): one row per differentiable output, a, b, c up
@@ -808,9 +823,9 @@ CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(
 SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1))
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1))
-WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp)
+WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp, reads=(2,))
 MASKED_FILL = row("masked_fill", "MaskedFillBackward0", 2, None, "adj_masked_fill",
-                  lambda g, i, o, r: (g * _const_like(~i[1]._value.astype(bool), g), None))
+                  lambda g, i, o, r: (g * _const_like(~i[1]._value.astype(bool), g), None), reads=(1,))
 PROD = row("prod", "ProdBackward0", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"))
 PROD_DIM = row("prod_dim", "ProdBackward1", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"))
 MAX = row("max", "MaxBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"))
@@ -827,7 +842,8 @@ LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softma
                   lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
                                                "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",))
 BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
-          lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)), reads=(0, 1))
+          lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)),
+          reads={0: (1,), 1: (0,)})
 UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
                   lambda g, i, o, r: (reshape(g, i[0].shape),))
 CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp)
@@ -835,22 +851,23 @@ STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp)
 # rows whose b slot is an int64 index map (output element -> flat input index), as getitem's
 REPEAT = row("repeat", "RepeatBackward0", 2, None, "adj_getitem", _gather_vjp)
 FLIP = row("flip", "FlipBackward0", 2, None, "adj_getitem", _gather_vjp)
-INDEX_SELECT = row("index_select", "IndexSelectBackward0", 2, None, "adj_getitem", _gather_vjp)
-GATHER = row("gather", "GatherBackward0", 2, None, "adj_getitem", _gather_vjp)
-MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp)
-MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp)
+INDEX_SELECT = row("index_select", "IndexSelectBackward0", 2, None, "adj_getitem", _gather_vjp, reads=(1,))
+GATHER = row("gather", "GatherBackward0", 2, None, "adj_getitem", _gather_vjp, reads=(0, 1))
+MAX_DIM = row("max_dim", "MaxBackward0", 2, None, "adj_getitem", _gather_vjp, reads=(1,))  # (the indices)
+MIN_DIM = row("min_dim", "MinBackward0", 2, None, "adj_getitem", _gather_vjp, reads=(1,))
 SPLIT = row("split", "SplitBackward0", 2, None, "adj_getitem", _gather_vjp)
 UNBIND = row("unbind", "UnbindBackward0", 2, None, "adj_getitem", _gather_vjp)
 # One call's outputs are one node in torch (the hooks of all of them run when it runs, None where no
 # gradient came): their rows are consecutive, each with its output index in i1 (engine_cpu.output_group).
 MULTI_OUTPUT = frozenset({SPLIT.code, UNBIND.code})
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
-                  lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None))
+                  lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None), reads={1: (2,)})
 COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
            lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)))
 ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
 FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
-INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem", _setitem_vjp)  # x[mask] = v
+INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem", _setitem_vjp,
+                reads=(2,))  # x[mask] = v
 
 
 def _nll_vjp(g, i, o, r):
@@ -867,7 +884,7 @@ def _nll_vjp(g, i, o, r):
 # nll_loss (and cross_entropy after log_softmax) as one row: b holds the flat position of each
 # sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
 # for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
-NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp)
+NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp, reads=(0, 1, 2))
 
 
 # Gradients that torch computes as ops of their own, which take a value of the forward (relu's
@@ -886,7 +903,9 @@ THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, 
                          _backward_op_vjp, reads=(1,))
 LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_backward_op",
                           _backward_op_vjp, reads=(1,))
-NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp)
+# (torch's node saves the target and weights, which this row holds in its gradient's scatter: 'const')
+NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp,
+                   reads=("const",))
 
 
 def _var_vjp(g, i, o, r):
@@ -966,10 +985,10 @@ def sub(x, y, alpha=1):
 
 
 def _scaled(op, op_scalar, reverse, grad_fn, x, y, alpha):
-    """x (op) alpha * y: recorded as a multiply and the op, shown as torch's one node."""
+    """x (op) alpha * y: recorded as a scaling and the op, shown as torch's one node."""
     if not isinstance(y, Tensor):
         return _binary(op, op_scalar, x, y * alpha, reverse)  # a Python scalar stays one
-    return shown_as(_binary(op, op_scalar, x, y * alpha, reverse), grad_fn, x, y)
+    return shown_as(_binary(op, op_scalar, x, _binary(MUL, SCALE, y, alpha), reverse), grad_fn, x, y)
 
 
 def mul(x, y):
@@ -1620,7 +1639,9 @@ def _scipy_special():
 
 def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
     """Record ``op`` over up to three operands: Tensors, or arrays stored as constant slots (masks,
-    index maps). Results that need no grad are leaves."""
+    index maps; an (array, tensor) pair for an array made from a tensor, a condition broadcast:
+    version-checked as that tensor, as torch checks the tensor it saved). Results that need no
+    grad are leaves."""
     if value.__class__ is not ndarray:
         value = np.asarray(value)
     elif not value.flags.c_contiguous:
@@ -1629,6 +1650,7 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
         return _leaf(value)
     tape = current_tape()
     slots = [-1 if v is None else tape.slot_of(v) if v.__class__ is Tensor else
+             tape.new_slot(_contiguous(v[0]), LEAF, counter(v[1])) if v.__class__ is tuple else
              tape.new_slot(_contiguous(v), LEAF, None) for v in (a, b, c)]
     return _result(value, tape, tape.push(op.code, slots[0], slots[1], slots[2], i0, i1, f0, value, None), None)
 
@@ -1778,7 +1800,8 @@ def where(condition, x=None, y=None):
     x, y = _same_dtype(x, y)
     shape = broadcast_shapes(broadcast_shapes(cv.shape, x._value.shape), y._value.shape)
     value = np.where(cv, x._value, y._value)
-    return _record(WHERE, value, x, y, np.broadcast_to(cv, shape))
+    c = np.broadcast_to(cv, shape)
+    return _record(WHERE, value, x, y, (c, condition) if isinstance(condition, Tensor) else c)
 
 
 def _where_operand(v, like):
@@ -2651,13 +2674,13 @@ def masked_fill(x, mask, value):
             raise RuntimeError(f"masked_fill_ only supports a 0-dimensional value tensor, but got tensor with "
                                f"{value._value.ndim} dimension(s).")
         if value._rg:  # a differentiable fill value: where() carries its gradient
-            return where(_leaf(np.broadcast_to(mv, shape)), to_dtype(value, x.dtype), x)
+            return where(mask if isinstance(mask, Tensor) else _leaf(mv), to_dtype(value, x.dtype), x)
         value = value._value.item()
     x = expand(x, shape)
     out = x._value.copy()
     full = np.broadcast_to(mv, shape)
     out[full] = value
-    return _record(MASKED_FILL, out, x, full, f0=float(value))
+    return _record(MASKED_FILL, out, x, (full, mask) if isinstance(mask, Tensor) else full, f0=float(value))
 
 
 def nll(logp2, target, weight=None, reduction="mean"):
@@ -2846,7 +2869,8 @@ def zero_(x):
 def fill_(x, value):
     _check_inplace(x)
     if isinstance(value, Tensor) and value._rg and _state.grad_enabled:
-        return _inplace(x, mul(x, 0) + value)  # the fill value's gradient is the sum of g
+        # x's gradient is zero, the fill value's the sum of g: neither row saves a value (torch's FillBackward)
+        return _inplace(x, _unary(FILL, x, np.zeros_like(x._value)) + value)
     v = value._value if isinstance(value, Tensor) else value
     if (x._rg or x._tape is not None) and _state.grad_enabled:
         return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)), overlap_ok=True)

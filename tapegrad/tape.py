@@ -207,33 +207,24 @@ class Tape:
         return int(hit[0]) if hit.size else -1
 
     # -- lifecycle -------------------------------------------------------------------------
-    def release(self, entries):
-        """Free the saved values of ``entries`` (after a backward without retain_graph)."""
-        ints = np.frombuffer(self.rows, np.int64, self.n * ROW_WIDTH).reshape(self.n, ROW_WIDTH)
-        slots = self.slot_table()  # fills the dtype column before the values go
-        outs = ints[entries, 4]
-        slots[outs, 1] |= FREED
-        self.drop_values(bool((slots[ints[:, 4], 1] & FREED).all()), outs)
-
-    def drop_values(self, every, outs):
-        """Close the tape and drop the values of slots ``outs``, already flagged FREED (with the dtype
-        column filled). ``every``: no entry is left unfreed, so drop them all."""
+    def free(self, level):
+        """Close the tape for good after a backward freed entries (their FREED flags set). ``level``
+        (interp.keep) told the engine what each slot keeps for the entries left unfreed, and the
+        engine has dropped the rest; None: no entry is left, so keep no value at all. The rows stay
+        (grad_fn names), so a tensor that outlives its graph pins nothing but what it still needs."""
         self.closed = True
-        if every:
-            # Keep only the rows (for grad_fn names) and drop the values, so a tensor that
-            # outlives its graph pins nothing but its own array.
-            self.freed = True
-            self.rows = bytes(memoryview(self.rows)[: self.n * ROW.size])
+        if self.cap > 2 * self.ns:  # nothing records here again: a tape more than half spare sheds it
+            self.rows = bytearray(memoryview(self.rows)[: self.n * ROW.size])  # (writable: one kernel signature)
             self.slots = bytearray(memoryview(self.slots)[: self.ns * SLOT.size])
+        self.leaf_slot = self.link_slot = self.leaves._ids = None  # (read by recording only)
+        if level is None:
+            self.freed = True
             self.values = [None] * self.ns
             self.vcs = None
-            self.leaf_slot = self.leaves = self.link_slot = None
             self.links = {}
             self.pyfuncs = {}
-        else:
-            values = self.values
-            for s in outs.tolist():
-                values[s] = None
+        elif self.links:  # an older tape stays alive only while an unfreed entry reads from it
+            self.links = {s: link for s, link in self.links.items() if level[s]}
 
 
 _pack_row = ROW.pack_into
@@ -268,7 +259,7 @@ class _Leaves:
 
     def __init__(self, leaf_slot):
         self._refs = {}
-        self._ids = leaf_slot
+        self._ids = leaf_slot  # (None once the tape is freed: it records nothing more)
         me = weakref.ref(self)  # the callback must not hold self: refs -> callback -> self would be a cycle
 
         def remove(wr):
@@ -276,7 +267,8 @@ class _Leaves:
             if leaves is not None:
                 if leaves._refs.get(wr.slot) is wr:
                     del leaves._refs[wr.slot]
-                leaves._ids.pop(wr.tid, None)
+                if leaves._ids is not None:
+                    leaves._ids.pop(wr.tid, None)
 
         self._remove = remove
 

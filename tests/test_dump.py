@@ -112,14 +112,27 @@ def test_flags_retained_hook_and_in_place_version():
 def test_freed_graph_says_so_instead_of_failing():
     x = tg.ones(2, 2, requires_grad=True)
     x.name = "x"
-    out = (x * x).sum()
-    out.backward()
+    out = (x * x).exp()  # every entry saves a value, so the backward frees them all
+    out.backward(tg.ones(2, 2))
     text = tg.dump(out)
     assert "freed by backward()" in text and "retain_graph=True" in text
     _, rows = only(text)
     assert all("freed" in r["flags"] for r in rows if r["entry"])
-    assert rows[-1]["shape"] == "()"  # the output's own value is still known
+    assert rows[-1]["shape"] == "(2, 2)"  # the output's own value is still known
     tg.to_dot(out)  # and the picture does not fail either
+
+
+def test_entries_that_saved_nothing_survive_their_backward_with_their_shapes():
+    x = tg.ones(2, 3, requires_grad=True)
+    out = (x * x).sum()  # mul saves x, sum only its input's shape (as torch's SumBackward0)
+    out.backward()
+    text = tg.dump(out)
+    assert "closed by a backward that freed some of its entries" in text
+    _, rows = only(text)
+    flags = {r["op"]: r["flags"].split() for r in rows if r["entry"]}
+    assert "freed" in flags["mul"] and "freed" not in flags["sum"]
+    assert [r["shape"] for r in rows] == ["(2, 3)", "(2, 3)", "()"]
+    assert "B of values held" in text.splitlines()[0]  # the product's value is gone, its shape kept
 
 
 def test_partly_freed_and_retained_graphs():

@@ -294,6 +294,48 @@ def test_saved_tensors_freed_after_backward():
         y.sum().backward()
 
 
+@pytest.mark.parametrize("lib", ["tapegrad", "torch"])
+def test_saved_tensors_are_released_by_the_backward_that_runs_the_call(lib):
+    lib = pytest.importorskip(lib)
+    ctxs = []
+
+    def function(reads_saved, saves=True):
+        class Twice(lib.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctxs.append(ctx)
+                if saves:
+                    ctx.save_for_backward(x)
+                return x * 2, x * 3
+
+            @staticmethod
+            def backward(ctx, g2, g3):
+                if reads_saved:
+                    ctx.saved_tensors
+                return (0 if g2 is None else g2 * 2) + (0 if g3 is None else g3 * 3)
+        return Twice
+
+    x = lib.tensor([1.0, 2.0], dtype=lib.float64, requires_grad=True)
+    a, b = function(reads_saved=False).apply(x)
+    a.sum().backward()
+    a.sum().backward()  # saved, released, but never read: runs again
+    b.sum().backward()
+    assert x.grad.tolist() == [7.0, 7.0]
+    with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
+        ctxs[-1].saved_tensors
+    for saves in (True, False):  # reading saved_tensors after the release fails, whatever was saved
+        a, b = function(reads_saved=True, saves=saves).apply(x)
+        a.sum().backward(retain_graph=True)
+        assert len(ctxs[-1].saved_tensors) == int(saves)
+        a.sum().backward()
+        with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
+            b.sum().backward()  # the call's other output: the same released node
+    a, b = function(reads_saved=True).apply(x)
+    u = a * 1
+    lib.autograd.grad(u.sum(), u)  # stops before the call: it neither runs nor is released
+    assert len(ctxs[-1].saved_tensors) == 1
+
+
 def test_saved_tensor_modified_in_place():
     x = tg.tensor([1.0, 2.0], requires_grad=True)
     u = x * 1

@@ -214,6 +214,8 @@ KERNELS = ({names})
 
 # The kernel of each row of ops.TABLE, by opcode.
 OP_KERNEL = np.array({op_kernel}, np.int64)
+# What each row's input k saves for its gradient (ops' ``reads``), as context.SAVE_* bits, by opcode.
+SAVES = np.array({saves}, np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
 ASSIGNS = np.array({assigns})
 # Kernels elementwise over their operands, so a run of them may replay a block at a time.
@@ -303,6 +305,14 @@ def _formula_kernel(op):
                                  expr=formula.kernel_expr(op.formula))
 
 
+def _save_bits(reads):
+    """A row's per-input ``reads`` as a list of three context.SAVE_* masks."""
+    from tapegrad.engine.cpu import context
+    bits = {0: context.SAVE_A, 1: context.SAVE_B, 2: context.SAVE_C, "out": context.SAVE_OUT,
+            "const": context.SAVE_CONST}
+    return [sum({bits[r] for r in per_input}) for per_input in reads]
+
+
 def dispatch_text():
     from tapegrad import ops
     from tapegrad.engine.cpu import adjoints
@@ -331,6 +341,7 @@ def dispatch_text():
         names=_wrap([f'"{n}"' for n in names], " " * len("KERNELS = (")),
         constants="\n".join(f"{c} = {i}" for i, c in enumerate(const)),
         op_kernel="[" + _wrap([str(names.index(r.kernel)) for r in ops.TABLE], " " * len("OP_KERNEL = np.array([")) + "]",
+        saves="[" + _wrap([str(_save_bits(r.reads)) for r in ops.TABLE], " " * len("SAVES = np.array([")) + "]",
         assigns="[" + _wrap([str(declared[n][0]) for n in names], " " * len("ASSIGNS = np.array([")) + "]",
         blockable="[" + _wrap([str(declared[n][1]) for n in names], " " * len("BLOCKABLE = np.array([")) + "]",
         branches="\n".join(branches)))

@@ -47,6 +47,9 @@ def _seeds(outputs, grad_outputs, create_graph):
             if g._value.shape != y._value.shape:
                 raise RuntimeError(f"Mismatch in shape: grad_output[{i}] has a shape of {Size(g._value.shape)!r} "
                                    f"and output[{i}] has a shape of {Size(y._value.shape)!r}.")
+            if g._value.dtype != y._value.dtype:  # torch casts it to the output's dtype (a float32 output rounds it)
+                from .. import ops
+                g = ops.to_dtype(g, y.dtype)
             g = g if create_graph else g._value
         if y._tape is None:
             leaf_seeds.append((y, g))

@@ -16,6 +16,8 @@ so a backward written in tapegrad ops is recorded and can be differentiated agai
 
 Saved tensors that live on a tape are kept as slots, not Tensors, so that the tape -> call ->
 ctx -> tensor -> tape chain is no reference cycle: reference counting alone frees the graph.
+As torch's, a backward without retain_graph that runs the call releases what it saved: reading
+``ctx.saved_tensors`` afterwards fails, while a backward that does not read them runs again.
 """
 import functools
 import inspect
@@ -26,7 +28,7 @@ import numpy as np
 
 from .. import ops
 from ..grad_mode import no_grad
-from ..tape import FREED, _contiguous, _state, counter, current_tape
+from ..tape import _contiguous, _state, counter, current_tape
 from ..tensor import Tensor
 
 _NAMES = []  # backward node names ("MyOpBackward"); a row's i0 indexes this list
@@ -57,7 +59,8 @@ class FunctionCtx:
         self.materialize_grads = True
         self._dirty = ()
         self._non_differentiable = ()
-        self._saved = None  # after apply: per saved tensor, ("slot", s, vc, version, guard), _SavedLeaf or None
+        self._saved = None  # after apply: per saved tensor, ("slot", s, vc, version), _SavedLeaf or None
+        self._released = False  # a backward without retain_graph ran the call
         self._tape = None  # weak reference to the tape that holds the call
 
     def save_for_backward(self, *tensors):
@@ -83,6 +86,9 @@ class FunctionCtx:
 
     @property
     def saved_tensors(self):
+        if self._released:
+            from ..engine_cpu import FREED_MSG
+            raise RuntimeError(FREED_MSG)
         if self._saved is None:
             return tuple(self.to_save)
         tape = self._tape() if self._tape is not None else None
@@ -99,12 +105,21 @@ class FunctionCtx:
 
     saved_variables = saved_tensors
 
+    def _release(self):
+        """What the engine calls once a backward without retain_graph has run the call."""
+        self._released = True
+        self._saved = ()
+
+    def _saved_slots(self):
+        """The tape slots of the saved tensors, kept whole while the call may still run."""
+        return [item[1] for item in self._saved or () if isinstance(item, tuple)]
+
 
 def _resolve(tape, item):
     """The Tensor standing for a saved slot, attached to the graph (differentiable again)."""
     from ..engine_cpu import FREED_MSG, slot_tensor
-    _, s, vc, version, guard = item
-    if tape is None or tape.freed or tape.values[s] is None or tape.slot_flags(guard) & FREED:
+    _, s, vc, version = item
+    if tape is None:  # the graph itself is gone
         raise RuntimeError(FREED_MSG)
     _check_version(vc, version, tape.values[s])
     return slot_tensor(tape, s)
@@ -394,14 +409,13 @@ def _saved_item(tape, t, outs, wrapped, out_slots):
     """How a saved tensor is kept: as a slot when it lives on a tape (no reference cycle), else itself."""
     if t is None:
         return None
-    guard = next(s for s in out_slots if s >= 0)  # freed with the call's rows
     for o, w, s in zip(outs, wrapped, out_slots):
         if o is t and s >= 0:
             vc = counter(w)
-            return ("slot", s, vc, vc[0], guard)
+            return ("slot", s, vc, vc[0])
     if t._rg:  # a result, or a leaf that may get a .grad with a graph: kept as a slot, no cycle
         vc = counter(t)
-        return ("slot", tape.slot_of(t), vc, vc[0], guard)
+        return ("slot", tape.slot_of(t), vc, vc[0])
     return _SavedLeaf(t)
 
 

@@ -32,6 +32,14 @@ def _load_i32(typingctx, addr):
 
 
 @intrinsic
+def _store_i64(typingctx, addr, value):
+    def codegen(context, builder, sig, args):
+        builder.store(args[1], builder.inttoptr(args[0], ir.IntType(64).as_pointer()))
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64), codegen
+
+
+@intrinsic
 def _voidptr(typingctx, addr):
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
@@ -64,6 +72,11 @@ def shape_of(obj, hoff):
     for k in range(nd):
         out[k] = dim_of(obj, hoff, k)
     return out
+
+
+# CPython's reference counting, for editing a freed tape's values list (interp.keep)
+_incref = types.ExternalFunction("Py_IncRef", types.void(types.int64))
+_decref = types.ExternalFunction("Py_DecRef", types.void(types.int64))
 
 
 @njit(cache=True)

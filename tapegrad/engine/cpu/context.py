@@ -11,9 +11,17 @@ from ...jit.ffi import _load_i32, _load_i64, _voidptr, shape_of, size_of
 
 
 RG = 1  # tape.REQUIRES_GRAD
+LEAF = 2  # tape.LEAF
 
 
 FREED = 8  # tape.FREED
+# plan's ``need``, per slot: its gradient is wanted and its producing entry runs (RUN), or it is a
+# requested input of autograd.grad that nothing past it leads to: delivered, its entry not run (STOP)
+RUN, STOP = 1, 2
+# SAVES[op, k] (_generated.py, from ops' ``reads``): the values that input k's gradient reads as
+# torch saves them, bits of the row's a, b, c, its output, and CONST, a tensor torch saves that the
+# row keeps itself (a Python scalar, an index)
+SAVE_A, SAVE_B, SAVE_C, SAVE_OUT, SAVE_CONST = 1, 2, 4, 8, 16
 
 
 F32, F64, I64, I32, BOOL = 0, 1, 2, 3, 4
@@ -61,9 +69,9 @@ def pointers(R, S, hoff, export, need, goff, garena):
     it has none), dtype, array object address and flags. Slots of rows not replayed (other
     computations left on a retained tape) are skipped."""
     n = S.shape[0]
-    touch = need.copy()
+    touch = need != 0
     for e in range(R.shape[0]):
-        if need[R[e, 4]]:
+        if need[R[e, 4]] == RUN:
             for k in range(1, 4):
                 if R[e, k] >= 0:
                     touch[R[e, k]] = True
@@ -78,7 +86,9 @@ def pointers(R, S, hoff, export, need, goff, garena):
         P[s, SIZE] = size_of(obj, hoff)
         P[s, DT] = S[s, 3]
         P[s, OBJ] = obj
-        P[s, FLAGS] = S[s, 1]
+        # (an input whose gradient nothing wants, past autograd.grad's inputs, reads as not
+        # requiring grad: the adjoints skip it, as torch's nodes skip outputs not needed)
+        P[s, FLAGS] = S[s, 1] if need[s] else S[s, 1] & ~RG
         if export[s] != 0:
             P[s, GPTR] = _load_i64(export[s] + hoff)
         elif goff[s] >= 0:

@@ -4,29 +4,195 @@ block at a time. The driver (engine_cpu.py) reaches the engine through this modu
 import numpy as np
 
 from ...jit import njit
-from ...jit.ffi import size_of
-from ._generated import ASSIGNS, BLOCKABLE, K_SUM, OP_KERNEL, dispatch  # noqa: F401  (OP_KERNEL: the driver's)
-from .context import (ERR_FREED, ERR_NAN, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, OK, RG, SCRATCH, SIZE, claim,  # noqa: F401
-                      fill_slots, grad, pointers)
+from ...jit.ffi import _decref, _incref, _load_i32, _load_i64, _store_i64, dim_of, ndim_of, size_of
+from ._generated import ASSIGNS, BLOCKABLE, K_SUM, OP_KERNEL, SAVES, dispatch  # noqa: F401  (OP_KERNEL, SAVES: the driver's)
+from .context import (ERR_FREED, ERR_NAN, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, LEAF, OK, RG, RUN, SAVE_OUT,  # noqa: F401
+                      SCRATCH, SIZE, STOP, claim, fill_slots, grad, pointers)
 
 
 @njit(cache=True)
-def plan(R, S, roots, lo):
-    """Mark the slots whose gradient reaches a root; fail on an entry already freed."""
-    need = np.zeros(S.shape[0], np.bool_)
+def plan(R, S, roots, on):
+    """Mark the slots whose gradient reaches a root (RUN); fail on an entry already freed. With
+    ``on`` (WANTED and LEADS marks, completed here by ``leads``; empty: every input is wanted) the
+    walk stops at the requested inputs, as torch's engine runs only the nodes on a path to one:
+    an input that leads to no other is STOP (its gradient delivered, its entry neither run nor
+    freed)."""
+    need = np.zeros(S.shape[0], np.int8)
     for r in roots:
-        need[r] = True
-    for e in range(R.shape[0] - 1, lo - 1, -1):
+        need[r] = RUN
+    limit = on.shape[0] > 0
+    if limit:
+        leads(R, S, on)
+    for e in range(R.shape[0] - 1, -1, -1):
         o = R[e, 4]
         if not need[o]:
+            continue
+        if limit and not on[o] & LEADS:
+            need[o] = STOP
             continue
         if S[o, 1] & FREED:
             return ERR_FREED, e, need
         for k in range(1, 4):
             s = R[e, k]
-            if s >= 0 and (S[s, 1] & RG):
-                need[s] = True
+            if s >= 0 and (S[s, 1] & RG) and (not limit or on[s]):
+                need[s] = RUN
     return OK, -1, need
+
+
+# ``on``, per slot: a requested input sits here (WANTED), or the entry that made it reads one (LEADS)
+WANTED, LEADS = 1, 2
+
+
+@njit(cache=True)
+def leads(R, S, on):
+    """Complete ``on`` (WANTED marked, links as their older tape's slots say) with LEADS, in
+    recording order: an entry's output leads to a requested input when an input of it that
+    requires grad is one or leads to one."""
+    for e in range(R.shape[0]):
+        o = R[e, 4]
+        for k in range(1, 4):
+            s = R[e, k]
+            if s >= 0 and (S[s, 1] & RG) and on[s]:
+                on[o] |= LEADS
+                break
+
+
+# -- what a backward frees -----------------------------------------------------------------------
+# An entry that ran saved something exactly when an input of it that requires grad has SAVES bits
+# (context.py): torch releases that, so the entry is FREED and a second pass through it fails; one
+# that saved nothing replays again (x + 1, sum, views), as torch's nodes do.
+@njit(cache=True, inline="always")
+def saved(e, R, S, saves):
+    """The SAVES bits of entry e: those of its inputs that require grad."""
+    m = 0
+    for k in range(3):
+        s = R[e, 1 + k]
+        if s >= 0 and S[s, 1] & RG:
+            m |= saves[R[e, 0], k]
+    return m
+
+
+@njit(cache=True)
+def free_entries(R, S, need, saves):
+    """Mark FREED the entries that ran (RUN) and saved a value; return how many entries are
+    left unfreed (0: the tape can drop every value)."""
+    left = 0
+    for e in range(R.shape[0]):
+        o = R[e, 4]
+        if need[o] == RUN and saved(e, R, S, saves):
+            S[o, 1] |= FREED
+        elif not S[o, 1] & FREED:
+            left += 1
+    return left
+
+
+_ITEMSIZE = np.array([4, 8, 8, 4, 1], np.int64)  # by dtype code
+KEEP_SHAPE, KEEP_VALUE = 1, 2
+
+
+@njit(cache=True)
+def keep_levels(R, S, saves, hoff, small):
+    """What each slot must keep once entries are freed, for the entries left unfreed: KEEP_VALUE
+    (a value one of them saved; a constant such as an index map they read; a leaf that requires
+    grad, which its tensor holds anyway and backward sizes its gradient by; or any of their slots
+    of at most ``small`` bytes, dearer to replace than to keep), KEEP_SHAPE (the shape and dtype
+    their adjoints read), else nothing."""
+    level = np.zeros(S.shape[0], np.int8)
+    for e in range(R.shape[0]):
+        o = R[e, 4]
+        if S[o, 1] & FREED:
+            continue
+        m = saved(e, R, S, saves)
+        for k in range(3):
+            s = R[e, 1 + k]
+            if s >= 0:
+                if m & (1 << k) or not S[s, 1] & RG:
+                    level[s] = KEEP_VALUE
+                elif not level[s]:
+                    level[s] = KEEP_SHAPE
+        if m & SAVE_OUT:
+            level[o] = KEEP_VALUE
+        elif not level[o]:
+            level[o] = KEEP_SHAPE
+    for s in range(S.shape[0]):
+        if S[s, 1] & (LEAF | RG) == LEAF | RG:
+            level[s] = KEEP_VALUE
+        elif level[s] == KEEP_SHAPE and S[s, 3] >= 0:  # (a dtype with no code here keeps a stub)
+            if size_of(S[s, 0], hoff) * _ITEMSIZE[S[s, 3]] <= small:
+                level[s] = KEEP_VALUE
+    return level
+
+
+@njit(cache=True, inline="always")
+def _type_num(obj, hoff, tn_off):
+    return _load_i32(_load_i64(obj + hoff + 40) + tn_off)  # descr->type_num (as fill_slots reads it)
+
+
+@njit(cache=True)
+def _stub_hash(obj, hoff, tn_off, mask):
+    h = ndim_of(obj, hoff) * 31 + _type_num(obj, hoff, tn_off)
+    for k in range(ndim_of(obj, hoff)):
+        h = h * 1000003 + dim_of(obj, hoff, k)
+    return h & mask
+
+
+@njit(cache=True)
+def _same_layout(a, b, hoff, tn_off):
+    """Whether arrays a and b (addresses) have one shape and dtype."""
+    n = ndim_of(a, hoff)
+    if n != ndim_of(b, hoff) or _type_num(a, hoff, tn_off) != _type_num(b, hoff, tn_off):
+        return False
+    for k in range(n):
+        if dim_of(a, hoff, k) != dim_of(b, hoff, k):
+            return False
+    return True
+
+
+@njit(cache=True)
+def find_stub(stubs, obj, hoff, tn_off):
+    """The stub in table ``stubs`` (addresses by shape and dtype, open addressing; 0: empty) with
+    obj's shape and dtype, or the free position for one as -1 - position."""
+    mask = stubs.shape[0] - 1
+    i = _stub_hash(obj, hoff, tn_off, mask)
+    while stubs[i] != 0:
+        if _same_layout(stubs[i], obj, hoff, tn_off):
+            return stubs[i]
+        i = (i + 1) & mask
+    return -1 - i
+
+
+@njit(cache=True)
+def keep(R, S, saves, pinned, values, items_off, none, hoff, tn_off, small, stubs):
+    """Once entries are freed: what each slot keeps (``keep_levels``; ``pinned`` slots whole), and
+    the tape's ``values`` list (its address) edited to match in one pass (a Python step a slot
+    cost 20 ns each, a tenth of a fresh W1 backward): ``values[s] = None`` where nothing is kept,
+    a stub of the same shape and dtype from ``stubs`` where the shape is (``S[s, 0]`` follows),
+    the references counted as Python counts them. Returns the levels and the slots that need a
+    stub the table lacks."""
+    level = keep_levels(R, S, saves, hoff, small)
+    for s in pinned:
+        level[s] = KEEP_VALUE
+    items = _load_i64(values + items_off)
+    missing = np.empty(S.shape[0], np.int64)
+    n = 0
+    for s in range(S.shape[0]):
+        if level[s] == KEEP_VALUE:
+            continue
+        p = items + 8 * s
+        old = _load_i64(p)
+        new = none
+        if level[s] == KEEP_SHAPE and old != none:
+            new = find_stub(stubs, old, hoff, tn_off)
+            if new < 0:
+                missing[n] = s
+                n += 1
+                continue
+            S[s, 0] = new
+        if old != new:
+            _store_i64(p, new)
+            _incref(new)
+            _decref(old)
+    return level, missing[:n]
 
 
 @njit(cache=True)
@@ -61,7 +227,7 @@ def replay(R, RF, S, hoff, export, need, goff, garena, lo, hi, tcode, witness, o
     P = C[0]
     before = np.zeros(3, np.bool_)
     for e in range(hi - 1, lo - 1, -1):
-        if need[R[e, 4]]:
+        if need[R[e, 4]] == RUN:
             if check_nan:
                 for k in range(3):
                     s = R[e, 1 + k]
@@ -93,7 +259,7 @@ def arena_packed(R, S, hoff, need, export, witness):
     total = 0
     for e in range(R.shape[0] - 1, -1, -1):
         o = R[e, 4]
-        if not need[o]:
+        if need[o] != RUN:
             continue
         for k in range(1, 4):
             s = R[e, k]
@@ -205,12 +371,12 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
     e = R.shape[0] - 1
     while e >= 0:
         o = R[e, 4]
-        if need[o]:
+        if need[o] == RUN:
             if top < 0:  # does a run of two rows or more start here?
                 n = run_size(e, R, P, op_kernel)
                 f = e - 1
-                while n and f >= 0 and (not need[R[f, 4]] or run_size(f, R, P, op_kernel) == n):
-                    if need[R[f, 4]]:
+                while n and f >= 0 and (need[R[f, 4]] != RUN or run_size(f, R, P, op_kernel) == n):
+                    if need[R[f, 4]] == RUN:
                         end = f
                         top = e
                     f -= 1
@@ -249,22 +415,16 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
 
 
 @njit(cache=True)
-def backward(R, RF, S, hoff, export, roots, tcode, witness, op_kernel, release):
-    """The whole backward of one tape in one call: plan, arena, replay. With ``release``, mark
-    the replayed entries' outputs FREED afterwards (``Tape.release`` does it otherwise); the last
-    value returned counts the entries still unfreed (0: the tape can drop every value)."""
-    status, where, need = plan(R, S, roots, 0)
+def backward(R, RF, S, hoff, export, roots, on, tcode, witness, op_kernel, saves, release):
+    """The whole backward of one tape in one call: plan (``on`` as there), arena, replay. With
+    ``release``, free the entries that ran (``free_entries``; the driver does it otherwise); the
+    last value returned counts the entries left unfreed (-1: not released)."""
+    status, where, need = plan(R, S, roots, on)
     if status != OK:
         return status, where, need, -1
     goff, garena = arena_packed(R, S, hoff, need, export, witness)
     status, where = replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel)
     left = -1
     if release and status == OK:
-        left = 0
-        for e in range(R.shape[0]):
-            o = R[e, 4]
-            if need[o]:
-                S[o, 1] |= FREED
-            elif not S[o, 1] & FREED:
-                left += 1
+        left = free_entries(R, S, need, saves)
     return status, where, need, left
