@@ -29,6 +29,8 @@ from .ops import FUNCTIONS as _FUNCTIONS
 globals().update(_FUNCTIONS)  # the functions that rows declare themselves (atan2, hypot...)
 from .dump import dump, to_dot  # noqa: F401  (tapegrad.dump the module stays importable by its full name)
 from . import nn, optim  # noqa: F401,E402
+from . import compiler  # noqa: F401,E402
+from .compiler import compile  # noqa: F401,E402,A004
 from .tensor import Device as device  # noqa: F401
 from .tensor import Size, Tensor  # noqa: F401
 

@@ -7,11 +7,12 @@ a call fewer per op is 150 ns of W1's 1.4 us."""
 import numpy as np
 
 from .operands import F64, F64_OPERANDS, OPERANDS, operand
-from .tape import _hot, _pack_row, recording_tape
+from .tape import _hot, _pack_row, note_op, recording_tape
 from .tensor import Tensor, _new
 
 ndarray = np.ndarray
 UNARY = object()  # a recorder's second argument when it is called as a unary function
+PROGRAMS = 0  # threads recording a compiled program (tg.compile): untracked results are noted then
 
 
 def record_unary(op, x, value, i0=0, i1=0, f0=0.0):
@@ -48,6 +49,8 @@ def record_unary(op, x, value, i0=0, i1=0, f0=0.0):
     t._tape = None
     t._slot = -1
     t._rg = False
+    if PROGRAMS:
+        note_op(op.code, x, None, t, i0, i1, f0)
     return t
 
 
@@ -86,6 +89,8 @@ def record_binary(op, x, y, value):
     t._tape = None
     t._slot = -1
     t._rg = False
+    if PROGRAMS:
+        note_op(op.code, x, y, t, 0, 0, 0.0)
     return t
 
 
@@ -141,6 +146,8 @@ def recorder(op, generic, binary=True):
         t._tape = None
         t._slot = -1
         t._rg = False
+        if PROGRAMS:
+            note_op(code, x, None, t, 0, 0, f0)
         return t
 
     f.__name__ = generic.__name__

@@ -1,9 +1,9 @@
 """Tensor factories: tensor, zeros, ones, arange, randn... with torch's dtype rules."""
 import numpy as np
 
-from . import dtypes
+from . import _record as _records, dtypes
 from .ops import _leaf, getitem
-from .tape import _contiguous
+from .tape import _contiguous, recording_program
 from .tensor import Device, Size, Tensor
 
 
@@ -12,13 +12,18 @@ def _check_device(device):
         raise RuntimeError(f"device {device} is not available: this build of tapegrad runs on the CPU")
 
 
-def _finish(value, requires_grad, device=None):
+def _finish(value, requires_grad, device=None, draw=None):
+    """``draw``: for a random tensor, how to draw another like it (a compiled program draws afresh)."""
     _check_device(device)
     t = _leaf(value)
     if requires_grad:
         if value.dtype.kind != "f":
             raise RuntimeError("Only Tensors of floating point and complex dtype can require gradients")
         t._rg = True
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            p.note_created(t, draw)
     return t
 
 
@@ -145,26 +150,34 @@ def manual_seed(seed):
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _finish(_rng[0].random(_size(size)).astype(_float_dtype(dtype)), requires_grad, device)
+    shape, dt = _size(size), _float_dtype(dtype)
+    return _finish(_rng[0].random(shape).astype(dt), requires_grad, device, lambda: _rng[0].random(shape).astype(dt))
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _finish(_rng[0].standard_normal(_size(size)).astype(_float_dtype(dtype)), requires_grad, device)
+    shape, dt = _size(size), _float_dtype(dtype)
+    return _finish(_rng[0].standard_normal(shape).astype(dt), requires_grad, device,
+                   lambda: _rng[0].standard_normal(shape).astype(dt))
 
 
 def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=False):
     if size is None:
         low, high, size = 0, low, high
     dt = dtypes.as_dtype(dtype).np if dtype is not None else np.int64
-    return _finish(_rng[0].integers(low, high, size=_size((size,))).astype(dt), requires_grad, device)
+    shape = _size((size,))
+    return _finish(_rng[0].integers(low, high, size=shape).astype(dt), requires_grad, device,
+                   lambda: _rng[0].integers(low, high, size=shape).astype(dt))
 
 
 def rand_like(t, dtype=None, device=None, requires_grad=False):
-    return _finish(_rng[0].random(t._value.shape).astype(_like_dtype(t, dtype)), requires_grad, device)
+    shape, dt = t._value.shape, _like_dtype(t, dtype)
+    return _finish(_rng[0].random(shape).astype(dt), requires_grad, device, lambda: _rng[0].random(shape).astype(dt))
 
 
 def randn_like(t, dtype=None, device=None, requires_grad=False):
-    return _finish(_rng[0].standard_normal(t._value.shape).astype(_like_dtype(t, dtype)), requires_grad, device)
+    shape, dt = t._value.shape, _like_dtype(t, dtype)
+    return _finish(_rng[0].standard_normal(shape).astype(dt), requires_grad, device,
+                   lambda: _rng[0].standard_normal(shape).astype(dt))
 
 
 # -- torch's legacy constructors: Tensor(...), FloatTensor(...) -----------------------------------

@@ -361,7 +361,8 @@ def dump(t=None, file=None):
     """List the tape entries ``t`` depends on (every live entry of this thread's tape when ``t`` is
     None): one line per slot with its entry, op, inputs, shape, dtype, version and flags. Returns
     the text; also writes it to ``file`` (a stream or a path) when given."""
-    text = format_view(_view_of(t))
+    # a compiled function (tg.compile) lists its programs
+    text = DumpText(t._dump_text()) if hasattr(t, "_dump_text") else format_view(_view_of(t))
     if file is not None:
         if isinstance(file, (str, os.PathLike)):
             with open(file, "w", encoding="utf-8") as f:

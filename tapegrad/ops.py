@@ -25,10 +25,10 @@ import warnings
 
 import numpy as np
 
-from . import dtypes, formula
+from . import _record as _records, dtypes, formula
 from ._record import record_binary as _binary_rec, record_unary as _unary, recorder as _recorder
 from .operands import operand as _operand
-from .tape import LEAF, _contiguous, _state, counter, current_tape
+from .tape import LEAF, _contiguous, _state, counter, current_tape, note_op, recording_program
 from .tensor import Tensor, _dim, _new
 from .tensor import leaf as _leaf
 
@@ -150,6 +150,8 @@ def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
     else:
         t = _leaf(value)
         t._vc = vc
+        if _records.PROGRAMS:
+            note_op(op.code, x, b, t, i0, i1, f0)
     t._extra().base = x
     return t
 
@@ -1347,7 +1349,10 @@ def to_dtype(x, dt):
     value = x._value.astype(dt.np)
     if x._rg and dt.is_floating_point:
         return _unary(CAST, x, value)
-    return _leaf(value)
+    t = _leaf(value)
+    if _records.PROGRAMS:
+        note_op(CAST.code, x, None, t, 0, 0, 0.0)
+    return t
 
 
 def clone(x):
@@ -1647,7 +1652,10 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
     if not (_state.grad_enabled and (_tracked(a) or _tracked(b) or _tracked(c))):
-        return _leaf(value)
+        t = _leaf(value)
+        if _records.PROGRAMS:
+            _note_record(op, a, b, c, t, i0, i1, f0)
+        return t
     tape = current_tape()
     slots = [-1 if v is None else tape.slot_of(v) if v.__class__ is Tensor else
              tape.new_slot(_contiguous(v[0]), LEAF, counter(v[1])) if v.__class__ is tuple else
@@ -1657,6 +1665,23 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
 
 def _tracked(v):
     return v.__class__ is Tensor and v._rg
+
+
+def _note_record(op, a, b, c, t, i0, i1, f0):
+    p = recording_program()
+    if p is not None:
+        if c is not None:
+            p.fail(f"row {op.name!r} with three operands does not replay untracked yet")
+        p.note(op.code, a, b, t, i0, i1, f0)
+
+
+def _noted_python(fn, operands, t):
+    """t = fn(*operands) by NumPy, with no row (a comparison): a compiled program replays the call."""
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            p.note_python(fn, operands, t)
+    return t
 
 
 def fresh_grad(g):
@@ -1828,7 +1853,7 @@ def _compare(fn):
         yv = y._value if isinstance(y, Tensor) else np.asarray(y)
         xv = x._value if isinstance(x, Tensor) else np.asarray(x)
         broadcast_shapes(xv.shape, yv.shape)
-        return _leaf(np.asarray(fn(xv, yv)))
+        return _noted_python(fn, (x, y), _leaf(np.asarray(fn(xv, yv))))
     f.__name__ = fn.__name__
     return f
 
@@ -2757,6 +2782,10 @@ def _inplace(x, result, where=True, overlap_ok=False):
     elements written (masked_fill_); ``overlap_ok``: fill_, zero_ and masked_fill_, which torch lets
     write into an expanded tensor."""
     _check_inplace(x)
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            p.note_write(x, result)
     xv = x._value
     if result._value.shape != xv.shape:
         raise RuntimeError(f"output with shape {list(xv.shape)} doesn't match the broadcast shape "

@@ -457,3 +457,17 @@ def current_tape():
 def recording_tape():
     """The tape to record on, or None under no_grad (the recorders inline the common case)."""
     return current_tape() if _state._grad else None
+
+
+# -- the program a compiled function records (tg.compile, compiler/program.py) -------------------
+# ``_hot.prog`` is this thread's Recording while a compiled function's first call runs; the
+# recorders' untracked branch reaches note_op only while some thread records (_record.PROGRAMS).
+def recording_program():
+    return getattr(_hot, "prog", None)
+
+
+def note_op(code, x, y, t, i0, i1, f0):
+    """A result that needs no grad (or made under no_grad): the program records it too."""
+    p = getattr(_hot, "prog", None)
+    if p is not None:
+        p.note(code, x, y, t, i0, i1, f0)

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dtypes
 from .printing import format_tensor
-from .tape import FREED, REQUIRES_GRAD, _state, counter
+from .tape import FREED, REQUIRES_GRAD, _state, counter, recording_program
 
 
 
@@ -188,6 +188,7 @@ class Tensor:
     def numpy(self, force=False):
         if self._rg and not force and _state.grad_enabled:  # (with grad mode off, torch hands out the storage)
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        _read(self)
         return self._value
 
     def __array__(self, dtype=None, copy=None):
@@ -197,9 +198,11 @@ class Tensor:
     def item(self):
         if self._value.size != 1:
             raise RuntimeError(f"a Tensor with {self._value.size} elements cannot be converted to Scalar")
+        _read(self)
         return self._value.reshape(()).item()
 
     def tolist(self):
+        _read(self)
         return self._value.tolist()
 
     def __float__(self):
@@ -211,6 +214,7 @@ class Tensor:
     def __bool__(self):
         if self._value.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
+        _read(self)
         return bool(self._value.reshape(()))
 
     def __len__(self):
@@ -348,4 +352,11 @@ def _dim(d, ndim):
 
 
 _new = object.__new__
+
+
+def _read(t):
+    """Python reads t's values: a compiled program being recorded guards on them."""
+    p = recording_program()
+    if p is not None:
+        p.note_read(t, t._value)
 from weakref import ref as _weakref  # noqa: E402

@@ -17,7 +17,7 @@ FLOORS = [
     ["tapegrad._record", "tapegrad.ops", "tapegrad.creation"],
     ["tapegrad.engine", "tapegrad.engine_cpu"],
     ["tapegrad.autograd", "tapegrad.dump"],
-    ["tapegrad.nn", "tapegrad.optim"],
+    ["tapegrad.nn", "tapegrad.optim", "tapegrad.compiler"],  # (compiler: a compiled module is an nn.Module)
     ["tapegrad", "tapegrad.__main__", "tapegrad.demo"],
 ]
 

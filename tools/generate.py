@@ -360,11 +360,12 @@ a call fewer per op is 150 ns of W1's 1.4 us."""
 import numpy as np
 
 from .operands import F64, F64_OPERANDS, OPERANDS, operand
-from .tape import _hot, _pack_row, recording_tape
+from .tape import _hot, _pack_row, note_op, recording_tape
 from .tensor import Tensor, _new
 
 ndarray = np.ndarray
 UNARY = object()  # a recorder's second argument when it is called as a unary function
+PROGRAMS = 0  # threads recording a compiled program (tg.compile): untracked results are noted then
 '''
 
 WRAP = '''\
@@ -400,6 +401,8 @@ if {requires}:
 t._tape = None
 t._slot = -1
 t._rg = False
+if PROGRAMS:
+    note_op({code}, {noted}, t, {attrs})
 return t
 '''
 
@@ -440,11 +443,11 @@ def recorder(op, generic, binary=True):
 
 ONE = dict(requires="x._rg", on_tape="x._tape is tape",
            slots="        a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add a slot: before reading ns)",
-           operands="a, -1, -1")
+           operands="a, -1, -1", noted="x, None")
 TWO = dict(requires="x._rg or y._rg", on_tape="(x._tape is tape or y._tape is tape)",
            slots="        a = x._slot if x._tape is tape else tape.slot_of(x)  # (may add slots: before reading ns)\n"
                  "        b = y._slot if y._tape is tape else tape.slot_of(y)",
-           operands="a, b, -1")
+           operands="a, b, -1", noted="x, y")
 
 
 def _indent(text, n):

@@ -1,0 +1,392 @@
+"""tg.compile: record a function's tensor program once per guard signature and replay it.
+
+``compile(fn)`` returns a function (or, for an nn.Module, a module sharing its parameters)
+whose first call with a new signature runs ``fn`` eagerly and records a program (program.py);
+later calls whose guards hold replay that program. The guards, in the order they are checked:
+the key (each tensor argument's shape, dtype, device and requires_grad, which arguments share
+storage, every other argument by type and value, and grad mode), then per variant the Python
+values ``fn`` read from its closure cells and globals (by value), the tensors it read from its
+closure, globals and module (by identity: replacing one is a new signature), and inside the
+replay the values Python read out of tensors. Up to ``cache_size_limit`` variants per
+function; past that it runs eagerly with one warning, as torch's recompile limit does."""
+import threading
+import types
+import warnings
+import weakref
+
+from .. import _record
+from ..grad_mode import is_grad_enabled
+from ..tape import _hot
+from ..tensor import Tensor
+from .program import GuardFailed, Program, Recording, Unreplayable
+
+cache_size_limit = 8  # variants per compiled function (torch._dynamo.config.cache_size_limit)
+
+_ALL = weakref.WeakSet()  # every compiled function, for reset()
+_SCALARS = (int, float, bool, str, bytes, complex, type(None))
+
+
+class _Variant:
+    __slots__ = ("program", "why", "checks")
+
+    def __init__(self, program, why, checks):
+        self.program, self.why, self.checks = program, why, checks
+
+
+class CompiledFunction:
+    """What tg.compile returns for a function: call it as ``fn``."""
+
+    def __init__(self, fn, fullgraph=False):
+        self._fn = fn
+        self._fullgraph = fullgraph
+        self._variants = {}  # key -> [_Variant]
+        self._count = 0
+        self._warned = False
+        self._lock = threading.Lock()
+        self.trace_count = 0
+        self.replay_count = 0
+        self.eager_count = 0
+        self.__wrapped__ = fn
+        for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+            try:
+                setattr(self, attr, getattr(fn, attr))
+            except (AttributeError, TypeError):
+                pass
+        _ALL.add(self)
+
+    def __get__(self, obj, objtype=None):  # a compiled method binds like a function
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __call__(self, *args, **kwargs):
+        if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
+            return self._fn(*args, **kwargs)
+        tensors = []
+        key = (_key(args, tensors), _key(kwargs, tensors) if kwargs else None, is_grad_enabled())
+        key += (_aliases(tensors),)
+        for v in self._variants.get(key, ()):
+            if not _checks_hold(v.checks):
+                continue
+            if v.program is None:  # this signature cannot replay (stats says why)
+                self.eager_count += 1
+                return self._fn(*args, **kwargs)
+            try:
+                outs = v.program.replay(tensors)
+            except GuardFailed:  # a value Python read differs: try the next variant, or record one
+                continue
+            self.replay_count += 1
+            for i, c in enumerate(v.program.consts):
+                if c is not None:
+                    outs[i] = c
+            return v.program.structure(outs)
+        if self._count >= cache_size_limit:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"tg.compile: {getattr(self._fn, '__qualname__', self._fn)} has recorded "
+                              f"{cache_size_limit} variants (cache_size_limit); it runs eagerly from now on",
+                              UserWarning, stacklevel=2)
+            self.eager_count += 1
+            return self._fn(*args, **kwargs)
+        return self._record(key, args, kwargs, tensors)
+
+    def _record(self, key, args, kwargs, tensors):
+        checks, sources = _sources(self._fn)
+        rec = Recording(tensors, sources, self._fullgraph)
+        _hot.prog = rec
+        _record.PROGRAMS += 1
+        try:
+            result = self._fn(*args, **kwargs)
+        finally:
+            _record.PROGRAMS -= 1
+            _hot.prog = None
+        self._count += 1
+        self.trace_count += 1
+        outputs, structure = _flatten(result)
+        program, why = None, None
+        try:
+            program = rec.finish(outputs)
+            why = rec.bad
+        except Unreplayable as e:
+            why = str(e)
+        if program is not None:
+            program.structure = structure
+            program.consts = [None if isinstance(t, Tensor) else t for t in outputs]
+        self._variants.setdefault(key, []).append(_Variant(program, why, checks))
+        return result
+
+    # -- introspection -----------------------------------------------------------------------
+    def _dump_text(self):
+        lines = [f"compiled {getattr(self._fn, '__qualname__', self._fn)}: {self.trace_count} recorded, "
+                 f"{self.replay_count} replayed"]
+        k = 0
+        for key, variants in self._variants.items():
+            for v in variants:
+                lines.append(f"program {k}: guards: {_describe_key(key)}")
+                for kind, what, expect in v.checks:
+                    lines.append(f"  guard {kind} {what} == {expect!r}")
+                if v.program is None:
+                    lines.append(f"  runs eagerly: {v.why}")
+                else:
+                    lines.extend("  " + line for line in v.program.listing())
+                k += 1
+        return "\n".join(lines) + "\n"
+
+    def _reset(self):
+        self._variants.clear()
+        self._count = 0
+        self._warned = False
+        self.trace_count = self.replay_count = self.eager_count = 0
+
+
+
+
+# -- keys and guards -----------------------------------------------------------------------------
+def _key(v, tensors):
+    """A hashable description of an argument; its tensors are appended to ``tensors``."""
+    if isinstance(v, Tensor):
+        tensors.append(v)
+        return ("T", v._value.shape, v._value.dtype.str, v._rg)
+    c = v.__class__
+    if c in _SCALARS:
+        return (c, v) if c is not float or v == v else (c, "nan")
+    if c is tuple or c is list:
+        return (c, tuple(_key(x, tensors) for x in v))
+    if c is dict:
+        return (c, tuple((k, _key(x, tensors)) for k, x in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return ("id", id(v))
+    if isinstance(v, (types.FunctionType, type, types.ModuleType)):
+        return ("id", id(v))
+    return ("obj", c, id(v))
+
+
+def _aliases(tensors):
+    """Which tensor arguments are one tensor, or share storage (the first index of each root)."""
+    if len(tensors) < 2:
+        return None
+    roots = {}
+    out = []
+    for i, t in enumerate(tensors):
+        v = t._value
+        while v.base is not None and hasattr(v.base, "__array_interface__"):
+            v = v.base
+        out.append(roots.setdefault(id(v), i))
+    return tuple(out)
+
+
+def _describe_key(key):
+    args, kwargs, grad, aliases = key
+    parts = []
+
+    def walk(k):
+        if k[0] == "T":
+            return f"Tensor(shape={list(k[1])}, dtype={k[2]}, requires_grad={k[3]})"
+        if k[0] in (tuple, list):
+            return "(" + ", ".join(walk(x) for x in k[1]) + ")"
+        if k[0] is dict:
+            return "{" + ", ".join(f"{n!r}: {walk(x)}" for n, x in k[1]) + "}"
+        if k[0] in ("id", "obj"):
+            return f"<object id {k[-1]}>"
+        return repr(k[1])
+    parts.append("args " + walk(args))
+    if kwargs is not None:
+        parts.append("kwargs " + walk(kwargs))
+    parts.append(f"grad_enabled={grad}")
+    if aliases is not None:
+        parts.append(f"aliases={list(aliases)}")
+    return "; ".join(parts)
+
+
+_MISSING = object()
+
+
+def _checks_hold(checks):
+    for kind, where, expect in checks:
+        if kind == "cell":
+            try:
+                v = where.cell_contents
+            except ValueError:
+                v = _MISSING
+        else:  # "global" or "attr": (namespace, name)
+            ns, name = where
+            v = ns.get(name, _MISSING) if isinstance(ns, dict) else getattr(ns, name, _MISSING)
+        if v.__class__ in _SCALARS or v.__class__ is tuple:
+            if v.__class__ is not expect.__class__ or not (v == expect or v != v and expect != expect):
+                return False
+        elif v is not expect:
+            return False
+    return True
+
+
+def _sources(fn):
+    """(checks, tensors): the guards on what ``fn`` reads from outside (closure cells and
+    globals: Python values by value, anything else by identity), and the tensors it may read
+    from there, from modules (their parameters and buffers, recursively) and containers."""
+    checks, tensors = [], {}
+    seen = set()
+
+    def collect(v, depth=0):
+        if id(v) in seen or depth > 4:
+            return
+        seen.add(id(v))
+        if isinstance(v, Tensor):
+            tensors[id(v)] = v
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                collect(x, depth + 1)
+        elif isinstance(v, dict):
+            for x in v.values():
+                collect(x, depth + 1)
+        elif hasattr(v, "_parameters") and hasattr(v, "_modules"):  # an nn.Module
+            for x in v.__dict__.values():
+                collect(x, depth + 1)
+        elif hasattr(v, "param_groups") and hasattr(v, "state"):  # an optimizer
+            collect(v.param_groups, depth + 1)
+            collect(v.state, depth + 1)
+
+    def guard(kind, where, v):
+        checks.append((kind, where, v))
+        collect(v)
+
+    f = fn
+    if isinstance(f, types.MethodType):
+        collect(f.__self__)
+        f = f.__func__
+    if hasattr(f, "_parameters") and hasattr(f, "_modules"):  # a module itself
+        collect(f)
+        f = type(f).forward
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return checks, tensors
+    for name, cell in zip(code.co_freevars, f.__closure__ or ()):
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if not isinstance(v, (types.FunctionType, types.ModuleType, type)):
+            guard("cell", cell, v)
+    g = f.__globals__
+    for name in _names(code):
+        v = g.get(name, _MISSING)
+        if v is _MISSING or isinstance(v, (types.FunctionType, types.ModuleType, type, CompiledFunction)):
+            continue
+        guard("global", (g, name), v)
+    return checks, tensors
+
+
+def _names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names(c)
+    return names
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def _flatten(result):
+    """(leaves, rebuild): the tensors and values of a result, and how to put them back."""
+    leaves = []
+
+    def walk(v):
+        c = v.__class__
+        if c is tuple or c is list:
+            parts = [walk(x) for x in v]
+            return lambda it: c(p(it) for p in parts)
+        if c is dict:
+            parts = [(k, walk(x)) for k, x in v.items()]
+            return lambda it: {k: p(it) for k, p in parts}
+        leaves.append(v)
+        return lambda it: next(it)
+
+    build = walk(result)
+    return leaves, lambda outs: build(iter(outs))
+
+
+# -- the public names ------------------------------------------------------------------------------
+def compile(model=None, *, fullgraph=False, dynamic=None, backend=None, mode=None, options=None, disable=False):
+    """torch.compile's signature: compile ``model`` (a function or an nn.Module), or return a
+    decorator when called without it. ``dynamic``, ``backend``, ``mode`` and ``options`` are
+    accepted and have no effect: there is one backend, the tape replay."""
+    if model is None:
+        def decorate(fn):
+            return compile(fn, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode,
+                           options=options, disable=disable)
+        return decorate
+    if not callable(model):
+        raise RuntimeError("Unsupported: tg.compile() expects a callable (a function or an nn.Module), "
+                           f"got {type(model).__name__}")
+    if disable:
+        return model
+    if hasattr(model, "_parameters") and hasattr(model, "_modules"):
+        return _compiled_module(model, fullgraph)
+    return CompiledFunction(model, fullgraph)
+
+
+def _compiled_module(module, fullgraph):
+    """A module whose calls are compiled and whose parameters are ``module``'s (torch's
+    OptimizedModule: ``_orig_mod`` is the original)."""
+    from ..nn.modules import Module
+
+    class OptimizedModule(Module):
+        def __init__(self, mod):
+            object.__setattr__(self, "_orig_mod", mod)
+            object.__setattr__(self, "_compiled", CompiledFunction(mod.__call__, fullgraph))
+            object.__setattr__(self, "_parameters", mod._parameters)
+            object.__setattr__(self, "_modules", {"_orig_mod": mod})
+            object.__setattr__(self, "_buffers", getattr(mod, "_buffers", {}))
+
+        def __call__(self, *args, **kwargs):
+            return self._compiled(*args, **kwargs)
+
+        forward = __call__
+
+        def __getattr__(self, name):
+            return getattr(self._orig_mod, name)
+
+        def parameters(self, recurse=True):
+            return self._orig_mod.parameters(recurse)
+
+        def named_parameters(self, *a, **k):
+            return self._orig_mod.named_parameters(*a, **k)
+
+        @property
+        def trace_count(self):
+            return self._compiled.trace_count
+
+        @property
+        def replay_count(self):
+            return self._compiled.replay_count
+
+        def _dump_text(self):
+            return self._compiled._dump_text()
+
+        def __repr__(self):
+            return f"OptimizedModule(\n  (_orig_mod): {self._orig_mod!r}\n)"
+
+    return OptimizedModule(module)
+
+
+def _of(fn):
+    c = getattr(fn, "_compiled", fn)
+    if not isinstance(c, CompiledFunction):
+        raise TypeError(f"tg.compiler.stats() expects a function made by tg.compile, got {type(fn).__name__}")
+    return c
+
+
+def stats(fn):
+    """What happened to a compiled function: its recordings, replays, eager calls and variants."""
+    c = _of(fn)
+    variants = [v for vs in c._variants.values() for v in vs]
+    return {"trace_count": c.trace_count, "replay_count": c.replay_count, "eager_count": c.eager_count,
+            "variants": len(variants),
+            "unreplayable": [v.why for v in variants if v.program is None]}
+
+
+def reset():
+    """Forget every recorded program of every compiled function (torch.compiler.reset)."""
+    for c in list(_ALL):
+        c._reset()
+
+
+__all__ = ["compile", "stats", "reset", "cache_size_limit", "CompiledFunction", "Program"]
