@@ -72,7 +72,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         raise RuntimeError("`inputs` argument to `backward()` cannot be empty.")
     seeds, leaf_seeds = _seeds(tensors, grad_tensors, create_graph)
     want = _want_from_graph(seeds, inputs) if inputs is not None else None
-    req = driver.Request(True, want, retain_graph, create_graph)
+    req = driver.Request(want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
         try:
             driver.run(seeds, req)
@@ -114,7 +114,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         retain_graph = create_graph
     seeds, leaf_seeds = _seeds(outputs, grad_outputs, create_graph)
     want = _want_from_graph(seeds, inputs)
-    req = driver.Request(False, want, retain_graph, create_graph)
+    req = driver.Request(want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
         try:
             driver.run(seeds, req)

@@ -34,15 +34,13 @@ from .errors import FREED_MSG, blame, blame_leaf, check_function_nan, check_vers
 class Request:
     """What one backward wants: seeds per (tape, slot), and where gradients go afterwards."""
 
-    def __init__(self, accumulate, want, retain_graph, create_graph):
-        self.accumulate = accumulate  # fill .grad of leaves (backward) or not (autograd.grad)
-        self.want = want  # {(tape serial, slot): index} of requested inputs, or None for all leaves
+    def __init__(self, want, retain_graph, create_graph):
+        self.want = want  # {(tape serial, slot): index} of requested inputs, or None: every leaf
         self.retain_graph = retain_graph
         self.create_graph = create_graph
         self.results = {}  # index -> gradient (ndarray, or Tensor with create_graph)
         self.leaf_grads = {}  # id(leaf) -> [leaf, gradient summed over its slots on every tape]
         self.last = False  # the tape now running is the last one (no older tape pending)
-        self.reached = set()
         self.leaf_slots = {}  # anomaly mode: id(leaf) -> (tape, slot), where its AccumulateGrad was recorded
         self.gradless = []  # leaves with hooks that were reached but got no gradient (see _Defined)
         self.on = {}  # tape -> the planner's lead marks, when only some inputs are wanted
