@@ -136,7 +136,7 @@ def _replay(engine, tape, seeds, req):
     anomaly = Anomaly.enabled
     check_nan = anomaly and Anomaly.check_nan
     segmented = hooked or tape.pyfuncs or check_nan
-    p = engine.start(tape, seeds, lslots, wanted, segmented)
+    tape_pass = engine.start(tape, seeds, lslots, wanted, segmented)
     on = req.on.get(tape, engine.EVERY)
     # Unless the version check below may still raise, the engine frees the entries itself.
     release = not req.retain_graph and tape.epoch == Global.inplace_events
@@ -144,42 +144,42 @@ def _replay(engine, tape, seeds, req):
     if anomaly:
         note_leaves(req, tape, zip(lslots, leaves))
     if not segmented:
-        status, where, need, left = p.backward(on, release)
+        status, where, need, left = tape_pass.backward(on, release)
         got = need  # (without Functions every needed slot gets a gradient)
     else:
-        status, where, need = engine.plan(p.R, p.S, p.roots, on)
-        defined = _Defined(engine, tape, p.R, p.S, need, p.roots, on)
+        status, where, need = engine.plan(tape_pass.R, tape_pass.S, tape_pass.roots, on)
+        defined = _Defined(engine, tape, tape_pass.R, tape_pass.S, need, tape_pass.roots, on)
         if status == engine.OK:
-            status, where = _replay_with_hooks(engine, p, tape, need, hooked, defined, check_nan)
+            status, where = _replay_with_hooks(engine, tape_pass, tape, need, hooked, defined, check_nan)
         got = defined.mask()
     if status == engine.ERR_FREED:
-        raise blame(RuntimeError(FREED_MSG), tape, p.R[where, 4])
+        raise blame(RuntimeError(FREED_MSG), tape, tape_pass.R[where, 4])
     if status != engine.OK:
         raise RuntimeError(f"tapegrad internal error: no adjoint for entry {where} ({tape.row(where)})")
     if tape.epoch != Global.inplace_events:
-        check_versions(tape, p.R, need)
-    links = deliver(tape, wanted, got, p.bufs, req)
+        check_versions(tape, tape_pass.R, need)
+    links = deliver(tape, wanted, got, tape_pass.bufs, req)
     if leaves:
-        deliver_leaves(tape, lslots, leaves, p.lbufs, got, req.leaf_grads, req.last and not tape.links)
+        deliver_leaves(tape, lslots, leaves, tape_pass.lbufs, got, req.leaf_grads, req.last and not tape.links)
         if got is not need:
             req.gradless.extend(t for s, t in zip(lslots, leaves) if need[s] and not got[s] and t._x and t._x.hooks)
     if left >= 0:
-        p.keep(left)
+        tape_pass.keep(left)
     elif not req.retain_graph:
         engine.release(tape, need)
     return links
 
 
-def _replay_with_hooks(engine, p, tape, need, hooked, got, check_nan):
-    """Replay pass p in segments: a hook on a non-leaf sees (and may replace) its complete gradient,
-    and a custom Function's Python backward runs after the rows recorded later than its call.
-    ``got`` (_Defined) learns which inputs each Function gave a gradient. With ``check_nan``
+def _replay_with_hooks(engine, tape_pass, tape, need, hooked, got, check_nan):
+    """Replay ``tape_pass`` in segments: a hook on a non-leaf sees (and may replace) its complete
+    gradient, and a custom Function's Python backward runs after the rows recorded later than its
+    call. ``got`` (_Defined) learns which inputs each Function gave a gradient. With ``check_nan``
     (anomaly mode) every entry's gradients are checked as it runs."""
-    R = p.R
-    p.arena(need)
+    R = tape_pass.R
+    tape_pass.arena(need)
 
     def replay(lo, hi):
-        status, where, k = p.replay(lo, hi, check_nan)
+        status, where, k = tape_pass.replay(lo, hi, check_nan)
         if status == engine.ERR_NAN:
             raise nan_error(tape, where, k)
         return status, where
@@ -221,7 +221,7 @@ def _replay_with_hooks(engine, p, tape, need, hooked, got, check_nan):
                     if not got.has(s):
                         hooks_on_none(hs)
                         continue
-                    g = p.buffer(s)
+                    g = tape_pass.buffer(s)
                     for hook in hs:
                         r = hook(ops._leaf(g.copy()))
                         if r is not None:
@@ -231,7 +231,7 @@ def _replay_with_hooks(engine, p, tape, need, hooked, got, check_nan):
                     raise
         else:
             try:
-                _function_replayed(tape, what, p.buffer, need, got, check_nan)
+                _function_replayed(tape, what, tape_pass.buffer, need, got, check_nan)
             except BaseException as exc:
                 blame(exc, tape, R[what.lo, 4])
                 raise
