@@ -13,9 +13,12 @@ FLOORS = [
      "tapegrad.malloc", "tapegrad.jit"],
     ["tapegrad.engine.cpu"],  # the jitted engine: Numba and floor 0 only (its dispatch is generated)
     ["tapegrad.tape", "tapegrad.grad_mode"],
+    ["tapegrad.engine.cpu_replay"],  # the CPU engine behind the driver's interface: tapes, no Tensors or ops
     ["tapegrad.tensor"],
     ["tapegrad._record", "tapegrad.ops", "tapegrad.creation"],
-    ["tapegrad.engine", "tapegrad.engine_cpu"],
+    ["tapegrad.engine.errors", "tapegrad.engine.delivery"],  # device-free, below the two walks that use them
+    ["tapegrad.engine.create_graph"],
+    ["tapegrad.engine", "tapegrad.engine.driver"],  # the driver chooses between the walk and a device engine
     ["tapegrad.autograd", "tapegrad.dump"],
     ["tapegrad.nn", "tapegrad.optim"],
     ["tapegrad", "tapegrad.__main__", "tapegrad.demo"],

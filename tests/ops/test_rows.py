@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import engine_cpu, ops
+from tapegrad import ops
+from tapegrad.engine import cpu_replay
 
 from .cases import CASES
 
@@ -392,7 +393,7 @@ def _changed_input(program, lib, k):
 @pytest.mark.parametrize("program", sorted(SAVED_PROGRAMS))
 def test_second_backward_fails_where_torch_saved_a_tensor(program, create_graph, monkeypatch):
     torch = pytest.importorskip("torch")
-    monkeypatch.setattr(engine_cpu, "_SMALL", -1)  # every value no entry saved becomes a stub: none is read
+    monkeypatch.setattr(cpu_replay, "_SMALL", -1)  # every value no entry saved becomes a stub: none is read
     ours, theirs = _second_backward(program, tg, create_graph), _second_backward(program, torch, create_graph)
     if ours == "raises" or theirs == "raises":
         assert ours == theirs

@@ -35,7 +35,7 @@ OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON, ERR_NAN = 0, 1, 2, 3, 4
 def fill_slots(S, lo, values, items_off, none, hoff, tn_off, lut):
     """Complete the slots that recording left as written at growth (tape.py): slots from ``lo`` on
     get their values' addresses, read from the tape's ``values`` list (its item array: CPython
-    keeps the object addresses there, checked by engine_cpu once per process), so recording makes
+    keeps the object addresses there, checked by engine/cpu_replay.py once per process), so recording makes
     no id() int; then each dtype code left at -1 is read from the value's descr->type_num (the
     descr pointer follows data, nd, dims, strides, base in the array header). Returns whether any
     slot holds float64, which decides the interpreter's dtype."""
