@@ -314,9 +314,9 @@ SAVES = np.array([[0, 0, 0], [0, 0, 0], [2, 1, 0], [2, 3, 0], [3, 11, 0], [0, 0,
                   [3, 3, 3], [2, 2, 2], [2, 2, 2], [0, 0, 0], [0, 0, 0], [0, 4, 0], [0, 0, 0], [0, 0, 0],
                   [0, 0, 0], [4, 4, 4], [7, 7, 7], [2, 2, 2], [2, 2, 2], [16, 16, 16], [1, 1, 1], [8, 8, 8]], np.int64)
 # Kernels whose every write to an input's gradient assigns into a fresh region (no zeroing first).
-ASSIGNS = np.array([True, True, True, True, False, True, True, True, False, True, True, True, True, True, True,
-                    False, False, False, True, True, False, True, True, True, True, True, False, False, False,
-                    False, False, False, False, False, False, True, False, False, False, False, False, False,
+ASSIGNS = np.array([True, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
+                    False, False, False, True, True, False, True, True, True, True, True, True, True, True,
+                    False, False, False, False, False, False, True, False, False, False, False, True, False,
                     True, True, True, True, True, True, True, True, True, True, True, True, True, True, True,
                     True, True, True])
 # Kernels elementwise over their operands, so a run of them may replay a block at a time.

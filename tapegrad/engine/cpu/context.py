@@ -329,12 +329,13 @@ def bsum(C, s, o, t, scale):
 
 @njit(cache=True)
 def target(C, s, n):
-    """Where an adjoint writes the contribution for slot s: its gradient buffer when s has the
-    output's size n, else a zeroed scratch of size n that ``settle`` folds back with bsum."""
+    """Where an adjoint writes slot s's contribution for an output of n elements, and whether
+    that write assigns: s's gradient buffer when it has n elements (claimed: assigns if fresh),
+    else a scratch of n that every write assigns and ``settle`` folds back with bsum."""
     gs = grad(C, s)
     if gs.size == n:
-        return gs
-    return np.zeros(n, gs.dtype)
+        return gs, claim(C, s)
+    return np.empty(n, gs.dtype), True
 
 
 @njit(cache=True)
