@@ -2,9 +2,10 @@
 import numpy as np
 
 from . import dtypes
-from .ops import _leaf, getitem
+from .ops import getitem
 from .tape import _contiguous
 from .tensor import Device, Size, Tensor
+from .tensor import leaf as _leaf
 
 
 def _check_device(device):

@@ -7,6 +7,7 @@ import numpy as np
 from numba import carray
 
 from ...jit import njit
+from ...jit.attrs import has_axis, perm_axis
 from ...jit.ffi import _load_i32, _load_i64, _voidptr, shape_of, size_of
 
 
@@ -171,7 +172,7 @@ def reduce_map(shp, mask):
     ostride = np.zeros(nd, np.int64)
     acc = 1
     for k in range(nd - 1, -1, -1):
-        if not (mask >> k) & 1:
+        if not has_axis(mask, k):
             ostride[k] = acc
             acc *= shp[k]
     return strided_offsets(shp, ostride)
@@ -225,7 +226,7 @@ def permute_map(in_shape, perm_code):
     oshape = np.empty(nd, np.int64)
     ostride = np.empty(nd, np.int64)  # source stride of each output axis
     for k in range(nd):
-        p = (perm_code >> (4 * k)) & 15
+        p = perm_axis(perm_code, k)
         oshape[k] = in_shape[p]
         ostride[k] = instride[p]
     return strided_offsets(oshape, ostride)
