@@ -1,5 +1,6 @@
 """tapegrad: reverse-mode autograd with PyTorch's semantics, recorded on a flat Wengert tape and
 replayed backward by one Numba-jitted call."""
+from . import _methods  # noqa: F401  (binds Tensor's methods and operators first)
 from . import autograd, dtypes, ops  # noqa: F401
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_numpy, full, full_like, linspace,  # noqa: F401
                        manual_seed, ones, ones_like, rand, rand_like, randint, randn, randn_like, tensor, zeros,

@@ -1,10 +1,11 @@
 """Tensor factories: tensor, zeros, ones, arange, randn... with torch's dtype rules."""
 import numpy as np
 
-from . import _record as _records, dtypes
-from .ops import _leaf, getitem
+from . import dtypes
+from .ops import _record as _records, getitem
 from .tape import _contiguous, recording_program
 from .tensor import Device, Size, Tensor
+from .tensor import leaf as _leaf
 
 
 def _check_device(device):

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from . import ops
+from .ops.attrs import Operand
 from .tape import FREED, LEAF, LINK, REQUIRES_GRAD, _state, recorded_at
 from .tensor import Tensor
 
@@ -62,8 +63,7 @@ def _producers(tape):
 
 
 def _grad_fn(op, r):
-    fn = getattr(ops, "FUNCTION", None)
-    if fn is not None and op.code == fn.code:
+    if op is ops.FUNCTION:
         from .autograd.function import backward_name
         return backward_name(r)  # torch's <class name>Backward
     return op.grad_fn
@@ -221,35 +221,26 @@ def _version(tape, s, recorded):
     return str(recorded) if now == recorded else f"{recorded}->{now}"
 
 
-def _codes(*names):
-    return {getattr(ops, n).code for n in names if hasattr(ops, n)}
-
-
-def _const_ops():
-    """Codes of the rows that keep a Python scalar operand in f0: right (x op c) and left (c op x)."""
-    return _codes("ADD_SCALAR", "MUL_SCALAR", "SCALE", "DIV_SCALAR", "POW_SCALAR"), _codes("RSUB_SCALAR", "RPOW_SCALAR")
+def _operand(op, r):
+    """The row's Python scalar operand as (text, whether it stands left of the op), or None."""
+    for a in op.attrs:
+        if isinstance(a, Operand):
+            return a.text(r[a.column], None), a.left
+    return None
 
 
 def _args(op, r, ndim):
-    """Attributes of a row worth reading: the dims of a reduction, a permutation."""
-    if op.code in _codes("SUM_DIM", "MEAN_DIM"):
-        dims = tuple(k for k in range(64) if (r[5] >> k) & 1)
-        return f"dim={dims}" + (", keepdim" if r[6] else "")
-    if op.code in _codes("SOFTMAX", "LOG_SOFTMAX"):
-        return f"dim={r[5]}"
-    if op.code in _codes("PERMUTE", "TRANSPOSE", "T") and ndim is not None:
-        return f"perm={tuple((r[5] >> (4 * k)) & 15 for k in range(ndim))}"
-    return ""
+    """The attributes the row's schema shows (attrs.py): the dims of a reduction, a permutation."""
+    texts = (a.text(r[a.column], ndim) for a in op.attrs if a.dump and not isinstance(a, Operand))
+    return ", ".join(t for t in texts if t)
 
 
-def _inputs(tape, r, op, view, right, left):
+def _inputs(tape, r, op, view):
     shape = _shape(tape, r[4], view)
     parts = [_ref(tape, s, view) for s in r[1:1 + op.arity] if s >= 0]
-    c = f"{r[7]:g}"
-    if op.code in right:
-        parts.append(c)
-    elif op.code in left:
-        parts.insert(0, c)
+    operand = _operand(op, r)
+    if operand is not None:
+        parts.insert(0 if operand[1] else len(parts), operand[0])
     args = _args(op, r, None if shape is None else len(shape))
     if args:
         parts.append(args)
@@ -297,7 +288,6 @@ def _header(tape, shown, view):
 
 def _tape_rows(tape, view):
     """The table rows (lists of cells) of one tape, in slot order."""
-    right, left = _const_ops()
     prod = _producers(tape)
     S = tape.slot_table().tolist()
     out = []
@@ -307,7 +297,7 @@ def _tape_rows(tape, view):
         for e in prod.get(s, ()):
             r = tape.row(e)
             op = ops.TABLE[r[0]]
-            heads.append([str(e), op.name, _grad_fn(op, r), _inputs(tape, r, op, view, right, left)])
+            heads.append([str(e), op.name, _grad_fn(op, r), _inputs(tape, r, op, view)])
         if heads:
             pass
         elif flags & LINK:
@@ -383,7 +373,6 @@ def _node_id(tape, s):
 
 def dot_view(view):
     """DOT text of a view: leaves light blue, outputs green, ops grey boxes, edges labelled with shapes."""
-    right, left = _const_ops()
     outputs = {(tp.serial, s) for tp, s in view.outputs}
     lines = ["digraph tapegrad {", "  rankdir=TB;",
              '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
@@ -415,7 +404,8 @@ def dot_view(view):
             else:
                 r = tape.row(entries[0])
                 op = ops.TABLE[r[0]]
-                consts = [f"{r[7]:g}"] if op.code in right | left else []
+                operand = _operand(op, r)
+                consts = [operand[0]] if operand is not None else []
                 args = _args(op, r, None if _shape(tape, s, view) is None else len(_shape(tape, s, view)))
                 label = " ".join([op.name] + consts + ([f"({args})"] if args else []))
                 label += f"\n#{entries[0]} {_grad_fn(op, r)}"

@@ -9,10 +9,10 @@ float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in
 """
 import ast
 
-# name in a formula -> (NumPy/math spelling in a jitted kernel, tapegrad op in a VJP)
-FUNCTIONS = {"exp": ("np.exp", "exp"), "log": ("np.log", "log"), "sign": ("np.sign", "sign"),
-             "cos": ("np.cos", "cos"), "sin": ("np.sin", "sin"), "sqrt": ("np.sqrt", "sqrt"),
-             "tanh": ("np.tanh", "tanh")}
+# name in a formula -> (its spelling in a jitted kernel, in a VJP). A VJP calls the Tensor method,
+# the same function as tapegrad's op, so that it needs no names where the row is declared.
+FUNCTIONS = {name: (f"np.{name}({{}})", f"({{}}).{name}()")
+             for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh")}
 VARIABLES = ("g", "x", "a", "b", "y", "c")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
@@ -44,7 +44,7 @@ def _render(node, name, call):
     if isinstance(node, ast.UnaryOp):
         return f"-{_wrap(node.operand, name, call)}"
     if isinstance(node, ast.Call):
-        return f"{call[node.func.id]}({_render(node.args[0], name, call)})"
+        return call[node.func.id].format(_render(node.args[0], name, call))
     return f"{_wrap(node.left, name, call)} {_BINOPS[type(node.op)]} {_wrap(node.right, name, call)}"
 
 

@@ -3,7 +3,7 @@
 While it is on, each tape entry recorded keeps the stack of the line that recorded it (taken
 where a tape stores the entry's value: ``tape._TracedValues``; off, recording does nothing
 more), every backward entry's gradients are checked for NaN, and an error in backward warns
-with the forward traceback of the entry that failed (``engine_cpu``) before it propagates.
+with the forward traceback of the entry that failed (``engine.errors.blame``) before it propagates.
 """
 import functools
 import os
@@ -77,7 +77,7 @@ class set_detect_anomaly:
 
 def report(exc):
     """Warn as torch does when an error raised in backward in anomaly mode: the node it arose in
-    (``engine_cpu._blame``) and the traceback of the forward line that recorded it, then that of
+    (``engine.errors.blame``) and the traceback of the forward line that recorded it, then that of
     each node whose create_graph backward recorded it in turn."""
     where = exc.__dict__.pop("anomaly_node", _UNSET)
     if where is _UNSET:

@@ -3,8 +3,10 @@ import warnings
 
 import numpy as np
 
-from .. import engine_cpu
 from ..dtypes import get_default_dtype
+from ..engine import driver
+from ..engine.delivery import give_grad
+from ..engine.errors import blame_leaf
 from ..grad_mode import set_grad_enabled
 from ..tensor import Size, Tensor
 from . import anomaly_mode
@@ -70,10 +72,10 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
         raise RuntimeError("`inputs` argument to `backward()` cannot be empty.")
     seeds, leaf_seeds = _seeds(tensors, grad_tensors, create_graph)
     want = _want_from_graph(seeds, inputs) if inputs is not None else None
-    req = engine_cpu.Request(True, want, retain_graph, create_graph)
+    req = driver.Request(want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
         try:
-            engine_cpu.run(seeds, req)
+            driver.run(seeds, req)
             if inputs is not None:
                 for i, t in enumerate(inputs):
                     if i in req.results:
@@ -88,9 +90,9 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
 
 def _give_grad(req, t, g, create_graph):
     try:
-        engine_cpu._give_grad(t, g, create_graph)
+        give_grad(t, g, create_graph)
     except BaseException as exc:
-        engine_cpu.blame_leaf(exc, req, t)
+        blame_leaf(exc, req, t)
         raise
 
 
@@ -112,10 +114,10 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         retain_graph = create_graph
     seeds, leaf_seeds = _seeds(outputs, grad_outputs, create_graph)
     want = _want_from_graph(seeds, inputs)
-    req = engine_cpu.Request(False, want, retain_graph, create_graph)
+    req = driver.Request(want, retain_graph, create_graph)
     with set_grad_enabled(create_graph):
         try:
-            engine_cpu.run(seeds, req)
+            driver.run(seeds, req)
         except BaseException as exc:
             anomaly_mode.report(exc)
             raise

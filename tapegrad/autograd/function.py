@@ -11,7 +11,7 @@ its own grad_fn, hooks, retain_grad and dump line) and the jitted planner needs 
 The engine runs the call's Python ``backward`` once, when the reverse walk reaches the call's
 rows, with the gradients of all its outputs (they are complete then: every consumer of an
 output was recorded after the call). On the jitted path that is between two replay segments
-(``engine_cpu._replay_with_hooks``); with ``create_graph`` the backward runs with grad mode on,
+(``engine.driver._replay_with_hooks``); with ``create_graph`` the backward runs with grad mode on,
 so a backward written in tapegrad ops is recorded and can be differentiated again.
 
 Saved tensors that live on a tape are kept as slots, not Tensors, so that the tape -> call ->
@@ -27,6 +27,8 @@ import weakref
 import numpy as np
 
 from .. import ops
+from ..engine.create_graph import slot_tensor
+from ..engine.errors import FREED_MSG
 from ..grad_mode import no_grad
 from ..tape import _contiguous, _state, counter, current_tape
 from ..tensor import Tensor
@@ -87,7 +89,6 @@ class FunctionCtx:
     @property
     def saved_tensors(self):
         if self._released:
-            from ..engine_cpu import FREED_MSG
             raise RuntimeError(FREED_MSG)
         if self._saved is None:
             return tuple(self.to_save)
@@ -117,7 +118,6 @@ class FunctionCtx:
 
 def _resolve(tape, item):
     """The Tensor standing for a saved slot, attached to the graph (differentiable again)."""
-    from ..engine_cpu import FREED_MSG, slot_tensor
     _, s, vc, version = item
     if tape is None:  # the graph itself is gone
         raise RuntimeError(FREED_MSG)

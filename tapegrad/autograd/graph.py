@@ -12,6 +12,7 @@ such a node sits in the spec).
 """
 import weakref
 
+from ..ops.attrs import Implicit, Operand
 from ..tape import LEAF, LINK, REQUIRES_GRAD, stack_lines
 
 
@@ -54,8 +55,8 @@ class Node:
             return tuple((_spec_node(tape, self._slot, self._path + (k,), inp), 0) for k, inp in enumerate(spec[1]))
         r = tape.row(tape.producer(self._slot))
         op = ops.TABLE[r[0]]
-        out = [(_input_node(tape, r[1 + k]), 0) for k in range(_USER_OPERANDS.get(op.kernel, op.arity))]
-        if op.name in ("add_scalar", "sub_scalar", "mul_scalar", "div_scalar"):
+        out = [(_input_node(tape, r[1 + k]), 0) for k in range(op.inputs)]  # (not tapegrad's index maps)
+        if any(isinstance(a, Operand) and a.listed for a in op.attrs):
             out.append((None, 0))  # torch lists the Python-scalar operand too
         return tuple(out)
 
@@ -84,8 +85,6 @@ class AccumulateGrad:
         return f"<AccumulateGrad object at {id(self):#x}>"
 
 
-# Rows whose trailing operands are tapegrad's int64 index maps, which torch's nodes do not list.
-_USER_OPERANDS = {"adj_getitem": 1, "adj_scatter_flat": 1, "adj_setitem": 2}
 _classes = {}
 
 
@@ -144,7 +143,7 @@ def _input_node(tape, s):
         return _cached(tape, s, _accumulate_grad, tape, s)
     from .. import ops
     r = tape.row(tape.producer(s))
-    if r[0] == ops.EXPAND.code and r[6] == 1:
+    if any(isinstance(a, Implicit) and r[a.column] for a in ops.TABLE[r[0]].attrs):
         return _input_node(tape, r[1])  # an implicit broadcast: torch records no node for it
     return node_for(tape, s)
 

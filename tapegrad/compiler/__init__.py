@@ -14,8 +14,8 @@ import types
 import warnings
 import weakref
 
-from .. import _record
 from ..grad_mode import is_grad_enabled
+from ..ops import _record
 from ..tape import _hot
 from ..tensor import Tensor
 from .program import GuardFailed, Program, Recording, Unreplayable

@@ -3,10 +3,11 @@
 computed as the eager front end computes it, so that a replay gives the eager bits.
 
 A row with neither cannot replay: a program that holds one runs eagerly (compiler.stats says
-which row), and tests/test_compiler.py lists these rows so the gap stays visible."""
+which row), and tests/compiler/test_compiler.py lists these rows so the gap stays visible."""
 import numpy as np
 
 from .. import ops
+from ..ops import linalg, reduce
 from ..operands import operand
 
 # op name -> jitted kernel name (forward_replay's constants). Elementwise rows whose kernel
@@ -69,8 +70,8 @@ def _softmax(log):
         a = ins[0]
         if a.ndim == 0:
             return np.zeros((), a.dtype) if log else np.ones((), a.dtype)
-        if 0 < a.size <= ops._SMALL_SOFTMAX:
-            return ops._softmax_kernel(a, i0, log)
+        if 0 < a.size <= reduce._SMALL_SOFTMAX:
+            return reduce._softmax_kernel(a, i0, log)
         with np.errstate(invalid="ignore", divide="ignore"):
             if log:
                 z = a - np.max(a, axis=i0, keepdims=True) if a.size else a.copy()
@@ -88,7 +89,7 @@ PYTHON = {
     "sum": _sum, "sum_dim": _sum, "mean": _mean, "mean_dim": _mean,
     "view": _reshape, "unsqueeze": _reshape, "squeeze": _reshape, "unsafe_view": _reshape,
     "permute": _permute, "transpose": _permute, "t": _permute,
-    "mm": lambda ins, i0, i1, f0, shape, dtype: ops._matmul_value(ins[0], ins[1]),
+    "mm": lambda ins, i0, i1, f0, shape, dtype: linalg._matmul_value(ins[0], ins[1]),
     "to": lambda ins, i0, i1, f0, shape, dtype: ins[0].astype(dtype),
     "clone": lambda ins, i0, i1, f0, shape, dtype: ins[0].copy(),
     "softmax": _softmax(False), "log_softmax": _softmax(True),

@@ -554,7 +554,7 @@ _JIT = []
 def _jit_run(prog, O, lo, hi, w):
     if not _JIT:
         from ..engine.cpu import forward_replay as fr
-        from ..engine_cpu import header_offset
+        from ..engine.cpu_replay import header_offset
         fk = np.zeros(len(ops.TABLE), np.int64)
         for op in ops.TABLE:
             name = kernels.JITTED.get(op.name)

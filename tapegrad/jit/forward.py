@@ -15,7 +15,7 @@ def mm_forward(a, b):
 # -- vectorisable sin and cos ------------------------------------------------------------------
 # libm's sin/cos are scalar calls (about 10 ns an element); this is fdlibm's kernel with a
 # branch-free Cody-Waite reduction, which LLVM vectorises. Within 1 ulp of NumPy for
-# |x| <= 1e5 (tests/test_kernels_math.py); larger or non-finite arguments take libm.
+# |x| <= 1e5 (tests/jit/test_forward.py); larger or non-finite arguments take libm.
 _PIO2_1, _PIO2_2, _PIO2_3 = 1.57079632673412561417e+00, 6.07710050630396597660e-11, 2.02226624871116645580e-21
 
 

@@ -110,7 +110,7 @@ def adj_div(e, R, RF, C):
         bsum(C, b, o, t, 1.0)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_pow(e, R, RF, C):
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     g = grad(C, o)
@@ -118,18 +118,17 @@ def adj_pow(e, R, RF, C):
     # torch's formulas: 0 where the exponent is 0 (not 0 * x**-1), and g * 0 where the base is 0
     # and the exponent not negative (not g * 0 * log(0))
     if rg(C, a):
-        t = target(C, a, g.size)
+        t, f = target(C, a, g.size)
         for i in range(g.size):
-            if vb[i] != 0:
-                t[i] += g[i] * (vb[i] * va[i] ** (vb[i] - 1))
+            put(t, i, g[i] * (vb[i] * va[i] ** (vb[i] - 1)) if vb[i] != 0 else 0.0, f)
         settle(C, a, o, t)
     if rg(C, b):
-        t, out = target(C, b, g.size), val(C, o)
+        (t, f), out = target(C, b, g.size), val(C, o)
         for i in range(g.size):
             if va[i] == 0 and vb[i] >= 0:
-                t[i] += g[i] * 0.0
+                put(t, i, g[i] * 0.0, f)
             else:
-                t[i] += g[i] * (out[i] * np.log(va[i]))
+                put(t, i, g[i] * (out[i] * np.log(va[i])), f)
         settle(C, b, o, t)
 
 
@@ -197,17 +196,18 @@ def adj_pow_scalar(e, R, RF, C):
                 put(ga, i, g[i] * (c * torch_pow(x[i], c - 1.0)), f)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_rpow_scalar(e, R, RF, C):
     """torch's grad * (c ** x * log(c)); a zero base: g * 0 where x >= 0, g * -inf where x < 0."""
     c = RF[e, 7]
     g, ga, out, va = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 4]), val(C, R[e, 1])
     lc = np.log(c) if c >= 0 else np.nan
+    f = claim(C, R[e, 1])
     for i in range(g.size):
         if c == 0 and va[i] >= 0:
-            ga[i] += g[i] * 0.0
+            put(ga, i, g[i] * 0.0, f)
         else:
-            ga[i] += g[i] * (out[i] * lc)
+            put(ga, i, g[i] * (out[i] * lc), f)
 
 
 @adjoint(assigns=True, blockable=True)
@@ -430,7 +430,7 @@ def adj_zero(e, R, RF, C):
     return
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_maximum(e, R, RF, C):
     """maximum (i0 = 0) and minimum (i0 = 1): ties split the gradient in halves, as torch does."""
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
@@ -440,19 +440,19 @@ def adj_maximum(e, R, RF, C):
     for k in (1, 2):
         s = R[e, k]
         if rg(C, s):
-            t = target(C, s, g.size)
+            t, f = target(C, s, g.size)
             for i in range(g.size):
                 d = (va[i] - vb[i]) * sgn
                 if k == 2:
                     d = -d
                 if va[i] == vb[i]:
-                    t[i] += 0.5 * g[i]
-                elif not d < 0:
-                    t[i] += g[i]
+                    put(t, i, 0.5 * g[i], f)
+                else:
+                    put(t, i, g[i] if not d < 0 else 0.0, f)
             settle(C, s, o, t)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_where(e, R, RF, C):
     """where(c, a, b): a gets g where c holds, b where it does not; c is stored at the output's shape."""
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
@@ -460,21 +460,20 @@ def adj_where(e, R, RF, C):
     for k in (1, 2):
         s = R[e, k]
         if rg(C, s):
-            t = target(C, s, g.size)
+            t, f = target(C, s, g.size)
             want = k == 1
             for i in range(g.size):
-                if (cond[i] != 0) == want:
-                    t[i] += g[i]
+                put(t, i, g[i] if (cond[i] != 0) == want else 0.0, f)
             settle(C, s, o, t)
 
 
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_masked_fill(e, R, RF, C):
     """b is the mask at x's shape: filled positions get no gradient."""
     g, ga, mask = grad(C, R[e, 4]), grad(C, R[e, 1]), val(C, R[e, 2])
+    f = claim(C, R[e, 1])
     for i in range(g.size):
-        if mask[i] == 0:
-            ga[i] += g[i]
+        put(ga, i, g[i] if mask[i] == 0 else 0.0, f)
 
 
 @adjoint()
@@ -677,28 +676,27 @@ def adj_nll(e, R, RF, C):
 
 
 # -- gradients that are ops of their own, and var/std (torch's formulas) -----------------------
-@adjoint(blockable=True)
+@adjoint(assigns=True, blockable=True)
 def adj_backward_op(e, R, RF, C):
     """Gradients that are ops of their own, of a gradient a at values b: threshold_backward (i0 = 0)
     and leaky_relu_backward (i0 = 1, slope f0) mask a as they mask their own; nll_loss_backward
     (i0 = 2) passes it. b's gradient is zero."""
     o, a, b = R[e, 4], R[e, 1], R[e, 2]
     if rg(C, a):
-        g, ga = grad(C, o), grad(C, a)
+        g, ga, f = grad(C, o), grad(C, a), claim(C, a)
         kind = R[e, 5]
         if kind == 2:
             for i in range(g.size):
-                ga[i] += g[i]
+                put(ga, i, g[i], f)
             return
         vb = val(C, b)
         if kind == 0:
             for i in range(g.size):
-                if not vb[i] <= 0:
-                    ga[i] += g[i]
+                put(ga, i, g[i] if not vb[i] <= 0 else 0.0, f)
         else:
             slope = RF[e, 7]
             for i in range(g.size):
-                ga[i] += g[i] if vb[i] > 0 else g[i] * slope
+                put(ga, i, g[i] if vb[i] > 0 else g[i] * slope, f)
 
 
 @adjoint()

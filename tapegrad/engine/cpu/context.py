@@ -7,6 +7,7 @@ import numpy as np
 from numba import carray
 
 from ...jit import njit
+from ...jit.attrs import has_axis, perm_axis
 from ...jit.ffi import _load_i32, _load_i64, _voidptr, shape_of, size_of
 
 
@@ -35,7 +36,7 @@ OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON, ERR_NAN = 0, 1, 2, 3, 4
 def fill_slots(S, lo, values, items_off, none, hoff, tn_off, lut):
     """Complete the slots that recording left as written at growth (tape.py): slots from ``lo`` on
     get their values' addresses, read from the tape's ``values`` list (its item array: CPython
-    keeps the object addresses there, checked by engine_cpu once per process), so recording makes
+    keeps the object addresses there, checked by engine/cpu_replay.py once per process), so recording makes
     no id() int; then each dtype code left at -1 is read from the value's descr->type_num (the
     descr pointer follows data, nd, dims, strides, base in the array header). Returns whether any
     slot holds float64, which decides the interpreter's dtype."""
@@ -171,7 +172,7 @@ def reduce_map(shp, mask):
     ostride = np.zeros(nd, np.int64)
     acc = 1
     for k in range(nd - 1, -1, -1):
-        if not (mask >> k) & 1:
+        if not has_axis(mask, k):
             ostride[k] = acc
             acc *= shp[k]
     return strided_offsets(shp, ostride)
@@ -225,7 +226,7 @@ def permute_map(in_shape, perm_code):
     oshape = np.empty(nd, np.int64)
     ostride = np.empty(nd, np.int64)  # source stride of each output axis
     for k in range(nd):
-        p = (perm_code >> (4 * k)) & 15
+        p = perm_axis(perm_code, k)
         oshape[k] = in_shape[p]
         ostride[k] = instride[p]
     return strided_offsets(oshape, ostride)
@@ -329,12 +330,13 @@ def bsum(C, s, o, t, scale):
 
 @njit(cache=True)
 def target(C, s, n):
-    """Where an adjoint writes the contribution for slot s: its gradient buffer when s has the
-    output's size n, else a zeroed scratch of size n that ``settle`` folds back with bsum."""
+    """Where an adjoint writes slot s's contribution for an output of n elements, and whether
+    that write assigns: s's gradient buffer when it has n elements (claimed: assigns if fresh),
+    else a scratch of n that every write assigns and ``settle`` folds back with bsum."""
     gs = grad(C, s)
     if gs.size == n:
-        return gs
-    return np.zeros(n, gs.dtype)
+        return gs, claim(C, s)
+    return np.empty(n, gs.dtype), True
 
 
 @njit(cache=True)

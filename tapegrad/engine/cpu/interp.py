@@ -1,6 +1,6 @@
 """The interpreter: plan which slots need a gradient, lay out the gradient arena, and replay a
 tape's entries in reverse, dispatching each to its adjoint; runs of elementwise rows replay a
-block at a time. The driver (engine_cpu.py) reaches the engine through this module alone."""
+block at a time. The driver reaches the engine through this module alone (engine/cpu_replay.py)."""
 import numpy as np
 
 from ...jit import njit

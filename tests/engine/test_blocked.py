@@ -30,6 +30,11 @@ CHAINS = {
                                          + F.softplus(x, beta=2.0) + x.clamp(-1, 1) + lib.erf(x)),
     "select": lambda lib, F, x, z: (lib.maximum(x, z - 1) + lib.minimum(x, z) + lib.where(x > 0, x * z, -x)
                                     + x.masked_fill(x > 1, 0.5)),
+    # one slot as both operands (the second write adds to the first), and a broadcast operand
+    # (written through a scratch that bsum folds back)
+    "select_same_slot": lambda lib, F, x, z: (lib.where(x > 0, x, x) * lib.maximum(x, x) + lib.minimum(z, z)
+                                              + lib.where(x > 0.5, z, z.mean()) + lib.maximum(x, z.mean())
+                                              + z ** z + x.masked_fill(x > 1, 0.5) * x),
     "views_sign": lambda lib, F, x, z: x.reshape(3, -1).reshape(-1).clone() * x.sign() + x * 1,
     "cast": lambda lib, F, x, z: (x.float() * 2).double() * z,
     "mean": lambda lib, F, x, z: lib.exp(x) * z,

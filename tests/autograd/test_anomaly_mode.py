@@ -1,4 +1,4 @@
-"""Anomaly mode (tapegrad.autograd.anomaly_mode, engine_cpu's NaN checks and blame, the dump's column).
+"""Anomaly mode (tapegrad.autograd.anomaly_mode, the engine's NaN checks and blame, the dump's column).
 
 Tests taking the ``lib`` fixture are torch user code run on tapegrad and on torch: the errors, the
 warnings and the forward lines they name are torch's. The forward lines checked are marked with a

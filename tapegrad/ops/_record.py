@@ -6,9 +6,9 @@ row to the current tape. Each calling convention has the whole body inlined (Tap
 a call fewer per op is 150 ns of W1's 1.4 us."""
 import numpy as np
 
-from .operands import F64, F64_OPERANDS, OPERANDS, operand
-from .tape import _hot, _pack_row, note_op, recording_tape
-from .tensor import Tensor, _new
+from ..operands import F64, F64_OPERANDS, OPERANDS, operand
+from ..tape import _hot, _pack_row, note_op, recording_tape
+from ..tensor import Tensor, _new
 
 ndarray = np.ndarray
 UNARY = object()  # a recorder's second argument when it is called as a unary function

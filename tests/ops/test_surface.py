@@ -3,7 +3,7 @@ batched linear algebra, einsum forms, shape ops with many pieces, every indexing
 non-contiguous inputs.
 
 Each case is a program written once for both libraries; it is checked three ways, as the rows
-are in test_ops.py: central finite differences in float64, torch when installed, and the jitted
+are in test_rows.py: central finite differences in float64, torch when installed, and the jitted
 adjoints against the differentiable VJPs (the create_graph path).
 """
 import numpy as np

@@ -1,9 +1,10 @@
 """Higher order, to any order: every row of ops.TABLE differentiated three times.
 
-CASES maps each row name to a scalar program (written once for tapegrad and torch) that records
-that row where its VJP is itself differentiated: the first derivative goes through the row's VJP
-(create_graph path, recorded), the second and third through the VJPs of what that recorded. A
-row without a case fails ``test_every_row_has_a_case``: a new op is not done until it is here.
+The programs are the higher-order ones of tests/ops/cases.py (one entry per row, shared with
+test_rows.py): each is a scalar program (written once for tapegrad and torch) that records its row
+where its VJP is itself differentiated: the first derivative goes through the row's VJP
+(create_graph path, recorded), the second and third through the VJPs of what that recorded.
+tests/ops/test_rows.py's ``test_every_row_has_a_case`` fails for a row without one.
 
 For each case, in float64, with fixed vectors u and w:
   g = d f / dx,  h = d (g . u) / dx  (Hessian times u),  t = d (h . w) / dx  (third derivative)
@@ -20,189 +21,17 @@ import tapegrad as tg
 from tapegrad import ops
 from tapegrad.tape import Tape
 
+from .cases import CASES, cube_function
+
 RNG = np.random.default_rng(5)
-
-
-def normal(shape):
-    return RNG.standard_normal(shape)
-
-
-def positive(shape):
-    return RNG.uniform(0.5, 2.0, shape)
-
-
-def small(shape):
-    return RNG.uniform(-0.8, 0.8, shape)
-
-
-def away_from_zero(shape):
-    return RNG.uniform(0.3, 1.5, shape) * RNG.choice([-1.0, 1.0], shape)
-
-
-_FUNCTIONS = {}
-
-
-def _cube_fn(lib):
-    """A custom Function whose backward is written in ops (differentiable again)."""
-    if lib.__name__ not in _FUNCTIONS:
-        class Cube(lib.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                ctx.save_for_backward(x)
-                return x * x * x
-
-            @staticmethod
-            def backward(ctx, g):
-                x, = ctx.saved_tensors
-                return g * 3 * x * x
-
-        _FUNCTIONS[lib.__name__] = Cube
-    return _FUNCTIONS[lib.__name__]
-
-
-def _setitem(lib, x, y):
-    z = x * 1
-    z[1] = y.exp()
-    return ((z ** 2).sin()).sum()
-
-
-def _setitem_mask(lib, x, y):
-    z = x * 1
-    z[x > 0] = (y * y).sum()
-    return ((z ** 2).sin()).sum()
-
-
-# name: (program(lib, *inputs) -> scalar, input shapes, sampler[, options]); options: "rtol" against
-# torch, "fd_rtol" against finite differences, "eps" (programs through float32 need coarser ones)
-CASES = {
-    "add": (lambda lib, x, y: ((x + y) ** 3).sum(), [(2, 3), (2, 3)], normal),
-    "sub": (lambda lib, x, y: ((x - y) ** 3 * x).sum(), [(2, 3), (2, 3)], normal),
-    "mul": (lambda lib, x, y: (x * y * x * y).sum(), [(2, 3), (2, 3)], normal),
-    "div": (lambda lib, x, y: (x / y).sum(), [(2, 3), (2, 3)], away_from_zero),
-    "pow": (lambda lib, x, y: (x ** y).sum(), [(2, 3), (2, 3)], positive),
-    "add_scalar": (lambda lib, x: ((1.5 + x) ** 3).sum(), [(3,)], normal),
-    "sub_scalar": (lambda lib, x: ((x - 1.5) ** 3).sum(), [(3,)], normal),
-    "rsub_scalar": (lambda lib, x: ((2.0 - x) ** 3).sum(), [(3,)], normal),
-    "mul_scalar": (lambda lib, x: ((x * 3.0) ** 3).sum(), [(3,)], normal),
-    "scale": (lambda lib, x, y: (x.add(y * y, alpha=-2.5) ** 3).sum(), [(3,), (3,)], normal),
-    "div_scalar": (lambda lib, x: ((x / 3.0) ** 3).sum(), [(3,)], normal),
-    "pow_scalar": (lambda lib, x: (x ** 4).sum() + (x ** 2.5).sum() * 0, [(3,)], positive),
-    "rpow_scalar": (lambda lib, x: (2.0 ** (x * x)).sum(), [(3,)], normal),
-    "neg": (lambda lib, x: ((-x) ** 3).sum(), [(3,)], normal),
-    "reciprocal": (lambda lib, x: (2.0 / x).sum(), [(3,)], away_from_zero),
-    "exp": (lambda lib, x: (x * x).exp().sum(), [(2, 2)], normal),
-    "log": (lambda lib, x: x.log().sum(), [(2, 2)], positive),
-    "sin": (lambda lib, x: x.sin().sum(), [(2, 2)], normal),
-    "cos": (lambda lib, x: x.cos().sum(), [(2, 2)], normal),
-    "tanh": (lambda lib, x: x.tanh().sum(), [(2, 2)], normal),
-    "sigmoid": (lambda lib, x: x.sigmoid().sum(), [(2, 2)], normal),
-    "relu": (lambda lib, x: (x.relu() ** 3).sum(), [(2, 3)], away_from_zero),
-    "sqrt": (lambda lib, x: x.sqrt().sum(), [(2, 2)], positive),
-    "abs": (lambda lib, x: (x.abs() ** 3).sum(), [(2, 3)], away_from_zero),
-    "sum": (lambda lib, x: x.sum() ** 3, [(2, 3)], normal),
-    "sum_dim": (lambda lib, x: (x.sum(-1, keepdim=True) ** 3 * x.sum((0, 2)).sum()).sum(), [(2, 3, 4)], normal),
-    "mean": (lambda lib, x: x.mean() ** 3, [(2, 3)], normal),
-    "mean_dim": (lambda lib, x: (x.mean(1) ** 3).sum(), [(2, 3, 4)], normal),
-    "expand": (lambda lib, x, y: ((x * y + x.expand(4, 2, 3)) ** 3).sum(), [(2, 3), (4, 1, 3)], normal),
-    "mm": (lambda lib, x, y: ((x @ y) ** 3).sum(), [(3, 4), (4, 2)], normal),
-    "view": (lambda lib, x: (x.view(3, 2).reshape(6) ** 3).sum(), [(2, 3)], normal),
-    "unsqueeze": (lambda lib, x: (x.unsqueeze(1) ** 3).sum(), [(2, 3)], normal),
-    "squeeze": (lambda lib, x: (x.squeeze(1) ** 3).sum(), [(2, 1, 3)], normal),
-    "permute": (lambda lib, x: (x.permute(2, 0, 1).exp() * x.permute(2, 0, 1)).sum(), [(2, 3, 4)], normal),
-    "transpose": (lambda lib, x, y: ((x.transpose(0, 1) @ y) ** 3).sum(), [(4, 3), (4, 2)], normal),
-    "t": (lambda lib, x, y: ((x.t() @ y) ** 3).sum(), [(4, 3), (4, 2)], normal),
-    "select": (lambda lib, x: (x[1] ** 3 * x[0, 2]).sum(), [(2, 3)], normal),
-    "slice": (lambda lib, x: (x[:, 1:3] ** 3).sum(), [(2, 4)], normal),
-    "index": (lambda lib, x: (x[[0, 2, 2]] ** 3).sum(), [(3, 2)], normal),
-    "alias": (lambda lib, x: (x[...] ** 3).sum(), [(2, 2)], normal),
-    "index_unsqueeze": (lambda lib, x: (x[None] ** 3).sum(), [(2, 2)], normal),
-    # the VJP of getitem: recorded by the first derivative, differentiated by the second and third
-    "scatter_flat": (lambda lib, x: (x[1:3] ** 3).sum() * x[[0]].sum(), [(4,)], normal),
-    "index_put": (lambda lib, x, y: _setitem(lib, x, y), [(2, 3), (3,)], normal),
-    # the create_graph walk's sum of x's gradients from two runs of it: a scatter and an add_run
-    "add_run": (lambda lib, x: ((x[1:] - x[:-1]) ** 3).sum() * x[0], [(5,)], normal),
-    "to": (lambda lib, x: ((x.float() * 2).double() ** 3).sum(), [(3,)], normal,
-           {"rtol": 1e-5, "fd_rtol": 1e-3, "eps": 1e-3}),
-    "clone": (lambda lib, x: (x.clone() ** 3).sum(), [(3,)], normal),
-    "function": (lambda lib, x: _cube_fn(lib).apply(x.sin()).sum(), [(3,)], normal),
-    "rsqrt": (lambda lib, x: x.rsqrt().sum(), [(2, 3)], positive),
-    "log1p": (lambda lib, x: x.log1p().sum(), [(2, 3)], positive),
-    "expm1": (lambda lib, x: (x.expm1() ** 2).sum(), [(2, 3)], normal),
-    "tan": (lambda lib, x: x.tan().sum(), [(2, 3)], small),
-    "erf": (lambda lib, x: lib.erf(x).sum(), [(2, 3)], normal),
-    "leaky_relu": (lambda lib, x: (lib.nn.functional.leaky_relu(x, 0.1) ** 3).sum(), [(2, 3)], away_from_zero),
-    "gelu": (lambda lib, x: (lib.nn.functional.gelu(x) + lib.nn.functional.gelu(x, approximate="tanh") ** 2).sum(),
-             [(2, 3)], normal),
-    "softplus": (lambda lib, x: lib.nn.functional.softplus(x * 4, beta=2, threshold=3).pow(2).sum(), [(2, 3)],
-                 away_from_zero),
-    "clamp": (lambda lib, x: (x.clamp(min=-0.9).clamp(-0.5, 0.5) ** 3).sum(), [(2, 4)], away_from_zero),
-    "sign": (lambda lib, x: ((x * 2).sign() * x ** 3).sum(), [(2, 3)], away_from_zero),
-    "maximum": (lambda lib, x, y: (lib.maximum(x, y) ** 3).sum(), [(2, 3), (3,)], normal),
-    "atan2": (lambda lib, x, y: (lib.atan2(x, y) * x).sum(), [(2, 3), (3,)], away_from_zero),
-    "hypot": (lambda lib, x, y: (lib.hypot(x, y) * y).sum(), [(2, 3), (3,)], away_from_zero),
-    "minimum": (lambda lib, x, y: (lib.minimum(x, y) ** 3).sum(), [(2, 1), (2, 3)], normal),
-    "where": (lambda lib, x, y: (lib.where(x > 0, x, y) ** 3).sum(), [(2, 3), (2, 1)], normal),
-    "masked_fill": (lambda lib, x: (x.masked_fill(x > 0.5, 2.0) ** 3).sum(), [(2, 3)], normal),
-    "prod": (lambda lib, x: x.prod() ** 2, [(2, 3)], normal),
-    "prod_dim": (lambda lib, x: (x.prod(-1, keepdim=True) ** 2).sum(), [(2, 3, 4)], normal),
-    "max": (lambda lib, x: x.max() ** 3, [(2, 3)], normal),
-    "min": (lambda lib, x: x.min() ** 3, [(2, 3)], normal),
-    "amax": (lambda lib, x: (x.amax((0, -1), keepdim=True) ** 3).sum(), [(2, 3, 4)], normal),
-    "amin": (lambda lib, x: (x.amin(1) ** 3).sum(), [(2, 3, 4)], normal),
-    "max_dim": (lambda lib, x: (x.max(-1).values ** 3).sum(), [(2, 3, 4)], normal),
-    "min_dim": (lambda lib, x: (x.min(0, keepdim=True)[0] ** 3).sum(), [(2, 3)], normal),
-    "norm": (lambda lib, x: (x.norm(dim=-1) ** 3).sum(), [(2, 3)], normal),
-    "cumsum": (lambda lib, x: (x.cumsum(-2) ** 3).sum(), [(2, 3, 2)], normal),
-    "softmax": (lambda lib, x: (x.softmax(-1) ** 2).sum(), [(2, 4)], normal),
-    "log_softmax": (lambda lib, x: (x.log_softmax(0) ** 2).sum(), [(3, 2)], normal),
-    "bmm": (lambda lib, x, y: (lib.bmm(x, y) ** 3).sum(), [(2, 3, 4), (2, 4, 2)], normal),
-    "unsafe_view": (lambda lib, x, y: ((x @ y) ** 3).sum(), [(2, 3, 4), (4, 2)], normal),
-    "cat": (lambda lib, x, y: (lib.cat([x, y, x], 1) ** 3).sum(), [(2, 3), (2, 2)], normal),
-    "stack": (lambda lib, x, y: (lib.stack([x, y], -1) ** 3).sum(), [(2, 3), (2, 3)], normal),
-    "repeat": (lambda lib, x: (x.repeat(2, 1, 2) ** 3).sum(), [(2, 3)], normal),
-    "flip": (lambda lib, x: (x.flip(0, -1) ** 3 * x).sum(), [(2, 3)], normal),
-    "index_select": (lambda lib, x: (x.index_select(-1, lib.tensor([2, 0, 2])) ** 3).sum(), [(2, 3)], normal),
-    "gather": (lambda lib, x: (x.gather(1, lib.tensor([[0, 2], [1, 1]])) ** 3).sum(), [(2, 3)], normal),
-    "split": (lambda lib, x: (x.split(2, -1)[1] ** 3).sum(), [(2, 5)], normal),
-    "unbind": (lambda lib, x: (lambda a, b, c: (a * b ** 2 * c.exp()).sum())(*x.unbind(1)), [(2, 3)], normal),
-    "scatter_add": (lambda lib, x, y: (x.scatter_add(1, lib.tensor([[0, 2, 0]]), y) ** 3).sum(), [(2, 3), (1, 3)],
-                    normal),
-    "copy": (lambda lib, x, y: ((x * 1).copy_(y) ** 3 * x).sum(), [(2, 3), (3,)], normal),
-    "zero": (lambda lib, x: (((x * 1).zero_() + x * x) ** 3).sum(), [(2, 3)], normal),
-    "fill": (lambda lib, x: (((x * 1).fill_(2.0) + x * x) ** 3).sum(), [(2, 3)], normal),
-    "index_put_advanced": (lambda lib, x, y: _setitem_mask(lib, x, y), [(2, 3), (3,)], normal),
-    "nll_loss": (lambda lib, x: lib.nn.functional.cross_entropy(x * x, lib.tensor([2, 0, 1])), [(3, 4)], normal),
-    # rows that the first derivative records (relu's and leaky_relu's gradients), differentiated twice
-    "threshold_backward": (lambda lib, x: ((x * x - 0.5).relu() ** 2).sum(), [(2, 3)], away_from_zero),
-    "leaky_relu_backward": (lambda lib, x: (lib.nn.functional.leaky_relu(x * x - 0.5, 0.2) ** 2).sum(), [(2, 3)],
-                            away_from_zero),
-    "nll_loss_backward": (lambda lib, x: lib.nn.functional.nll_loss((x * x).log_softmax(1), lib.tensor([2, 0, 1]),
-                                                                    reduction="sum") ** 2, [(3, 4)], normal),
-    "var": (lambda lib, x: (x.var(1) ** 2).sum() + x.var() ** 2, [(2, 3)], normal),
-    "std_root": (lambda lib, x: (x.std(0) ** 3).sum() + x.std(correction=0), [(2, 3)], normal),
-}
-
-
-def test_every_row_has_a_case():
-    missing = sorted({r.name for r in ops.TABLE} - set(CASES))
-    stale = sorted(set(CASES) - {r.name for r in ops.TABLE})
-    assert not missing, f"rows without a higher-order case: {missing}"
-    assert not stale, f"cases for rows that no longer exist: {stale}"
+SEED = 5  # the cases' inputs: drawn afresh for each test, the same on every run
 
 
 ROWS = sorted(CASES)
 
 
 def _values(name):
-    fn, shapes, sampler = CASES[name][:3]
-    state = RNG.bit_generator.state
-    values = [sampler(s) for s in shapes]
-    RNG.bit_generator.state = state  # the same values on every call for this case
-    return values
-
-
-def _opt(name, key, default):
-    return CASES[name][3].get(key, default) if len(CASES[name]) > 3 else default
+    return CASES[name].higher.inputs(SEED)
 
 
 def _directions(values):
@@ -234,7 +63,7 @@ def derivatives(lib, fn, values, u, w):
 @pytest.mark.parametrize("name", ROWS)
 def test_row_is_differentiated(name):
     """The case records its row on the tapes that the third derivative walks."""
-    fn = CASES[name][0]
+    fn = CASES[name].higher.fn
     values = _values(name)
     xs = _xs(tg, values)
     y = fn(tg, *xs)
@@ -251,12 +80,12 @@ def test_row_is_differentiated(name):
 @pytest.mark.parametrize("name", ROWS)
 def test_against_torch(name):
     torch = pytest.importorskip("torch")
-    fn = CASES[name][0]
+    fn = CASES[name].higher.fn
     values = _values(name)
     u, w = _directions(values)
     ours = derivatives(tg, fn, values, u, w)
     theirs = derivatives(torch, fn, values, u, w)
-    rtol = _opt(name, "rtol", 1e-10)
+    rtol = CASES[name].higher.torch_rtol
     for order, (a, b) in enumerate(zip(ours, theirs), 1):
         for k, (x, y) in enumerate(zip(a, b)):
             np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-10, err_msg=f"order {order}, input {k}")
@@ -266,12 +95,12 @@ def test_against_torch(name):
 def test_against_finite_differences(name):
     """h against central differences of g . u, and t against those of h . w, along random
     directions z (a directional derivative checks every entry at once: sum_k h_k . z_k)."""
-    fn = CASES[name][0]
+    fn = CASES[name].higher.fn
     values = _values(name)
     u, w = _directions(values)
     g, h, t = derivatives(tg, fn, values, u, w)
-    eps = _opt(name, "eps", 1e-6)
-    rtol = _opt(name, "fd_rtol", 1e-5)
+    eps = CASES[name].higher.eps
+    rtol = CASES[name].higher.fd_rtol
 
     def g_dot_u(vals):  # by the jitted backward
         xs = _xs(tg, vals)
@@ -450,7 +279,7 @@ def test_parameter_grad_with_graph_does_not_keep_the_tape_alive():
 
 # -- the create_graph walk defers negations (ops.Negated) --------------------------------------
 def _cube_of(lib, t):
-    return _cube_fn(lib).apply(t)
+    return cube_function(lib).apply(t)
 
 
 # programs where a negation (neg, sub's second operand, rsub) meets each row of ops.SIGN_THROUGH,

@@ -1,0 +1,84 @@
+"""The op table's row type and its declarers.
+
+A row holds everything about an op: its name, torch's ``grad_fn`` class name, arity, NumPy
+forward, the name of its numeric adjoint in ``engine/cpu/adjoints.py`` (the jitted path), its
+differentiable VJP written in tapegrad ops (the ``create_graph`` path, which re-records), what it
+saves (``reads``, below) and what its attribute fields hold (``attrs``, attrs.py). Several rows
+may share one adjoint kernel (sum/mean, the identity-gradient ops).
+
+``reads`` is torch's saved set for the op (tools/autograd/derivatives.yaml): the values each
+input's gradient reads, as operand positions 0..2, 'out' for the result, and 'const' for a
+tensor torch saves that the row keeps itself (a Python scalar operand, indices). A plain tuple
+holds for every input; a dict {input: tuple} when it depends on which inputs need grad (x * y
+saves y for x's gradient, x for y's); the row keeps it per input, a tuple of three. It decides
+what a backward frees: an entry whose inputs that need grad read something is freed (a second
+backward through it fails, and only the values unfreed entries read are kept), one that reads
+nothing replays again (x + 1, sum, views); and which values the in-place version check guards.
+The adjoints read no other value (shapes aside, and a row's own index maps).
+
+``inputs`` is how many of its operand slots are tensors of the user's, which torch's node lists
+in ``next_functions``; the slots after them hold tapegrad's int64 index maps.
+
+VJP signature: ``vjp(g, ins, out, row) -> grads``: ``g`` the output gradient (Tensor), ``ins``
+the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the tape row tuple
+``(op, a, b, c, out, i0, i1, f0)``; returns one gradient (or None) per input.
+
+Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
+imports the modules that declare rows in a fixed order.
+"""
+from .. import formula
+from .attrs import Int, schema
+
+
+class Op:
+    __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads", "formula", "sign_through",
+                 "attrs", "inputs")
+
+    def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False,
+                 attrs=(), inputs=None):
+        self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
+        self.forward, self.kernel, self.vjp = forward, kernel, vjp
+        self.reads = tuple(reads.get(k, ()) for k in range(3)) if isinstance(reads, dict) else (tuple(reads),) * 3
+        self.formula = formula  # an elementwise row's derivative (formula.py): its adjoint is generated
+        self.sign_through = sign_through  # its VJP commutes with negating g (algebra.Negated)
+        self.attrs = schema(attrs)
+        self.inputs = arity if inputs is None else inputs
+
+    def attr(self, r, name):
+        """The value of attribute ``name`` in row tuple ``r``."""
+        for a in self.attrs:
+            if a.name == name:
+                return a.decode(r[a.column])
+        raise KeyError(f"row {self.name!r} has no attribute {name!r}")
+
+    def __repr__(self):
+        return f"<op {self.code} {self.name}>"
+
+
+TABLE = []
+
+
+def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None):
+    op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, sign_through=sign_through, attrs=attrs,
+            inputs=inputs)
+    TABLE.append(op)
+    return op
+
+
+def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None, attrs=()):
+    """A unary elementwise row whose derivative is the formula ``d`` (formula.py). Its jitted
+    adjoint ``adj_<name>`` is generated from ``d`` (tools/generate.py) unless ``kernel`` names a
+    hand-written one; its VJP is ``d`` in tapegrad ops unless ``vjp`` is given (a VJP tuned for
+    torch's bits or graph). It saves what ``d`` reads, unless ``reads`` says more (torch's saved set)."""
+    if vjp is None:
+        vjp = eval(f"lambda g, i, o, r: ({formula.vjp_expr(d)},)", {})  # (it calls Tensor methods only)
+    op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp,
+            formula.reads(d) if reads is None else reads, d, formula.sign_through(d), attrs)
+    TABLE.append(op)
+    return op
+
+
+# A custom autograd.Function (autograd/function.py): one row per differentiable output, a, b, c up
+# to three input slots (more rows for more inputs), i0 its grad_fn name id, i1 the output index.
+# Its backward is Python: the engine calls it once per call, between jitted segments (no vjp here).
+FUNCTION = row("function", "FunctionBackward", 3, None, "adj_function", None, attrs=(Int("name_id"), Int("output")))
