@@ -59,6 +59,11 @@ def kernel_expr(d):
                    {k: v[0] for k, v in FUNCTIONS.items()})
 
 
+def forward_expr(d):
+    """A forward formula (a row's ``fwd``) for one element, its variables read as plain names."""
+    return _render(parse(d), {v: v for v in VARIABLES}, {k: v[0] for k, v in FUNCTIONS.items()})
+
+
 def vjp_expr(d):
     """The formula in tapegrad ops over a VJP's arguments ``(g, i, o, r)``."""
     return _render(parse(d), {"g": "g", "x": "i[0]", "a": "i[0]", "b": "i[1]", "y": "o", "c": "r[7]"},

@@ -14,29 +14,26 @@ replay, replacement guarded). A tensor of any other origin (made by an op that d
 an optimizer's NumPy update, a backward inside the function) makes the program unreplayable:
 that signature then runs eagerly, and ``stats`` says why. Nothing is ever replayed on a guess.
 
-Replay. The rows run in order on fresh arrays: runs of rows with a jitted forward kernel in one
-call of the generic interpreter each (engine/cpu/forward_replay.py), the others in NumPy, as the
-eager front end computes them. Value guards compare the bytes Python read; writes into external
+Replay. The rows run in order on fresh arrays: runs of rows with a jitted forward kernel (a
+row's ``fwd``, where its ``fwd_exact`` holds) in one call of the generic interpreter each
+(engine/cpu/forward_replay.py), the others in NumPy, as the eager front end computes them (the
+row's ``replay``, or its ``forward``). Value guards compare the bytes Python read; writes into external
 tensors are held back until every guard has passed, so a failing guard leaves nothing changed.
 Then the rows that need grad are written to a fresh tape, so backward (and create_graph) runs
 on replayed outputs as on eager ones."""
 import numpy as np
 
 from .. import ops
-from ..tape import FREED, LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
+from ..operands import operand
+from ..ops.attrs import Operand
+from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _state
 from ..tensor import Tensor, leaf as _leaf
-from . import kernels
 
 # row kinds
 OP, PY, CONST, RAND, WRITE, GUARD = "op", "py", "const", "rand", "write", "guard"
 # slot kinds
 EXT, VALUE, CONSTANT = "ext", "value", "constant"  # a constant: an index map, kept by value
 
-# Rows whose constant operands (index maps) come from Python keys and shapes only. Any other
-# row with a constant operand made it from a tensor's values (a mask, an index tensor), which
-# the program would bake in: such a program does not replay.
-_PYTHON_CONSTANTS = frozenset({"select", "slice", "alias", "index_unsqueeze", "repeat", "flip", "split",
-                               "unbind", "expand"})
 
 
 class Unreplayable(Exception):
@@ -128,7 +125,7 @@ class Recording:
             return self.slot_of(v)
         if v.__class__ is tuple:  # (array, the tensor it was made from)
             v = v[0]
-        if op.name not in _PYTHON_CONSTANTS:
+        if not op.static_maps:  # (a mask, an index tensor: the program would bake its values in)
             self.fail(f"row {op.name!r} holds a constant made from a tensor's values")
         return self._new(CONSTANT, np.asarray(v), False, value=np.array(v))
 
@@ -198,7 +195,7 @@ class Recording:
 
     def _row(self, kind, op, ins, out, i0=0, i1=0, f0=0.0):
         ins = list(ins) + [-1] * (3 - len(ins))
-        if kind == OP and op.name in kernels.VIEWS and ins[0] >= 0 and self.slots[ins[0]].kind == EXT:
+        if kind == OP and op.fwd == "fwd_view" and ins[0] >= 0 and self.slots[ins[0]].kind == EXT:
             self.viewed.add(ins[0])
         self.rows.append((kind, op, ins[0], ins[1], ins[2], out, i0, i1, f0))
 
@@ -282,9 +279,31 @@ class Recording:
 
 def _replayable(rec):
     for kind, op, a, b, c, out, i0, i1, f0 in rec.rows:
-        if kind == OP and kernels.python_forward(op) is None and op.name not in kernels.JITTED:
+        if kind == OP and python_forward(op) is None:
             return f"row {op.name!r} has no replay kernel yet"
     return None
+
+
+def python_forward(op):
+    """Row ``op``'s NumPy forward as ``f(ins, i0, i1, f0, shape, dtype)``, or None: its ``replay``,
+    else its ``forward`` called as the eager front end calls it."""
+    if op.replay is not None:
+        return op.replay
+    fwd = op.forward
+    if fwd is None or op.arity > 2:
+        return None
+    if any(isinstance(a, Operand) and a.column == 7 for a in op.attrs):  # x (op) c, c kept in f0
+        return lambda ins, i0, i1, f0, shape, dtype: fwd(ins[0], _scalar(f0, ins[0]))
+    if op.arity == 1:
+        return lambda ins, i0, i1, f0, shape, dtype: fwd(ins[0])
+    return lambda ins, i0, i1, f0, shape, dtype: fwd(ins[0], ins[1])
+
+
+def _scalar(c, like):
+    """A row's f0 as the eager front end handed it to NumPy."""
+    if like.dtype.kind == "f":
+        return operand(c, like.dtype)
+    return int(c) if c == int(c) else c
 
 
 class Program:
@@ -305,51 +324,59 @@ class Program:
         self._tape_plan()
 
     # -- planning --------------------------------------------------------------------------------
-    def _jittable(self, r):
+    def _jittable(self, r, kinds):
+        """The dtype of the run row r may join, or None: its kernel gives the eager bits only for
+        the operands its kind reads (forwards.py) and where the row's fwd_exact holds."""
+        from ..engine.cpu.forwards import BINARY, ELEMENTWISE, FULL
         kind, op, a, b, c, out, i0, i1, f0 = r
-        if kind != OP or op.name not in kernels.JITTED:
+        k = kinds[op.code] if kind == OP else 0
+        if not k:
             return None
         sl = self.slots
         dt = sl[out].dtype
-        if dt.kind != "f" or dt.itemsize not in (4, 8) or op.name in kernels.FLOAT64_ONLY and dt.itemsize != 8:
+        if dt.kind != "f" or dt.itemsize not in (4, 8):
             return None
         for s in (a, b, c):
             if s >= 0 and sl[s].dtype != dt:
                 return None
         n = int(np.prod(sl[out].shape))
-        if op.name in kernels.BINARY:
+        if op.fwd_exact is not None and not op.fwd_exact(dt, n):
+            return None
+        if k == BINARY:
             na, nb = int(np.prod(sl[a].shape)), int(np.prod(sl[b].shape))
             if not (na == n and nb in (n, 1) or nb == n and na == 1 or
                     na == n and _trailing(sl[b].shape, sl[out].shape) or
                     nb == n and _trailing(sl[a].shape, sl[out].shape)):
                 return None
-        if op.name in kernels.FULL_REDUCTIONS and n != 1:
+        elif k == FULL and (n != 1 or int(np.prod(sl[a].shape)) == 0):  # (an empty mean is NumPy's nan)
             return None
-        if op.name in ("mean",) and int(np.prod(sl[a].shape)) == 0:
+        elif k == ELEMENTWISE and int(np.prod(sl[a].shape)) != n:
             return None
         return dt
 
     def _plan(self):
         """Steps: ("jit", lo, hi, witness) for a run of jittable rows, ("row", e) for one row."""
+        from ..engine.cpu._forward import FWD_KIND
+        from ..engine.cpu.forwards import VIEW
         plan = []
         e = 0
         n = len(self.rows)
         while e < n:
-            dt = self._jittable(self.rows[e])
+            dt = self._jittable(self.rows[e], FWD_KIND)
             if dt is None:
                 plan.append(("row", e))
                 e += 1
                 continue
             lo = e
             while e < n:
-                d = self._jittable(self.rows[e])
+                d = self._jittable(self.rows[e], FWD_KIND)
                 if d is None or d != dt:  # (not d == dt: NumPy reads None as float64)
                     break
                 e += 1
             allocs = []
             for r in self.rows[lo:e]:  # each output's array, made before the run (a view: of its input)
                 sl = self.slots[r[5]]
-                allocs.append((r[5], sl.shape, sl.dtype, r[2] if r[1].name in kernels.VIEWS else -1))
+                allocs.append((r[5], sl.shape, sl.dtype, r[2] if FWD_KIND[r[1].code] == VIEW else -1))
             plan.append(("jit", lo, e, np.empty(0, dt), allocs, np.array([a[0] for a in allocs], np.int64)))
         return plan
 
@@ -414,7 +441,7 @@ class Program:
                     ins = [vals[s] if s >= 0 else None for s in (a, b, c)]
                     f = _PY_CACHE.get(op.code)
                     if f is None:
-                        f = _PY_CACHE[op.code] = kernels.python_forward(op)
+                        f = _PY_CACHE[op.code] = python_forward(op)
                     v = np.asarray(f(ins, i0, i1, f0, slots[out].shape, slots[out].dtype))
                     v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
                 elif kind == GUARD:
@@ -553,14 +580,10 @@ _JIT = []
 
 def _jit_run(prog, O, lo, hi, w):
     if not _JIT:
-        from ..engine.cpu import forward_replay as fr
+        from ..engine.cpu._forward import FWD_KERNEL
+        from ..engine.cpu.forward_replay import run
         from ..engine.cpu_replay import header_offset
-        fk = np.zeros(len(ops.TABLE), np.int64)
-        for op in ops.TABLE:
-            name = kernels.JITTED.get(op.name)
-            if name is not None:
-                fk[op.code] = getattr(fr, name)
-        _JIT.extend((fr.run, fk, header_offset()))
+        _JIT.extend((run, FWD_KERNEL, header_offset()))
     R = getattr(prog, "_R_all", None)
     if R is None:
         R = np.zeros((len(prog.rows), 8), np.int64)

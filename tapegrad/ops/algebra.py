@@ -54,7 +54,7 @@ def plain(g):
     return g
 
 
-NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),))
+NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),), fwd="-x")
 
 
 def neg(x):
@@ -73,16 +73,17 @@ def _scatter_vjp(g, i, o, r):
     return (reshape(_gather_flat(g, i[1], tuple(i[0].shape)), i[0].shape), None)
 
 
-def gather_row(name, grad_fn, reads=(), output=False):
+def gather_row(name, grad_fn, reads=(), output=False, static_maps=True):
     """A row whose result picks elements of its input a (getitem and kin). b is an int64 index map
     from each output element to its flat source index; or b = -1 for one contiguous run of a
     C-ordered input (x[1:], x[i] of a matrix) from flat offset i0: no map to build, and the adjoints
-    copy a block. ``output``: one of several outputs of one call, its index in i1."""
+    copy a block. ``output``: one of several outputs of one call, its index in i1; ``static_maps``:
+    the map comes from a Python key and shapes, not from a tensor's values (spec.py)."""
     attrs = (Int("offset"), Int("output")) if output else (Int("offset"),)
-    return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1)
+    return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1, static_maps=static_maps)
 
 
-INDEX = gather_row("index", "IndexBackward0", reads=(1,))  # (torch saves the indices)
+INDEX = gather_row("index", "IndexBackward0", reads=(1,), static_maps=False)  # (torch saves the indices)
 # _gather_vjp's gradient, zeros with g at an index map's positions or at a run from flat offset i0
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp,
                    attrs=(Int("offset"),), inputs=1)

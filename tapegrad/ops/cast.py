@@ -9,8 +9,10 @@ from ._record import record_unary as _unary
 from .spec import row
 
 
-CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),))
-CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,))
+CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),),
+           replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].astype(dtype))
+CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,), fwd="fwd_copy",
+            replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].copy())
 
 
 def to_dtype(x, dt):

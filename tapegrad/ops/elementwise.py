@@ -21,7 +21,7 @@ from .inplace import _inplace, _overlaps, _saved
 from .promote import (_SCALARS, _as_tensor, _prepare, _promote, _same_dtype, _scalar_result_dtype,
                       broadcast_shapes)
 from .results import _const_like, _record, _scalar_like, shown, shown_as
-from .spec import TABLE, Op, elementwise, row
+from .spec import TABLE, Op, elementwise, float64_only, row
 from .sums import _broadcast, _fit, _uniform, expand
 
 ndarray = np.ndarray
@@ -112,7 +112,7 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
 
 # Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
 # summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
-ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i))
+ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i), fwd="a + b")
 
 
 def _sub_vjp(g, i, o, r):
@@ -120,7 +120,7 @@ def _sub_vjp(g, i, o, r):
     return (ga, negated(g)) if gb is g else _fit((g, -g), i)  # (a broadcast b: summed after the neg, as torch)
 
 
-SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp)
+SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp, fwd="a - b")
 
 
 def _mul_vjp(g, i, o, r):
@@ -130,10 +130,10 @@ def _mul_vjp(g, i, o, r):
     return _fit((g * i[1], g * i[0]), i)
 
 
-MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads={0: (1,), 1: (0,)})
+MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads={0: (1,), 1: (0,)}, fwd="a * b")
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i),  # torch's order
-          reads={0: (1,), 1: (0, 1)})
+          reads={0: (1,), 1: (0, 1)}, fwd="a / b")
 
 
 def _pow_vjp(g, i, o, r):
@@ -152,11 +152,11 @@ def _pow_vjp(g, i, o, r):
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")})
 # x (op) c for a Python scalar c, kept in f0
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,),
-                 attrs=(None, None, Operand(listed=True)))
+                 attrs=(None, None, Operand(listed=True)), fwd="x + c")
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,),
-                 attrs=(None, None, Operand(listed=True)))
+                 attrs=(None, None, Operand(listed=True)), fwd="x - c")
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
-                  lambda g, i, o, r: (negated(g),), attrs=(None, None, Operand(left=True)))
+                  lambda g, i, o, r: (negated(g),), attrs=(None, None, Operand(left=True)), fwd="c - x")
 
 
 def _exact(a, b):
@@ -174,12 +174,12 @@ def _mul_scalar_vjp(g, i, o, r):
 
 # (torch wraps the scalar in a tensor and saves it: a second backward through x * 2 fails)
 MUL_SCALAR = elementwise("mul_scalar", "MulBackward0", np.multiply, "g * c", vjp=_mul_scalar_vjp, reads=("const",),
-                         attrs=(None, None, Operand(listed=True)))
+                         attrs=(None, None, Operand(listed=True)), fwd="x * c")
 # x * c inside a node of torch's that keeps c as a number (add's and sub's alpha): saves nothing
 SCALE = row("scale", "MulBackward0", 1, np.multiply, "adj_mul_scalar", _mul_scalar_vjp, sign_through=True,
-            attrs=(None, None, Operand()))
+            attrs=(None, None, Operand()), fwd="x * c")
 DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c", reads=("const",),
-                         attrs=(None, None, Operand(listed=True)))
+                         attrs=(None, None, Operand(listed=True)), fwd="x / c")
 
 
 def _pow_scalar_vjp(g, i, o, r):
@@ -241,9 +241,10 @@ RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x),
                   _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)))
 
 
-RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)")
-EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y")
-LOG = elementwise("log", "LogBackward0", np.log, "g / x")
+RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)",
+                         fwd="1 / x")
+EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="exp(x)", fwd_exact=float64_only)
+LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="log(x)", fwd_exact=float64_only)
 
 
 # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
@@ -262,19 +263,26 @@ def _cos(x):
     return cos_forward(x)
 
 
+def _trig_exact(dtype, size):
+    """Where a replay's jitted sin/cos gives _sin's bits: the vectorised kernel, or libm's float64
+    call, which is NumPy's float64 loop (its float32 loop is SIMD code of its own)."""
+    return size >= 4096 or dtype.itemsize == 8
+
+
 # (their kernels compute cos and sin with the vectorised kernel where it is exact)
-SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin")
-COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos")
+SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin", fwd="fwd_sin", fwd_exact=_trig_exact)
+COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos", fwd="fwd_cos", fwd_exact=_trig_exact)
 # A VJP that torch writes as one op (tanh_backward...) or with Scalar overloads (MulBackward1: one
 # input) shows those nodes (shown_as): the same formula, with torch's nodes in the graph.
 TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
                    vjp=lambda g, i, o, r: (shown_as(g * (1 - o * o), "TanhBackwardBackward0", g, o),))
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
-                      vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),))
+                      vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),),
+                      fwd="fwd_sigmoid", fwd_exact=float64_only)
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",))
+           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu")
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
-                   vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),))
+                   vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),), fwd="sqrt(x)")
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
                   vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),))
 

@@ -185,8 +185,8 @@ def _setitem_shared(x, k, v):
 
 
 # -- index_select, gather, scatter_add ----------------------------------------------------------
-INDEX_SELECT = gather_row("index_select", "IndexSelectBackward0", reads=(1,))
-GATHER = gather_row("gather", "GatherBackward0", reads=(0, 1))
+INDEX_SELECT = gather_row("index_select", "IndexSelectBackward0", reads=(1,), static_maps=False)
+GATHER = gather_row("gather", "GatherBackward0", reads=(0, 1), static_maps=False)
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
                   lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None), reads={1: (2,)})
 

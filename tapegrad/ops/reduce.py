@@ -94,13 +94,14 @@ CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
              lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),), attrs=(Int("dim"),))
 SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
               lambda g, i, o, r: (shown_as(o * (g - sum(g * o, r[5], keepdim=True)), "SoftmaxBackwardDataBackward0",
-                                           g, o),), reads=("out",), attrs=(Int("dim", dump=True),))
+                                           g, o),), reads=("out",), attrs=(Int("dim", dump=True),),
+              replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, False))
 LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
                   lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
                                                "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",),
-                  attrs=(Int("dim", dump=True),))
-MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,))  # (the indices)
-MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,))
+                  attrs=(Int("dim", dump=True),), replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True))
+MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,), static_maps=False)  # (the indices)
+MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,), static_maps=False)
 
 
 def _var_vjp(g, i, o, r):
@@ -337,27 +338,26 @@ def _softmax_dim(x, dim, dtype):
 def softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
     x, d = _softmax_dim(x, _axis("softmax", dim, axis), dtype)
     xv = x._value
-    if xv.ndim == 0:
-        return _unary(SOFTMAX, x, np.ones((), xv.dtype), i0=0)
-    if 0 < xv.size <= _SMALL_SOFTMAX:
-        return _unary(SOFTMAX, x, _softmax_kernel(xv, d, False), i0=d)
-    with np.errstate(invalid="ignore"):
-        e = np.exp(xv - np.max(xv, axis=d, keepdims=True)) if xv.size else xv.copy()
-        value = e / np.sum(e, axis=d, keepdims=True)
-    return _unary(SOFTMAX, x, value, i0=d)
+    return _unary(SOFTMAX, x, _softmax_value(xv, d, False), i0=d if xv.ndim else 0)
 
 
 def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
     x, d = _softmax_dim(x, _axis("log_softmax", dim, axis), dtype)
     xv = x._value
+    return _unary(LOG_SOFTMAX, x, _softmax_value(xv, d, True), i0=d if xv.ndim else 0)
+
+
+def _softmax_value(xv, d, log):
     if xv.ndim == 0:
-        return _unary(LOG_SOFTMAX, x, np.zeros((), xv.dtype), i0=0)
+        return np.zeros((), xv.dtype) if log else np.ones((), xv.dtype)
     if 0 < xv.size <= _SMALL_SOFTMAX:
-        return _unary(LOG_SOFTMAX, x, _softmax_kernel(xv, d, True), i0=d)
+        return _softmax_kernel(xv, d, log)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = xv - np.max(xv, axis=d, keepdims=True) if xv.size else xv.copy()
-        value = z - np.log(np.sum(np.exp(z), axis=d, keepdims=True))
-    return _unary(LOG_SOFTMAX, x, value, i0=d)
+        if log:
+            z = xv - np.max(xv, axis=d, keepdims=True) if xv.size else xv.copy()
+            return z - np.log(np.sum(np.exp(z), axis=d, keepdims=True))
+        e = np.exp(xv - np.max(xv, axis=d, keepdims=True)) if xv.size else xv.copy()
+        return e / np.sum(e, axis=d, keepdims=True)
 
 
 _SMALL_SOFTMAX = 1 << 16  # up to here one jitted pass beats NumPy's six (W2's cross-entropy)

@@ -9,9 +9,17 @@ from .results import _view, shown_as
 from .spec import row
 
 
-VIEW = row("view", "ViewBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
-UNSQUEEZE = row("unsqueeze", "UnsqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
-SQUEEZE = row("squeeze", "SqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),))
+def _reshape_replay(ins, i0, i1, f0, shape, dtype):
+    return ins[0].reshape(shape)
+
+
+# (a replay's fwd_view result shares its input's memory, as the eager view does)
+VIEW = row("view", "ViewBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
+           fwd="fwd_view", replay=_reshape_replay)
+UNSQUEEZE = row("unsqueeze", "UnsqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
+                fwd="fwd_view", replay=_reshape_replay)
+SQUEEZE = row("squeeze", "SqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
+              fwd="fwd_view", replay=_reshape_replay)
 
 
 def _permute_vjp(g, i, o, r):
@@ -23,12 +31,19 @@ def _permute_vjp(g, i, o, r):
     return (permute(g, inv),)
 
 
-PERMUTE = row("permute", "PermuteBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),))
+def _permute_replay(ins, i0, i1, f0, shape, dtype):
+    a = ins[0]
+    return np.ascontiguousarray(np.transpose(a, Perm.decode(i0, a.ndim)))
+
+
+PERMUTE = row("permute", "PermuteBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
+              replay=_permute_replay)
 TRANSPOSE = row("transpose", "TransposeBackward0", 1, None, "adj_permute", _permute_vjp,
-                attrs=(Perm("perm", dump=True),))
-T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),))
+                attrs=(Perm("perm", dump=True),), replay=_permute_replay)
+T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
+        replay=_permute_replay)
 UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
-                  lambda g, i, o, r: (reshape(g, i[0].shape),))
+                  lambda g, i, o, r: (reshape(g, i[0].shape),), fwd="fwd_view", replay=_reshape_replay)
 
 
 # -- dim arguments ---------------------------------------------------------------------------

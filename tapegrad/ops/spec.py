@@ -23,19 +23,35 @@ VJP signature: ``vjp(g, ins, out, row) -> grads``: ``g`` the output gradient (Te
 the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the tape row tuple
 ``(op, a, b, c, out, i0, i1, f0)``; returns one gradient (or None) per input.
 
+How a compiled program (tg.compile) replays the row forward: ``fwd`` is its jitted forward
+kernel, an expression in formula.py's language over ``x`` (or ``a`` and ``b``) and ``c`` (``"a +
+b"``, ``"x * c"``), whose loop tools/generate.py writes, or the name of a hand-written one in
+``engine/cpu/forwards.py``; ``fwd_exact(dtype, size)`` says where that kernel gives the bits of the
+NumPy forward the eager path runs (libm and NumPy's SIMD loops round differently; None: always);
+``replay(ins, i0, i1, f0, shape, dtype)`` is the NumPy forward for rows whose ``forward`` alone
+cannot replay; ``static_maps``: its index maps come from Python keys and shapes only, so a program
+may keep them. A row with none of these cannot replay (its program runs eagerly).
+
 Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
 imports the modules that declare rows in a fixed order.
 """
 from .. import formula
 from .attrs import Int, schema
 
+_parse = formula.parse  # (Op's argument ``formula`` shadows the module)
+
+
+def float64_only(dtype, size):
+    """fwd_exact of rows whose float32 NumPy loop is SIMD code that libm's float32 calls round apart from."""
+    return dtype.itemsize == 8
+
 
 class Op:
     __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads", "formula", "sign_through",
-                 "attrs", "inputs")
+                 "attrs", "inputs", "fwd", "fwd_exact", "replay", "static_maps")
 
     def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False,
-                 attrs=(), inputs=None):
+                 attrs=(), inputs=None, fwd=None, fwd_exact=None, replay=None, static_maps=False):
         self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
         self.forward, self.kernel, self.vjp = forward, kernel, vjp
         self.reads = tuple(reads.get(k, ()) for k in range(3)) if isinstance(reads, dict) else (tuple(reads),) * 3
@@ -43,6 +59,9 @@ class Op:
         self.sign_through = sign_through  # its VJP commutes with negating g (algebra.Negated)
         self.attrs = schema(attrs)
         self.inputs = arity if inputs is None else inputs
+        if fwd is not None and not fwd.startswith("fwd_"):
+            _parse(fwd)  # (a formula row's forward: checked here, not at generation)
+        self.fwd, self.fwd_exact, self.replay, self.static_maps = fwd, fwd_exact, replay, static_maps
 
     def attr(self, r, name):
         """The value of attribute ``name`` in row tuple ``r``."""
@@ -58,14 +77,15 @@ class Op:
 TABLE = []
 
 
-def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None):
+def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None, **replay):
+    """A row; ``replay``: its fwd, fwd_exact, replay and static_maps (above)."""
     op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, sign_through=sign_through, attrs=attrs,
-            inputs=inputs)
+            inputs=inputs, **replay)
     TABLE.append(op)
     return op
 
 
-def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None, attrs=()):
+def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None, attrs=(), **replay):
     """A unary elementwise row whose derivative is the formula ``d`` (formula.py). Its jitted
     adjoint ``adj_<name>`` is generated from ``d`` (tools/generate.py) unless ``kernel`` names a
     hand-written one; its VJP is ``d`` in tapegrad ops unless ``vjp`` is given (a VJP tuned for
@@ -73,7 +93,7 @@ def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None, at
     if vjp is None:
         vjp = eval(f"lambda g, i, o, r: ({formula.vjp_expr(d)},)", {})  # (it calls Tensor methods only)
     op = Op(len(TABLE), name, grad_fn, 1, forward, kernel or "adj_" + name, vjp,
-            formula.reads(d) if reads is None else reads, d, formula.sign_through(d), attrs)
+            formula.reads(d) if reads is None else reads, d, formula.sign_through(d), attrs, **replay)
     TABLE.append(op)
     return op
 

@@ -95,15 +95,28 @@ def _count(x, r):
     return n
 
 
-# f0 scales the sum: 1, or 1 / count for a mean
-SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")))
+def _sum_replay(ins, i0, i1, f0, shape, dtype):
+    a = ins[0]
+    return _sum_value(a, Mask.decode(i0, a.ndim), bool(i1))
+
+
+def _mean_replay(ins, i0, i1, f0, shape, dtype):
+    a = ins[0]
+    return _mean_value(a, Mask.decode(i0, a.ndim), bool(i1))[0]
+
+
+# f0 scales the sum: 1, or 1 / count for a mean. A replay's full sums are NumPy's pairwise sums.
+SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
+          fwd="fwd_sum", replay=_sum_replay)
 SUM_DIM = row("sum_dim", "SumBackward1", 1, None, "adj_sum", _sum_vjp,
-              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")))
-MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")))
+              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_sum_replay)
+MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
+           fwd="fwd_mean", replay=_mean_replay)
 MEAN_DIM = row("mean_dim", "MeanBackward1", 1, None, "adj_sum", _sum_vjp,
-               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")))
+               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_mean_replay)
 EXPAND = row("expand", "ExpandBackward0", 1, None, "adj_expand", lambda g, i, o, r: (_sum_to(g, i[0].shape),),
-             attrs=(None, Implicit("implicit")))
+             attrs=(None, Implicit("implicit")), static_maps=True,
+             replay=lambda ins, i0, i1, f0, shape, dtype: np.ascontiguousarray(np.broadcast_to(ins[0], shape)))
 
 
 def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
@@ -115,12 +128,15 @@ def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
     if dim is None and xv.dtype.kind == "f":  # a scalar loss: every axis, no checks
         return _unary(SUM, x, np.add.reduce(xv, axis=None, keepdims=keepdim), (1 << xv.ndim) - 1, int(keepdim), 1.0)
     axes = _axes(dim, xv.ndim)
+    return _unary(SUM if dim is None else SUM_DIM, x, _sum_value(xv, axes, keepdim), i0=Mask.encode(axes),
+                  i1=int(keepdim), f0=1.0)
+
+
+def _sum_value(xv, axes, keepdim):
     # np.add.reduce is what np.sum runs, without its 2.5 us of argument handling (bool would stay bool)
     value = np.add.reduce(xv, axis=axes, keepdims=keepdim) if xv.dtype.kind == "f" else \
         np.sum(xv, axis=axes, keepdims=keepdim)
-    if xv.dtype.kind in "bi":
-        value = value.astype(np.int64)
-    return _unary(SUM if dim is None else SUM_DIM, x, value, i0=Mask.encode(axes), i1=int(keepdim), f0=1.0)
+    return value.astype(np.int64) if xv.dtype.kind in "bi" else value
 
 
 def mean(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
@@ -133,13 +149,17 @@ def mean(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
         raise RuntimeError("mean(): could not infer output dtype. Input dtype must be either a floating "
                            f"point or complex dtype. Got: {_torch_type_name(xv.dtype)}")
     axes = _axes(dim, xv.ndim)
+    value, count = _mean_value(xv, axes, keepdim)
+    return _unary(MEAN if dim is None else MEAN_DIM, x, value, i0=Mask.encode(axes), i1=int(keepdim),
+                  f0=1.0 / count if count else math.nan)
+
+
+def _mean_value(xv, axes, keepdim):
     count = 1
     for a in axes:
         count *= xv.shape[a]
     value = np.add.reduce(xv, axis=axes, keepdims=keepdim)  # np.mean's sum and division, bit for bit
-    value = value / count if count else np.full_like(value, math.nan)  # (torch's nan for an empty mean, no warning)
-    return _unary(MEAN if dim is None else MEAN_DIM, x, value, i0=Mask.encode(axes), i1=int(keepdim),
-                  f0=1.0 / count if count else math.nan)
+    return (value / count if count else np.full_like(value, math.nan)), count  # (torch's nan for an empty mean, no warning)
 
 
 def expand(x, *shape, _materialize=False):

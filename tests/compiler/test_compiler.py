@@ -11,7 +11,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import ops
-from tapegrad.compiler import kernels
+from tapegrad.compiler.program import python_forward
 
 
 def same(a, b):
@@ -30,6 +30,7 @@ CASES = {
     "views": lambda x, w: (x * w).reshape(-1).unsqueeze(0).sum(1).squeeze(0),
     "reduce_dim": lambda x, w: (x * w).sum(0).mean() + (x * w).mean(1, keepdim=True).sum(),
     "no_grad_part": lambda x, w: _no_grad_part(x, w),
+    "trig": lambda x, w: (w.sin() * x.cos() + (w * 3.0).sin()).sum(),
 }
 
 
@@ -403,20 +404,46 @@ def test_two_threads_replay_one_function():
 
 # -- the rows' replay kernels: the gap stays visible --------------------------------------------------
 def test_which_rows_replay_how():
-    jitted = sorted(op.name for op in ops.TABLE if op.name in kernels.JITTED)
-    numpy_only = sorted(op.name for op in ops.TABLE if op.name not in kernels.JITTED
-                        and kernels.python_forward(op) is not None)
-    missing = sorted(op.name for op in ops.TABLE if op.name not in kernels.JITTED
-                     and kernels.python_forward(op) is None)
-    assert set(kernels.JITTED) <= {op.name for op in ops.TABLE}
-    assert jitted == sorted(kernels.JITTED)
+    from tapegrad.engine.cpu._forward import FWD_KERNEL
+    jitted = sorted(op.name for op in ops.TABLE if FWD_KERNEL[op.code] >= 0)
+    numpy_only = sorted(op.name for op in ops.TABLE if FWD_KERNEL[op.code] < 0 and python_forward(op) is not None)
+    missing = sorted(op.name for op in ops.TABLE if python_forward(op) is None)
+    assert jitted == JITTED, jitted
+    assert numpy_only == NUMPY_ONLY, numpy_only
     # Rows without any replay kernel: a program holding one runs eagerly. Shrink this list.
     assert missing == MISSING, missing
-    assert "tanh" in numpy_only and "mm" in numpy_only
+    assert not set(jitted) & set(missing)  # a jitted row falls back to NumPy where its kernel is not exact
 
 
+JITTED = ["add", "add_scalar", "clone", "cos", "div", "div_scalar", "exp", "log", "mean", "mul", "mul_scalar", "neg",
+          "reciprocal", "relu", "rsub_scalar", "scale", "sigmoid", "sin", "sqrt", "squeeze", "sub", "sub_scalar",
+          "sum", "unsafe_view", "unsqueeze", "view"]
+NUMPY_ONLY = ["abs", "atan2", "erf", "expand", "expm1", "hypot", "log1p", "log_softmax", "maximum", "mean_dim", "minimum",
+              "mm", "permute", "pow", "pow_scalar", "rpow_scalar", "rsqrt", "sign", "softmax", "std_root", "sum_dim", "t",
+              "tan", "tanh", "to", "transpose"]
 MISSING = ["add_run", "alias", "amax", "amin", "bmm", "cat", "clamp", "copy", "cumsum", "fill", "flip", "function",
            "gather", "gelu", "index", "index_put", "index_put_advanced", "index_select", "index_unsqueeze",
            "leaky_relu", "leaky_relu_backward", "masked_fill", "max", "max_dim", "min", "min_dim", "nll_loss",
-           "nll_loss_backward", "norm", "pow", "prod", "prod_dim", "repeat", "scatter_add", "scatter_flat",
+           "nll_loss_backward", "norm", "prod", "prod_dim", "repeat", "scatter_add", "scatter_flat",
            "select", "slice", "softplus", "split", "stack", "threshold_backward", "unbind", "var", "where", "zero"]
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_sin_cos_replay_jitted_as_eager_chooses(dtype):
+    """ops' _sin/_cos: the vectorised kernel from 4096 elements, NumPy below; the replay's kernel
+    makes the same choice per row (libm below in float64, NumPy's float32 loop stays NumPy)."""
+    f = lambda x: (x.sin() + x.cos() * 2.0).sum()
+    cf = tg.compile(f)
+    for n in (5, 5000):
+        x = tg.randn(n, dtype=dtype)
+        x._value[:3] = [1e6, 0.5, -3.0]  # (one large argument: libm for the whole large row)
+        cf(x)
+        for _ in range(2):
+            x = tg.randn(n, dtype=dtype) * 40.0
+            assert same(cf(x).numpy(), f(x).numpy())
+    text = tg.dump(cf)
+    small, large = text.split("program 1")
+    how = "jitted" if dtype == tg.float64 else "numpy"
+    assert f"sin(%0)  [5] {dtype.np.name}  [{how}]" in small and f"cos(%0)  [5] {dtype.np.name}  [{how}]" in small
+    assert f"sin(%0)  [5000] {dtype.np.name}  [jitted]" in large and f"cos(%0)  [5000] {dtype.np.name}  [jitted]" in large
+    assert cf.replay_count == 4

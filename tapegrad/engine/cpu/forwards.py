@@ -1,0 +1,178 @@
+"""The hand-written forward kernels of a compiled program's replay (tg.compile), for the rows
+whose forward is no formula: each row names its kernel (``fwd="fwd_sum"``, ops/spec.py) and
+tools/generate.py writes the dispatch (_forward.py) beside the formula rows' kernels.
+
+A kernel ``k(e, R, RF, O, hoff, w)`` runs row e of the program's row table R (RF its float
+view) on the values whose NumPy array objects ``O`` holds by slot (the output allocated by the
+caller), reading each as a flat array of the witness ``w``'s dtype. Each declares its ``kind``,
+which the planner checks before it puts a row in a jitted run: ELEMENTWISE (every operand has the
+output's size), BINARY (an operand of the output's size, size 1, or a trailing block of it), FULL
+(a reduction to one element), VIEW (the output shares its input's memory). The kernels reproduce
+the eager forward bit for bit: sums in NumPy's pairwise order, sin and cos as ops' _sin and _cos."""
+import numpy as np
+from numba import carray
+
+from ...jit import njit
+from ...jit.ffi import _load_i64, _voidptr, size_of
+from ...jit.forward import _TRIG_MAX, sincos1
+
+ELEMENTWISE, BINARY, FULL, VIEW = 1, 2, 3, 4
+DECLARED = {}  # kernel name -> kind
+
+
+def forward(kind):
+    def declare(f):
+        DECLARED[f.__name__] = kind
+        return njit(cache=True, inline="always")(f)
+    return declare
+
+
+@njit(cache=True, inline="always")
+def arr(O, s, hoff, w):
+    """Slot s's value as a flat array."""
+    obj = O[s]
+    return carray(_voidptr(_load_i64(obj + hoff)), size_of(obj, hoff), w.dtype)
+
+
+@njit(cache=True, inline="always")
+def scalar(f, w):
+    """A row's f0 in the operands' dtype, as NumPy casts a Python float."""
+    c1 = np.empty(1, w.dtype)
+    c1[0] = f
+    return c1[0]
+
+
+@njit(cache=True)
+def _block(a, lo, n):
+    """NumPy's pairwise_sum for n <= 128 (numpy/_core/src/umath/loops_utils.h.src)."""
+    if n < 8:
+        s = -np.zeros(1, a.dtype)[0]  # NumPy starts from -0.0, so that x + s is x for every x
+        for i in range(n):
+            s += a[lo + i]
+        return s
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    m = n - n % 8
+    while i < m:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit(cache=True, inline="always")
+def _half(n):
+    n2 = n // 2
+    return n2 - n2 % 8
+
+
+@njit(cache=True)
+def _pairwise(a, lo, n):
+    """NumPy's pairwise sum of a[lo:lo + n]: halves (cut at a multiple of 8) summed separately down
+    to blocks of 128, left + right. An explicit stack: Numba's recursion would not cache."""
+    if n <= 128:
+        return _block(a, lo, n)
+    los = np.empty(64, np.int64)
+    ns = np.empty(64, np.int64)
+    left = np.zeros(64, np.bool_)  # the slot's left half is summed, in acc
+    acc = np.empty(64, a.dtype)
+    sp = 0
+    los[0], ns[0] = lo, n
+    while True:
+        if ns[sp] > 128:  # descend into the left half
+            left[sp] = False
+            los[sp + 1], ns[sp + 1] = los[sp], _half(ns[sp])
+            sp += 1
+            continue
+        v = _block(a, los[sp], ns[sp])
+        while True:  # hand v up: a left half waits for its right, a right half completes its parent
+            sp -= 1
+            if sp < 0:
+                return v
+            if not left[sp]:
+                acc[sp] = v
+                left[sp] = True
+                h = _half(ns[sp])
+                los[sp + 1], ns[sp + 1] = los[sp] + h, ns[sp] - h
+                sp += 1
+                break
+            v = acc[sp] + v
+
+
+@forward(FULL)
+def fwd_sum(e, R, RF, O, hoff, w):
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    out[0] = _pairwise(a, 0, a.size) if a.size else scalar(0.0, w)  # (np.add.reduce: one pairwise sum)
+
+
+@forward(FULL)
+def fwd_mean(e, R, RF, O, hoff, w):  # (the planner leaves an empty mean to NumPy)
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    out[0] = _pairwise(a, 0, a.size) / scalar(a.size, w)
+
+
+@forward(VIEW)
+def fwd_view(e, R, RF, O, hoff, w):
+    """Nothing to do: the caller made the output a view of the input."""
+
+
+@forward(ELEMENTWISE)
+def fwd_copy(e, R, RF, O, hoff, w):
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    for i in range(out.size):
+        out[i] = a[i]
+
+
+@forward(ELEMENTWISE)
+def fwd_relu(e, R, RF, O, hoff, w):
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    z = scalar(0.0, w)
+    for i in range(out.size):
+        x = a[i]
+        out[i] = x if (x >= 0 or x != x) else z  # np.maximum(x, 0): NaN and -0.0 pass through
+
+
+@forward(ELEMENTWISE)
+def fwd_sigmoid(e, R, RF, O, hoff, w):
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    for i in range(out.size):  # ops' _sigmoid: exp of a negative argument only
+        x = a[i]
+        ex = np.exp(-np.abs(x))
+        out[i] = 1 / (1 + ex) if x >= 0 else ex / (1 + ex)
+
+
+@njit(cache=True, inline="always")
+def _trig(e, R, O, hoff, w, quarter):
+    """ops' _sin/_cos: the vectorised kernel from 4096 elements (libm for all when one argument is
+    large or not finite), libm's call below (NumPy's float64 loop; the planner keeps float32 out)."""
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    n = out.size
+    bad = n < 4096
+    if not bad:
+        for i in range(n):
+            bad |= not (abs(a[i]) <= _TRIG_MAX)
+            out[i] = sincos1(np.float64(a[i]), quarter)
+    if bad:
+        for i in range(n):
+            out[i] = np.sin(a[i]) if quarter == 0 else np.cos(a[i])
+
+
+@forward(ELEMENTWISE)
+def fwd_sin(e, R, RF, O, hoff, w):
+    _trig(e, R, O, hoff, w, 0)
+
+
+@forward(ELEMENTWISE)
+def fwd_cos(e, R, RF, O, hoff, w):
+    _trig(e, R, O, hoff, w, 1)
