@@ -354,10 +354,15 @@ or a hand-written kernel of forwards.py): do not edit. tests/test_generated.py f
 stale."""
 import numpy as np
 
-from ...jit import njit
+from ...jit import njit, ufuncs
 from .forwards import ({imports})
 
 {formula_kernels}
+
+# The ufuncs whose own loops the kernels call, in loop-table order (forwards.LOOPS first); each is
+# found and probed when a program first needs it (ufuncs.ready).
+UFUNCS = ({ufuncs})
+ufuncs.install(UFUNCS)
 
 FORWARDS = ({names})
 {constants}
@@ -420,13 +425,28 @@ def {kernel}(e, R, RF, O, hoff, w):
 '''
 
 
+UFUNC_FORWARD = '''
+
+@forward(ELEMENTWISE, status=True)
+def {kernel}(e, R, RF, O, hoff, w):
+    """{names}: {ufunc}'s own loop"""
+    return ufunc({index}, e, R, O, hoff, w)
+'''
+
+
 def forward_text():
     from tapegrad import formula, ops
     from tapegrad.engine.cpu import forwards
+    from tapegrad.jit import ufuncs
+    import numpy
     hand = [name for name in forwards.DECLARED if hasattr(forwards, name)]  # (DECLARED also holds generated ones)
     kinds = {name: forwards.DECLARED[name] for name in hand}
-    by_formula, kernels = {}, []  # rows with one formula share its kernel
+    status = set(forwards.STATUS) & set(hand)
+    by_formula, by_ufunc, kernels = {}, {}, []  # rows with one formula (one ufunc) share its kernel
     for op in ops.TABLE:
+        if op.fwd is not None and op.fwd.startswith("ufunc:"):
+            by_ufunc.setdefault(op.fwd[len("ufunc:"):], []).append(op)
+            continue
         if op.fwd is None or op.fwd.startswith("fwd_"):
             if op.fwd is not None and op.fwd not in kinds:
                 raise SystemExit(f"row {op.name!r} names forward {op.fwd!r}, which forwards.py does not declare")
@@ -443,17 +463,30 @@ def forward_text():
                                        expr=formula.forward_expr(d),
                                        scalar="    c = scalar(RF[e, 7], w)\n" if "c" in used else ""))
         row_kernel.update((r.code, name) for r in rows)
+    loops = list(forwards.LOOPS) + [u for u in by_ufunc if u not in forwards.LOOPS]
+    for u, rows in by_ufunc.items():
+        uf = ufuncs.resolve(u)
+        if not isinstance(uf, numpy.ufunc) or (uf.nin, uf.nout) != (1, 1):
+            raise SystemExit(f"row {rows[0].name!r} names {u!r}, which is no unary ufunc")
+        name = "fwd_" + rows[0].name
+        kinds[name] = forwards.ELEMENTWISE
+        status.add(name)
+        kernels.append(UFUNC_FORWARD.format(kernel=name, names=", ".join(r.name for r in rows), ufunc=u,
+                                            index=loops.index(u)))
+        row_kernel.update((r.code, name) for r in rows)
     names = list(kinds)
     unused = set(hand) - set(row_kernel.values())
     if unused:
         raise SystemExit(f"forward kernels no row names: {sorted(unused)}")
     const = ["F_" + n[len("fwd_"):].upper() for n in names]
-    branches = [f"    {'if' if i == 0 else 'elif'} k == {c}:\n        {n}(e, R, RF, O, hoff, w)"
-                for i, (n, c) in enumerate(zip(names, const))]
+    branches = [f"    {'if' if i == 0 else 'elif'} k == {c}:\n        {'return ' if n in status else ''}"
+                f"{n}(e, R, RF, O, hoff, w)" for i, (n, c) in enumerate(zip(names, const))]
     fk = [names.index(row_kernel[op.code]) if op.code in row_kernel else -1 for op in ops.TABLE]
     kind = [kinds[row_kernel[op.code]] if op.code in row_kernel else 0 for op in ops.TABLE]
     return re.sub(r"\n{4,}", "\n\n\n", FORWARD_HEADER.format(
-        imports=_wrap(["BINARY", "ELEMENTWISE", "arr", "forward", "scalar"] + hand, " " * len("from .forwards import (")),
+        imports=_wrap(["BINARY", "ELEMENTWISE", "arr", "forward", "scalar", "ufunc"] + hand,
+                      " " * len("from .forwards import (")),
+        ufuncs=_wrap([f'"{u}"' for u in loops], " " * len("UFUNCS = (")) + ("," if len(loops) == 1 else ""),
         formula_kernels="".join(kernels),
         names=_wrap([f'"{n}"' for n in names], " " * len("FORWARDS = (")),
         constants="\n".join(f"{c} = {i}" for i, c in enumerate(const)),

@@ -21,7 +21,7 @@ from .inplace import _inplace, _overlaps, _saved
 from .promote import (_SCALARS, _as_tensor, _prepare, _promote, _same_dtype, _scalar_result_dtype,
                       broadcast_shapes)
 from .results import _const_like, _record, _scalar_like, shown, shown_as
-from .spec import TABLE, Op, elementwise, float64_only, row
+from .spec import TABLE, Op, elementwise, loop_ready, row
 from .sums import _broadcast, _fit, _uniform, expand
 
 ndarray = np.ndarray
@@ -243,8 +243,8 @@ RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x),
 
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)",
                          fwd="1 / x")
-EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="exp(x)", fwd_exact=float64_only)
-LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="log(x)", fwd_exact=float64_only)
+EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="ufunc:numpy.exp")
+LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="ufunc:numpy.log")
 
 
 # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
@@ -263,28 +263,29 @@ def _cos(x):
     return cos_forward(x)
 
 
-def _trig_exact(dtype, size):
-    """Where a replay's jitted sin/cos gives _sin's bits: the vectorised kernel, or libm's float64
-    call, which is NumPy's float64 loop (its float32 loop is SIMD code of its own)."""
-    return size >= 4096 or dtype.itemsize == 8
+def _trig_exact(name):
+    """Where a replay's jitted sin/cos gives _sin's bits: the vectorised kernel, or NumPy's own loop."""
+    ready = loop_ready(name)
+    return lambda dtype, size: size >= 4096 or ready(dtype, size)
 
 
 # (their kernels compute cos and sin with the vectorised kernel where it is exact)
-SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin", fwd="fwd_sin", fwd_exact=_trig_exact)
-COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos", fwd="fwd_cos", fwd_exact=_trig_exact)
+SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin", fwd="fwd_sin", fwd_exact=_trig_exact("numpy.sin"))
+COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos", fwd="fwd_cos", fwd_exact=_trig_exact("numpy.cos"))
 # A VJP that torch writes as one op (tanh_backward...) or with Scalar overloads (MulBackward1: one
 # input) shows those nodes (shown_as): the same formula, with torch's nodes in the graph.
 TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
-                   vjp=lambda g, i, o, r: (shown_as(g * (1 - o * o), "TanhBackwardBackward0", g, o),))
+                   vjp=lambda g, i, o, r: (shown_as(g * (1 - o * o), "TanhBackwardBackward0", g, o),),
+                   fwd="ufunc:numpy.tanh")
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),),
-                      fwd="fwd_sigmoid", fwd_exact=float64_only)
+                      fwd="fwd_sigmoid", fwd_exact=loop_ready("numpy.exp"))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
            lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu")
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
                    vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),), fwd="sqrt(x)")
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
-                  vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),))
+                  vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),), fwd="ufunc:numpy.absolute")
 
 # Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
 # (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
@@ -364,13 +365,16 @@ def _where_vjp(g, i, o, r):
 ATAN2 = binary_elementwise("atan2", "Atan2Backward0", np.arctan2, "g * b * (1 / (a * a + b * b))",
                            "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",))
 HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False)
+# (1 / sqrt(x) is exact in float32 too: sqrt rounds correctly, and a quotient rounded to double
+# and then to float is the float's own)
 RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)",
                     vjp=lambda g, i, o, r: (shown_as(g * -0.5, "MulBackward1", g) *
-                                            shown_as(o * o * o, "PowBackward0", o),))  # torch's result.pow(3)
+                                            shown_as(o * o * o, "PowBackward0", o),),  # torch's result.pow(3)
+                    fwd="1 / sqrt(x)")
 LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)",
-                    vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),))
+                    vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),), fwd="ufunc:numpy.log1p")
 EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)",
-                    vjp=lambda g, i, o, r: (g * shown_as(o + 1, "AddBackward1", o),))
+                    vjp=lambda g, i, o, r: (g * shown_as(o + 1, "AddBackward1", o),), fwd="ufunc:numpy.expm1")
 
 
 def _tan_vjp(g, i, o, r):
@@ -378,7 +382,7 @@ def _tan_vjp(g, i, o, r):
     return (g * shown_as(sq + 1, "AddBackward1", sq),)
 
 
-TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)", vjp=_tan_vjp)
+TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)", vjp=_tan_vjp, fwd="ufunc:numpy.tan")
 
 
 def _erf_vjp(g, i, o, r):
@@ -388,7 +392,7 @@ def _erf_vjp(g, i, o, r):
 
 
 ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1283791670955126 * exp(-(x * x)) * g",
-                  vjp=_erf_vjp)
+                  vjp=_erf_vjp, fwd="ufunc:scipy.special.erf")
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
                  lambda g, i, o, r: (leaky_relu_backward(g, i[0], r[7]),), reads=(0,),
                  attrs=(None, None, Float("negative_slope")))
@@ -397,7 +401,7 @@ SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softpl
                attrs=(None, FloatBits("threshold"), Float("beta")))
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,),
             attrs=(None, FloatBits("max"), Float("min")))
-SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
+SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign")
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1),
               attrs=(Bool("min"),))
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1),

@@ -26,8 +26,11 @@ the input Tensors (None where unused), ``out`` the output Tensor, ``row`` the ta
 How a compiled program (tg.compile) replays the row forward: ``fwd`` is its jitted forward
 kernel, an expression in formula.py's language over ``x`` (or ``a`` and ``b``) and ``c`` (``"a +
 b"``, ``"x * c"``), whose loop tools/generate.py writes, or the name of a hand-written one in
-``engine/cpu/forwards.py``; ``fwd_exact(dtype, size)`` says where that kernel gives the bits of the
-NumPy forward the eager path runs (libm and NumPy's SIMD loops round differently; None: always);
+``engine/cpu/forwards.py``, or ``"ufunc:<module>.<name>"`` for a row whose eager forward is that
+one unary ufunc call (``"ufunc:numpy.tanh"``): the replay calls the ufunc's own inner loop
+(jit/ufuncs.py), exact wherever the loop is found; ``fwd_exact(dtype, size)`` says where that kernel
+gives the bits of the NumPy forward the eager path runs (libm and NumPy's SIMD loops round
+differently; None: always);
 ``replay(ins, i0, i1, f0, shape, dtype)`` is the NumPy forward for rows whose ``forward`` alone
 cannot replay; ``static_maps``: its index maps come from Python keys and shapes only, so a program
 may keep them. A row with none of these cannot replay (its program runs eagerly).
@@ -41,9 +44,12 @@ from .attrs import Int, schema
 _parse = formula.parse  # (Op's argument ``formula`` shadows the module)
 
 
-def float64_only(dtype, size):
-    """fwd_exact of rows whose float32 NumPy loop is SIMD code that libm's float32 calls round apart from."""
-    return dtype.itemsize == 8
+def loop_ready(name):
+    """fwd_exact of a kernel that runs ufunc ``name``'s own loop: wherever the probe found it."""
+    def exact(dtype, size):
+        from ..jit import ufuncs
+        return ufuncs.ready(name, dtype)
+    return exact
 
 
 class Op:
@@ -59,7 +65,9 @@ class Op:
         self.sign_through = sign_through  # its VJP commutes with negating g (algebra.Negated)
         self.attrs = schema(attrs)
         self.inputs = arity if inputs is None else inputs
-        if fwd is not None and not fwd.startswith("fwd_"):
+        if fwd is not None and fwd.startswith("ufunc:"):
+            fwd_exact = fwd_exact or loop_ready(fwd[len("ufunc:"):])
+        elif fwd is not None and not fwd.startswith("fwd_"):
             _parse(fwd)  # (a formula row's forward: checked here, not at generation)
         self.fwd, self.fwd_exact, self.replay, self.static_maps = fwd, fwd_exact, replay, static_maps
 

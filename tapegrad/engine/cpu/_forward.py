@@ -3,8 +3,8 @@ or a hand-written kernel of forwards.py): do not edit. tests/test_generated.py f
 stale."""
 import numpy as np
 
-from ...jit import njit
-from .forwards import (BINARY, ELEMENTWISE, arr, forward, scalar, fwd_sum, fwd_mean, fwd_view, fwd_copy,
+from ...jit import njit, ufuncs
+from .forwards import (BINARY, ELEMENTWISE, arr, forward, scalar, ufunc, fwd_sum, fwd_mean, fwd_view, fwd_copy,
                        fwd_relu, fwd_sigmoid, fwd_sin, fwd_cos)
 
 
@@ -193,24 +193,6 @@ def fwd_reciprocal(e, R, RF, O, hoff, w):
 
 
 @forward(ELEMENTWISE)
-def fwd_exp(e, R, RF, O, hoff, w):
-    """exp: exp(x)"""
-    X, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
-    for i in range(out.size):
-        x = X[i]
-        out[i] = np.exp(x)
-
-
-@forward(ELEMENTWISE)
-def fwd_log(e, R, RF, O, hoff, w):
-    """log: log(x)"""
-    X, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
-    for i in range(out.size):
-        x = X[i]
-        out[i] = np.log(x)
-
-
-@forward(ELEMENTWISE)
 def fwd_sqrt(e, R, RF, O, hoff, w):
     """sqrt: sqrt(x)"""
     X, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
@@ -219,10 +201,80 @@ def fwd_sqrt(e, R, RF, O, hoff, w):
         out[i] = np.sqrt(x)
 
 
+@forward(ELEMENTWISE)
+def fwd_rsqrt(e, R, RF, O, hoff, w):
+    """rsqrt: 1 / sqrt(x)"""
+    X, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    for i in range(out.size):
+        x = X[i]
+        out[i] = 1 / np.sqrt(x)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_exp(e, R, RF, O, hoff, w):
+    """exp: numpy.exp's own loop"""
+    return ufunc(0, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_log(e, R, RF, O, hoff, w):
+    """log: numpy.log's own loop"""
+    return ufunc(3, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_tanh(e, R, RF, O, hoff, w):
+    """tanh: numpy.tanh's own loop"""
+    return ufunc(4, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_abs(e, R, RF, O, hoff, w):
+    """abs: numpy.absolute's own loop"""
+    return ufunc(5, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_log1p(e, R, RF, O, hoff, w):
+    """log1p: numpy.log1p's own loop"""
+    return ufunc(6, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_expm1(e, R, RF, O, hoff, w):
+    """expm1: numpy.expm1's own loop"""
+    return ufunc(7, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_tan(e, R, RF, O, hoff, w):
+    """tan: numpy.tan's own loop"""
+    return ufunc(8, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_erf(e, R, RF, O, hoff, w):
+    """erf: scipy.special.erf's own loop"""
+    return ufunc(9, e, R, O, hoff, w)
+
+
+@forward(ELEMENTWISE, status=True)
+def fwd_sign(e, R, RF, O, hoff, w):
+    """sign: numpy.sign's own loop"""
+    return ufunc(10, e, R, O, hoff, w)
+
+
+# The ufuncs whose own loops the kernels call, in loop-table order (forwards.LOOPS first); each is
+# found and probed when a program first needs it (ufuncs.ready).
+UFUNCS = ("numpy.exp", "numpy.sin", "numpy.cos", "numpy.log", "numpy.tanh", "numpy.absolute", "numpy.log1p",
+          "numpy.expm1", "numpy.tan", "scipy.special.erf", "numpy.sign")
+ufuncs.install(UFUNCS)
+
 FORWARDS = ("fwd_sum", "fwd_mean", "fwd_view", "fwd_copy", "fwd_relu", "fwd_sigmoid", "fwd_sin", "fwd_cos",
             "fwd_neg", "fwd_add", "fwd_sub", "fwd_mul", "fwd_div", "fwd_add_scalar", "fwd_sub_scalar",
-            "fwd_rsub_scalar", "fwd_mul_scalar", "fwd_div_scalar", "fwd_reciprocal", "fwd_exp", "fwd_log",
-            "fwd_sqrt")
+            "fwd_rsub_scalar", "fwd_mul_scalar", "fwd_div_scalar", "fwd_reciprocal", "fwd_sqrt", "fwd_rsqrt",
+            "fwd_exp", "fwd_log", "fwd_tanh", "fwd_abs", "fwd_log1p", "fwd_expm1", "fwd_tan", "fwd_erf",
+            "fwd_sign")
 F_SUM = 0
 F_MEAN = 1
 F_VIEW = 2
@@ -242,19 +294,27 @@ F_RSUB_SCALAR = 15
 F_MUL_SCALAR = 16
 F_DIV_SCALAR = 17
 F_RECIPROCAL = 18
-F_EXP = 19
-F_LOG = 20
-F_SQRT = 21
+F_SQRT = 19
+F_RSQRT = 20
+F_EXP = 21
+F_LOG = 22
+F_TANH = 23
+F_ABS = 24
+F_LOG1P = 25
+F_EXPM1 = 26
+F_TAN = 27
+F_ERF = 28
+F_SIGN = 29
 
 # The forward kernel of each row of ops.TABLE, by opcode (-1: none).
 FWD_KERNEL = np.array([-1, -1, 3, 2, 2, 2, -1, -1, -1, 2, 0, -1, 1, -1, -1, 8, -1, -1, -1, -1, -1, -1, -1, -1,
-                       9, 10, 11, 12, -1, 13, 14, 15, 16, 16, 17, -1, -1, 18, 19, 20, 6, 7, -1, 5, 4, 21, -1,
-                       -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                       9, 10, 11, 12, -1, 13, 14, 15, 16, 16, 17, -1, -1, 18, 21, 22, 6, 7, 23, 5, 4, 19, 24,
+                       -1, -1, 20, 25, 26, 27, 28, -1, -1, -1, -1, 29, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                        -1, -1, -1, -1, -1], np.int64)
 # Its kind (forwards.ELEMENTWISE, BINARY, FULL, VIEW), by opcode (0: none).
 FWD_KIND = np.array([0, 0, 1, 4, 4, 4, 0, 0, 0, 4, 3, 0, 3, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 0, 1,
-                     1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                     1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0,
                      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                      0, 0, 0, 0, 0, 0], np.int64)
 
@@ -273,11 +333,11 @@ def forward_dispatch(k, e, R, RF, O, hoff, w):
     elif k == F_RELU:
         fwd_relu(e, R, RF, O, hoff, w)
     elif k == F_SIGMOID:
-        fwd_sigmoid(e, R, RF, O, hoff, w)
+        return fwd_sigmoid(e, R, RF, O, hoff, w)
     elif k == F_SIN:
-        fwd_sin(e, R, RF, O, hoff, w)
+        return fwd_sin(e, R, RF, O, hoff, w)
     elif k == F_COS:
-        fwd_cos(e, R, RF, O, hoff, w)
+        return fwd_cos(e, R, RF, O, hoff, w)
     elif k == F_NEG:
         fwd_neg(e, R, RF, O, hoff, w)
     elif k == F_ADD:
@@ -300,12 +360,28 @@ def forward_dispatch(k, e, R, RF, O, hoff, w):
         fwd_div_scalar(e, R, RF, O, hoff, w)
     elif k == F_RECIPROCAL:
         fwd_reciprocal(e, R, RF, O, hoff, w)
-    elif k == F_EXP:
-        fwd_exp(e, R, RF, O, hoff, w)
-    elif k == F_LOG:
-        fwd_log(e, R, RF, O, hoff, w)
     elif k == F_SQRT:
         fwd_sqrt(e, R, RF, O, hoff, w)
+    elif k == F_RSQRT:
+        fwd_rsqrt(e, R, RF, O, hoff, w)
+    elif k == F_EXP:
+        return fwd_exp(e, R, RF, O, hoff, w)
+    elif k == F_LOG:
+        return fwd_log(e, R, RF, O, hoff, w)
+    elif k == F_TANH:
+        return fwd_tanh(e, R, RF, O, hoff, w)
+    elif k == F_ABS:
+        return fwd_abs(e, R, RF, O, hoff, w)
+    elif k == F_LOG1P:
+        return fwd_log1p(e, R, RF, O, hoff, w)
+    elif k == F_EXPM1:
+        return fwd_expm1(e, R, RF, O, hoff, w)
+    elif k == F_TAN:
+        return fwd_tan(e, R, RF, O, hoff, w)
+    elif k == F_ERF:
+        return fwd_erf(e, R, RF, O, hoff, w)
+    elif k == F_SIGN:
+        return fwd_sign(e, R, RF, O, hoff, w)
     else:
         return False
     return True

@@ -8,21 +8,33 @@ caller), reading each as a flat array of the witness ``w``'s dtype. Each declare
 which the planner checks before it puts a row in a jitted run: ELEMENTWISE (every operand has the
 output's size), BINARY (an operand of the output's size, size 1, or a trailing block of it), FULL
 (a reduction to one element), VIEW (the output shares its input's memory). The kernels reproduce
-the eager forward bit for bit: sums in NumPy's pairwise order, sin and cos as ops' _sin and _cos."""
+the eager forward bit for bit: sums in NumPy's pairwise order, sin and cos as ops' _sin and _cos,
+and what NumPy computes with a ufunc by that ufunc's own loop (jit/ufuncs.py). A kernel declared
+with ``status`` returns whether it ran (False where the probe found no loop: the planner keeps such
+rows in NumPy, so the run never gets there)."""
 import numpy as np
 from numba import carray
 
 from ...jit import njit
 from ...jit.ffi import _load_i64, _voidptr, size_of
 from ...jit.forward import _TRIG_MAX, sincos1
+from ...jit.ufuncs import unary
 
 ELEMENTWISE, BINARY, FULL, VIEW = 1, 2, 3, 4
 DECLARED = {}  # kernel name -> kind
+STATUS = set()  # the kernels that return whether they ran
+
+# The ufuncs whose loops the hand kernels call, first in the loop table (the generated UFUNCS
+# appends the rows' own): U_EXP is the table index of numpy.exp.
+LOOPS = ("numpy.exp", "numpy.sin", "numpy.cos")
+U_EXP, U_SIN, U_COS = range(len(LOOPS))
 
 
-def forward(kind):
+def forward(kind, status=False):
     def declare(f):
         DECLARED[f.__name__] = kind
+        if status:
+            STATUS.add(f.__name__)
         return njit(cache=True, inline="always")(f)
     return declare
 
@@ -40,6 +52,14 @@ def scalar(f, w):
     c1 = np.empty(1, w.dtype)
     c1[0] = f
     return c1[0]
+
+
+@njit(cache=True, inline="always")
+def ufunc(u, e, R, O, hoff, w):
+    """Row e as loop u of the table (jit/ufuncs.py) over the whole output, as NumPy calls it on
+    contiguous operands; False where the table holds no loop for the dtype."""
+    src, dst = O[R[e, 1]], O[R[e, 4]]
+    return unary(u, _load_i64(src + hoff), _load_i64(dst + hoff), size_of(dst, hoff), w.itemsize)
 
 
 @njit(cache=True)
@@ -143,36 +163,46 @@ def fwd_relu(e, R, RF, O, hoff, w):
         out[i] = x if (x >= 0 or x != x) else z  # np.maximum(x, 0): NaN and -0.0 pass through
 
 
-@forward(ELEMENTWISE)
+@forward(ELEMENTWISE, status=True)
 def fwd_sigmoid(e, R, RF, O, hoff, w):
+    """ops' _sigmoid step for step: ex = exp(-|x|) by NumPy's exp loop (in place in the output),
+    then 1 / (1 + ex) or ex / (1 + ex) in the dtype."""
     a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
-    for i in range(out.size):  # ops' _sigmoid: exp of a negative argument only
-        x = a[i]
-        ex = np.exp(-np.abs(x))
-        out[i] = 1 / (1 + ex) if x >= 0 else ex / (1 + ex)
+    for i in range(out.size):
+        out[i] = -np.abs(a[i])
+    p = _load_i64(O[R[e, 4]] + hoff)
+    if not unary(U_EXP, p, p, out.size, w.itemsize):
+        return False
+    one = scalar(1.0, w)
+    for i in range(out.size):
+        ex = out[i]
+        out[i] = one / (one + ex) if a[i] >= 0 else ex / (one + ex)
+    return True
 
 
 @njit(cache=True, inline="always")
 def _trig(e, R, O, hoff, w, quarter):
-    """ops' _sin/_cos: the vectorised kernel from 4096 elements (libm for all when one argument is
-    large or not finite), libm's call below (NumPy's float64 loop; the planner keeps float32 out)."""
+    """ops' _sin/_cos: NumPy's loop below 4096 elements; from there the vectorised kernel (libm for
+    all when one argument is large or not finite)."""
     a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
     n = out.size
-    bad = n < 4096
-    if not bad:
-        for i in range(n):
-            bad |= not (abs(a[i]) <= _TRIG_MAX)
-            out[i] = sincos1(np.float64(a[i]), quarter)
+    if n < 4096:
+        return ufunc(U_SIN if quarter == 0 else U_COS, e, R, O, hoff, w)
+    bad = False
+    for i in range(n):
+        bad |= not (abs(a[i]) <= _TRIG_MAX)
+        out[i] = sincos1(np.float64(a[i]), quarter)
     if bad:
         for i in range(n):
             out[i] = np.sin(a[i]) if quarter == 0 else np.cos(a[i])
+    return True
 
 
-@forward(ELEMENTWISE)
+@forward(ELEMENTWISE, status=True)
 def fwd_sin(e, R, RF, O, hoff, w):
-    _trig(e, R, O, hoff, w, 0)
+    return _trig(e, R, O, hoff, w, 0)
 
 
-@forward(ELEMENTWISE)
+@forward(ELEMENTWISE, status=True)
 def fwd_cos(e, R, RF, O, hoff, w):
-    _trig(e, R, O, hoff, w, 1)
+    return _trig(e, R, O, hoff, w, 1)
