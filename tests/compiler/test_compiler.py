@@ -24,7 +24,8 @@ CASES = {
     "chain": lambda x, w: ((x * w + 1.0) * 0.5 - 2.0).relu().sum(),
     "unary": lambda x, w: (w.exp() + (w * w + 1.0).log() + w.tanh() + w.sigmoid() + (w * w).sqrt()).mean(),
     "scalars": lambda x, w: (2.0 - w / 3.0 + 1.5 * w - (w ** 2)).sum(),
-    "bias": lambda x, w: (x + w.sum(0)).sum() + (x * w.mean(0, keepdim=True)).sum() + (w.sum() * x).sum(),
+    "bias": lambda x, w: (x + w.sum(0)).sum() + (x * w.mean(0, keepdim=True)).sum() + (w.sum() * x).sum()
+    + (w.sum(0) - x).sum(),  # (the trailing block on either side)
     "mlp": lambda x, w: (x.t() @ w).relu().mean(),
     "softmax": lambda x, w: (x * w).softmax(1).sum() + (x * w).log_softmax(-1).mean(),
     "views": lambda x, w: (x * w).reshape(-1).unsqueeze(0).sum(1).squeeze(0),
