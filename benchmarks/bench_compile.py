@@ -1,9 +1,7 @@
 """C1, C2: W1's chain and W2's MLP under tg.compile (torch.compile where it works), forward
 replayed and backward run on the replayed outputs. The first, recording call is timed apart
 (``time_record``); torch.compile's first call is its compile time (``track_compile_seconds``).
-
-What stays eager is reported by tg.compiler.stats: W2's cross-entropy row has no replay kernel
-yet, so C2 records and then runs eagerly (the figure shows the cost of the guard check on top)."""
+What stays eager is reported by tg.compiler.stats."""
 import time
 
 from . import bench_w1_chain, bench_w2_mlp

@@ -8,6 +8,7 @@ import numpy as np
 from . import ops
 from .grad_mode import enable_grad
 from .nn.modules import _zero_grad
+from .tape import program_step
 from .tensor import Tensor
 
 
@@ -44,6 +45,9 @@ class Optimizer:
         self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
+        program_step(self._zero_grad, (set_to_none,), defer=True)  # (a compiled training step replays it)
+
+    def _zero_grad(self, set_to_none):
         for g in self.param_groups:
             for p in g["params"]:
                 _zero_grad(p, set_to_none)
@@ -53,12 +57,15 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        program_step(self._update_all)  # (a compiled training step replays it, on the live state)
+        return loss
+
+    def _update_all(self):
         for group in self.param_groups:
             for p in group["params"]:
                 if p._grad is not None:
                     self._update(p, p._grad._value, group, self.state.setdefault(p, {}))
                     p._bump_version()
-        return loss
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

@@ -466,6 +466,14 @@ def recording_program():
     return getattr(_hot, "prog", None)
 
 
+def program_step(fn, args=(), defer=False):
+    """fn(*args), a Python step on tensors (an optimizer's step, zero_grad): while a compiled
+    function records, one row of its program, which replays call again (``defer``: it only resets
+    grads, and a replay may hold it back until its guards pass)."""
+    p = getattr(_hot, "prog", None)
+    return fn(*args) if p is None else p.note_call(fn, args, defer)
+
+
 def note_op(code, x, y, t, i0, i1, f0):
     """A result that needs no grad (or made under no_grad): the program records it too."""
     p = getattr(_hot, "prog", None)

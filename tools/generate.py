@@ -414,14 +414,16 @@ def {kernel}(e, R, RF, O, hoff, w):
         for i in range(n):
             b = B[i]
             out[i] = {expr}
-    elif na == n:
-        for i in range(n):
-            a, b = A[i], B[i % nb]
-            out[i] = {expr}
+    elif na == n:  # (block by block: an index modulo per element does not vectorise, 10x slower)
+        for j in range(0, n, nb):
+            for k in range(nb):
+                a, b = A[j + k], B[k]
+                out[j + k] = {expr}
     else:
-        for i in range(n):
-            a, b = A[i % na], B[i]
-            out[i] = {expr}
+        for j in range(0, n, na):
+            for k in range(na):
+                a, b = A[k], B[j + k]
+                out[j + k] = {expr}
 '''
 
 

@@ -8,6 +8,7 @@ from ..engine import driver
 from ..engine.delivery import give_grad
 from ..engine.errors import blame_leaf
 from ..grad_mode import set_grad_enabled
+from ..tape import recording_program
 from ..tensor import Size, Tensor
 from . import anomaly_mode
 
@@ -70,6 +71,14 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False, 
     inputs = _tuple(inputs)
     if inputs is not None and len(inputs) == 0:
         raise RuntimeError("`inputs` argument to `backward()` cannot be empty.")
+    p = recording_program()
+    if p is not None:  # inside a compiled function: a row of its program (a training step)
+        return p.note_backward(lambda: _backward(tensors, grad_tensors, retain_graph, create_graph, inputs),
+                               tensors, grad_tensors, retain_graph, create_graph, inputs)
+    _backward(tensors, grad_tensors, retain_graph, create_graph, inputs)
+
+
+def _backward(tensors, grad_tensors, retain_graph, create_graph, inputs):
     seeds, leaf_seeds = _seeds(tensors, grad_tensors, create_graph)
     want = _want_from_graph(seeds, inputs) if inputs is not None else None
     req = driver.Request(want, retain_graph, create_graph)

@@ -107,6 +107,9 @@ class CompiledFunction:
             why = rec.bad
         except Unreplayable as e:
             why = str(e)
+        if program is not None and any(not isinstance(t, Tensor) and t.__class__ not in _SCALARS for t in outputs):
+            program, why = None, "it returns a value that is neither a tensor nor a Python scalar (a replay would " \
+                                 "return the recorded one)"
         if program is not None:
             program.structure = structure
             program.consts = [None if isinstance(t, Tensor) else t for t in outputs]
@@ -293,6 +296,9 @@ def _flatten(result):
         if c is tuple or c is list:
             parts = [walk(x) for x in v]
             return lambda it: c(p(it) for p in parts)
+        if isinstance(v, tuple):  # a named tuple (torch.return_types.max...)
+            parts = [walk(x) for x in v]
+            return lambda it: c(*(p(it) for p in parts))
         if c is dict:
             parts = [(k, walk(x)) for k, x in v.items()]
             return lambda it: {k: p(it) for k, p in parts}

@@ -8,29 +8,43 @@ without any cost on the tracked path. Factories (zeros, randn...), comparisons, 
 and values Python reads out of a tensor (item, bool...) are noted by small hooks beside them.
 
 Every value of a program is accounted for: a row's output, a constant made from Python data
-(which the guards on arguments and closure values pin), a random draw, or an external tensor:
-an argument, or a tensor read from the function's closure, globals or module (read live at each
-replay, replacement guarded). A tensor of any other origin (made by an op that does not record,
-an optimizer's NumPy update, a backward inside the function) makes the program unreplayable:
-that signature then runs eagerly, and ``stats`` says why. Nothing is ever replayed on a guess.
+(which the guards on arguments and closure values pin), a random draw, an operand derived from
+tensors' values (an index map, a mask, nll_loss's target positions: ops.results._derived; its row
+recomputes it at each replay, and a different shape or an error is a failed guard), the .grad a
+backward left (read live), or an external tensor: an argument, or a tensor read from the
+function's closure, globals or module (read live at each replay, replacement guarded). A tensor
+of any other origin (made by an op that does not record, a NumPy write, autograd.grad) makes the
+program unreplayable: that signature then runs eagerly, and ``stats`` says why. Nothing is ever
+replayed on a guess. Rows that index (select, slice, x[i]...) replay as copies: a program that
+writes into a tensor and then reads a view of it made by indexing runs eagerly.
+
+A training step. backward() inside the function is a row (BACKWARD) whose replay runs the engine
+on the tape of the rows replayed since the previous one; an optimizer's step and zero_grad (and a
+module's) are rows (CALL) that call the optimizer again on its live state: its step count and
+learning rate are read at each call, never kept. The first backward, step or .grad read commits a
+replay: guards must come before it (a guard after it makes the recording unreplayable), and
+zero_grad and writes into external tensors before it are held back until then.
 
 Replay. The rows run in order on fresh arrays: runs of rows with a jitted forward kernel (a
 row's ``fwd``, where its ``fwd_exact`` holds) in one call of the generic interpreter each
 (engine/cpu/forward_replay.py), the others in NumPy, as the eager front end computes them (the
 row's ``replay``, or its ``forward``). Value guards compare the bytes Python read; writes into external
 tensors are held back until every guard has passed, so a failing guard leaves nothing changed.
-Then the rows that need grad are written to a fresh tape, so backward (and create_graph) runs
-on replayed outputs as on eager ones."""
+The rows that need grad are written to fresh tapes, so backward (and create_graph) runs on
+replayed outputs as on eager ones."""
 import numpy as np
 
 from .. import ops
 from ..operands import operand
 from ..ops.attrs import Operand
-from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _state
+from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
 from ..tensor import Tensor, leaf as _leaf
 
 # row kinds
 OP, PY, CONST, RAND, WRITE, GUARD = "op", "py", "const", "rand", "write", "guard"
+# a training step's rows: loss.backward(), a Python call (an optimizer's step, zero_grad), a .grad read
+BACKWARD, CALL, GRAD = "backward", "call", "grad"
+DERIVED = 1  # a PY row's i0: it derives an operand from tensors' values (its shape, dtype and errors are guards)
 # slot kinds
 EXT, VALUE, CONSTANT = "ext", "value", "constant"  # a constant: an index map, kept by value
 
@@ -78,6 +92,16 @@ class Recording:
         self.fullgraph = fullgraph
         self.bad = None
         self.reads = 0
+        self.derived = {}  # id(array) -> (array, fn, inputs): an operand that is fn of tensors' values (_derived)
+        self.derived_slots = {}  # id(array) -> the slot its row computes
+        self.written = {}  # id(tensor) -> (slot, its place on a tape) after an in-place write
+        self.views = {}  # id(version counter) -> (counter, slots of views that a replay copies)
+        self.stale = set()  # those slots after a write into their storage
+        self.committed = False  # a backward, step or .grad read is recorded: no guard may follow
+        self.backward_tapes = set()  # ids of the tapes a recorded backward closed
+        self.call_bumps = {}  # id(tensor) -> version bumps that recorded calls made
+        self.grads_set = set()  # ids of the tensors whose .grad a recorded backward or call set
+        self.called = set()  # ids of the tensors a recorded call changed in place
 
     # -- failure -----------------------------------------------------------------------------
     def fail(self, why):
@@ -95,6 +119,13 @@ class Recording:
             return s
         i = self.args.get(id(t), -1)
         if i < 0 and id(t) not in self.sources:
+            owner = next((o for o, _, _ in self.versions.values() if o._grad is t), None)
+            if owner is not None:  # a .grad that a backward (recorded or before the call) made: read live
+                s = self._new(VALUE, t._value, False)
+                self.rows.append((GRAD, None, self._external(owner), -1, -1, s, 0, 0, 0.0))
+                self.committed = True
+                self._hold(t, s)
+                return s
             self.fail("it reads a tensor made outside the recorded ops (neither an argument, nor read from the "
                       "function's closure, globals or module, nor made by an op that records)")
         s = self._new(EXT, t._value, t._rg, tensor=t, arg=i)
@@ -104,15 +135,26 @@ class Recording:
 
     def slot_of(self, t):
         """The program slot that holds tensor t's current value."""
+        return self._fresh(self._slot_of(t))
+
+    def _fresh(self, s):
+        if s in self.stale:
+            self.fail("it reads an indexed view of a tensor after an in-place write into that tensor "
+                      "(a replay copies such views)")
+        return s
+
+    def _slot_of(self, t):
+        w = self.written.get(id(t))
+        if w is not None and w[1] == _place(t):
+            return w[0]
         if t._tape is not None:
             s = self.tmap.get((id(t._tape), t._slot))
             if s is not None:
                 return s
-            if id(t._tape) in self.synced:
-                self._sync()
-                s = self.tmap.get((id(t._tape), t._slot))
-                if s is not None:
-                    return s
+            self._sync()  # (rows since the last note; a tape begun in the call joins there)
+            s = self.tmap.get((id(t._tape), t._slot))
+            if s is not None:
+                return s
         s = self.byid.get(id(t))
         if s is not None:
             return s
@@ -121,13 +163,41 @@ class Recording:
     def _operand(self, v, op):
         if v is None:
             return -1
-        if v.__class__ is Tensor:
+        if isinstance(v, Tensor):
             return self.slot_of(v)
-        if v.__class__ is tuple:  # (array, the tensor it was made from)
+        if v.__class__ is tuple:  # (array, the tensor it was made from): the tensor's value broadcast
+            if id(v[0]) not in self.derived:
+                self.derive(v[0], _broadcast(np.shape(v[0])), (v[1],))
             v = v[0]
+        if id(v) in self.derived:
+            return self._derived_slot(v)
         if not op.static_maps:  # (a mask, an index tensor: the program would bake its values in)
             self.fail(f"row {op.name!r} holds a constant made from a tensor's values")
         return self._new(CONSTANT, np.asarray(v), False, value=np.array(v))
+
+    def derive(self, array, fn, inputs):
+        self.derived[id(array)] = (array, fn, inputs)
+
+    def _derived_slot(self, array):
+        """The slot of a derived operand: a row that computes it again at each replay."""
+        s = self.derived_slots.get(id(array))
+        if s is not None:
+            return s
+        array, fn, inputs = self.derived[id(array)]
+        ins = []
+        for x in inputs:
+            if isinstance(x, Tensor):
+                ins.append(self.slot_of(x))
+            elif id(x) in self.derived:
+                ins.append(self._derived_slot(x))
+            else:
+                self.fail("it derives a constant from an array of unknown origin")
+                return self._new(CONSTANT, np.asarray(x), False, value=np.array(x))
+        s = self._new(VALUE, np.asarray(array), False)
+        self._check()
+        self.rows.append((PY, (fn, [None] * len(ins)), ins, -1, -1, s, DERIVED, 0, 0.0))
+        self.derived_slots[id(array)] = s
+        return s
 
     # -- the tape's rows -----------------------------------------------------------------------
     def _sync(self):
@@ -187,11 +257,18 @@ class Recording:
                 if p == -2:
                     p = self._operand(tape.values[s], op)
                     self.tmap[(id(tape), s)] = p
-                ins.append(p)
+                ins.append(self._fresh(p))
             value = tape.values[r[4]]
             out = self._new(VALUE, value, True)
             self.tmap[(id(tape), r[4])] = out
             self._row(OP, op, ins, out, r[5], r[6], f0)
+            if op.kernel == "adj_getitem" and tape.vcs:
+                self._viewing(tape.vcs.get(r[4]), out)
+
+    def _viewing(self, vc, s):
+        """Slot s holds a view that shares version counter vc with its base: a replay copies it."""
+        if vc is not None:
+            self.views.setdefault(id(vc), (vc, []))[1].append(s)
 
     def _row(self, kind, op, ins, out, i0=0, i1=0, f0=0.0):
         ins = list(ins) + [-1] * (3 - len(ins))
@@ -200,15 +277,16 @@ class Recording:
         self.rows.append((kind, op, ins[0], ins[1], ins[2], out, i0, i1, f0))
 
     # -- hooks (tape.note_*) -------------------------------------------------------------------
-    def note(self, code, x, y, t, i0, i1, f0):
+    def note(self, code, x, y, t, i0, i1, f0, z=None):
         """An op whose result needs no grad (or any op under no_grad)."""
         self._sync()
         op = ops.TABLE[code]
-        ins = [self.slot_of(x) if x.__class__ is Tensor or isinstance(x, Tensor) else self._operand(x, op),
-               -1 if y is None else self.slot_of(y) if isinstance(y, Tensor) else self._operand(y, op)]
+        ins = [self._operand(v, op) for v in (x, y, z)]
         out = self._new(VALUE, t._value, False)
         self._hold(t, out)
         self._row(OP, op, ins, out, i0, i1, f0)
+        if op.kernel == "adj_getitem":
+            self._viewing(t._vc, out)
 
     def note_python(self, fn, operands, t):
         """A result that no row computes (a comparison): replayed by calling ``fn`` on the operands."""
@@ -228,17 +306,65 @@ class Recording:
         self._hold(t, out)
         self.rows.append((RAND if draw else CONST, draw, -1, -1, -1, out, 0, 0, 0.0))
 
-    def note_write(self, x, result):
-        """x is about to take ``result``'s values in place (ops._inplace)."""
+    def note_write(self, x, result, target, through_view):
+        """x has just taken ``result``'s values in place; ``target``: the slot that held x before
+        (ops.inplace._inplace, setitem). ``through_view``: an untracked write into a view, whose
+        base changes with no row."""
         self._sync()
-        target = self.slot_of(x)
+        if through_view:
+            self.fail("it writes in place into a view with no graph recording (the base's change has no row)")
         src = self.slot_of(result)
         self.rows.append((WRITE, None, target, src, -1, target, 0, 0, 0.0))
         if self.slots[target].kind == EXT:
             self.writes[id(x)] = self.writes.get(id(x), 0) + 1
-        self.byid[id(x)] = src
-        if x._tape is None:
-            self.keep.append(x)
+        self.written[id(x)] = (src, _place(x))
+        self.keep.append(x)
+        views = self.views.get(id(x._vc)) if x._vc is not None else None
+        if views is not None:  # views that share x's storage (copies at replay) no longer hold x's values
+            self.stale.update(s for s in views[1] if s != src)
+
+    def note_backward(self, run, tensors, grads, retain_graph, create_graph, inputs):
+        """backward() inside the function: run it eagerly (``run``) and record a row whose replay
+        runs the engine again on the replayed tape."""
+        self._sync()
+        if create_graph:
+            self.fail("it calls backward(create_graph=True)")
+        outs = [self.slot_of(t) for t in tensors]
+        gs = [-1 if g is None else self.slot_of(g) if isinstance(g, Tensor) else -2 for g in grads or [None] * len(outs)]
+        ins = None if inputs is None else [self.slot_of(t) for t in inputs]
+        if -2 in gs or ins is not None and any(self.slots[s].kind != EXT for s in ins):
+            self.fail("it calls backward() with gradients that are not tensors, or inputs that are not its arguments")
+        result = self._effects(run)
+        self.backward_tapes.update(id(t._tape) for t in tensors if t._tape is not None)
+        self.rows.append((BACKWARD, (outs, gs, ins, bool(retain_graph)), -1, -1, -1, -1, 0, 0, 0.0))
+        self.committed = True
+        return result
+
+    def note_call(self, fn, args, defer):
+        """A Python step on tensors (an optimizer's step, zero_grad) inside the function: run it
+        and record a row whose replays call it again, on the live tensors. ``defer``: it only
+        resets grads (zero_grad), so a replay may hold it back until its guards have passed."""
+        self._sync()
+        result = self._effects(fn, *args)
+        self.rows.append((CALL, (fn, args, defer), -1, -1, -1, -1, 0, 0, 0.0))
+        self.committed |= not defer
+        return result
+
+    def _effects(self, fn, *args):
+        """fn(*args) with nothing noted; the in-place changes and .grad changes it makes to the
+        function's tensors are the recorded row's."""
+        before = [(t, t._version, t._grad) for t, _, _ in self.versions.values()]
+        prog, _hot.prog = _hot.prog, None
+        try:
+            return fn(*args)
+        finally:
+            _hot.prog = prog
+            for t, version, grad in before:
+                if t._version != version:
+                    self.call_bumps[id(t)] = self.call_bumps.get(id(t), 0) + t._version - version
+                    self.called.add(id(t))
+                if t._grad is not grad:
+                    self.grads_set.add(id(t))
 
     def note_read(self, t, value):
         """Python read t's values (item, bool, tolist...): the replay checks them."""
@@ -249,8 +375,15 @@ class Recording:
         self._sync()
         s = self.slot_of(t)
         v = t._value
+        self._check()
         self.rows.append((GUARD, (v.dtype, v.shape, v.tobytes()), s, -1, -1, -1, 0, 0, 0.0))
+
+    def _check(self):
+        """A row that may fail a replay (a guard, a derived operand) is about to be added."""
         self.reads += 1
+        if self.committed:
+            self.fail("it reads a value into Python (or indexes by a tensor's values) after backward(), an "
+                      "optimizer step or a .grad read, whose effects a failed guard could not undo")
 
     def _hold(self, t, s):
         self.byid[id(t)] = s
@@ -261,13 +394,13 @@ class Recording:
         """The program, or the reason it cannot replay."""
         self._sync()
         for tape, _ in self.synced.values():
-            if tape.closed:
-                self.fail("it calls backward() (a compiled training step replays eagerly for now)")
+            if tape.closed and id(tape) not in self.backward_tapes:
+                self.fail("it runs a backward that it does not record (autograd.grad, a closure's backward)")
         for t, version, grad in self.versions.values():
-            if t._version - version != self.writes.get(id(t), 0):
-                self.fail("it changes a tensor in place in a way no op records (a NumPy write, an optimizer step)")
-            if t._grad is not grad:
-                self.fail("it changes a tensor's .grad")
+            if t._version - version != self.writes.get(id(t), 0) + self.call_bumps.get(id(t), 0):
+                self.fail("it changes a tensor in place in a way no op records (a NumPy write)")
+            if t._grad is not grad and id(t) not in self.grads_set:
+                self.fail("it sets a tensor's .grad other than by backward() or zero_grad()")
         for s in self.viewed:
             if id(self.slots[s].tensor) in self.writes:
                 self.fail("it writes in place into an argument that it also views")
@@ -275,6 +408,14 @@ class Recording:
         if self.bad is not None:
             return None
         return Program(self, outs)
+
+
+def _place(t):
+    return None if t._tape is None else (id(t._tape), t._slot)
+
+
+def _broadcast(shape):
+    return lambda c: np.ascontiguousarray(np.broadcast_to(c, shape))
 
 
 def _replayable(rec):
@@ -306,6 +447,12 @@ def _scalar(c, like):
     return int(c) if c == int(c) else c
 
 
+class _Segment:
+    """The rows between two backward() rows that need grad: rows (program row indices), index (row
+    -> its place), slots (those they use), flags (of the slots not external), R (their row table)."""
+    __slots__ = ("rows", "index", "slots", "flags", "R")
+
+
 class Program:
     """A recorded program: slots, rows, and the plan that replays them."""
 
@@ -320,6 +467,7 @@ class Program:
         self.ext = [s for s, sl in enumerate(self.slots) if sl.kind == EXT]
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
         self.has_rand = any(r[0] == RAND for r in self.rows)
+        self.refresh = [s for s in self.ext if id(self.slots[s].tensor) in rec.called]
         self.plan = self._plan()
         self._tape_plan()
 
@@ -381,25 +529,39 @@ class Program:
         return plan
 
     def _tape_plan(self):
-        """Which rows and slots a replay writes to its tape (those that need grad)."""
-        rg_rows = [e for e, r in enumerate(self.rows) if r[0] == OP and self.slots[r[5]].rg]
-        self.rg_rows = rg_rows
-        if not rg_rows:
-            self.tape_slots = []
-            return
+        """Which rows and slots a replay writes to its tapes (those that need grad): one tape per
+        segment of rows that a backward() row ends (the eager backward closes its tape; later ops
+        record on another), the last one ending with the program."""
+        cuts = [e for e, r in enumerate(self.rows) if r[0] == BACKWARD]
+        self.segments = [self._segment(lo, hi) for lo, hi in zip([0] + [c + 1 for c in cuts], cuts + [len(self.rows)])]
+        self.cut = {c: k for k, c in enumerate(cuts)}
+        self.seg_of = {self.rows[e][5]: k for k, seg in enumerate(self.segments) for e in seg.rows}
+        for k, seg in enumerate(self.segments):
+            for e in seg.rows:
+                if any(s >= 0 and self.seg_of.get(s, k) != k for s in self.rows[e][2:5]):
+                    raise Unreplayable("it records ops that need grad on values from before its backward()")
+        for c, k in self.cut.items():
+            if any(self.slots[s].kind != EXT and self.seg_of.get(s) != k for s in self.rows[c][1][0]):
+                raise Unreplayable("it calls backward() on a value from before an earlier backward()")
+
+    def _segment(self, lo, hi):
+        seg = _Segment()
+        seg.rows = [e for e in range(lo, hi) if self.rows[e][0] == OP and self.slots[self.rows[e][5]].rg]
+        seg.index = {e: i for i, e in enumerate(seg.rows)}
         used = set()
-        for e in rg_rows:
+        for e in seg.rows:
             r = self.rows[e]
             used.update(s for s in (r[2], r[3], r[4], r[5]) if s >= 0)
-        self.tape_slots = sorted(used)
-        self.internal_flags = np.array([REQUIRES_GRAD if self.slots[s].rg else LEAF for s in self.tape_slots
-                                        if self.slots[s].kind != EXT], np.int64)
-        R = np.zeros((len(rg_rows), 8), np.int64)
-        for i, e in enumerate(rg_rows):
+        seg.slots = sorted(used)
+        seg.flags = np.array([REQUIRES_GRAD if self.slots[s].rg else LEAF for s in seg.slots
+                              if self.slots[s].kind != EXT], np.int64)
+        R = np.zeros((len(seg.rows), 8), np.int64)
+        for i, e in enumerate(seg.rows):
             kind, op, a, b, c, out, i0, i1, f0 = self.rows[e]
             R[i, :7] = (op.code, a, b, c, out, i0, i1)
             R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
-        self.R = R
+        seg.R = R
+        return seg
 
     # -- replay ----------------------------------------------------------------------------------
     def replay(self, tensors):
@@ -419,7 +581,22 @@ class Program:
             vals[s] = slots[s].value
             O[s] = id(slots[s].value)
         state = _rng[0].bit_generator.state if self.has_rand and self.reads else None
-        deferred = []
+        deferred = []  # writes into external tensors and zero_grad calls, held back until every guard has passed
+        committed = False  # a backward, step or .grad read ran: no guard follows (Recording._check)
+        f0s = {}
+        tapes, made = {}, {}
+
+        def flush():
+            for a, b in deferred:
+                if a is None:
+                    b[0](*b[1])
+                    self._refresh(tensors, vals, O)
+                else:
+                    t = slots[a].tensor if slots[a].arg < 0 else tensors[slots[a].arg]
+                    np.copyto(t._value, vals[b])
+                    t._bump_version()
+            deferred.clear()
+
         rows = self.rows
         try:
             for step in self.plan:
@@ -442,7 +619,10 @@ class Program:
                     f = _PY_CACHE.get(op.code)
                     if f is None:
                         f = _PY_CACHE[op.code] = python_forward(op)
-                    v = np.asarray(f(ins, i0, i1, f0, slots[out].shape, slots[out].dtype))
+                    v = f(ins, i0, i1, f0, slots[out].shape, slots[out].dtype)
+                    if v.__class__ is tuple:  # (value, the row's f0 at this replay)
+                        v, f0s[e] = v
+                    v = np.asarray(v)
                     v = v if v.flags.c_contiguous else np.ascontiguousarray(v)
                 elif kind == GUARD:
                     dtype, shape, data = op
@@ -452,7 +632,9 @@ class Program:
                     continue
                 elif kind == WRITE:
                     if slots[a].kind == EXT:
-                        deferred.append((a, b))  # held back until every guard has passed
+                        deferred.append((a, b))
+                        if committed:
+                            flush()
                     else:
                         np.copyto(vals[a], vals[b])
                     continue
@@ -460,51 +642,93 @@ class Program:
                     v = slots[out].value.copy()
                 elif kind == RAND:
                     v = op()
-                else:  # PY
+                elif kind == PY:
                     fn, consts = op
                     it = iter(vals[s] for s in a)
-                    v = np.asarray(fn(*[next(it) if k is None else k for k in consts]))
+                    if i0 == DERIVED:  # an index map or mask the eager op would make otherwise: eager then
+                        try:
+                            v = np.asarray(fn(*[next(it) for _ in consts]))
+                        except Exception:
+                            raise GuardFailed from None
+                        if v.shape != slots[out].shape or v.dtype != slots[out].dtype:
+                            raise GuardFailed
+                    else:
+                        v = np.asarray(fn(*[next(it) if k is None else k for k in consts]))
+                elif kind == CALL:
+                    fn, args, defer = op
+                    deferred.append((None, (fn, args)))
+                    if committed or not defer:
+                        flush()
+                        committed = True
+                    continue
+                elif kind == BACKWARD:
+                    flush()
+                    committed = True
+                    self._backward(e, tensors, vals, f0s, tapes, made)
+                    continue
+                else:  # GRAD: the .grad a backward left, read live
+                    flush()
+                    committed = True
+                    sl = slots[a]
+                    g = (tensors[sl.arg] if sl.arg >= 0 else sl.tensor)._grad
+                    if g is None:
+                        raise RuntimeError("compiled replay: a tensor whose .grad the recording read has none")
+                    v = _contiguous(g._value)
                 vals[out] = v
                 O[out] = id(v)
         except GuardFailed:
             if state is not None:
                 _rng[0].bit_generator.state = state  # a failed replay draws nothing
             raise
-        for a, b in deferred:
-            t = slots[a].tensor if slots[a].arg < 0 else tensors[slots[a].arg]
-            np.copyto(t._value, vals[b])
-            t._bump_version()
-        return self._outputs(tensors, vals)
+        flush()
+        return [None if s is None else self._tensor(s, tensors, vals, f0s, tapes, made) for s in self.outs]
 
-    def _outputs(self, tensors, vals):
-        slots = self.slots
-        tape, tslot = self._tape(tensors, vals) if self.rg_rows else (None, None)
-        made = {}
-        out = []
-        for s in self.outs:
-            if s is None:
-                out.append(None)
-                continue
-            t = made.get(s)
-            if t is None:
-                sl = slots[s]
-                if sl.kind == EXT:
-                    t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
-                elif sl.rg and tape is not None:
-                    t = ops._result(vals[s], tape, int(tslot[s]), None)
-                else:
-                    t = _leaf(vals[s])
-                made[s] = t
-            out.append(t)
-        return out
+    def _refresh(self, tensors, vals, O):
+        """After a call changed external tensors in place: their values again (a copy was taken
+        where one is not C-ordered)."""
+        for s in self.refresh:
+            sl = self.slots[s]
+            v = _contiguous((tensors[sl.arg] if sl.arg >= 0 else sl.tensor)._value)
+            vals[s] = v
+            O[s] = id(v)
 
-    def _tape(self, tensors, vals):
-        """A fresh tape holding the rows that need grad, on this replay's values."""
+    def _backward(self, e, tensors, vals, f0s, tapes, made):
+        """A backward() row: the engine on this segment's replayed tape, as eager ran it."""
+        from ..autograd.api import backward
+        outs, gs, ins, retain = self.rows[e][1]
+        ys = [self._tensor(s, tensors, vals, f0s, tapes, made) for s in outs]
+        grads = None if all(g < 0 for g in gs) else [None if g < 0 else self._tensor(g, tensors, vals, f0s, tapes, made)
+                                                   for g in gs]
+        inputs = None if ins is None else [self._tensor(s, tensors, vals, f0s, tapes, made) for s in ins]
+        backward(ys, grads, retain_graph=retain, inputs=inputs)
+
+    def _tensor(self, s, tensors, vals, f0s, tapes, made):
+        """Slot s as a Tensor: an argument or captured tensor, a result on its segment's replayed
+        tape, or a leaf; one Tensor per slot in a replay."""
+        t = made.get(s)
+        if t is None:
+            sl = self.slots[s]
+            if sl.kind == EXT:
+                t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
+            elif sl.rg:
+                k = self.seg_of[s]
+                if k not in tapes:
+                    tapes[k] = self._tape(tensors, vals, f0s, self.segments[k])
+                tape, tslot = tapes[k]
+                t = ops._result(vals[s], tape, int(tslot[s]), None)
+            else:
+                t = _leaf(vals[s])
+            made[s] = t
+        return t
+
+    def _tape(self, tensors, vals, f0s, seg):
+        """A fresh tape holding segment seg's rows that need grad, on this replay's values (and
+        f0s: the rows whose f0 this replay computed)."""
         slots = self.slots
         tape = Tape()
         remap = np.full(len(slots) + 1, -1, np.int64)  # (index -1 maps to -1)
         internal = []
-        for s in self.tape_slots:
+        for s in seg.slots:
             sl = slots[s]
             if sl.kind == EXT:
                 t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
@@ -518,20 +742,23 @@ class Program:
             tape._grow()
         S = np.frombuffer(tape.slots, np.int64).reshape(-1, 4)
         S[lo:lo + k, 0] = 0
-        S[lo:lo + k, 1] = self.internal_flags
+        S[lo:lo + k, 1] = seg.flags
         S[lo:lo + k, 2] = 0
         S[lo:lo + k, 3] = -1
         del S
         tape.values.extend([vals[s] for s in internal])
         remap[internal] = np.arange(lo, lo + k)
         tape.ns = lo + k
-        R = self.R.copy()
+        R = seg.R.copy()
         R[:, 1:5] = remap[R[:, 1:5]]
+        for e, f0 in f0s.items():
+            i = seg.index.get(e)
+            if i is not None:
+                R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
         n = R.shape[0]
         tape.rows[:n * 64] = R.tobytes()
         tape.n = n
         return tape, remap
-
 
     # -- introspection -------------------------------------------------------------------------
     def listing(self):
@@ -558,7 +785,15 @@ class Program:
             elif kind == WRITE:
                 lines.append(f"%{a} <- %{b}  (in place)")
             elif kind == PY:
-                lines.append(f"%{out} = {getattr(op[0], '__name__', op[0])}({args})  [numpy]")
+                name = "derived" if i0 == DERIVED else getattr(op[0], "__name__", op[0])
+                lines.append(f"%{out} = {name}({args})  [numpy]")
+            elif kind == BACKWARD:
+                outs, gs, ins, retain = op
+                lines.append(f"backward({', '.join(f'%{s}' for s in outs)})" + (" retain_graph" if retain else ""))
+            elif kind == CALL:
+                lines.append(f"call {getattr(op[0], '__qualname__', op[0])}{op[1]!r}  [python]")
+            elif kind == GRAD:
+                lines.append(f"%{out} = %{a}.grad  (read live)")
             else:
                 lines.append(f"%{out} = {kind}  {list(self.slots[out].shape)} {self.slots[out].dtype}")
         lines.append("return " + ", ".join("-" if s is None else f"%{s}" for s in self.outs))

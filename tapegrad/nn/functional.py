@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 
 from .. import ops
+from ..ops import _record as _records
+from ..ops.results import _derived
 from ..tensor import Tensor
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -114,19 +116,40 @@ def _check_target(input, target, batch):
         raise RuntimeError(f"size mismatch (got input: {list(input.shape)}, target: {list(target.shape)})")
 
 
-def _picked(logp2, t, ignore_index, weight):
+def _picked(logp2, target, ignore_index, weight):
     """Per sample: its class (0 where ignored) and its weight (None: all ones; 0 where ignored)."""
     n, c = logp2.shape
+    dtype = logp2._value.dtype
+    safe, w = _picked_values(n, c, dtype, target._value, ignore_index, None if weight is None else weight._value)
+    if _records.PROGRAMS:
+        # the target's values decide them: a compiled program derives them again at each replay (with
+        # the same structure: where no weights were needed, an ignored sample is another program)
+        unweighted = w is None
+
+        def again(tv, wv=None):
+            s, w2 = _picked_values(n, c, dtype, tv, ignore_index, wv)
+            if (w2 is None) != unweighted:
+                raise ValueError("nll_loss: the samples ignored differ")
+            return s, w2
+        inputs = (target,) if weight is None else (target, weight)
+        _derived(safe, lambda *vs: again(*vs)[0], *inputs)
+        if w is not None:
+            _derived(w, lambda *vs: again(*vs)[1], *inputs)
+    return safe, w
+
+
+def _picked_values(n, c, dtype, tv, ignore_index, wv):
+    t = tv.reshape(-1)
     keep = t != ignore_index
     ignored = not keep.all()
     safe = np.where(keep, t, 0) if ignored else t
     if bool(((safe < 0) | (safe >= c)).any()):
         bad = int(safe[(safe < 0) | (safe >= c)][0])
         raise IndexError(f"Target {bad} is out of bounds.")
-    if weight is None and not ignored:
+    if wv is None and not ignored:
         return safe, None
-    w = weight._value[safe] if weight is not None else np.ones(n, logp2._value.dtype)
-    return safe, (w * keep).astype(logp2._value.dtype)
+    w = wv[safe] if wv is not None else np.ones(n, dtype)
+    return safe, (w * keep).astype(dtype)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
@@ -135,8 +158,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise ValueError(f"{reduction} is not a valid value for reduction")
     logp2, batch = _classes_last(input)
     _check_target(input, target, batch)
-    t = target._value.reshape(-1)
-    safe, w = _picked(logp2, t, ignore_index, weight)
+    safe, w = _picked(logp2, target, ignore_index, weight)
     loss = ops.nll(logp2, safe, w, reduction)  # one row: NllLossBackward0, as torch's
     return ops.reshape(loss, batch) if reduction == "none" else loss
 

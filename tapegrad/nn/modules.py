@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import creation, dtypes, ops
 from ..grad_mode import no_grad
+from ..tape import program_step
 from ..tensor import Tensor
 from . import functional as F
 
@@ -156,6 +157,9 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none=True):
+        program_step(self._zero_grad, (set_to_none,), defer=True)  # (a compiled training step replays it)
+
+    def _zero_grad(self, set_to_none):
         for p in self.parameters():
             _zero_grad(p, set_to_none)
 

@@ -80,7 +80,17 @@ def gather_row(name, grad_fn, reads=(), output=False, static_maps=True):
     copy a block. ``output``: one of several outputs of one call, its index in i1; ``static_maps``:
     the map comes from a Python key and shapes, not from a tensor's values (spec.py)."""
     attrs = (Int("offset"), Int("output")) if output else (Int("offset"),)
-    return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1, static_maps=static_maps)
+    return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1, static_maps=static_maps,
+               replay=_gather_replay)
+
+
+def _gather_replay(ins, i0, i1, f0, shape, dtype):
+    """A gather row's value: a's elements at map b, or the run from flat offset i0 (a copy: where
+    eager made a view, a compiled program refuses writes that the copy would miss)."""
+    flat = ins[0].reshape(-1)
+    if ins[1] is not None:
+        return flat[ins[1]].reshape(shape)
+    return flat[i0:i0 + math.prod(shape)].reshape(shape).copy()
 
 
 INDEX = gather_row("index", "IndexBackward0", reads=(1,), static_maps=False)  # (torch saves the indices)

@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import dtypes, formula
 from ..operands import operand as _operand
-from ..tensor import Tensor
+from ..tensor import Tensor, _read
 from ..tensor import leaf as _leaf
+from . import _record as _records
 from ._record import record_binary as _binary_rec, record_unary as _unary, recorder as _recorder
 from .algebra import Negated, Run, add_run, negated, plain
 from .attrs import Bool, Float, FloatBits, Int, Operand
@@ -20,7 +21,7 @@ from .compare import nonzero
 from .inplace import _inplace, _overlaps, _saved
 from .promote import (_SCALARS, _as_tensor, _prepare, _promote, _same_dtype, _scalar_result_dtype,
                       broadcast_shapes)
-from .results import _const_like, _record, _scalar_like, shown, shown_as
+from .results import _const_like, _constant, _record, _scalar_like, shown, shown_as
 from .spec import TABLE, Op, elementwise, loop_ready, row
 from .sums import _broadcast, _fit, _uniform, expand
 
@@ -395,21 +396,27 @@ ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1
                   vjp=_erf_vjp, fwd="ufunc:scipy.special.erf")
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
                  lambda g, i, o, r: (leaky_relu_backward(g, i[0], r[7]),), reads=(0,),
-                 attrs=(None, None, Float("negative_slope")))
-GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,), attrs=(Bool("tanh"),))
+                 attrs=(None, None, Float("negative_slope")),
+                 replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_relu_value(ins[0], f0))
+GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,), attrs=(Bool("tanh"),),
+           replay=lambda ins, i0, i1, f0, shape, dtype: _gelu_value(ins[0], i0))
 SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softplus_vjp, reads=(0,),
-               attrs=(None, FloatBits("threshold"), Float("beta")))
+               attrs=(None, FloatBits("threshold"), Float("beta")),
+               replay=lambda ins, i0, i1, f0, shape, dtype: _softplus_value(ins[0], f0, FloatBits.decode(i1)))
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,),
-            attrs=(None, FloatBits("max"), Float("min")))
+            attrs=(None, FloatBits("max"), Float("min")),
+            replay=lambda ins, i0, i1, f0, shape, dtype: _clamp_value(ins[0], f0, FloatBits.decode(i1)))
 SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign")
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1),
               attrs=(Bool("min"),))
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1),
               attrs=(Bool("min"),))
-WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp, reads=(2,))
+WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp, reads=(2,),
+            replay=lambda ins, i0, i1, f0, shape, dtype: np.where(ins[2], ins[0], ins[1]))
 MASKED_FILL = row("masked_fill", "MaskedFillBackward0", 2, None, "adj_masked_fill",
                   lambda g, i, o, r: (g * _const_like(~i[1]._value.astype(bool), g), None), reads=(1,),
-                  attrs=(None, None, Float("value")))
+                  attrs=(None, None, Float("value")),
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _masked_fill_value(ins[0], ins[1], f0))
 
 
 # Gradients that torch computes as ops of their own, which take a value of the forward (relu's
@@ -426,9 +433,11 @@ def _backward_op_vjp(g, i, o, r):
 
 BACKWARD_OP_ATTRS = (Int("kind"), None, Float("slope"))
 THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_backward_op",
-                         _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS)
+                         _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS,
+                         replay=lambda ins, i0, i1, f0, shape, dtype: _threshold_backward_value(ins[0], ins[1]))
 LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_backward_op",
-                          _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS)
+                          _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS,
+                          replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_backward_value(ins[0], ins[1], f0))
 
 
 def _sigmoid(x):
@@ -549,46 +558,61 @@ def square(x):
     return pow(x, 2)
 
 
+# The forward values, shared by the eager ops and a compiled program's replay of their rows (which
+# hands them the row's attributes: a float where the eager call may have had an int, same bits).
 def leaky_relu(x, negative_slope=0.01, inplace=False):
-    xv = x._value
-    value = np.where(xv > 0, xv, xv * negative_slope).astype(xv.dtype, copy=False)
-    out = _unary(LEAKY_RELU, x, value, f0=float(negative_slope))
+    out = _unary(LEAKY_RELU, x, _leaky_relu_value(x._value, negative_slope), f0=float(negative_slope))
     return _inplace(x, out) if inplace else out
+
+
+def _leaky_relu_value(xv, slope):
+    return np.where(xv > 0, xv, xv * slope).astype(xv.dtype, copy=False)
 
 
 def threshold_backward(g, r):
     """relu's gradient g at its result r, as torch's op: g where r > 0, else 0 (a NaN r passes g)."""
-    gv = g._value
+    return _record(THRESHOLD_BACKWARD, _threshold_backward_value(g._value, r._value), g, r)
+
+
+def _threshold_backward_value(gv, rv):
     with np.errstate(invalid="ignore"):
-        value = np.where(r._value <= 0, gv.dtype.type(0), gv)
-    return _record(THRESHOLD_BACKWARD, value, g, r)
+        return np.where(rv <= 0, gv.dtype.type(0), gv)
 
 
 def leaky_relu_backward(g, x, slope):
     """leaky_relu's gradient g at its input x, as torch's op: g where x > 0, else g * slope."""
-    gv = g._value
-    value = np.where(x._value > 0, gv, gv * gv.dtype.type(slope))
-    return _record(LEAKY_RELU_BACKWARD, value, g, x, i0=1, f0=float(slope))
+    return _record(LEAKY_RELU_BACKWARD, _leaky_backward_value(g._value, x._value, slope), g, x, i0=1, f0=float(slope))
+
+
+def _leaky_backward_value(gv, xv, slope):
+    return np.where(xv > 0, gv, gv * gv.dtype.type(slope))
 
 
 def gelu(x, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     x = _float_input(x)
-    xv = x._value
-    if approximate == "none":
+    tanh = int(approximate == "tanh")
+    return _unary(GELU, x, _gelu_value(x._value, tanh), i0=tanh)
+
+
+def _gelu_value(xv, tanh):
+    if not tanh:
         value = 0.5 * xv * (1 + _scipy_special().erf(xv * (1 / math.sqrt(2))))
     else:
         value = 0.5 * xv * (1 + np.tanh(math.sqrt(2 / math.pi) * (xv + 0.044715 * xv * xv * xv)))
-    return _unary(GELU, x, value.astype(xv.dtype, copy=False), i0=int(approximate == "tanh"))
+    return value.astype(xv.dtype, copy=False)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
     x = _float_input(x)
-    xv = x._value
+    return _unary(SOFTPLUS, x, _softplus_value(x._value, beta, threshold), i1=FloatBits.encode(threshold),
+                  f0=float(beta))
+
+
+def _softplus_value(xv, beta, threshold):
     z = xv * beta
-    value = np.where(z > threshold, xv, np.logaddexp(0, z) / beta).astype(xv.dtype, copy=False)
-    return _unary(SOFTPLUS, x, value, i1=FloatBits.encode(threshold), f0=float(beta))
+    return np.where(z > threshold, xv, np.logaddexp(0, z) / beta).astype(xv.dtype, copy=False)
 
 
 def clamp(x, min=None, max=None):
@@ -599,11 +623,13 @@ def clamp(x, min=None, max=None):
         return out if max is None else minimum(out, _scalar_like(max, x))
     if x._value.dtype.kind != "f" and any(isinstance(b, (float, np.floating)) for b in (min, max)):
         x = to_dtype(x, dtypes.get_default_dtype())
-    xv = x._value
     lo = -math.inf if min is None else min
     hi = math.inf if max is None else max
-    value = np.minimum(np.maximum(xv, lo), hi).astype(xv.dtype, copy=False)
-    return _unary(CLAMP, x, value, i1=FloatBits.encode(hi), f0=float(lo))
+    return _unary(CLAMP, x, _clamp_value(x._value, lo, hi), i1=FloatBits.encode(hi), f0=float(lo))
+
+
+def _clamp_value(xv, lo, hi):
+    return np.minimum(np.maximum(xv, lo), hi).astype(xv.dtype, copy=False)
 
 
 def clamp_min(x, min):
@@ -635,7 +661,7 @@ def where(condition, x=None, y=None):
                            f"{_torch_type_name(cv.dtype)}")
     if not isinstance(x, Tensor) and not isinstance(y, Tensor):  # two scalars: torch's scalar dtypes
         dt = dtypes.result_type([], [], (x, y)).np
-        x, y = _leaf(np.asarray(x, dt)), _leaf(np.asarray(y, dt))
+        x, y = _constant(np.asarray(x, dt)), _constant(np.asarray(y, dt))
     like = x if isinstance(x, Tensor) else y
     x, y = _where_operand(x, like), _where_operand(y, like)
     x, y = _same_dtype(x, y)
@@ -651,7 +677,7 @@ def _where_operand(v, like):
     dt = like._value.dtype
     if isinstance(v, float) and dt.kind != "f":
         dt = dtypes.get_default_dtype().np
-    return _leaf(np.asarray(v, dtype=dt))
+    return _constant(np.asarray(v, dtype=dt))
 
 
 def masked_fill(x, mask, value):
@@ -666,12 +692,19 @@ def masked_fill(x, mask, value):
                                f"{value._value.ndim} dimension(s).")
         if value._rg:  # a differentiable fill value: where() carries its gradient
             return where(mask if isinstance(mask, Tensor) else _leaf(mv), to_dtype(value, x.dtype), x)
+        if _records.PROGRAMS:
+            _read(value)  # (the row keeps the value: a compiled program guards on it)
         value = value._value.item()
     x = expand(x, shape)
-    out = x._value.copy()
     full = np.broadcast_to(mv, shape)
-    out[full] = value
+    out = _masked_fill_value(x._value, full, value)
     return _record(MASKED_FILL, out, x, (full, mask) if isinstance(mask, Tensor) else full, f0=float(value))
+
+
+def _masked_fill_value(xv, mask, value):
+    out = xv.copy()
+    out[mask] = value
+    return out
 
 
 def mul_(x, y):

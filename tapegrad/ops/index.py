@@ -1,6 +1,7 @@
 """Indexing, slicing, joining: getitem and setitem, select, narrow, index_select, gather,
 scatter_add, and the ops whose rows map each output element to an input element (repeat, flip,
 cat, stack, split, chunk, unbind). Their gradients are the flat gathers and scatters of algebra.py."""
+import math
 import warnings
 
 import numpy as np
@@ -9,13 +10,15 @@ from .. import dtypes
 from ..tape import LEAF, _contiguous, _state, counter, current_tape
 from ..tensor import Tensor, _dim
 from ..tensor import leaf as _leaf
+from . import _record as _records
 from .algebra import INDEX, _gather_flat, gather_row
 from .attrs import Int
 from .cast import to_dtype
-from .inplace import (INDEX_PUT, OVERLAP_MSG, SETITEM, _check_inplace, _inplace, _overlaps, _root, _update_base,
-                      _view_positions, _write_target)
+from .inplace import (INDEX_PUT, OVERLAP_MSG, SETITEM, _before_write, _check_inplace, _inplace, _note_write, _overlaps, _put_value,
+                      _root, _update_base, _view_positions, _write_target)
 from .promote import _promote, broadcast_shapes
-from .results import _positions, _record, _scalar_like, _unary_with_index, _view, _with_map
+from .results import (_constant, _derived, _note_record, _positions, _record, _scalar_like, _unary_with_index, _view,
+                      _with_map)
 from .shape import _NO_DIM, _axes, _axis, _required, _shape_arg, reshape
 from .spec import row
 from .sums import expand
@@ -105,7 +108,7 @@ def getitem(x, key):
         if (kind is not INDEX and value.size and value.flags.c_contiguous and xv.flags.c_contiguous
                 and np.shares_memory(value, xv)):
             return _view(kind, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
-        idx = np.ascontiguousarray(np.arange(xv.size, dtype=np.int64).reshape(xv.shape)[k]).reshape(-1)
+        idx = _key_map(xv.shape, k, key)
         if kind is INDEX or not np.shares_memory(value, xv):
             t = _unary_with_index(kind, x, value, idx)
             return t
@@ -114,7 +117,35 @@ def getitem(x, key):
     if kind is not INDEX and np.shares_memory(value, xv):
         t._vc = counter(x)
         t._extra().base = x  # an in-place change to the view reaches x (``_update_base``)
+    if _records.PROGRAMS:  # (a compiled program replays the pick by its map)
+        _note_record(kind, x, _key_map(xv.shape, k, key), None, t, 0, 0, 0.0)
     return t
+
+
+_TENSOR = object()
+
+
+def _key_map(shape, k, key):
+    """The flat positions that NumPy key k picks from an array of ``shape``; ``key``, the user's key,
+    may hold tensors, whose values a compiled program reads again at each replay (_derived)."""
+    idx = np.ascontiguousarray(np.arange(math.prod(shape), dtype=np.int64).reshape(shape)[k]).reshape(-1)
+    if _records.PROGRAMS:
+        parts = key if isinstance(key, tuple) else (key,)
+        tensors = [p for p in parts if isinstance(p, Tensor)]
+        if tensors:
+            plain = [_TENSOR if isinstance(p, Tensor) else p for p in parts]  # (the program holds no tensor)
+            is_tuple = isinstance(key, tuple)
+
+            def again(*values):
+                it = iter(values)
+                new = tuple(_np_key(_leaf(next(it))) if p is _TENSOR else _np_key(p) for p in plain)
+                new = new if is_tuple else new[0]
+                _index(np.empty(shape, np.int8), new)  # (eager's errors for a key out of range)
+                return np.ascontiguousarray(np.arange(math.prod(shape), dtype=np.int64).reshape(shape)[new]).reshape(-1)
+            _derived(idx, again, *tensors)
+        elif _key_kind(k) is INDEX:  # (a list's map, from Python data: kept)
+            _derived(idx, lambda: idx)
+    return idx
 
 
 def setitem(x, key, v):
@@ -123,7 +154,7 @@ def setitem(x, key, v):
     k = _np_key(key)
     sel_shape = np.shape(_index(xv, k))
     if not isinstance(v, Tensor):
-        v = _leaf(np.asarray(v, dtype=xv.dtype))
+        v = _constant(np.asarray(v, dtype=xv.dtype))
     if v._value.dtype != xv.dtype:
         v = to_dtype(v, dtypes.from_numpy_dtype(xv.dtype))
     if v._value.shape != sel_shape:
@@ -140,19 +171,24 @@ def setitem(x, key, v):
             _write_target(_basic_view(xv, k))  # (torch's error where the places written repeat)
             if record:
                 return _setitem_shared(x, k, v)
+    op = INDEX_PUT if advanced else SETITEM  # torch: index_put_ for tensor keys
+    before = _before_write(x)
     if record:
         tape = current_tape()
         a = tape.slot_of(x)
         b = tape.slot_of(v)
-        idx = np.ascontiguousarray(np.arange(xv.size, dtype=np.int64).reshape(xv.shape)[k]).reshape(-1)
-        c = tape.new_slot(idx, LEAF, [0])
+        c = tape.new_slot(_key_map(xv.shape, k, key), LEAF, [0])
+    elif _records.PROGRAMS:  # an untracked write: a compiled program records it as the row and a write
+        result = _leaf(_put_value(xv, v._value, _key_map(xv.shape, k, key)))
+        _note_record(op, x, v, _key_map(xv.shape, k, key), result, 0, 0, 0.0)
     _write_target(xv, True)[k] = v._value
     x._bump_version()
     if record:
         x._tape = tape
-        op = INDEX_PUT if advanced else SETITEM  # torch: index_put_ for tensor keys
         x._slot = tape.push(op.code, a, b, c, 0, 0, 0.0, _contiguous(xv), x._vc)
         x._rg = True
+    if before is not None:
+        _note_write(before, x, x if record else result)
     _update_base(x)
 
 
@@ -188,7 +224,8 @@ def _setitem_shared(x, k, v):
 INDEX_SELECT = gather_row("index_select", "IndexSelectBackward0", reads=(1,), static_maps=False)
 GATHER = gather_row("gather", "GatherBackward0", reads=(0, 1), static_maps=False)
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
-                  lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None), reads={1: (2,)})
+                  lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None), reads={1: (2,)},
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _scatter_add_value(ins[0], ins[1], ins[2]))
 
 
 def _index_tensor(index, name, allow_int32=True):
@@ -215,7 +252,17 @@ def index_select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
         raise IndexError("index out of range in self")
     x1 = xv.reshape(1) if xv.ndim == 0 else xv
     value = np.take(x1, iv, axis=d).reshape(xv.shape if xv.ndim == 0 else x1.shape[:d] + (iv.size,) + x1.shape[d + 1:])
-    return _with_map(INDEX_SELECT, x, value, np.take(_positions(x).reshape(x1.shape), iv, axis=d))
+    positions = np.take(_positions(x).reshape(x1.shape), iv, axis=d)
+    return _with_map(INDEX_SELECT, x, value, positions, derive=_again(index, positions, index_select, xv.shape, d))
+
+
+def _again(index, positions, op, shape, d):
+    """_with_map's ``derive`` for a map made from an index: from the index tensor's values, as the
+    eager op picks from x's flat positions (its checks included); a Python list's map is kept."""
+    if not isinstance(index, Tensor):
+        return (lambda: positions), ()
+    where = _leaf(np.arange(math.prod(shape), dtype=np.int64).reshape(shape))
+    return (lambda v: op(where, d, _leaf(v))._value), (index,)
 
 
 def repeat_interleave(x, repeats, dim=None, *, axis=None):
@@ -261,7 +308,7 @@ def gather(x, dim=_NO_DIM, index=_NO_DIM, sparse_grad=False, *, axis=None):
     d = _dim(dim, xv.ndim)
     pos = _scatter_positions(xv.shape, iv, d, "gather", [(xv.shape, "self")])
     value = np.ascontiguousarray(xv).reshape(-1)[pos.reshape(-1)].reshape(iv.shape)
-    return _with_map(GATHER, x, value, pos)
+    return _with_map(GATHER, x, value, pos, derive=_again(index, pos, gather, xv.shape, d))
 
 
 def scatter_add(x, dim=_NO_DIM, index=_NO_DIM, src=_NO_DIM, *, axis=None):
@@ -276,9 +323,20 @@ def scatter_add(x, dim=_NO_DIM, index=_NO_DIM, src=_NO_DIM, *, axis=None):
     pos = _scatter_positions(xv.shape, iv, d, "scatter_add", [(xv.shape, "self"), (src._value.shape, "src")])
     if src._value.shape != iv.shape:
         src = getitem(src, tuple(slice(0, n) for n in iv.shape))
+    flat = pos.reshape(-1)
+    if isinstance(index, Tensor):  # (a compiled program finds the positions again at each replay)
+        _derived(flat, lambda v: _scatter_positions(xv.shape, _index_tensor(_leaf(v), "scatter_add", False), d,
+                                                    "scatter_add", [(xv.shape, "self"), (src._value.shape, "src")])
+                 .reshape(-1), index)
+    else:
+        _derived(flat, lambda: flat)
+    return _record(SCATTER_ADD, _scatter_add_value(xv, src._value, flat), x, src, flat)
+
+
+def _scatter_add_value(xv, sv, flat):
     value = xv.copy()
-    np.add.at(value.reshape(-1), pos.reshape(-1), src._value.reshape(-1))
-    return _record(SCATTER_ADD, value, x, src, pos.reshape(-1))
+    np.add.at(value.reshape(-1), flat, sv.reshape(-1))
+    return value
 
 
 def scatter_add_(x, dim, index, src):
@@ -305,8 +363,17 @@ def _cat_vjp(g, i, o, r):
     return tuple(out)
 
 
-CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),))
-STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),))
+def _join_replay(ins, i0, i1, f0, shape, dtype):
+    return _join([v for v in ins if v is not None], i0)
+
+
+def _stack_replay(ins, i0, i1, f0, shape, dtype):
+    vs = [v for v in ins if v is not None]
+    return np.stack(vs, axis=i0) if vs[0].ndim < len(shape) else np.concatenate(vs, axis=i0)
+
+
+CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_join_replay)
+STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_stack_replay)
 REPEAT = gather_row("repeat", "RepeatBackward0")
 FLIP = gather_row("flip", "FlipBackward0")
 
@@ -366,10 +433,12 @@ def cat(tensors, dim=0, *, axis=None):
                 raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. Expected size {ref[j]} "
                                    f"but got size {s[j]} for tensor number {k} in the list.")
 
-    def join(vs):
-        kept = [v for v in vs if v.shape != (0,)]
-        return np.concatenate(kept, axis=d) if kept else np.concatenate(vs)  # (a row of empties only: empty)
-    return _cat_tree(CAT, ts, d, join)
+    return _cat_tree(CAT, ts, d, lambda vs: _join(vs, d))
+
+
+def _join(vs, d):
+    kept = [v for v in vs if v.shape != (0,)]
+    return np.concatenate(kept, axis=d) if kept else np.concatenate(vs)  # (a row of empties only: empty)
 
 
 concat = concatenate = cat

@@ -4,14 +4,15 @@ places repeat. Also the in-place ops of their own (zero_, fill_, copy_)."""
 import numpy as np
 
 from ..tape import LEAF, SLOT, _contiguous, _state, counter, current_tape, recording_program
-from ..tensor import Tensor
+from ..tensor import Tensor, _read
 from ..tensor import leaf as _leaf
 from . import _record as _records
 from ._record import record_unary as _unary
 from .algebra import _gather_flat
+from .attrs import Float
 from .cast import _torch_type_name, clone, to_dtype, zeros_like
 from .promote import broadcast_shapes
-from .results import _record, _result
+from .results import _constant, _record, _result, _view_positions
 from .shape import reshape
 from .spec import row
 from .sums import _sum_to
@@ -39,10 +40,7 @@ def _inplace(x, result, where=True, overlap_ok=False):
     elements written (masked_fill_); ``overlap_ok``: fill_, zero_ and masked_fill_, which torch lets
     write into an expanded tensor."""
     _check_inplace(x)
-    if _records.PROGRAMS:
-        p = recording_program()
-        if p is not None:
-            p.note_write(x, result)
+    before = _before_write(x)
     xv = x._value
     if result._value.shape != xv.shape:
         raise RuntimeError(f"output with shape {list(xv.shape)} doesn't match the broadcast shape "
@@ -65,8 +63,27 @@ def _inplace(x, result, where=True, overlap_ok=False):
         x._tape, x._slot, x._rg = tape, result._slot, True
         tape.vcs[result._slot] = x._vc  # later in-place changes to x invalidate what was saved
         _repin_version(tape, result._slot, x._vc[0])
+    if before is not None:
+        _note_write(before, x, result)
     _update_base(x)
     return x
+
+
+def _before_write(x):
+    """(program, the slot that held x) when a compiled program records, before x is written."""
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            return p, p.slot_of(x)
+    return None
+
+
+def _note_write(before, x, result):
+    """The program records the write, after it (x's place in the graph is known then)."""
+    p, target = before
+    root = _root(x)
+    # an untracked write through a view changes its base with no row that says so
+    p.note_write(x, result, target, root is not x and not (_state.grad_enabled and (x._rg or root._rg)))
 
 
 OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a single memory "
@@ -111,24 +128,6 @@ def _update_base(x):
         tape.overlapped = (tape.overlapped or set()) | {b, root._slot}
 
 
-def _view_positions(base, view):
-    """For each element of ``view`` (C order), its flat C-order index in ``base``, whose memory it shares."""
-    start = base.ctypes.data
-
-    def offsets(a):
-        o = np.full(a.shape, a.ctypes.data - start, dtype=np.int64)
-        for k, (n, st) in enumerate(zip(a.shape, a.strides)):
-            o = o + (np.arange(n, dtype=np.int64) * st).reshape((1,) * k + (n,) + (1,) * (a.ndim - k - 1))
-        return o.reshape(-1)
-
-    vo = offsets(view)
-    if base.flags.c_contiguous:
-        return vo // base.itemsize
-    bo = offsets(base)
-    order = np.argsort(bo, kind="stable")
-    return order[np.searchsorted(bo[order], vo)]
-
-
 def _saved(x, *others):
     """x for an in-place op whose adjoint reads x's old value: a copy when the op is recorded,
     since the write would overwrite what the adjoint needs (torch saves the original too)."""
@@ -147,10 +146,21 @@ def _setitem_vjp(g, i, o, r):
     return (_index_put(g, idx, zeros_like(v)), reshape(_gather_flat(g, idx, tuple(v.shape)), v.shape), None)
 
 
+def _put_value(xv, v, idx):
+    out = xv.copy()
+    out.reshape(-1)[idx] = v.reshape(-1)
+    return out
+
+
+def _put_replay(ins, i0, i1, f0, shape, dtype):
+    return _put_value(ins[0], ins[1], ins[2])
+
+
 # x with v written at the flat positions of index map c (torch's CopySlices, the node of its view function)
-SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp, reads=("const",), inputs=2)
+SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp, reads=("const",), inputs=2,
+              replay=_put_replay, static_maps=True)
 INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem", _setitem_vjp,
-                reads=(2,), inputs=2)  # x[mask] = v
+                reads=(2,), inputs=2, replay=_put_replay)  # x[mask] = v
 
 
 def _index_put(g, idx, v):
@@ -167,7 +177,8 @@ def _index_put(g, idx, v):
 
 
 COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
-           lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)))
+           lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)),
+           replay=lambda ins, i0, i1, f0, shape, dtype: _copy_value(ins[1], shape, dtype))
 
 
 def fresh_grad(g):
@@ -179,19 +190,25 @@ def fresh_grad(g):
 
 def copy_(x, src, non_blocking=False):
     if not isinstance(src, Tensor):
-        src = _leaf(np.asarray(src))
+        src = _constant(np.asarray(src))
     broadcast_shapes(x._value.shape, src._value.shape)
-    value = np.broadcast_to(src._value, x._value.shape).astype(x._value.dtype)
+    value = _copy_value(src._value, x._value.shape, x._value.dtype)
     return _inplace(x, _record(COPY, value, x, src))
 
 
-ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
-FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),))
+def _copy_value(sv, shape, dtype):
+    return np.broadcast_to(sv, shape).astype(dtype)
+
+
+ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),),
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.zeros(shape, dtype))
+FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),),
+           attrs=(None, None, Float("value")), replay=lambda ins, i0, i1, f0, shape, dtype: np.full(shape, f0, dtype))
 
 
 def zero_(x):
     _check_inplace(x)
-    if (x._rg or x._tape is not None) and _state.grad_enabled:
+    if (x._rg or x._tape is not None) and _state.grad_enabled or _records.PROGRAMS:  # (a program records the write)
         return _inplace(x, _unary(ZERO, x, np.zeros_like(x._value)), overlap_ok=True)
     _write_target(x._value, True)[...] = 0
     x._bump_version()
@@ -204,8 +221,10 @@ def fill_(x, value):
         # x's gradient is zero, the fill value's the sum of g: neither row saves a value (torch's FillBackward)
         return _inplace(x, _unary(FILL, x, np.zeros_like(x._value)) + value)
     v = value._value if isinstance(value, Tensor) else value
-    if (x._rg or x._tape is not None) and _state.grad_enabled:
-        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v)), overlap_ok=True)
+    if (x._rg or x._tape is not None) and _state.grad_enabled or _records.PROGRAMS:
+        if isinstance(value, Tensor) and _records.PROGRAMS:
+            _read(value)  # (the row keeps the value: a compiled program guards on it)
+        return _inplace(x, _unary(FILL, x, np.full_like(x._value, v), f0=float(v)), overlap_ok=True)
     _write_target(x._value, True)[...] = v
     x._bump_version()
     return x

@@ -17,7 +17,7 @@ MM = row("mm", "MmBackward0", 2, None, "adj_mm",
          replay=lambda ins, i0, i1, f0, shape, dtype: _matmul_value(ins[0], ins[1]))
 BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
           lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)),
-          reads={0: (1,), 1: (0,)})
+          reads={0: (1,), 1: (0,)}, replay=lambda ins, i0, i1, f0, shape, dtype: _bmm_value(ins[0], ins[1]))
 
 
 def mm(x, y):
@@ -98,8 +98,11 @@ def bmm(x, y):
     if xv.dtype != yv.dtype:
         raise RuntimeError(f"expected scalar type {_torch_type_name(xv.dtype)} but found "
                            f"{_torch_type_name(yv.dtype)}")
-    value = (_MM_FORWARD or _mm_forward())[1](xv, yv) if xv.dtype.kind == "f" else np.matmul(xv, yv)
-    return _binary_rec(BMM, x, y, value)
+    return _binary_rec(BMM, x, y, _bmm_value(xv, yv))
+
+
+def _bmm_value(a, b):
+    return (_MM_FORWARD or _mm_forward())[1](a, b) if a.dtype.kind == "f" else np.matmul(a, b)
 
 
 def _batched_matmul(x, y):

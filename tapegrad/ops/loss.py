@@ -5,12 +5,13 @@ import numpy as np
 
 from ..tape import LEAF
 from ..tensor import leaf as _leaf
+from . import _record as _records
 from ._record import record_unary as _unary
 from .algebra import _scatter_flat
-from .attrs import Bool, Float
+from .attrs import Bool, Float, Int
 from .elementwise import BACKWARD_OP_ATTRS, _backward_op_vjp
 from .reduce import LOG_SOFTMAX
-from .results import _record, _result
+from .results import _derived, _note_record, _record, _result
 from .shape import reshape
 from .spec import row
 from .sums import expand
@@ -27,14 +28,28 @@ def _nll_vjp(g, i, o, r):
     return (_record(NLL_BACKWARD, out._value, out, logp, i0=2), None, None)
 
 
+def _nll_replay(ins, i0, i1, f0, shape, dtype):
+    lv, pos, w = ins
+    if i1 == FUSED:
+        return _fused_value(lv, pos, f0)
+    if i1 == WEIGHTED_MEAN:
+        scale = _mean_scale(w)
+        return _nll_value(lv, pos, w, i0, scale), scale  # (the row's f0 at this replay: its adjoint reads it)
+    return _nll_value(lv, pos, w, i0, f0)
+
+
 # nll_loss (and cross_entropy after log_softmax) as one row: b holds the flat position of each
 # sample's target in the (N, C) log-probabilities, c the per-sample weights (none: ones); i0 = 1
-# for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean').
+# for a reduced (scalar) loss, whose sum is scaled by f0 (1 / total weight for 'mean'). i1 says how
+# the sum was made, for a compiled program's replay: in the row's dtype scaled by f0; in float64
+# (cross_entropy_mean's FUSED pass); or scaled by 1 / the weights' sum, which come from the target's
+# values (WEIGHTED_MEAN: f0 is recomputed).
+FUSED, WEIGHTED_MEAN = 1, 2
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp, reads=(0, 1, 2),
-          attrs=(Bool("reduced"), None, Float("scale")))
+          attrs=(Bool("reduced"), Int("sum"), Float("scale")), replay=_nll_replay)
 # (torch's node saves the target and weights, which this row holds in its gradient's scatter: 'const')
 NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp,
-                   reads=("const",), attrs=BACKWARD_OP_ATTRS)
+                   reads=("const",), attrs=BACKWARD_OP_ATTRS, replay=lambda ins, i0, i1, f0, shape, dtype: ins[0])
 
 
 def nll(logp2, target, weight=None, reduction="mean"):
@@ -43,17 +58,46 @@ def nll(logp2, target, weight=None, reduction="mean"):
     row, torch's NllLossBackward0 (nn.functional.nll_loss and cross_entropy build on it)."""
     lv = logp2._value
     n, c = lv.shape
-    pos = np.arange(n, dtype=np.int64) * c + target.astype(np.int64, copy=False)
-    picked = np.ascontiguousarray(lv).reshape(-1)[pos]
+    # (target and weight come from tensors' values: a compiled program derives them again, and so these)
+    pos = _derived(_positions(target, n, c), lambda t: _positions(t, n, c), target)
     w = None if weight is None else np.ascontiguousarray(weight, dtype=lv.dtype)
-    terms = -picked if w is None else -(picked * w)
+    if w is not None and w is not weight:
+        _derived(w, lambda v: np.ascontiguousarray(v, dtype=lv.dtype), weight)
     if reduction == "none":
-        return _record(NLL, terms, logp2, pos, w)
-    total = (n if w is None else float(w.sum())) if reduction == "mean" else 1.0
-    scale = 1.0 / total if total else math.inf  # torch: nan when every sample is ignored
+        return _record(NLL, _nll_value(lv, pos, w, False, 1.0), logp2, pos, w)
+    weighted = reduction == "mean" and w is not None
+    scale = _mean_scale(w) if weighted else _inverse(n) if reduction == "mean" else 1.0
+    return _record(NLL, _nll_value(lv, pos, w, True, scale), logp2, pos, w, i0=1, i1=WEIGHTED_MEAN if weighted else 0,
+                   f0=scale)
+
+
+def _positions(target, n, c):
+    return np.arange(n, dtype=np.int64) * c + target.astype(np.int64, copy=False)
+
+
+def _mean_scale(w):
+    return _inverse(float(w.sum()))
+
+
+def _inverse(total):
+    return 1.0 / total if total else math.inf  # torch: nan when every sample is ignored
+
+
+def _nll_value(lv, pos, w, reduced, scale):
+    picked = np.ascontiguousarray(lv).reshape(-1)[pos]
+    terms = -picked if w is None else -(picked * w)
+    if not reduced:
+        return terms
     with np.errstate(invalid="ignore"):
-        value = np.asarray(terms.sum() * scale, dtype=lv.dtype)
-    return _record(NLL, value, logp2, pos, w, i0=1, f0=scale)
+        return np.asarray(terms.sum() * scale, dtype=lv.dtype)
+
+
+def _fused_value(lv, pos, scale):
+    """xent_forward's loss from its log-probabilities: the picked ones subtracted from 0.0 one by one
+    in float64, as its loop does (accumulate is sequential: no pairwise sum)."""
+    picked = lv.reshape(-1)[pos].astype(np.float64)
+    total = np.subtract.accumulate(np.concatenate((np.zeros(1), picked)))[-1]
+    return np.asarray(total * scale, lv.dtype)
 
 
 _XENT = []  # jit.forward.xent_forward, imported on first use
@@ -79,12 +123,24 @@ def cross_entropy_mean(x, target):
         return None
     scale = 1.0 / xv.shape[0]
     value = np.asarray(total * scale, xv.dtype)
-    lp = _unary(LOG_SOFTMAX, x, logp, i0=1)
+    lp = _unary(LOG_SOFTMAX, x, logp, i0=1, i1=1)  # (i1: the jitted pass at any size, as here)
+    if _records.PROGRAMS:  # a compiled program finds the targets' places again (out of range: not this path)
+        _derived(pos, lambda t: _in_range(_positions(t, *xv.shape), t, xv.shape[1]), target)
     if not lp._rg:
+        if _records.PROGRAMS:
+            t = _leaf(value)
+            _note_record(NLL, lp, pos, None, t, 1, FUSED, scale)
+            return t
         return _leaf(value)
     tape = lp._tape  # the recording tape: _record's checks, done
     b = tape.new_slot(pos, LEAF, None)
-    return _result(value, tape, tape.push(NLL.code, lp._slot, b, -1, 1, 0, scale, value, None), None)
+    return _result(value, tape, tape.push(NLL.code, lp._slot, b, -1, 1, FUSED, scale, value, None), None)
+
+
+def _in_range(pos, t, c):
+    if t.size and (t.min() < 0 or t.max() >= c):
+        raise IndexError("a target out of range: cross_entropy takes its general path")
+    return pos
 
 
 _INT64 = np.dtype(np.int64)

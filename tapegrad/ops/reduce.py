@@ -14,7 +14,7 @@ from .attrs import Bool, Float, Int, Mask
 from .cast import _float_input, _torch_type_name, to_dtype, zeros_like
 from .elementwise import abs, exp, log, masked_fill, maximum, minimum, sign, where
 from .index import flip, stack
-from .results import _const_like, _positions, _with_map, shown_as
+from .results import _const_like, _noted_python, _with_map, shown_as
 from .shape import _NO_DIM, _axes, _axis, permute, reshape, squeeze
 from .spec import row
 from .sums import _keep_shape, expand, mean, sum
@@ -78,20 +78,32 @@ def _norm_vjp(g, i, o, r):
     return (scaled * masked_fill(gk / ok ** (p - 1), zero, 0.0),)
 
 
+def _axes_of(i0, xv):
+    return Mask.decode(i0, xv.ndim)
+
+
 PROD = row("prod", "ProdBackward0", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"),
-           attrs=(Mask("dim"), Bool("keepdim")))
+           attrs=(Mask("dim"), Bool("keepdim")),
+           replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], None, False))
 PROD_DIM = row("prod_dim", "ProdBackward1", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"),
-               attrs=(Mask("dim"), Bool("keepdim")))
-MAX = row("max", "MaxBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),))
-MIN = row("min", "MinBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),))
+               attrs=(Mask("dim"), Bool("keepdim")),
+               replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], _axes_of(i0, ins[0]), i1))
+MAX = row("max", "MaxBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),),
+          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.max(ins[0])))
+MIN = row("min", "MinBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),),
+          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.min(ins[0])))
 AMAX = row("amax", "AmaxBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"),
-           attrs=(Mask("dim"), Bool("keepdim")))
+           attrs=(Mask("dim"), Bool("keepdim")),
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.max(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)))
 AMIN = row("amin", "AminBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"),
-           attrs=(Mask("dim"), Bool("keepdim")))
+           attrs=(Mask("dim"), Bool("keepdim")),
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.min(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)))
 NORM = row("norm", "LinalgVectorNormBackward0", 1, None, "adj_norm", _norm_vjp, reads=(0, "out"),
-           attrs=(Mask("dim"), Bool("keepdim"), Float("ord")))
+           attrs=(Mask("dim"), Bool("keepdim"), Float("ord")),
+           replay=lambda ins, i0, i1, f0, shape, dtype: _norm_value(ins[0], f0, _axes_of(i0, ins[0]), bool(i1)))
 CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
-             lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),), attrs=(Int("dim"),))
+             lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),), attrs=(Int("dim"),),
+             replay=lambda ins, i0, i1, f0, shape, dtype: _cumsum_value(ins[0], i0))
 SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
               lambda g, i, o, r: (shown_as(o * (g - sum(g * o, r[5], keepdim=True)), "SoftmaxBackwardDataBackward0",
                                            g, o),), reads=("out",), attrs=(Int("dim", dump=True),),
@@ -99,7 +111,8 @@ SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
 LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
                   lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
                                                "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",),
-                  attrs=(Int("dim", dump=True),), replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True))
+                  attrs=(Int("dim", dump=True), Int("kernel")),
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True, i1))
 MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,), static_maps=False)  # (the indices)
 MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,), static_maps=False)
 
@@ -134,7 +147,8 @@ def _std_root_vjp(g, i, o, r):
 # var over the axes in mask i0 (i1: bit 0 keepdim, bit 1 a dim was given; f0 the correction), and
 # std as the square root of a var row whose gradient is 0 where it is 0
 VAR = row("var", "VarBackward0", 1, None, "adj_var", _var_vjp, reads=(0,),
-          attrs=(Mask("dim"), Int("flags"), Float("correction")))
+          attrs=(Mask("dim"), Int("flags"), Float("correction")),
+          replay=lambda ins, i0, i1, f0, shape, dtype: _var_value(ins[0], _axes_of(i0, ins[0]), i1 & 1, f0))
 STD_ROOT = row("std_root", "StdBackward0", 1, np.sqrt, "adj_std_root", _std_root_vjp, reads=("out",))
 
 
@@ -157,15 +171,20 @@ def prod(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
         x = to_dtype(x, dtype)
     xv = x._value
     if dim is None:
-        value = np.prod(xv)
         op, axes = PROD, tuple(range(xv.ndim))
     else:
         axes = (_dim(dim, xv.ndim),) if xv.ndim else ()
-        value = np.prod(xv, axis=axes, keepdims=keepdim)
         op = PROD_DIM
+    value = _prod_value(xv, None if dim is None else axes, keepdim)
+    return _unary(op, x, value, i0=Mask.encode(axes), i1=int(keepdim))
+
+
+def _prod_value(xv, axes, keepdim):
+    """axes None: the product of all elements (np.prod's own order, not an axis tuple's)."""
+    value = np.prod(xv) if axes is None else np.prod(xv, axis=axes, keepdims=bool(keepdim))
     if xv.dtype.kind in "bi":
         value = np.asarray(value).astype(np.int64)
-    return _unary(op, x, value, i0=Mask.encode(axes), i1=int(keepdim))
+    return value
 
 
 class _ValuesIndices(tuple):
@@ -212,16 +231,25 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
         _full_reduction_error(name, x)
         return _unary(op_all, x, np.asarray(fn(xv)), i0=Mask.encode(range(xv.ndim)))
     d = _dim(dim, xv.ndim)
-    x1 = xv.reshape(1) if xv.ndim == 0 else xv
-    if x1.shape[d] == 0:
+    if (xv.shape[d] if xv.ndim else 1) == 0:
         raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
+    values, idx, positions = _extreme_maps(xv, d, keepdim, argfn)
+    # where the extremes are comes from x's values: a compiled program finds them again at each replay
+    maps = lambda v: _extreme_maps(v, d, keepdim, argfn)  # noqa: E731
+    return rt(_with_map(op_dim, x, values, positions, derive=(lambda v: maps(v)[2], (x,))),
+              _noted_python(lambda v: maps(v)[1], (x,), _leaf(idx)))
+
+
+def _extreme_maps(xv, d, keepdim, argfn):
+    """(values, indices, flat positions in x) of the extremes along d."""
+    x1 = xv.reshape(1) if xv.ndim == 0 else xv
     idx = argfn(x1, axis=d, keepdims=True)
     values = np.take_along_axis(x1, idx, d)
-    positions = np.take_along_axis(_positions(x).reshape(x1.shape), idx, d)
+    positions = np.take_along_axis(np.arange(x1.size, dtype=np.int64).reshape(x1.shape), idx, d)
     if not keepdim or xv.ndim == 0:
         out_shape = xv.shape[:d] + xv.shape[d + 1:] if xv.ndim else ()
         values, idx, positions = values.reshape(out_shape), idx.reshape(out_shape), positions.reshape(out_shape)
-    return rt(_with_map(op_dim, x, values, positions), _leaf(_contiguous(idx.astype(np.int64, copy=False))))
+    return values, _contiguous(idx.astype(np.int64, copy=False)), positions
 
 
 def amax(x, dim=(), keepdim=False, *, axis=None, keepdims=None):
@@ -260,6 +288,10 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
         raise NotImplementedError(f"norm with p={p!r} is not supported; use p='fro' or a number")
     p = float(p)
     axes, mask = _reduce_axes(dim, xv)
+    return _unary(NORM, x, _norm_value(xv, p, axes, keepdim), i0=mask, i1=int(keepdim), f0=p)
+
+
+def _norm_value(xv, p, axes, keepdim):
     a = np.abs(xv)
     with np.errstate(divide="ignore", over="ignore"):
         if p == math.inf:
@@ -274,7 +306,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
             value = np.sqrt(np.sum(xv * xv, axis=axes, keepdims=keepdim))
         else:
             value = np.sum(a ** p, axis=axes, keepdims=keepdim) ** (1 / p)
-    return _unary(NORM, x, np.asarray(value, dtype=xv.dtype), i0=mask, i1=int(keepdim), f0=p)
+    return np.asarray(value, dtype=xv.dtype)
 
 
 def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
@@ -300,18 +332,24 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
     n = 1
     for a in axes:
         n *= xv.shape[a]
-    dof = n - correction
-    if dof <= 0:
+    if n - correction <= 0:
         warnings.warn(f"{'std' if root else 'var'}(): degrees of freedom is <= 0. Correction should be strictly "
                       "less than the reduction factor (input numel divided by output numel).", UserWarning,
                       stacklevel=3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = xv - np.add.reduce(xv, axis=axes, keepdims=True) / n  # (np.mean's value, without its warning when empty)
-        value = np.asarray(np.sum(d * d, axis=axes, keepdims=keepdim) / max(dof, 0), xv.dtype)  # inf or nan
+    value = _var_value(xv, axes, keepdim, correction)
     v = _unary(VAR, x, value, i0=Mask.encode(axes), i1=int(keepdim) | (dim is not None) << 1, f0=float(correction))
     if not root:
         return v
     return shown_as(_unary(STD_ROOT, v, np.sqrt(v._value)), "StdBackward0", x)
+
+
+def _var_value(xv, axes, keepdim, correction):
+    n = 1
+    for a in axes:
+        n *= xv.shape[a]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = xv - np.add.reduce(xv, axis=axes, keepdims=True) / n  # (np.mean's value, without its warning when empty)
+        return np.asarray(np.sum(d * d, axis=axes, keepdims=bool(keepdim)) / max(n - correction, 0), xv.dtype)
 
 
 def logsumexp(x, dim=_NO_DIM, keepdim=False, *, axis=None, keepdims=None):
@@ -347,10 +385,11 @@ def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
     return _unary(LOG_SOFTMAX, x, _softmax_value(xv, d, True), i0=d if xv.ndim else 0)
 
 
-def _softmax_value(xv, d, log):
+def _softmax_value(xv, d, log, kernel=False):
+    """``kernel``: the jitted pass at any size (cross_entropy_mean's, whose row says so in i1)."""
     if xv.ndim == 0:
         return np.zeros((), xv.dtype) if log else np.ones((), xv.dtype)
-    if 0 < xv.size <= _SMALL_SOFTMAX:
+    if 0 < xv.size <= _SMALL_SOFTMAX or kernel:
         return _softmax_kernel(xv, d, log)
     with np.errstate(invalid="ignore", divide="ignore"):
         if log:
@@ -376,7 +415,9 @@ def cumsum(x, dim=_NO_DIM, dtype=None, *, axis=None):
         x = to_dtype(x, dtype)
     xv = x._value
     d = _dim(dim, xv.ndim)
+    return _unary(CUMSUM, x, _cumsum_value(xv, d), i0=d)
+
+
+def _cumsum_value(xv, d):
     value = np.cumsum(xv.reshape(1) if xv.ndim == 0 else xv, axis=d).reshape(xv.shape)
-    if xv.dtype.kind in "bi":
-        value = value.astype(np.int64)
-    return _unary(CUMSUM, x, value, i0=d)
+    return value.astype(np.int64) if xv.dtype.kind in "bi" else value

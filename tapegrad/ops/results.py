@@ -33,6 +33,8 @@ def _view(op, x, value, i0=0, i1=0, f0=0.0, b=None):
         t = _leaf(value)
         t._vc = vc
         if _records.PROGRAMS:
+            if b is None and op.kernel == "adj_getitem":  # (a compiled program replays the pick by its map)
+                b = _view_positions(x._value, value)
             note_op(op.code, x, b, t, i0, i1, f0)
     t._extra().base = x
     return t
@@ -54,9 +56,32 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
         return t
     tape = current_tape()
     slots = [-1 if v is None else tape.slot_of(v) if v.__class__ is Tensor else
-             tape.new_slot(_contiguous(v[0]), LEAF, counter(v[1])) if v.__class__ is tuple else
+             _made_from(tape, v) if v.__class__ is tuple else
              tape.new_slot(_contiguous(v), LEAF, None) for v in (a, b, c)]
     return _result(value, tape, tape.push(op.code, slots[0], slots[1], slots[2], i0, i1, f0, value, None), None)
+
+
+def _made_from(tape, v):
+    """The constant slot of an (array, tensor) operand: the tensor's value broadcast."""
+    arr = _contiguous(v[0])
+    if _records.PROGRAMS:
+        _derived(arr, _broadcast(arr.shape), v[1])
+    return tape.new_slot(arr, LEAF, counter(v[1]))
+
+
+def _broadcast(shape):
+    return lambda c: np.ascontiguousarray(np.broadcast_to(c, shape))
+
+
+def _derived(value, fn, *inputs):
+    """``value`` (an index map, a mask, weights) is ``fn`` of the values of ``inputs`` (Tensors, or
+    arrays derived so themselves): a compiled program recomputes it from them at each replay
+    instead of keeping the recorded one. Returns ``value``."""
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            p.derive(value, fn, inputs)
+    return value
 
 
 def _tracked(v):
@@ -66,9 +91,7 @@ def _tracked(v):
 def _note_record(op, a, b, c, t, i0, i1, f0):
     p = recording_program()
     if p is not None:
-        if c is not None:
-            p.fail(f"row {op.name!r} with three operands does not replay untracked yet")
-        p.note(op.code, a, b, t, i0, i1, f0)
+        p.note(op.code, a, b, t, i0, i1, f0, c)
 
 
 def _noted_python(fn, operands, t):
@@ -88,12 +111,40 @@ def _unary_with_index(op, x, value, idx):
     return _result(value, tape, tape.push(op.code, a, b, -1, 0, 0, 0.0, _contiguous(value), vc), vc)
 
 
-def _with_map(op, x, value, positions):
+def _with_map(op, x, value, positions, derive=None):
     """A result that picks elements of x: ``positions`` (x's flat indices in the result's
-    layout) become the row's index map."""
-    if x._rg and _state.grad_enabled:
-        return _unary_with_index(op, x, value, np.ascontiguousarray(positions, dtype=np.int64).reshape(-1))
+    layout) become the row's index map. ``derive``: (fn, inputs) when the positions come from
+    tensors' values (fn of their values gives ``positions``: _derived)."""
+    rg = x._rg and _state.grad_enabled
+    if rg or _records.PROGRAMS:
+        idx = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        if derive is not None and _records.PROGRAMS:
+            fn, inputs = derive
+            _derived(idx, lambda *vs: np.ascontiguousarray(fn(*vs), dtype=np.int64).reshape(-1), *inputs)
+        if rg:
+            return _unary_with_index(op, x, value, idx)
+        t = _leaf(_contiguous(value))
+        _note_record(op, x, idx, None, t, 0, 0, 0.0)
+        return t
     return _leaf(_contiguous(value))  # (np.ascontiguousarray would make a 0-d result 1-d)
+
+
+def _view_positions(base, view):
+    """For each element of ``view`` (C order), its flat C-order index in ``base``, whose memory it shares."""
+    start = base.ctypes.data
+
+    def offsets(a):
+        o = np.full(a.shape, a.ctypes.data - start, dtype=np.int64)
+        for k, (n, st) in enumerate(zip(a.shape, a.strides)):
+            o = o + (np.arange(n, dtype=np.int64) * st).reshape((1,) * k + (n,) + (1,) * (a.ndim - k - 1))
+        return o.reshape(-1)
+
+    vo = offsets(view)
+    if base.flags.c_contiguous:
+        return vo // base.itemsize
+    bo = offsets(base)
+    order = np.argsort(bo, kind="stable")
+    return order[np.searchsorted(bo[order], vo)]
 
 
 def _positions(x):
@@ -138,4 +189,14 @@ def _scalar_like(v, like):
     """A Python scalar or array as a constant tensor in ``like``'s dtype (a Tensor stays as is)."""
     if isinstance(v, Tensor):
         return v
-    return _leaf(np.asarray(v, dtype=like._value.dtype))
+    return _constant(np.asarray(v, dtype=like._value.dtype))
+
+
+def _constant(value):
+    """A tensor of Python data (an operand given as a number or a list): a compiled program keeps it."""
+    t = _leaf(value)
+    if _records.PROGRAMS:
+        p = recording_program()
+        if p is not None:
+            p.note_created(t, None)
+    return t

@@ -32,8 +32,11 @@ one unary ufunc call (``"ufunc:numpy.tanh"``): the replay calls the ufunc's own 
 gives the bits of the NumPy forward the eager path runs (libm and NumPy's SIMD loops round
 differently; None: always);
 ``replay(ins, i0, i1, f0, shape, dtype)`` is the NumPy forward for rows whose ``forward`` alone
-cannot replay; ``static_maps``: its index maps come from Python keys and shapes only, so a program
-may keep them. A row with none of these cannot replay (its program runs eagerly).
+cannot replay (it returns the value, or (value, f0) where f0 comes from values, nll_loss's weighted
+mean: the replayed tape's row takes that f0); ``static_maps``: its index maps come from Python keys
+and shapes only, so a program may keep them (other maps and masks are derived again from the tensors
+they come from at each replay: ops.results._derived). A row with none of these cannot replay (its
+program runs eagerly).
 
 Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
 imports the modules that declare rows in a fixed order.

@@ -7,6 +7,7 @@ import numpy as np
 from .. import dtypes
 from ..tape import _state
 from ..tensor import leaf as _leaf
+from . import _record as _records
 from ._record import record_unary as _unary
 from .attrs import Bool, Float, Implicit, Mask
 from .cast import _torch_type_name, to_dtype
@@ -187,7 +188,7 @@ def expand(x, *shape, _materialize=False):
     value = np.broadcast_to(xv, full)
     if _materialize:
         value = np.ascontiguousarray(value)
-        if x._rg and _state.grad_enabled:
+        if x._rg and _state.grad_enabled or _records.PROGRAMS:  # (a compiled program records it untracked too)
             return _unary(EXPAND, x, value, i1=1)  # (implicit: grad_fn.next_functions looks through it)
         return _leaf(value)
     return _view(EXPAND, x, value)
