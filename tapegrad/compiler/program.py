@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import ops
 from ..operands import operand
-from ..ops.attrs import Operand
+from ..ops.attrs import Operand, Perm
 from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
 from ..tensor import Tensor, leaf as _leaf
 
@@ -475,7 +475,7 @@ class Program:
     def _jittable(self, r, kinds):
         """The dtype of the run row r may join, or None: its kernel gives the eager bits only for
         the operands its kind reads (forwards.py) and where the row's fwd_exact holds."""
-        from ..engine.cpu.forwards import BINARY, ELEMENTWISE, FULL
+        from ..engine.cpu.forwards import BINARY, ELEMENTWISE, FULL, MATMUL, TRANSPOSE
         kind, op, a, b, c, out, i0, i1, f0 = r
         k = kinds[op.code] if kind == OP else 0
         if not k:
@@ -500,12 +500,23 @@ class Program:
             return None
         elif k == ELEMENTWISE and int(np.prod(sl[a].shape)) != n:
             return None
+        elif k == TRANSPOSE and (len(sl[a].shape) != 2 or Perm.decode(i0, 2) != (1, 0)):
+            return None
+        elif k == MATMUL and (not (len(sl[a].shape) == len(sl[b].shape) == 2 and min(*sl[a].shape, sl[b].shape[1]) > 1)
+                              or self.transposes.get(a, a) == self.transposes.get(b, b)):
+            return None  # (x @ x.t(): NumPy's syrk, replayed on the views as eager ran it)
         return dt
 
     def _plan(self):
         """Steps: ("jit", lo, hi, witness) for a run of jittable rows, ("row", e) for one row."""
         from ..engine.cpu._forward import FWD_KIND
         from ..engine.cpu.forwards import VIEW
+        from ..engine.cpu.forwards import MATMUL, TRANSPOSE
+        # a matrix's transpose -> the matrix: a product in NumPy reads the view, as eager's did
+        self.transposes = {r[5]: r[2] for r in self.rows if r[0] == OP and FWD_KIND[r[1].code] == TRANSPOSE and
+                           len(self.slots[r[2]].shape) == 2 and Perm.decode(r[6], 2) == (1, 0)}
+        self.reads_views = {e for e, r in enumerate(self.rows) if r[0] == OP and FWD_KIND[r[1].code] == MATMUL and
+                            (r[2] in self.transposes or r[3] in self.transposes)}
         plan = []
         e = 0
         n = len(self.rows)
@@ -616,6 +627,8 @@ class Program:
                 kind, op, a, b, c, out, i0, i1, f0 = rows[e]
                 if kind == OP:
                     ins = [vals[s] if s >= 0 else None for s in (a, b, c)]
+                    if e in self.reads_views:
+                        ins = [vals[self.transposes[s]].T if s in self.transposes else v for s, v in zip((a, b, c), ins)]
                     f = _PY_CACHE.get(op.code)
                     if f is None:
                         f = _PY_CACHE[op.code] = python_forward(op)

@@ -37,11 +37,11 @@ def _permute_replay(ins, i0, i1, f0, shape, dtype):
 
 
 PERMUTE = row("permute", "PermuteBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
-              replay=_permute_replay)
+              fwd="fwd_transpose", replay=_permute_replay)
 TRANSPOSE = row("transpose", "TransposeBackward0", 1, None, "adj_permute", _permute_vjp,
-                attrs=(Perm("perm", dump=True),), replay=_permute_replay)
+                attrs=(Perm("perm", dump=True),), fwd="fwd_transpose", replay=_permute_replay)
 T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
-        replay=_permute_replay)
+        fwd="fwd_transpose", replay=_permute_replay)
 UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
                   lambda g, i, o, r: (reshape(g, i[0].shape),), fwd="fwd_view", replay=_reshape_replay)
 

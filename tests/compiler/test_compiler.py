@@ -536,16 +536,16 @@ def test_which_rows_replay_how():
 
 
 JITTED = ["abs", "add", "add_scalar", "clone", "cos", "div", "div_scalar", "erf", "exp", "expm1", "log", "log1p",
-          "mean", "mul", "mul_scalar", "neg", "reciprocal", "relu", "rsqrt", "rsub_scalar", "scale", "sigmoid",
-          "sign", "sin", "sqrt", "squeeze", "sub", "sub_scalar", "sum", "tan", "tanh", "unsafe_view", "unsqueeze",
-          "view"]
+          "mean", "mm", "mul", "mul_scalar", "neg", "permute", "reciprocal", "relu", "rsqrt", "rsub_scalar", "scale",
+          "sigmoid", "sign", "sin", "sqrt", "squeeze", "sub", "sub_scalar", "sum", "t", "tan", "tanh", "transpose",
+          "unsafe_view", "unsqueeze", "view"]
 NUMPY_ONLY = ["alias", "amax", "amin", "atan2", "bmm", "cat", "clamp", "copy", "cumsum", "expand", "fill", "flip",
               "gather", "gelu", "hypot", "index", "index_put", "index_put_advanced", "index_select",
               "index_unsqueeze", "leaky_relu", "leaky_relu_backward", "log_softmax", "masked_fill", "max", "max_dim",
-              "maximum", "mean_dim", "min", "min_dim", "minimum", "mm", "nll_loss", "nll_loss_backward", "norm",
-              "permute", "pow", "pow_scalar", "prod", "prod_dim", "repeat", "rpow_scalar", "scatter_add", "select",
-              "slice", "softmax", "softplus", "split", "stack", "std_root", "sum_dim", "t", "threshold_backward",
-              "to", "transpose", "unbind", "var", "where", "zero"]
+              "maximum", "mean_dim", "min", "min_dim", "minimum", "nll_loss", "nll_loss_backward", "norm", "pow",
+              "pow_scalar", "prod", "prod_dim", "repeat", "rpow_scalar", "scatter_add", "select", "slice", "softmax",
+              "softplus", "split", "stack", "std_root", "sum_dim", "threshold_backward", "to", "unbind", "var",
+              "where", "zero"]
 # a custom autograd.Function (its forward is Python), and two rows that only the create_graph walk records
 MISSING = ["add_run", "function", "scatter_flat"]
 
@@ -568,3 +568,27 @@ def test_sin_cos_replay_jitted_as_eager_chooses(dtype):
     assert f"sin(%0)  [5] {dtype.np.name}  [jitted]" in small and f"cos(%0)  [5] {dtype.np.name}  [jitted]" in small
     assert f"sin(%0)  [5000] {dtype.np.name}  [jitted]" in large and f"cos(%0)  [5000] {dtype.np.name}  [jitted]" in large
     assert cf.replay_count == 4
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_matrix_products_replay_with_eager_bits(dtype):
+    """mm replays jitted on NumPy's own gemm (every dimension above 1), a transpose as a C-ordered
+    copy; x @ x.t() stays in NumPy on the views, as eager's (NumPy's syrk, other bits than gemm)."""
+    rng = np.random.default_rng(3)
+    lin = tg.nn.Linear(300, 7).to(dtype)
+    f = lambda x, w: ((x @ w).tanh() @ w.t()).sum() + lin(x).sum() + (x @ x.t()).sum()
+    cf, gram = tg.compile(f), tg.compile(lambda x: x @ x.t())
+    for _ in range(3):
+        x = tg.tensor(rng.standard_normal((33, 300)), dtype=dtype, requires_grad=True)
+        w = tg.tensor(rng.standard_normal((300, 40)), dtype=dtype, requires_grad=True)
+        got, want = cf(x, w), f(x, w)
+        assert got.item() == want.item()
+        gx, gw = tg.autograd.grad(got, (x, w))
+        ex, ew = tg.autograd.grad(want, (x, w))
+        np.testing.assert_array_equal(gx.numpy(), ex.numpy())
+        np.testing.assert_array_equal(gw.numpy(), ew.numpy())
+        xd = x.detach()
+        np.testing.assert_array_equal(gram(xd).numpy(), (xd @ xd.t()).numpy())
+    assert cf.replay_count == gram.replay_count == 2
+    products = [line for line in tg.dump(cf).splitlines() if " = mm(" in line]
+    assert len(products) == 4 and sum("[jitted]" in line for line in products) == 3, products

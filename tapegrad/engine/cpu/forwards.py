@@ -7,7 +7,8 @@ view) on the values whose NumPy array objects ``O`` holds by slot (the output al
 caller), reading each as a flat array of the witness ``w``'s dtype. Each declares its ``kind``,
 which the planner checks before it puts a row in a jitted run: ELEMENTWISE (every operand has the
 output's size), BINARY (an operand of the output's size, size 1, or a trailing block of it), FULL
-(a reduction to one element), VIEW (the output shares its input's memory). The kernels reproduce
+(a reduction to one element), VIEW (the output shares its input's memory), TRANSPOSE (a matrix's
+transpose, as a C-ordered copy), MATMUL (a product of two matrices, every dimension above 1). The kernels reproduce
 the eager forward bit for bit: sums in NumPy's pairwise order, sin and cos as ops' _sin and _cos,
 and what NumPy computes with a ufunc by that ufunc's own loop (jit/ufuncs.py). A kernel declared
 with ``status`` returns whether it ran (False where the probe found no loop: the planner keeps such
@@ -16,11 +17,11 @@ import numpy as np
 from numba import carray
 
 from ...jit import njit
-from ...jit.ffi import _load_i64, _voidptr, size_of
+from ...jit.ffi import _load_i64, _voidptr, dim_of, gemm_acc, size_of
 from ...jit.forward import _TRIG_MAX, sincos1
 from ...jit.ufuncs import unary
 
-ELEMENTWISE, BINARY, FULL, VIEW = 1, 2, 3, 4
+ELEMENTWISE, BINARY, FULL, VIEW, TRANSPOSE, MATMUL = 1, 2, 3, 4, 5, 6
 DECLARED = {}  # kernel name -> kind
 STATUS = set()  # the kernels that return whether they ran
 
@@ -145,6 +146,28 @@ def fwd_mean(e, R, RF, O, hoff, w):  # (the planner leaves an empty mean to NumP
 @forward(VIEW)
 def fwd_view(e, R, RF, O, hoff, w):
     """Nothing to do: the caller made the output a view of the input."""
+
+
+@forward(TRANSPOSE)
+def fwd_transpose(e, R, RF, O, hoff, w):
+    """The C-ordered copy of a matrix's transpose (the tape keeps a view's value as one)."""
+    src = O[R[e, 1]]
+    m, n = dim_of(src, hoff, 0), dim_of(src, hoff, 1)
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    for i in range(n):
+        for j in range(m):
+            out[i * m + j] = a[j * n + i]
+
+
+@forward(MATMUL)
+def fwd_mm(e, R, RF, O, hoff, w):
+    """np.matmul of two matrices whose dimensions all exceed 1: NumPy calls cblas_?gemm (no gemv,
+    dot or outer-product path) on the library gemm_acc calls, so the same call gives the same bits."""
+    a, b, out = O[R[e, 1]], O[R[e, 2]], O[R[e, 4]]
+    ab = np.zeros(2, w.dtype)  # alpha 1, beta 0
+    ab[0] = 1
+    gemm_acc(False, False, dim_of(a, hoff, 0), dim_of(b, hoff, 1), dim_of(a, hoff, 1), _load_i64(a + hoff),
+             _load_i64(b + hoff), _load_i64(out + hoff), ab)
 
 
 @forward(ELEMENTWISE)
