@@ -6,7 +6,8 @@ Every jitted module of tapegrad imports ``njit`` from here, so this runs before 
 functions is declared: it makes Numba's on-disk cache of those functions depend on all of their
 source files together. Numba checks only the file that defines a function, but a cached function
 holds the compiled code of what it calls and inlines from other files (the interpreter inlines the
-generated dispatch): after a change to one of those, it would run stale code.
+generated dispatch): after a change to one of those, it would run stale code. The joint stamp is
+also in the cache's file names, so processes running different sources never share a file.
 """
 import functools
 import hashlib
@@ -51,6 +52,12 @@ def _stamped(locator):
 
         def get_source_stamp(self):
             return super().get_source_stamp(), STAMP
+
+        def get_disambiguator(self):
+            # In the file names too: two processes of different sources (a test run while the
+            # files are edited) otherwise rewrite one index, and each numbers its entries from 1,
+            # so one could load the other's code for another signature.
+            return f"{super().get_disambiguator()}-{STAMP[:12]}"
 
     Stamped.__name__ = Stamped.__qualname__ = "Tapegrad" + locator.__name__.lstrip("_")
     return Stamped

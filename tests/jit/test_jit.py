@@ -24,6 +24,7 @@ def test_engine_functions_are_cached_under_the_joint_stamp():
     for fn in (interp.backward, interp.replay_packed, _generated.adj_exp):
         stamp = fn._cache._impl.locator.get_source_stamp()
         assert stamp[1] == jit.STAMP
+        assert jit.STAMP[:12] in fn._cache._impl.filename_base  # other sources, other files
 
 
 def test_other_numba_functions_keep_numba_s_own_cache_rules(tmp_path, monkeypatch):
