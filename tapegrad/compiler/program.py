@@ -32,6 +32,9 @@ row's ``replay``, or its ``forward``). Value guards compare the bytes Python rea
 tensors are held back until every guard has passed, so a failing guard leaves nothing changed.
 The rows that need grad are written to fresh tapes, so backward (and create_graph) runs on
 replayed outputs as on eager ones."""
+import threading
+from sys import getrefcount
+
 import numpy as np
 
 from .. import ops
@@ -470,6 +473,7 @@ class Program:
         self.refresh = [s for s in self.ext if id(self.slots[s].tensor) in rec.called]
         self.plan = self._plan()
         self._tape_plan()
+        self._pool = threading.local()
 
     # -- planning --------------------------------------------------------------------------------
     def _jittable(self, r, kinds):
@@ -596,6 +600,7 @@ class Program:
         committed = False  # a backward, step or .grad read ran: no guard follows (Recording._check)
         f0s = {}
         tapes, made = {}, {}
+        pool = self._pool.__dict__  # this thread's output arrays of the last replay, reused once nothing holds them
 
         def flush():
             for a, b in deferred:
@@ -614,8 +619,16 @@ class Program:
                 if step[0] == "jit":
                     _, lo, hi, w, allocs, outs = step
                     ids = []
-                    for out, shape, dtype, src in allocs:
-                        v = np.empty(shape, dtype) if src < 0 else vals[src].reshape(shape)
+                    kept = pool.get(lo)
+                    if kept is None:
+                        kept = pool[lo] = [None] * len(allocs)
+                    for i, (out, shape, dtype, src) in enumerate(allocs):
+                        if src >= 0:
+                            v = vals[src].reshape(shape)
+                        else:
+                            v = kept[i]
+                            if v is None or getrefcount(v) > 3:  # (the pool, v, the call): held elsewhere too
+                                v = kept[i] = np.empty(shape, dtype)
                         vals[out] = v
                         ids.append(id(v))
                     O[outs] = ids

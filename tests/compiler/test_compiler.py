@@ -592,3 +592,31 @@ def test_matrix_products_replay_with_eager_bits(dtype):
     assert cf.replay_count == gram.replay_count == 2
     products = [line for line in tg.dump(cf).splitlines() if " = mm(" in line]
     assert len(products) == 4 and sum("[jitted]" in line for line in products) == 3, products
+
+
+def test_replay_reuses_its_arrays_only_when_nothing_holds_them():
+    """A steady-state replay allocates no array per op: it takes back the arrays of its last replay
+    that nothing holds any more (not a result, a view, a tape of a backward still to come)."""
+    f = lambda x: ((x * 2.0).sin() + 1.0).exp()
+    cf = tg.compile(f)
+    xs = [tg.tensor(np.random.default_rng(k).standard_normal(1000)) for k in range(6)]
+    held = [cf(x) for x in xs]  # each result held: no replay may write into an earlier one
+    views = [cf(x).reshape(10, 100)[2] for x in xs]
+    for x, r, v in zip(xs, held, views):
+        np.testing.assert_array_equal(r.numpy(), f(x).numpy())
+        np.testing.assert_array_equal(v.numpy(), f(x).numpy()[200:300])
+    prog = cf._variants[next(iter(cf._variants))][0].program
+
+    def arrays():
+        return [id(a) for run in prog._pool.__dict__.values() for a in run]
+    cf(xs[0])
+    before = arrays()
+    cf(xs[1])
+    assert arrays() == before
+    x = tg.tensor(xs[0].numpy(), requires_grad=True)
+    g = tg.compile(lambda x: (x.sin() * x).exp().sum())
+    losses = [g(x) for _ in range(3)]  # three tapes alive at once: each its own saved values
+    grads = [tg.autograd.grad(loss, x)[0].numpy() for loss in losses]
+    want = tg.autograd.grad((x.sin() * x).exp().sum(), x)[0].numpy()
+    for got in grads:
+        np.testing.assert_array_equal(got, want)
