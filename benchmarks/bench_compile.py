@@ -1,22 +1,127 @@
-"""C1, C2: W1's chain and W2's MLP under tg.compile (torch.compile where it works), forward
-replayed and backward run on the replayed outputs. The first, recording call is timed apart
-(``time_record``); torch.compile's first call is its compile time (``track_compile_seconds``).
-What stays eager is reported by tg.compiler.stats."""
+"""Compiled replay (tg.compile) against torch: C1 = W1's chain, C2 = W2's MLP, C3 = W3's
+elementwise chain, C5 = W5's deep narrow net, each with its forward compiled and the backward run
+on the replayed output; S5 = W5 as a whole training step (forward, backward, SGD) compiled; G10 =
+a call whose guards check 10 tensor arguments.
+
+The ``time_*`` benchmarks time each library alone; ``CompiledRatioToTorch`` takes turns as
+bench_ratios.py does and reports compiled tapegrad / torch eager, and / torch.compile where torch's
+compiler works on the machine (inductor needs a C compiler). The first, recording call is timed
+apart (``time_record``); torch.compile's first call, its compile, is ``track_compile_seconds``.
+
+Targets (ratio to torch eager): C1 <= 0.01, C2 <= 0.65, C3 <= 0.4, C5 <= 0.15, S5 <= 0.15; a replay
+whose guards hold spends <= 2 us checking 10 tensor arguments."""
 import time
 
-from . import bench_w1_chain, bench_w2_mlp
+import numpy as np
+
+from . import bench_w1_chain as w1
+from . import bench_w2_mlp as w2
+from . import bench_w3_elementwise as w3
+from . import bench_w5_deep as w5
+from .bench_ratios import alternating_ratio
 from .common import LIBS, load
 
 
-def _compile(lib, fn):
-    if lib.__name__ == "torch":
+def _first_call(name, fn, *args):
+    """Seconds of fn's first call (tapegrad records; torch.compile compiles), then two warm calls.
+    NotImplementedError (asv: skipped) where torch's compiler fails on this machine (inductor
+    needs a C compiler)."""
+    try:
+        t = time.perf_counter()
+        fn(*args)
+        seconds = time.perf_counter() - t
+        for _ in range(2):
+            fn(*args)
+    except Exception as e:
+        if name != "torch":
+            raise
+        raise NotImplementedError(f"torch.compile does not work here: {e}") from None
+    return seconds
+
+
+# -- the workloads: (forward to compile, the step around it) per library -------------------------
+def mlp_loss(lib, ps):
+    def loss(x, y):
+        w1_, b1, w2_, b2, w3_, b3 = ps
+        h = (x @ w1_ + b1).tanh()
+        h = (h @ w2_ + b2).tanh()
+        return lib.nn.functional.cross_entropy(h @ w3_ + b3, y)
+    return loss
+
+
+def elementwise_loss(lib):
+    return lambda x: (lib.sin(x) * lib.exp(-x * x) + lib.tanh(x) ** 2).sum()
+
+
+def deep_loss(ps):
+    def loss(x):
+        h = x
+        for w, b in ps:
+            h = (h @ w + b).tanh()
+        return h.sum()
+    return loss
+
+
+def backward_step(loss, params, *args):
+    """One forward (the compiled ``loss``) and backward, the gradients dropped as W2/W3/W5 do."""
+    def step():
+        loss(*args).backward()
+        for p in params:
+            p.grad = None
+    return step
+
+
+def sgd_step(lib, ps, x):
+    """W5 as a training step: zero_grad, forward, backward, SGD (no momentum)."""
+    params = [p for wb in ps for p in wb]
+    opt = lib.optim.SGD(params, lr=1e-4)
+    loss = deep_loss(ps)
+
+    def step(x):
+        opt.zero_grad()
+        out = loss(x)
+        out.backward()
+        opt.step()
+        return out
+    return step
+
+
+def workloads(lib, compiler):
+    """name -> a zero-argument call of one step, with its forward (or whole step) compiled by
+    ``compiler`` (None: eager); each made and warmed once."""
+    ps2 = w2.params(lib)
+    x2, y2 = w2.batch(lib)
+    x3 = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
+    ps5 = w5.params(lib)
+    x5 = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
+    flat5 = [p for wb in ps5 for p in wb]
+    same = compiler or (lambda f: f)
+    mlp, elementwise, deep = same(mlp_loss(lib, ps2)), same(elementwise_loss(lib)), same(deep_loss(ps5))
+    train = sgd_step(lib, w5.params(lib), x5)
+    train = lib.compile(train) if compiler is not None and lib.__name__ != "torch" else train
+    out = {"c2": backward_step(mlp, ps2, x2, y2), "c3": backward_step(elementwise, [x3], x3),
+           "c5": backward_step(deep, flat5, x5), "s5": lambda: train(x5)}
+    for step in out.values():
+        _first_call(lib.__name__, step)
+    return out
+
+
+_WORK = {}
+
+
+def ready(key):
+    """(tapegrad compiled, torch eager, torch compiled or None) workloads, made once per process."""
+    if key not in _WORK:
+        tg, torch = load("tapegrad"), load("torch")
         try:
-            return lib.compile(fn)
-        except Exception:  # no compiler toolchain on this machine
-            raise NotImplementedError("torch.compile does not work here") from None
-    return lib.compile(fn)
+            tc = workloads(torch, torch.compile)
+        except NotImplementedError:
+            tc = None
+        _WORK[key] = (workloads(tg, tg.compile), workloads(torch, None), tc)
+    return _WORK[key]
 
 
+# -- one library at a time -------------------------------------------------------------------------
 class C1Chain:
     """W1's 10,000-op chain: a replay (forward) and the backward of its output."""
     params = LIBS
@@ -29,9 +134,9 @@ class C1Chain:
     def setup(self, name):
         self.lib = load(name)
         if name == "torch":  # inductor compiles a 10,000-op chain for minutes: eager torch is the peer
-            self.fn = lambda x: bench_w1_chain.chain(self.lib, x)
+            self.fn = lambda x: w1.chain(self.lib, x)
         else:
-            self.fn = self.lib.compile(lambda x: bench_w1_chain.chain(self.lib, x))
+            self.fn = self.lib.compile(lambda x: w1.chain(self.lib, x))
         self.x = self.lib.tensor([0.5], dtype=self.lib.float64, requires_grad=True)
         self.fn(self.x).backward()  # records (tapegrad), compiles the kernels
 
@@ -40,6 +145,11 @@ class C1Chain:
 
     def time_replay(self, name):
         self.fn(self.x)
+
+    def time_record(self, name):
+        """A first call: tapegrad records its program (eager torch: one forward)."""
+        fn = self.lib.compile(lambda x: w1.chain(self.lib, x)) if name == "tapegrad" else self.fn
+        fn(self.x)
 
 
 class C2MLP:
@@ -53,23 +163,151 @@ class C2MLP:
 
     def setup(self, name):
         lib = self.lib = load(name)
-        self.ps = bench_w2_mlp.params(lib)
-        self.x, self.y = bench_w2_mlp.batch(lib)
-
-        def loss(x, y):
-            w1, b1, w2, b2, w3, b3 = self.ps
-            h = (x @ w1 + b1).tanh()
-            h = (h @ w2 + b2).tanh()
-            return lib.nn.functional.cross_entropy(h @ w3 + b3, y)
-        self.fn = _compile(lib, loss)
-        t = time.perf_counter()
-        self.fn(self.x, self.y).backward()
-        self.compile_seconds = time.perf_counter() - t
+        self.ps = w2.params(lib)
+        self.x, self.y = w2.batch(lib)
+        self.step = backward_step(lib.compile(mlp_loss(lib, self.ps)), self.ps, self.x, self.y)
+        self.compile_seconds = _first_call(name, self.step)
 
     def time_step(self, name):
-        self.fn(self.x, self.y).backward()
-        for p in self.ps:
-            p.grad = None
+        self.step()
 
     def track_compile_seconds(self, name):
         return self.compile_seconds
+
+
+class C3Elementwise:
+    """W3's chain over 1e6 float64 values compiled, backward on its sum."""
+    params = LIBS
+    param_names = ["lib"]
+    number = 2
+    repeat = 10
+    warmup_time = 0
+    timeout = 600
+
+    def setup(self, name):
+        lib = self.lib = load(name)
+        self.x = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
+        self.step = backward_step(lib.compile(elementwise_loss(lib)), [self.x], self.x)
+        self.compile_seconds = _first_call(name, self.step)
+
+    def time_step(self, name):
+        self.step()
+
+    def track_compile_seconds(self, name):
+        return self.compile_seconds
+
+
+class C5Deep:
+    """W5's 50 layers compiled, backward on the sum."""
+    params = LIBS
+    param_names = ["lib"]
+    number = 20
+    repeat = 10
+    warmup_time = 0
+    timeout = 600
+
+    def setup(self, name):
+        lib = self.lib = load(name)
+        ps = w5.params(lib)
+        x = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
+        self.step = backward_step(lib.compile(deep_loss(ps)), [p for wb in ps for p in wb], x)
+        self.compile_seconds = _first_call(name, self.step)
+
+    def time_step(self, name):
+        self.step()
+
+    def track_compile_seconds(self, name):
+        return self.compile_seconds
+
+
+class S5TrainingStep:
+    """W5 as a whole training step compiled: zero_grad, forward, backward, SGD step. torch runs
+    it eagerly (torch.compile breaks its graph at backward and step)."""
+    params = LIBS
+    param_names = ["lib"]
+    number = 20
+    repeat = 10
+    warmup_time = 0
+    timeout = 600
+
+    def setup(self, name):
+        lib = self.lib = load(name)
+        self.x = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
+        step = sgd_step(lib, w5.params(lib), self.x)
+        self.step = lib.compile(step) if name == "tapegrad" else step
+        _first_call(name, self.step, self.x)
+
+    def time_step(self, name):
+        self.step(self.x)
+
+
+class G10Guards:
+    """A replay of a one-op program with 10 tensor arguments: the cost of its guards (argument
+    shapes, dtypes, requires_grad and aliasing, grad mode) and of the call itself."""
+    params = ["tapegrad"]
+    param_names = ["lib"]
+    number = 200
+    repeat = 10
+    warmup_time = 0
+
+    def setup(self, name):
+        tg = load(name)
+        self.xs = [tg.ones(4) for _ in range(10)]
+        self.fn = tg.compile(lambda *xs: xs[0] + 1.0)
+        self.plain = tg.compile(lambda x: x + 1.0)
+        for _ in range(3):
+            self.fn(*self.xs)
+            self.plain(self.xs[0])
+
+    def time_replay_10_arguments(self, name):
+        self.fn(*self.xs)
+
+    def time_replay_1_argument(self, name):
+        self.plain(self.xs[0])
+
+
+# -- ratios, taking turns ----------------------------------------------------------------------------
+class CompiledRatioToTorch:
+    """Compiled tapegrad / torch eager (``track_*``) and / torch.compile (``track_*_vs_compile``),
+    the median over rounds of alternating blocks."""
+    unit = "tapegrad/torch"
+    timeout = 900
+    warmup_time = 0
+
+    def setup(self):
+        load("torch")  # NotImplementedError (asv: skipped) without torch
+
+    def _ratio(self, name, k, compiled=False):
+        ours, eager, tc = ready("all")
+        theirs = (tc if compiled else eager)
+        if theirs is None:
+            raise NotImplementedError("torch.compile does not work here")
+        return alternating_ratio(ours[name], theirs[name], k=k)
+
+    def track_c1(self):
+        tg, torch = load("tapegrad"), load("torch")
+        fn = tg.compile(lambda x: w1.chain(tg, x))
+        x, xt = (lib.tensor([0.5], dtype=lib.float64, requires_grad=True) for lib in (tg, torch))
+        fn(x).backward()
+        return alternating_ratio(lambda: fn(x).backward(), lambda: w1.chain(torch, xt).backward(), k=3)
+
+    def track_c2(self):
+        return self._ratio("c2", k=20)
+
+    def track_c3(self):
+        return self._ratio("c3", k=3)
+
+    def track_c5(self):
+        return self._ratio("c5", k=10)
+
+    def track_s5(self):
+        return self._ratio("s5", k=10)
+
+    def track_c2_vs_compile(self):
+        return self._ratio("c2", k=20, compiled=True)
+
+    def track_c3_vs_compile(self):
+        return self._ratio("c3", k=3, compiled=True)
+
+    def track_c5_vs_compile(self):
+        return self._ratio("c5", k=10, compiled=True)

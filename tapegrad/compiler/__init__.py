@@ -14,6 +14,8 @@ import types
 import warnings
 import weakref
 
+from numpy import ndarray
+
 from ..grad_mode import is_grad_enabled
 from ..ops import _record
 from ..tape import _hot
@@ -61,7 +63,7 @@ class CompiledFunction:
         if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
             return self._fn(*args, **kwargs)
         tensors = []
-        key = (_key(args, tensors), _key(kwargs, tensors) if kwargs else None, is_grad_enabled())
+        key = (_keys(args, tensors), _key(kwargs, tensors) if kwargs else None, is_grad_enabled())
         key += (_aliases(tensors),)
         for v in self._variants.get(key, ()):
             if not _checks_hold(v.checks):
@@ -147,12 +149,13 @@ def _key(v, tensors):
     """A hashable description of an argument; its tensors are appended to ``tensors``."""
     if isinstance(v, Tensor):
         tensors.append(v)
-        return ("T", v._value.shape, v._value.dtype.str, v._rg)
+        a = v._value
+        return ("T", a.shape, a.dtype, v._rg)
     c = v.__class__
     if c in _SCALARS:
         return (c, v) if c is not float or v == v else (c, "nan")
     if c is tuple or c is list:
-        return (c, tuple(_key(x, tensors) for x in v))
+        return (c, _keys(v, tensors))
     if c is dict:
         return (c, tuple((k, _key(x, tensors)) for k, x in v.items()))
     try:
@@ -164,6 +167,20 @@ def _key(v, tensors):
     return ("obj", c, id(v))
 
 
+def _keys(items, tensors):
+    """_key of each item, a tensor's inline: a call's arguments are mostly tensors, and guard
+    checking is paid on every replay."""
+    out = []
+    for v in items:
+        if isinstance(v, Tensor):
+            tensors.append(v)
+            a = v._value
+            out.append(("T", a.shape, a.dtype, v._rg))
+        else:
+            out.append(_key(v, tensors))
+    return tuple(out)
+
+
 def _aliases(tensors):
     """Which tensor arguments are one tensor, or share storage (the first index of each root)."""
     if len(tensors) < 2:
@@ -172,8 +189,10 @@ def _aliases(tensors):
     out = []
     for i, t in enumerate(tensors):
         v = t._value
-        while v.base is not None and hasattr(v.base, "__array_interface__"):
-            v = v.base
+        b = v.base
+        while b.__class__ is ndarray:  # (a base that is no array, a buffer, ends the walk)
+            v = b
+            b = v.base
         out.append(roots.setdefault(id(v), i))
     return tuple(out)
 
@@ -192,7 +211,7 @@ def _describe_key(key):
         if k[0] in ("id", "obj"):
             return f"<object id {k[-1]}>"
         return repr(k[1])
-    parts.append("args " + walk(args))
+    parts.append("args " + walk((tuple, args)))
     if kwargs is not None:
         parts.append("kwargs " + walk(kwargs))
     parts.append(f"grad_enabled={grad}")

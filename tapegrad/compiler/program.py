@@ -582,7 +582,6 @@ class Program:
     def replay(self, tensors):
         """Run the program on the tensor arguments ``tensors``; returns the output values (Tensors
         and Python constants in the order of ``outs``)."""
-        from ..creation import _rng
         vals = [None] * len(self.slots)
         O = np.zeros(len(self.slots), np.int64)
         slots = self.slots
@@ -595,7 +594,10 @@ class Program:
         for s in self.constants:
             vals[s] = slots[s].value
             O[s] = id(slots[s].value)
-        state = _rng[0].bit_generator.state if self.has_rand and self.reads else None
+        state = None
+        if self.has_rand and self.reads:
+            from ..creation import _rng
+            state = _rng[0].bit_generator.state
         deferred = []  # writes into external tensors and zero_grad calls, held back until every guard has passed
         committed = False  # a backward, step or .grad read ran: no guard follows (Recording._check)
         f0s = {}
