@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dtypes
 from .printing import format_tensor
-from .tape import FREED, REQUIRES_GRAD, _state, counter, recording_program
+from .tape import FREED, REQUIRES_GRAD, Global, _state, counter, recording_program
 
 
 
@@ -176,7 +176,6 @@ class Tensor:
     def data(self, other):
         if not isinstance(other, Tensor):
             raise TypeError("data must be a Tensor")
-        from .tape import Global
         self._value = other._value
         Global.bump()  # open tapes that registered this leaf must register it afresh
 
@@ -277,7 +276,6 @@ class Tensor:
 
     def _bump_version(self):
         """An in-place change to this tensor's storage (shared by its views)."""
-        from .tape import Global
         counter(self)[0] += 1
         Global.bump()
 

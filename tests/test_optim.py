@@ -157,3 +157,28 @@ def test_errors_like_torch(make, match):
 def test_a_tensor_is_not_a_parameter_list():
     with pytest.raises(TypeError, match="iterable of Tensors"):
         optim.SGD(tg.ones(2, requires_grad=True), lr=0.1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lr", [0.1, 3, np.float64(0.1)])
+def test_plain_sgd_in_one_call_has_numpy_s_bits(dtype, lr):
+    """Plain SGD updates every C-ordered float parameter in one jitted call: bit for bit NumPy's
+    x -= lr * grad (which a transposed parameter still takes), one call per dtype."""
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(s).astype(dtype) for s in [(5, 3), (7,), (), (4, 6)]]
+    values[3] = values[3].T  # not C-ordered
+    values.append(rng.standard_normal(4).astype(np.float64 if dtype == np.float32 else np.float32))
+    grads = [rng.standard_normal(v.shape).astype(v.dtype) for v in values]
+    params = [tg.tensor(v.copy(), requires_grad=True) for v in values]
+    params[3] = tg.tensor(values[3].T.copy(), requires_grad=True).t().detach().requires_grad_()
+    for p, g in zip(params, grads):
+        p.grad = tg.tensor(g)
+    versions = [p._version for p in params]
+    optim.SGD(params, lr=lr).step()
+    for p, v, g, before in zip(params, values, grads, versions):
+        want = v.copy()
+        want -= lr * g
+        got = p.detach().numpy()
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        assert p._version == before + 1
