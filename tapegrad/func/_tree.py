@@ -7,9 +7,9 @@ def flatten(tree):
 
     def walk(v):
         if isinstance(v, (tuple, list)):
-            return (type(v), [walk(x) for x in v])
+            return (type(v), tuple(walk(x) for x in v))
         if isinstance(v, dict):
-            return (dict, [(k, walk(x)) for k, x in v.items()])
+            return (dict, tuple((k, walk(x)) for k, x in v.items()))
         leaves.append(v)
         return None
 

@@ -120,8 +120,8 @@ def _no_random():
 
 
 def sample(leaves, dims, b):
-    """The b-th sample of the mapped leaves (a view of each)."""
-    return [x if d is None else x.select(d, b) for x, d in zip(leaves, dims)]
+    """The b-th sample of the mapped leaves (C-ordered, as a tensor made for one sample is)."""
+    return [x if d is None else x.select(d, b).contiguous() for x, d in zip(leaves, dims)]
 
 
 def _loop(func, leaves, spec, dims, size, kwargs, randomness):
