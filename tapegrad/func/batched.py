@@ -56,10 +56,11 @@ class _Split(Exception):
 
 
 class _Signature:
-    __slots__ = ("variants", "checks", "why")
+    __slots__ = ("variants", "checks", "why", "step")
 
     def __init__(self, checks):
         self.variants, self.checks, self.why = [], checks, None
+        self.step = None  # the whole-batch replay under tg.compile, once one run showed it applies
 
 
 class BatchedFunction:
@@ -183,6 +184,8 @@ class _Run:
 
     # -- running ------------------------------------------------------------------------------
     def result(self):
+        if self.sig.step is not None:
+            return self._stepped()
         index = np.arange(self.size)
         pieces = []  # (sample indices, flat outputs batched over them)
         pending = [(index, 0)]
@@ -201,6 +204,9 @@ class _Run:
                 pending.append((idx[s.passed], v))
                 pending.append((idx[~s.passed], v + 1))
         outs = self._assemble(pieces)
+        if len(self.sig.variants) == 1 and not self.create_graph and not any(
+                r[0] == GUARD for r in self.sig.variants[0].rows):
+            self.sig.step = _compiled_step(self.sig.variants[0], self.fn.argnums is not None)
         if self.fn.argnums is None:
             return outs, self.sig.variants[0].ospec
         total = outs[0].sum()
@@ -211,6 +217,24 @@ class _Run:
         if not self.create_graph:
             gs = [g.detach() for g in gs]
         return list(gs), self.grad_spec
+
+    def _step_inputs(self):
+        prog = self.sig.variants[0]
+        ins = [self.leaves[k] if self.batched[k] is None else self.batched[k] for k in prog.arg_slot.values()]
+        ins += [prog.slots[s].tensor for s in prog.ext if s not in prog.arg_slot]
+        if self.fn.argnums is not None:
+            ins += [self.batched[k] for k in self.grad_leaves]
+        return ins
+
+    def _stepped(self):
+        """The run as the compiled whole-batch step: one jitted replay (and backward) per call."""
+        prog = self.sig.variants[0]
+        outs = list(self.sig.step(*self._step_inputs()))
+        if self.fn.argnums is None:
+            return outs, prog.ospec
+        from ..creation import zeros_like
+        leaves = [self.batched[k] for k in self.grad_leaves]
+        return [zeros_like(x).detach() if g is None else g for g, x in zip(outs, leaves)], self.grad_spec
 
     def _assemble(self, pieces):
         """The outputs of all groups, batched in sample order."""
@@ -225,76 +249,101 @@ class _Run:
     def _replay(self, prog, idx):
         """The program's rows over the samples idx; returns the flat outputs batched over them."""
         from ..creation import tensor
+        from ..ops import index_select
         whole = len(idx) == self.size
         pick = None if whole else tensor(idx)
-        n = len(idx)
-        vals = [None] * len(prog.slots)  # Tensor (or, for a constant map, an array)
-        batched = [False] * len(prog.slots)
+        args = {}
         for s in prog.ext:
-            sl = prog.slots[s]
-            if sl.arg < 0:
-                vals[s] = sl.tensor
+            k = prog.arg_slot.get(s)
+            if k is not None:
+                b = self.batched[k]
+                args[s] = (self.leaves[k], False) if b is None else (b if whole else index_select(b, 0, pick), True)
+        return replay(prog, args, len(idx))
+
+
+def _compiled_step(prog, grads):
+    """tg.compile of a whole-batch replay of prog (one variant, no guards): its arguments are the
+    argument slots' tensors (in prog.arg_slot's order), the tensors func read from outside, and
+    (with grads) the per-sample leaves, whose .grad it returns."""
+    from ..autograd.api import backward
+    from ..compiler import compile
+    layout = list(prog.arg_slot)
+    outside = [s for s in prog.ext if s not in prog.arg_slot]
+    n_in = len(layout) + len(outside)
+
+    def step(*tensors):
+        args = {s: (t, t.dim() > len(prog.slots[s].shape)) for s, t in zip(layout + outside, tensors)}
+        n = next((t.shape[0] for t, b in args.values() if b), tensors[-1].shape[0] if tensors else 0)
+        outs = replay(prog, args, n)
+        if not grads:
+            return tuple(outs)
+        leaves = tensors[n_in:]
+        backward([outs[0].sum()], inputs=list(leaves))
+        return tuple(x.grad for x in leaves)
+
+    return compile(step)
+
+
+def replay(prog, args, n):
+    """The rows of ``prog`` over n samples; ``args``: external slot -> (tensor, batched) for the
+    arguments (the tensors func read from outside are the slots' own). Returns the outputs,
+    batched over the n samples."""
+    vals = [None] * len(prog.slots)  # Tensor (or, for a constant map, an array)
+    batched = [False] * len(prog.slots)
+    for s in prog.ext:
+        vals[s], batched[s] = args.get(s, (prog.slots[s].tensor, False))
+    for s in prog.constants:
+        vals[s] = prog.slots[s].value
+    for kind, op, a, b, c, out, i0, i1, f0 in prog.rows:
+        if kind == OP:
+            ins = [s for s in (a, b, c) if s >= 0]
+            shape = prog.slots[out].shape
+            if not any(batched[s] for s in ins):
+                vals[out] = _unbatched_row(op, [vals[s] for s in (a, b, c)], i0, i1, f0, prog.slots[out])
                 continue
-            k = prog.arg_slot[s]
-            b = self.batched[k]
-            if b is None:
-                vals[s] = self.leaves[k]
+            rule = _rule(op)
+            if rule is None:
+                raise Unbatchable(f"row {op.name!r} has no batching rule")
+            operands = [None if s < 0 else (vals[s], batched[s], prog.slots[s].shape) for s in (a, b, c)]
+            vals[out] = rule(op, operands, i0, i1, f0, shape, prog.slots[out].dtype, n)
+            batched[out] = True
+        elif kind == GUARD:
+            dtype, gshape, data = op
+            v = vals[a]
+            expect = np.frombuffer(data, dtype).reshape(gshape)
+            if not batched[a]:
+                ok = v._value.dtype == dtype and v._value.shape == gshape and np.array_equal(v._value, expect)
+                passed = np.full(n, ok)
             else:
-                from ..ops import index_select
-                vals[s] = b if whole else index_select(b, 0, pick)
-                batched[s] = True
-        for s in prog.constants:
-            vals[s] = prog.slots[s].value
-        for kind, op, a, b, c, out, i0, i1, f0 in prog.rows:
-            if kind == OP:
-                ins = [s for s in (a, b, c) if s >= 0]
-                shape = prog.slots[out].shape
-                if not any(batched[s] for s in ins):
-                    vals[out] = _unbatched_row(op, [vals[s] for s in (a, b, c)], i0, i1, f0, prog.slots[out])
-                    continue
-                rule = RULES.get(op.name) or (_elementwise if _is_elementwise(op) else None)
-                if rule is None:
-                    raise Unbatchable(f"row {op.name!r} has no batching rule")
-                args = [None if s < 0 else (vals[s], batched[s], prog.slots[s].shape) for s in (a, b, c)]
-                vals[out] = rule(op, args, i0, i1, f0, shape, prog.slots[out].dtype, n)
-                batched[out] = True
-            elif kind == GUARD:
-                dtype, gshape, data = op
-                v = vals[a]
-                expect = np.frombuffer(data, dtype).reshape(gshape)
-                if not batched[a]:
-                    ok = v._value.dtype == dtype and v._value.shape == gshape and np.array_equal(v._value, expect)
-                    passed = np.full(n, ok)
-                else:
-                    passed = (v._value == expect).reshape(n, -1).all(axis=1)
-                if not passed.all():
-                    raise _Split(passed)
-            elif kind == CONST:
-                vals[out] = leaf(prog.slots[out].value.copy())
-            elif kind == PY:
-                fn, consts = op
-                ins = [vals[s] for s in a]
-                if not any(batched[s] for s in a):
-                    it = iter(_array(v) for v in ins)
-                    args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
-                    v = np.asarray(fn(*args))
-                    vals[out] = v if i0 == DERIVED else leaf(v)
-                    continue
-                if i0 == DERIVED:
-                    raise Unbatchable("an index map or mask is made from a batched tensor's values")
-                rank = len(prog.slots[out].shape)
-                it = iter(_pad(_array(vals[s]), batched[s], prog.slots[s].shape, rank, n) for s in a)
-                vals[out] = leaf(np.asarray(fn(*[next(it) if k is None else k for k in consts])))
-                batched[out] = True
-            else:
-                raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
-        outs = []
-        for s in prog.outs:
-            t = vals[s]
-            if not batched[s]:
-                t = t.unsqueeze(0).expand((n,) + tuple(t.shape)).contiguous()
-            outs.append(t)
-        return outs
+                passed = (v._value == expect).reshape(n, -1).all(axis=1)
+            if not passed.all():
+                raise _Split(passed)
+        elif kind == CONST:
+            vals[out] = leaf(prog.slots[out].value.copy())
+        elif kind == PY:
+            fn, consts = op
+            ins = [vals[s] for s in a]
+            if not any(batched[s] for s in a):
+                it = iter(_array(v) for v in ins)
+                py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
+                v = np.asarray(fn(*py_args))
+                vals[out] = v if i0 == DERIVED else leaf(v)
+                continue
+            if i0 == DERIVED:
+                raise Unbatchable("an index map or mask is made from a batched tensor's values")
+            rank = len(prog.slots[out].shape)
+            it = iter(_pad(_array(vals[s]), batched[s], prog.slots[s].shape, rank, n) for s in a)
+            vals[out] = leaf(np.asarray(fn(*[next(it) if k is None else k for k in consts])))
+            batched[out] = True
+        else:
+            raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
+    outs = []
+    for s in prog.outs:
+        t = vals[s]
+        if not batched[s]:
+            t = t.unsqueeze(0).expand((n,) + tuple(t.shape)).contiguous()
+        outs.append(t)
+    return outs
 
 
 def _to_front(x, d):
@@ -325,6 +374,17 @@ def _unbatched_row(op, ins, i0, i1, f0, out):
     return _record(op, np.ascontiguousarray(value), *ins, i0=i0, i1=i1, f0=f0)
 
 
+_RULE_OF = {}  # op code -> its batching rule (None: none)
+
+
+def _rule(op):
+    try:
+        return _RULE_OF[op.code]
+    except KeyError:
+        rule = _RULE_OF[op.code] = RULES.get(op.name) or (_elementwise if _is_elementwise(op) else None)
+        return rule
+
+
 # -- batching rules: (op, [(value, batched, sample shape) or None] * 3, i0, i1, f0, out shape, out dtype, n) ---
 def _is_elementwise(op):
     from ..engine.cpu._forward import FWD_KIND
@@ -346,7 +406,7 @@ def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
         v, batched, s = arg
         if not isinstance(v, Tensor):
             raise Unbatchable(f"row {op.name!r} reads a constant operand")
-        padded.append(v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched else v)
+        padded.append(v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v)
     arrays = [None if p is None else p._value for p in padded]
     value = python_forward(op)(arrays, i0, i1, f0, (n,) + tuple(shape), dtype)
     if value.__class__ is tuple:

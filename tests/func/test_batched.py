@@ -125,3 +125,26 @@ def test_what_does_not_batch_loops_and_says_why():
     x = tg.randn(3, 2)
     np.testing.assert_array_equal(vm(x).numpy(), tg.cat([x, x], 1).numpy() * 2)
     assert vm.looped == 1 and "cat" in vm._batched.why
+
+
+def test_later_calls_replay_the_compiled_batch_step():
+    """From the second call on, a program without guards replays as one compiled whole-batch step
+    (forward and backward): new values, a closure tensor changed in place, and a new batch size."""
+    rng = np.random.default_rng(2)
+    W = tg.tensor(rng.standard_normal((5, 4)))
+
+    def loss(p, x):
+        return ((W @ x).tanh() * p).sum() + (p * p).mean()
+
+    vg, vf = func.vmap(func.grad(loss), in_dims=(None, 0)), func.vmap(loss, in_dims=(None, 0))
+    for size in (6, 6, 6, 4, 4):
+        p, xs = tg.tensor(rng.standard_normal(5)), tg.tensor(rng.standard_normal((size, 4)))
+        with tg.no_grad():
+            W.mul_(1.5)
+        np.testing.assert_allclose(vg(p, xs).numpy(), tg.stack([func.grad(loss)(p, xs[b]) for b in range(size)]).numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(vf(p, xs).numpy(), tg.stack([loss(p, xs[b]) for b in range(size)]).numpy(),
+                                   rtol=1e-12)
+    for vm in (vg, vf):
+        step = next(iter(vm._batched.signatures.values())).step
+        assert vm.batched == 5 and tg.compiler.stats(step)["replay_count"] == 2
