@@ -154,8 +154,7 @@ class _Run:
                 v = v.detach()
             args.append(v)
         tensors = [v for v in args if isinstance(v, Tensor)]
-        checks, sources = _sources(self.fn.inner)
-        rec = Recording(tensors, sources, False)
+        rec = Recording(tensors, _sources(self.fn.inner)[1], False)
         _hot.prog = rec
         _records.PROGRAMS += 1
         try:

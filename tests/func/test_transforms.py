@@ -151,3 +151,19 @@ def test_grad_of_closure_requiring_grad_stays_differentiable():
 def test_errors_as_torch(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_grad_of_per_sample_gradients_and_nested_vmap_against_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w, xs = rng.standard_normal(3), rng.standard_normal((5, 3))
+    results = []
+    for lib, F in ((tg, func), (torch, torch.func)):
+        loss = lambda w, x: (lib.sin(w * x) * w).sum()
+        W, X = lib.tensor(w), lib.tensor(xs)
+        for _ in range(2):  # (the second call replays)
+            g = F.grad(lambda W: F.vmap(F.grad(loss), in_dims=(None, 0))(W, X).pow(2).sum())(W)
+        pairs = F.vmap(F.vmap(loss, in_dims=(None, 0)), in_dims=(0, None))(X, X)
+        results.append((g.detach().numpy(), pairs.detach().numpy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
