@@ -56,11 +56,12 @@ class _Split(Exception):
 
 
 class _Signature:
-    __slots__ = ("variants", "checks", "why", "step")
+    __slots__ = ("variants", "checks", "why", "step", "taps")
 
     def __init__(self, checks):
         self.variants, self.checks, self.why = [], checks, None
         self.step = None  # the whole-batch replay under tg.compile, once one run showed it applies
+        self.taps = None  # with step, per-sample gradients of shared parameters by taps (_tap_plan)
 
 
 class BatchedFunction:
@@ -136,6 +137,8 @@ class _Run:
             if not isinstance(x, Tensor):
                 raise ValueError(f"Thing passed to transform API must be Tensor, got {type(x)}")
             b = self.batched[k]
+            if b is None and self.sig.taps is not None:
+                continue  # (a shared parameter: its per-sample gradients come from the taps)
             if b is None:
                 b = x.unsqueeze(0).expand((self.size,) + tuple(x.shape))
             with enable_grad():
@@ -205,7 +208,12 @@ class _Run:
         outs = self._assemble(pieces)
         if len(self.sig.variants) == 1 and not self.create_graph and not any(
                 r[0] == GUARD for r in self.sig.variants[0].rows):
-            self.sig.step = _compiled_step(self.sig.variants[0], self.fn.argnums is not None)
+            prog = self.sig.variants[0]
+            if self.fn.argnums is not None:
+                shared = {s: k for s, k in prog.arg_slot.items() if k in self.diff and self.dims[k] is None}
+                batched = {s for s, k in prog.arg_slot.items() if self.dims[k] is not None or k in self.diff}
+                self.sig.taps = _tap_plan(prog, batched, shared) if shared else None
+            self.sig.step = _compiled_step(prog, self.fn.argnums is not None, self.sig.taps)
         if self.fn.argnums is None:
             return outs, self.sig.variants[0].ospec
         total = outs[0].sum()
@@ -219,10 +227,13 @@ class _Run:
 
     def _step_inputs(self):
         prog = self.sig.variants[0]
-        ins = [self.leaves[k] if self.batched[k] is None else self.batched[k] for k in prog.arg_slot.values()]
+        ins = [(self.leaves[k].detach() if k in self.diff else self.leaves[k]) if self.batched[k] is None
+               else self.batched[k] for k in prog.arg_slot.values()]
         ins += [prog.slots[s].tensor for s in prog.ext if s not in prog.arg_slot]
         if self.fn.argnums is not None:
-            ins += [self.batched[k] for k in self.grad_leaves]
+            ins += [self.batched[k] for k in self.grad_leaves if self.batched[k] is not None]
+            for tap in self.sig.taps or ():
+                ins.append(leaf(np.zeros((self.size,) + tap.out_shape, tap.dtype)).requires_grad_())
         return ins
 
     def _stepped(self):
@@ -232,8 +243,22 @@ class _Run:
         if self.fn.argnums is None:
             return outs, prog.ospec
         from ..creation import zeros_like
-        leaves = [self.batched[k] for k in self.grad_leaves]
-        return [zeros_like(x).detach() if g is None else g for g, x in zip(outs, leaves)], self.grad_spec
+        own = [k for k in self.grad_leaves if self.batched[k] is not None]
+        grads = {k: zeros_like(self.batched[k]).detach() if g is None else g for k, g in zip(own, outs)}
+        if self.sig.taps:
+            taps = self.sig.taps
+            per_sample = {}
+            rest = outs[len(own):]
+            for tap, g, other in zip(taps, rest[:len(taps)], rest[len(taps):]):
+                d = tap.gradient(np.zeros((self.size,) + tap.out_shape, tap.dtype) if g is None else g._value,
+                                 other._value, self.size)
+                per_sample[tap.leaf] = d if tap.leaf not in per_sample else per_sample[tap.leaf] + d
+            for k in self.grad_leaves:
+                if k not in grads:
+                    x = self.leaves[k]
+                    grads[k] = leaf(per_sample[k]) if k in per_sample else \
+                        leaf(np.zeros((self.size,) + tuple(x.shape), x._value.dtype))
+        return [grads[k] for k in self.grad_leaves], self.grad_spec
 
     def _assemble(self, pieces):
         """The outputs of all groups, batched in sample order."""
@@ -260,40 +285,123 @@ class _Run:
         return replay(prog, args, len(idx))
 
 
-def _compiled_step(prog, grads):
+def _compiled_step(prog, grads, taps):
     """tg.compile of a whole-batch replay of prog (one variant, no guards): its arguments are the
     argument slots' tensors (in prog.arg_slot's order), the tensors func read from outside, and
-    (with grads) the per-sample leaves, whose .grad it returns."""
+    (with grads) the per-sample leaves and the taps, whose .grad it returns, then the taps' other
+    operands."""
     from ..autograd.api import backward
     from ..compiler import compile
     layout = list(prog.arg_slot)
     outside = [s for s in prog.ext if s not in prog.arg_slot]
     n_in = len(layout) + len(outside)
+    n_taps = len(taps or ())
 
     def step(*tensors):
         args = {s: (t, t.dim() > len(prog.slots[s].shape)) for s, t in zip(layout + outside, tensors)}
         n = next((t.shape[0] for t, b in args.values() if b), tensors[-1].shape[0] if tensors else 0)
-        outs = replay(prog, args, n)
+        leaves = tensors[n_in:len(tensors) - n_taps]
+        tapped = tensors[len(tensors) - n_taps:] if n_taps else ()
+        others = []
+        outs = replay(prog, args, n, {tap.row: (t, tap.other, others) for tap, t in zip(taps or (), tapped)})
         if not grads:
             return tuple(outs)
-        leaves = tensors[n_in:]
-        backward([outs[0].sum()], inputs=list(leaves))
-        return tuple(x.grad for x in leaves)
+        backward([outs[0].sum()], inputs=list(leaves) + list(tapped))
+        return tuple(x.grad for x in leaves) + tuple(t.grad for t in tapped) + tuple(others)
 
     return compile(step)
 
 
-def replay(prog, args, n):
+_VIEWS = {"t", "transpose", "permute", "view", "unsafe_view", "unsqueeze", "squeeze"}
+
+
+class _Tap:
+    """A row where a shared parameter's value (reached through views) meets batched values: the
+    replay adds a zero tensor (the tap) to its output, whose gradient is the row's per-sample output
+    gradient g; ``gradient`` turns g and the row's other operand into each sample's gradient of the
+    parameter."""
+    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign")
+
+    def gradient(self, g, other, n):
+        if self.kind == "mm_right":  # out = x @ u: du = x^T g (an outer product per sample where x is a row)
+            d = other.swapaxes(1, 2) * g if other.shape[1] == 1 else np.matmul(other.swapaxes(1, 2), g)
+        elif self.kind == "mm_left":  # out = u @ y: du = g y^T
+            d = g * other.swapaxes(1, 2) if g.shape[2] == 1 else np.matmul(g, other.swapaxes(1, 2))
+        else:  # out = x +- u (u broadcast): g summed over u's broadcast axes
+            d = g
+            extra = d.ndim - 1 - len(self.u_shape)
+            if extra:
+                d = d.sum(axis=tuple(range(1, 1 + extra)))
+            axes = tuple(1 + i for i, m in enumerate(self.u_shape) if m == 1 and d.shape[1 + i] != 1)
+            if axes:
+                d = d.sum(axis=axes, keepdims=True)
+            d = d * self.sign
+        for name, i0, in_shape, out_shape in reversed(self.chain):  # back through the views to the parameter
+            if name in ("t", "transpose", "permute"):
+                from ..ops.attrs import Perm
+                perm = Perm.decode(i0, len(out_shape))
+                d = d.transpose([0] + [1 + perm.index(j) for j in range(len(perm))])
+            else:
+                d = d.reshape((n,) + tuple(in_shape))
+        return np.ascontiguousarray(d)
+
+
+def _tap_plan(prog, batched, shared):
+    """The taps that give the per-sample gradients of the shared parameters (external slot ->
+    argument position), or None where a shared parameter's value meets batched values other than
+    through views into mm, add or sub (then the parameters are copied per sample)."""
+    batched = set(batched)
+    origin = {s: (k, []) for s, k in shared.items()}  # slot -> (parameter, the views from it)
+    tainted = set()  # slots computed from a shared parameter otherwise
+    taps = []
+    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(prog.rows):
+        ins = [s for s in (a, b, c) if s >= 0] if kind == OP else list(a) if kind == PY else \
+            [s for s in (a, b, c) if isinstance(s, int) and s >= 0]
+        if any(s in origin or s in tainted for s in ins) and kind != OP:
+            return None
+        if not any(s in batched for s in ins):
+            if any(s in origin or s in tainted for s in ins):
+                if op.name in _VIEWS and ins == [a] and a in origin:
+                    k, chain = origin[a]
+                    origin[out] = (k, chain + [(op.name, i0, prog.slots[a].shape, prog.slots[out].shape)])
+                else:
+                    tainted.add(out)
+            continue
+        if kind in (OP, PY):
+            batched.add(out)
+        shared_ins = [s for s in ins if s in origin or s in tainted]
+        if not shared_ins:
+            continue
+        if len(shared_ins) != 1 or shared_ins[0] not in origin or op.name not in ("mm", "add", "sub"):
+            return None
+        u = shared_ins[0]
+        tap = _Tap()
+        tap.row, tap.u_shape = e, prog.slots[u].shape
+        tap.leaf, tap.chain = origin[u][0], origin[u][1]
+        tap.out_shape, tap.dtype = prog.slots[out].shape, prog.slots[out].dtype
+        tap.other = b if u == a else a
+        tap.kind = ("mm_left" if u == a else "mm_right") if op.name == "mm" else "add"
+        tap.sign = -1.0 if op.name == "sub" and u == b else 1.0
+        if op.name == "sub" and u == a or op.name == "add" and f0 not in (0.0, 1.0):
+            return None
+        taps.append(tap)
+    if any(s in origin or s in tainted for s in prog.outs):
+        return None
+    return taps
+
+
+def replay(prog, args, n, taps=None):
     """The rows of ``prog`` over n samples; ``args``: external slot -> (tensor, batched) for the
-    arguments (the tensors func read from outside are the slots' own). Returns the outputs,
-    batched over the n samples."""
+    arguments (the tensors func read from outside are the slots' own); ``taps``: row -> (tap
+    tensor added to its output, the slot of its other operand, a list that collects that operand).
+    Returns the outputs, batched over the n samples."""
     vals = [None] * len(prog.slots)  # Tensor (or, for a constant map, an array)
     batched = [False] * len(prog.slots)
     for s in prog.ext:
         vals[s], batched[s] = args.get(s, (prog.slots[s].tensor, False))
     for s in prog.constants:
         vals[s] = prog.slots[s].value
-    for kind, op, a, b, c, out, i0, i1, f0 in prog.rows:
+    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(prog.rows):
         if kind == OP:
             ins = [s for s in (a, b, c) if s >= 0]
             shape = prog.slots[out].shape
@@ -306,6 +414,10 @@ def replay(prog, args, n):
             operands = [None if s < 0 else (vals[s], batched[s], prog.slots[s].shape) for s in (a, b, c)]
             vals[out] = rule(op, operands, i0, i1, f0, shape, prog.slots[out].dtype, n)
             batched[out] = True
+            if taps and e in taps:
+                tap, other, others = taps[e]
+                vals[out] = vals[out] + tap
+                others.append(vals[other])
         elif kind == GUARD:
             dtype, gshape, data = op
             v = vals[a]
@@ -461,6 +573,8 @@ def _mm(op, args, i0, i1, f0, shape, dtype, n):
         return bmm(x, y)
     if xb:
         return matmul(x.reshape(n * p, k), y).reshape(n, p, q)
+    if q == 1:  # (a matrix times each sample's vector: the samples' vectors as rows, times its transpose)
+        return matmul(y.reshape(n, k), x.t()).reshape(n, p, 1)
     # shared left operand: its product with every sample's columns side by side
     cols = y.permute(1, 0, 2).reshape(k, n * q)
     return matmul(x, cols).reshape(p, n, q).permute(1, 0, 2)

@@ -147,3 +147,29 @@ def test_later_calls_replay_the_compiled_batch_step():
     for vm in (vg, vf):
         step = next(iter(vm._batched.signatures.values())).step
         assert vm.batched == 5 and tg.compiler.stats(step)["replay_count"] == 2
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_shared_parameters_per_sample_gradients_by_taps(dtype):
+    """Shared parameters that meet the samples in mm (either side, through a transpose), add and
+    sub are not copied per sample: their per-sample gradients come from taps on those rows."""
+    rng = np.random.default_rng(3)
+    params = tuple(tg.tensor(rng.standard_normal(s), dtype=dtype) for s in ((6, 4), (6,), (6, 3), (3,)))
+
+    def loss(params, x, y):
+        w1, b1, w2, c = params
+        h = (w1 @ x + b1).tanh()  # W @ x: mm with the shared operand on the left
+        h = (h[None] @ w2).reshape(3) - c  # x @ W: on the right; minus a shared vector
+        return ((h - y) ** 2).mean()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0, 0))
+    for _ in range(3):
+        xs, ys = tg.tensor(rng.standard_normal((5, 4)), dtype=dtype), tg.tensor(rng.standard_normal((5, 3)), dtype=dtype)
+        got = vg(params, xs, ys)
+        expect = [func.grad(loss)(params, xs[b], ys[b]) for b in range(5)]
+        for j, g in enumerate(got):
+            assert tuple(g.shape) == (5,) + tuple(params[j].shape)
+            np.testing.assert_allclose(g.numpy(), np.stack([e[j].numpy() for e in expect]),
+                                       rtol=1e-4 if dtype == tg.float32 else 1e-12, atol=1e-6)
+    sig = next(iter(vg._batched.signatures.values()))
+    assert [t.kind for t in sig.taps] == ["mm_left", "add", "mm_right", "add"]
