@@ -26,7 +26,14 @@ and their results are put back in sample order: the result is that of a loop ove
 
 Per-sample gradients: for ``vmap(grad(f))`` the arguments differentiated are made leaves holding
 one copy per sample (an unmapped parameter is repeated), ``f`` is replayed over the batch, and one
-backward of the sum of the per-sample outputs gives each sample's gradient in its own copy."""
+backward of the sum of the per-sample outputs gives each sample's gradient in its own copy.
+
+From the second call. A signature with one variant and no guards replays as one tg.compile'd step
+(``_compiled_step``): the rows above, then the backward, recorded once and replayed with jitted
+forward runs and the jitted engine, no Python per row. In that step an unmapped parameter that
+meets the samples only in mm, add and sub (through views) is not copied per sample: taps
+(``_tap_plan``) give its per-sample gradients from the per-sample gradients of those rows' outputs.
+``chunk_size`` is not needed here: the batch runs whole."""
 import contextlib
 
 import numpy as np
@@ -76,9 +83,12 @@ class BatchedFunction:
         self.signatures = {}
         self.why = None  # why the last call was not batched
 
-    def __call__(self, leaves, spec, dims, size, kwargs, chunk_size):
+    def __call__(self, leaves, spec, dims, size, kwargs):
         if not self.enabled or kwargs or size == 0:
             self.why = "keyword arguments" if kwargs else "has_aux" if not self.enabled else "an empty batch"
+            return None
+        if getattr(_hot, "prog", None) is not None:  # inside another recording (an outer vmap's): part of it
+            self.why = "called while another program records"
             return None
         key = []
         for x, d in zip(leaves, dims):
@@ -100,7 +110,7 @@ class BatchedFunction:
             self.why = sig.why
             return None
         try:
-            result = _Run(self, sig, leaves, spec, dims, size, chunk_size).result()
+            result = _Run(self, sig, leaves, spec, dims, size).result()
         except Unbatchable as e:
             sig.why = self.why = str(e)
             return None
@@ -111,7 +121,7 @@ class BatchedFunction:
 class _Run:
     """One call: the batched inputs, the groups of samples by variant, the results put together."""
 
-    def __init__(self, fn, sig, leaves, spec, dims, size, chunk_size):
+    def __init__(self, fn, sig, leaves, spec, dims, size):
         self.fn, self.sig, self.spec, self.size = fn, sig, spec, size
         self.leaves, self.dims = leaves, dims
         self.batched = [None if d is None or not isinstance(x, Tensor) else _to_front(x, d) for x, d in zip(leaves, dims)]

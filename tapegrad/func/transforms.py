@@ -91,7 +91,7 @@ def _differentiate(outputs, cotangents, inputs, create_graph, retain_graph):
 def grad_and_value(func, argnums=0, has_aux=False):
     """torch.func.grad_and_value: a function returning (gradient, value) (and (gradient, (value, aux))
     with has_aux) of ``func`` at its arguments, ``func`` returning a scalar tensor."""
-    @functools.wraps(func)
+    @functools.wraps(func, updated=())  # (not func.__dict__: a transform's marks are its own)
     def wrapper(*args, **kwargs):
         _check_argnums(argnums, len(args))
         picks = argnums if isinstance(argnums, tuple) else (argnums,)
@@ -130,7 +130,7 @@ def grad(func, argnums=0, has_aux=False):
     has_aux, ``func`` returns (output, aux) and the result is (gradient, aux)."""
     gv = grad_and_value(func, argnums, has_aux)
 
-    @functools.wraps(func)
+    @functools.wraps(func, updated=())  # (not func.__dict__: a transform's marks are its own)
     def wrapper(*args, **kwargs):
         g, value = gv(*args, **kwargs)
         return (g, value[1]) if has_aux else g
@@ -188,7 +188,7 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
     """torch.func.jacrev: the Jacobian of ``func`` with respect to the arguments at ``argnums``, one
     vector-Jacobian product per output element; each output's Jacobian has shape
     output.shape + input.shape (a tuple over argnums when it is a tuple)."""
-    @functools.wraps(func)
+    @functools.wraps(func, updated=())  # (not func.__dict__: a transform's marks are its own)
     def wrapper(*args, **kwargs):
         _check_argnums(argnums, len(args))
         picks = argnums if isinstance(argnums, tuple) else (argnums,)

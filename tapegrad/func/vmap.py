@@ -31,7 +31,9 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     the batch, so per-sample gradients come out of one backward. A sample whose recorded guards
     fail (a value read into Python) runs the program variant of its own branch, the samples of one
     variant batched together. Programs with rows that do not batch, random ops, or transforms
-    other than grad inside run ``func`` once per sample (``vmap_stats(f)`` says which ran)."""
+    other than grad inside run ``func`` once per sample: the returned function counts its
+    ``batched`` and ``looped`` calls, and ``why`` says why the last call looped. ``chunk_size``
+    is checked; the batched replay runs the batch whole."""
     if randomness not in RANDOMNESS:
         raise RuntimeError(f"Only allowed values for randomness are 'error', 'different', or 'same'. Got {randomness}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -39,12 +41,15 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     from .batched import BatchedFunction
     batched = BatchedFunction(func)
 
-    @functools.wraps(func)
+    @functools.wraps(func, updated=())  # (not func.__dict__: a transform's marks are its own)
     def wrapper(*args, **kwargs):
         leaves, spec, dims, size = _mapped_inputs(func, in_dims, args)
         result = None
-        if randomness == "error" or randomness == "different":
-            result = batched(leaves, spec, dims, size, kwargs, chunk_size)
+        if randomness != "same":  # (a program with random draws loops: the loop applies the mode)
+            result = batched(leaves, spec, dims, size, kwargs)
+            wrapper.why = batched.why
+        else:
+            wrapper.why = "randomness='same'"
         if result is None:
             wrapper.looped += 1
             result = _loop(func, leaves, spec, dims, size, kwargs, randomness)
@@ -53,6 +58,7 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
         return _outputs(func, result, out_dims)
 
     wrapper.looped = wrapper.batched = 0
+    wrapper.why = None
     wrapper._batched = batched
     return wrapper
 

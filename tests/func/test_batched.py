@@ -62,7 +62,7 @@ def test_every_row_against_a_loop(name, in_dim):
     else:
         np.testing.assert_allclose(got.numpy(), np.stack([e.numpy() for e in expect]), rtol=1e-12, atol=1e-14)
     if name in BATCHED:
-        assert vm.batched == 1, vm._batched.why
+        assert vm.batched == 1, vm.why
 
 
 def test_per_sample_gradients_batched_against_a_loop():
@@ -77,7 +77,7 @@ def test_per_sample_gradients_batched_against_a_loop():
     g = func.vmap(func.grad(loss), in_dims=(None, 0))
     got = g(W, xs)
     expect = tg.stack([func.grad(loss)(W, xs[b]) for b in range(6)])
-    assert g.batched == 1, g._batched.why
+    assert g.batched == 1, g.why
     np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
     both = func.vmap(func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(W, xs)
     np.testing.assert_allclose(both[0].numpy(), expect.numpy(), rtol=1e-12)
@@ -102,7 +102,7 @@ def test_branch_variants_against_a_loop():
         vm = func.vmap(fn, in_dims=(0, None))
         got = vm(xs, w)
         expect = tg.stack([fn(xs[b], w) for b in range(16)])
-        assert vm.batched == 1, vm._batched.why
+        assert vm.batched == 1, vm.why
         np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
         v = xs.numpy()
         branches = {0 if r.sum() > 0 else 1 if r[0] > 0.5 else 2 for r in v}
@@ -123,7 +123,7 @@ def test_what_does_not_batch_loops_and_says_why():
     vm = func.vmap(lambda r: tg.cat([r, r]) * 2)
     x = tg.randn(3, 2)
     np.testing.assert_array_equal(vm(x).numpy(), tg.cat([x, x], 1).numpy() * 2)
-    assert vm.looped == 1 and "cat" in vm._batched.why
+    assert vm.looped == 1 and "cat" in vm.why
 
 
 def test_later_calls_replay_the_compiled_batch_step():
@@ -173,3 +173,17 @@ def test_shared_parameters_per_sample_gradients_by_taps(dtype):
                                        rtol=1e-4 if dtype == tg.float32 else 1e-12, atol=1e-6)
     sig = next(iter(vg._batched.signatures.values()))
     assert [t.kind for t in sig.taps] == ["mm_left", "add", "mm_right", "add"]
+
+
+def test_nested_vmap_of_grad_and_jacrev_of_grad_against_a_loop():
+    """A transform's marks stay its own: vmap(vmap(grad(f))) and vmap(jacrev(grad(f))) are not
+    taken for vmap(grad(f))."""
+    f = lambda w, x: (w * x).sin().sum()
+    w, xs = tg.randn(3, dtype=tg.float64), tg.randn(2, 4, 3, dtype=tg.float64)
+    got = func.vmap(func.vmap(func.grad(f), in_dims=(None, 0)), in_dims=(None, 0))(w, xs)
+    expect = tg.stack([tg.stack([func.grad(f)(w, xs[i, j]) for j in range(4)]) for i in range(2)])
+    np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
+    h = func.vmap(func.jacrev(func.grad(f)), in_dims=(None, 0))(w, xs[0])
+    expect = tg.stack([func.jacrev(func.grad(f))(w, xs[0, j]) for j in range(4)])
+    assert tuple(h.shape) == (4, 3, 3)
+    np.testing.assert_allclose(h.numpy(), expect.numpy(), rtol=1e-12)
