@@ -171,8 +171,7 @@ def vjp(func, *primals, has_aux=False):
             if tuple(v.shape) != tuple(y.shape):
                 raise RuntimeError(f"Mismatch in shape: grad_output[0] has a shape of {tuple(v.shape)} and "
                                    f"output[0] has a shape of {tuple(y.shape)}.")
-        cg = create_graph or _nested() or any(
-            v.requires_grad for v in cts)
+        cg = create_graph or _nested() or any(v.requires_grad for v in cts)
         with _Level(), enable_grad():
             gs = _differentiate(outs, cts, ins, cg, retain_graph=True)
         return unflatten([_result(g, cg) for g in gs], ispec)
@@ -208,7 +207,7 @@ def jacrev(func, argnums=0, *, has_aux=False, chunk_size=None, _preallocate_and_
         jacs = []  # per output: per differentiated input leaf
         for k, y in enumerate(outs):
             rows = []
-            for i in range(max(y.numel(), 0)):
+            for i in range(y.numel()):
                 cts = []
                 for j, z in enumerate(outs):
                     e = zeros(z.numel(), dtype=z.dtype)
