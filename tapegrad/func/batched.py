@@ -13,10 +13,12 @@ batched tensors carry the tape and a backward runs over all samples at once:
 - sum, mean (over all or some dims), softmax, log_softmax, t, transpose, permute: the dims shifted
   by one;
 - mm with one operand shared: one GEMM over all samples' rows (or columns); both batched: bmm;
+- bmm: the samples' batches as one; cat and stack: along the dim after the batch axis;
 - select, slice and the other rows that pick elements by a flat map: the map applied to each
   sample's row of the batch (index_select).
 
-Other rows (cat, stack, gather with tensor indices, in-place writes, random draws, custom
+Other rows (max, min, prod, norm, var, cumsum, flip, repeat, split, unbind, gather and scatter
+with tensor indices, masks made from batched values, in-place writes, random draws, custom
 Functions, backward inside ``func``) have no rule: such a program makes vmap call ``func`` once
 per sample (``why`` says which row).
 
@@ -614,12 +616,45 @@ def _gather(op, args, i0, i1, f0, shape, dtype, n):
     return index_select(flat, 1, tensor(positions.astype(np.int64))).reshape((n,) + tuple(shape))
 
 
+def _join(stack):
+    """cat or stack of up to three pieces along dim i0 (the output's): along i0 + 1, a shared piece
+    repeated for every sample."""
+    def rule(op, args, i0, i1, f0, shape, dtype, n):
+        from ..ops import cat, stack as stack_
+        given = [a for a in args if a is not None]
+        shapes = [tuple(s) for _, _, s in given]
+        stacks = stack and len(shapes[0]) < len(shape)  # (a stack row past three pieces adds to a stack)
+        whole = tuple(shapes[0][:i0]) + (len(given),) + tuple(shapes[0][i0:]) if stacks else \
+            tuple(shapes[0][:i0]) + (sum(s[i0] for s in shapes),) + tuple(shapes[0][i0 + 1:])
+        if tuple(shape) != whole:
+            raise Unbatchable(f"row {op.name!r} joins pieces of other shapes than its output's")
+        pieces = []
+        for v, batched, s in given:
+            if not isinstance(v, Tensor):
+                raise Unbatchable(f"row {op.name!r} joins a constant")
+            pieces.append(v if batched else v.unsqueeze(0).expand((n,) + tuple(s)))
+        return (stack_ if stacks else cat)(pieces, i0 + 1)
+    return rule
+
+
+def _bmm(op, args, i0, i1, f0, shape, dtype, n):
+    """(b, p, k) @ (b, k, q) per sample: the samples' batches as one batch."""
+    from ..ops import bmm
+    (x, xb, xs), (y, yb, ys) = args[0], args[1]
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise Unbatchable("bmm of a constant operand")
+    x = x if xb else x.unsqueeze(0).expand((n,) + tuple(xs))
+    y = y if yb else y.unsqueeze(0).expand((n,) + tuple(ys))
+    return bmm(x.reshape((n * xs[0],) + tuple(xs[1:])), y.reshape((n * ys[0],) + tuple(ys[1:]))).reshape(
+        (n,) + tuple(shape))
+
+
 RULES = {
     "view": _reshape, "unsafe_view": _reshape, "unsqueeze": _reshape, "squeeze": _reshape,
     "expand": _expand,
     "sum": _reduction(False), "sum_dim": _reduction(False), "mean": _reduction(True), "mean_dim": _reduction(True),
     "t": _permute, "transpose": _permute, "permute": _permute,
     "softmax": _softmax(False), "log_softmax": _softmax(True),
-    "mm": _mm,
+    "mm": _mm, "bmm": _bmm, "cat": _join(False), "stack": _join(True),
     "select": _gather, "slice": _gather, "alias": _gather, "index_unsqueeze": _gather, "index": _gather,
 }
