@@ -32,6 +32,7 @@ from .dump import dump, to_dot  # noqa: F401  (tapegrad.dump the module stays im
 from . import nn, optim  # noqa: F401,E402
 from . import compiler  # noqa: F401,E402
 from .compiler import compile  # noqa: F401,E402,A004
+from . import func  # noqa: F401,E402
 from .tensor import Device as device  # noqa: F401
 from .tensor import Size, Tensor  # noqa: F401
 

@@ -21,6 +21,7 @@ FLOORS = [
     ["tapegrad.engine", "tapegrad.engine.driver"],  # the driver chooses between the walk and a device engine
     ["tapegrad.autograd", "tapegrad.dump"],
     ["tapegrad.nn", "tapegrad.optim", "tapegrad.compiler"],  # (compiler: a compiled module is an nn.Module)
+    ["tapegrad.func"],  # (functional_call calls modules; vmap replays programs)
     ["tapegrad", "tapegrad._methods", "tapegrad.__main__", "tapegrad.demo"],
 ]
 

@@ -1,0 +1,660 @@
+"""Batched replay: ``func`` recorded once on one sample (compiler/program.py's Recording), its rows
+replayed over the whole batch, each row once for all samples.
+
+Every slot of the program holds either one value for all samples (an unmapped argument, a tensor
+``func`` reads from outside, a constant, and what rows compute from those alone) or a batched
+tensor with the samples along a leading axis. A row whose operands are all unbatched runs as
+recorded; otherwise its batching rule (``RULES``) runs it on the batch as tapegrad ops, so the
+batched tensors carry the tape and a backward runs over all samples at once:
+
+- elementwise rows (and comparisons): the batched operands padded to the row's rank after the
+  batch axis; NumPy broadcasts the unbatched ones against them;
+- view, reshape, squeeze, unsqueeze, expand: the sample shape behind the batch axis;
+- sum, mean (over all or some dims), softmax, log_softmax, t, transpose, permute: the dims shifted
+  by one;
+- mm with one operand shared: one GEMM over all samples' rows (or columns); both batched: bmm;
+- bmm: the samples' batches as one; cat and stack: along the dim after the batch axis;
+- select, slice and the other rows that pick elements by a flat map: the map applied to each
+  sample's row of the batch (index_select).
+
+Other rows (max, min, prod, norm, var, cumsum, flip, repeat, split, unbind, gather and scatter
+with tensor indices, masks made from batched values, in-place writes, random draws, custom
+Functions, backward inside ``func``) have no rule: such a program makes vmap call ``func`` once
+per sample (``why`` says which row).
+
+Guards: a value Python read out of a tensor during the recording is compared per sample; the
+samples whose values differ run another variant of the program, recorded on the first of them,
+and their results are put back in sample order: the result is that of a loop over samples.
+
+Per-sample gradients: for ``vmap(grad(f))`` the arguments differentiated are made leaves holding
+one copy per sample (an unmapped parameter is repeated), ``f`` is replayed over the batch, and one
+backward of the sum of the per-sample outputs gives each sample's gradient in its own copy.
+
+From the second call. A signature with one variant and no guards replays as one tg.compile'd step
+(``_compiled_step``): the rows above, then the backward, recorded once and replayed with jitted
+forward runs and the jitted engine, no Python per row. In that step an unmapped parameter that
+meets the samples only in mm, add and sub (through views) is not copied per sample: taps
+(``_tap_plan``) give its per-sample gradients from the per-sample gradients of those rows' outputs.
+``chunk_size`` is not needed here: the batch runs whole."""
+import contextlib
+
+import numpy as np
+
+from ..autograd.api import grad as _autograd_grad
+from ..compiler import _checks_hold, _sources
+from ..compiler.program import CONST, DERIVED, GUARD, OP, PY, Recording, Unreplayable, python_forward
+from ..grad_mode import enable_grad, is_grad_enabled
+from ..ops import _record as _records
+from ..ops.results import _record
+from ..tape import _hot
+from ..tensor import Tensor, leaf
+from ._tree import flatten, unflatten
+
+MAX_VARIANTS = 8  # branch variants per signature (tg.compile's cache_size_limit)
+
+
+class Unbatchable(Exception):
+    """The program has a row without a batching rule, or something a replay cannot batch."""
+
+
+class _Split(Exception):
+    """A guard holds for some samples of the group and not for others."""
+
+    def __init__(self, passed):
+        self.passed = passed
+
+
+class _Signature:
+    __slots__ = ("variants", "checks", "why", "step", "taps")
+
+    def __init__(self, checks):
+        self.variants, self.checks, self.why = [], checks, None
+        self.step = None  # the whole-batch replay under tg.compile, once one run showed it applies
+        self.taps = None  # with step, per-sample gradients of shared parameters by taps (_tap_plan)
+
+
+class BatchedFunction:
+    """The batched replays of one vmapped function, by signature (the sample's shapes, dtypes,
+    requires_grad, mapped dims and non-tensor arguments)."""
+
+    def __init__(self, func):
+        self.func = func
+        grad_of = getattr(func, "_grad_of", None)  # vmap(grad(f)): replay f, differentiate the batch
+        self.inner, self.argnums, has_aux = grad_of if grad_of else (func, None, False)
+        self.enabled = not has_aux
+        self.signatures = {}
+        self.why = None  # why the last call was not batched
+
+    def __call__(self, leaves, spec, dims, size, kwargs):
+        if not self.enabled or kwargs or size == 0:
+            self.why = "keyword arguments" if kwargs else "has_aux" if not self.enabled else "an empty batch"
+            return None
+        if getattr(_hot, "prog", None) is not None:  # inside another recording (an outer vmap's): part of it
+            self.why = "called while another program records"
+            return None
+        key = []
+        for x, d in zip(leaves, dims):
+            if isinstance(x, Tensor):
+                shape = tuple(x.shape) if d is None else tuple(x.shape[:d]) + tuple(x.shape[d + 1:])
+                key.append((shape, x.dtype, x.requires_grad, d is None))
+            elif x is None or isinstance(x, (int, float, bool, str)):
+                key.append((type(x), x))
+            else:
+                self.why = f"an argument of type {type(x).__name__}"
+                return None
+        key = (tuple(key), spec, is_grad_enabled())
+        sig = self.signatures.get(key)
+        if sig is not None and not _checks_hold(sig.checks):
+            sig = None
+        if sig is None:
+            sig = self.signatures[key] = _Signature(_sources(self.inner)[0])
+        if sig.why is not None:
+            self.why = sig.why
+            return None
+        try:
+            result = _Run(self, sig, leaves, spec, dims, size).result()
+        except Unbatchable as e:
+            sig.why = self.why = str(e)
+            return None
+        self.why = None
+        return result
+
+
+class _Run:
+    """One call: the batched inputs, the groups of samples by variant, the results put together."""
+
+    def __init__(self, fn, sig, leaves, spec, dims, size):
+        self.fn, self.sig, self.spec, self.size = fn, sig, spec, size
+        self.leaves, self.dims = leaves, dims
+        self.batched = [None if d is None or not isinstance(x, Tensor) else _to_front(x, d) for x, d in zip(leaves, dims)]
+        self.diff = set()  # leaf positions differentiated (vmap of grad)
+        self.create_graph = False
+        if fn.argnums is not None:
+            self._per_sample_leaves()
+
+    def _per_sample_leaves(self):
+        """The differentiated arguments as leaves with one copy per sample (see the module docstring)."""
+        from .transforms import _check_argnums
+        top = unflatten(list(range(len(self.leaves))), self.spec)
+        _check_argnums(self.fn.argnums, len(top))
+        picks = self.fn.argnums if isinstance(self.fn.argnums, tuple) else (self.fn.argnums,)
+        for a in picks:
+            self.diff.update(flatten(top[a])[0])
+        self.create_graph = is_grad_enabled() and any(
+            isinstance(self.leaves[k], Tensor) and self.leaves[k].requires_grad for k in self.diff)
+        tree = top[self.fn.argnums] if not isinstance(self.fn.argnums, tuple) else tuple(top[a] for a in picks)
+        self.grad_leaves, self.grad_spec = flatten(tree)
+        for k in self.diff:
+            x = self.leaves[k]
+            if not isinstance(x, Tensor):
+                raise ValueError(f"Thing passed to transform API must be Tensor, got {type(x)}")
+            b = self.batched[k]
+            if b is None and self.sig.taps is not None:
+                continue  # (a shared parameter: its per-sample gradients come from the taps)
+            if b is None:
+                b = x.unsqueeze(0).expand((self.size,) + tuple(x.shape))
+            with enable_grad():
+                self.batched[k] = b.contiguous() if self.create_graph else leaf(np.ascontiguousarray(
+                    b._value)).requires_grad_()
+
+    # -- recording a variant ------------------------------------------------------------------
+    def _record(self, b):
+        """The program of func's inner function on sample b."""
+        args = []
+        for k, (x, d) in enumerate(zip(self.leaves, self.dims)):
+            v = x if self.batched[k] is None else self.batched[k][b].contiguous()
+            if k in self.diff:
+                v = v.detach().requires_grad_()  # (as grad records it)
+            elif isinstance(v, Tensor) and self.batched[k] is not None:
+                v = v.detach()
+            args.append(v)
+        tensors = [v for v in args if isinstance(v, Tensor)]
+        rec = Recording(tensors, _sources(self.fn.inner)[1], False)
+        _hot.prog = rec
+        _records.PROGRAMS += 1
+        try:
+            with enable_grad() if self.diff else contextlib.nullcontext():
+                out = self.fn.inner(*unflatten(args, self.spec))
+        finally:
+            _records.PROGRAMS -= 1
+            _hot.prog = None
+        outs, ospec = flatten(out)
+        if not all(isinstance(t, Tensor) for t in outs):
+            raise Unbatchable("func returns a value that is not a tensor")
+        if self.diff and (len(outs) != 1 or outs[0].dim() != 0):
+            raise Unbatchable("grad's function does not return one scalar tensor")  # (the loop raises torch's error)
+        try:
+            program = rec.finish(outs)
+        except Unreplayable as e:
+            raise Unbatchable(str(e)) from None
+        if program is None:
+            raise Unbatchable(rec.bad)
+        if program.has_rand:
+            raise Unbatchable("it draws random numbers (the loop applies the randomness mode)")
+        program.ospec = ospec
+        positions = [k for k, v in enumerate(args) if isinstance(v, Tensor)]
+        program.arg_slot = {s: positions[program.slots[s].arg] for s in program.ext if program.slots[s].arg >= 0}
+        return program
+
+    # -- running ------------------------------------------------------------------------------
+    def result(self):
+        if self.sig.step is not None:
+            return self._stepped()
+        index = np.arange(self.size)
+        pieces = []  # (sample indices, flat outputs batched over them)
+        pending = [(index, 0)]
+        while pending:
+            idx, v = pending.pop()
+            if not len(idx):
+                continue
+            variants = self.sig.variants
+            if v == len(variants):
+                if len(variants) >= MAX_VARIANTS:
+                    raise Unbatchable(f"more than {MAX_VARIANTS} branch variants")
+                variants.append(self._record(int(idx[0])))
+            try:
+                pieces.append((idx, self._replay(variants[v], idx)))
+            except _Split as s:
+                pending.append((idx[s.passed], v))
+                pending.append((idx[~s.passed], v + 1))
+        outs = self._assemble(pieces)
+        if len(self.sig.variants) == 1 and not self.create_graph and not any(
+                r[0] == GUARD for r in self.sig.variants[0].rows):
+            prog = self.sig.variants[0]
+            if self.fn.argnums is not None:
+                shared = {s: k for s, k in prog.arg_slot.items() if k in self.diff and self.dims[k] is None}
+                batched = {s for s, k in prog.arg_slot.items() if self.dims[k] is not None or k in self.diff}
+                self.sig.taps = _tap_plan(prog, batched, shared) if shared else None
+            self.sig.step = _compiled_step(prog, self.fn.argnums is not None, self.sig.taps)
+        if self.fn.argnums is None:
+            return outs, self.sig.variants[0].ospec
+        total = outs[0].sum()
+        inputs = [self.batched[k] for k in self.grad_leaves]
+        with enable_grad():
+            gs = _autograd_grad([total], inputs, create_graph=self.create_graph, allow_unused=True,
+                                materialize_grads=True)
+        if not self.create_graph:
+            gs = [g.detach() for g in gs]
+        return list(gs), self.grad_spec
+
+    def _step_inputs(self):
+        prog = self.sig.variants[0]
+        ins = [(self.leaves[k].detach() if k in self.diff else self.leaves[k]) if self.batched[k] is None
+               else self.batched[k] for k in prog.arg_slot.values()]
+        ins += [prog.slots[s].tensor for s in prog.ext if s not in prog.arg_slot]
+        if self.fn.argnums is not None:
+            ins += [self.batched[k] for k in self.grad_leaves if self.batched[k] is not None]
+            for tap in self.sig.taps or ():
+                ins.append(leaf(np.zeros((self.size,) + tap.out_shape, tap.dtype)).requires_grad_())
+        return ins
+
+    def _stepped(self):
+        """The run as the compiled whole-batch step: one jitted replay (and backward) per call."""
+        prog = self.sig.variants[0]
+        outs = list(self.sig.step(*self._step_inputs()))
+        if self.fn.argnums is None:
+            return outs, prog.ospec
+        from ..creation import zeros_like
+        own = [k for k in self.grad_leaves if self.batched[k] is not None]
+        grads = {k: zeros_like(self.batched[k]).detach() if g is None else g for k, g in zip(own, outs)}
+        if self.sig.taps:
+            taps = self.sig.taps
+            per_sample = {}
+            rest = outs[len(own):]
+            for tap, g, other in zip(taps, rest[:len(taps)], rest[len(taps):]):
+                d = tap.gradient(np.zeros((self.size,) + tap.out_shape, tap.dtype) if g is None else g._value,
+                                 other._value, self.size)
+                per_sample[tap.leaf] = d if tap.leaf not in per_sample else per_sample[tap.leaf] + d
+            for k in self.grad_leaves:
+                if k not in grads:
+                    x = self.leaves[k]
+                    grads[k] = leaf(per_sample[k]) if k in per_sample else \
+                        leaf(np.zeros((self.size,) + tuple(x.shape), x._value.dtype))
+        return [grads[k] for k in self.grad_leaves], self.grad_spec
+
+    def _assemble(self, pieces):
+        """The outputs of all groups, batched in sample order."""
+        if len(pieces) == 1:
+            return pieces[0][1]
+        order = np.concatenate([idx for idx, _ in pieces])
+        from ..creation import tensor
+        inverse = tensor(np.argsort(order))
+        from ..ops import cat, index_select
+        return [index_select(cat([p[1][k] for p in pieces]), 0, inverse) for k in range(len(pieces[0][1]))]
+
+    def _replay(self, prog, idx):
+        """The program's rows over the samples idx; returns the flat outputs batched over them."""
+        from ..creation import tensor
+        from ..ops import index_select
+        whole = len(idx) == self.size
+        pick = None if whole else tensor(idx)
+        args = {}
+        for s in prog.ext:
+            k = prog.arg_slot.get(s)
+            if k is not None:
+                b = self.batched[k]
+                args[s] = (self.leaves[k], False) if b is None else (b if whole else index_select(b, 0, pick), True)
+        return replay(prog, args, len(idx))
+
+
+def _compiled_step(prog, grads, taps):
+    """tg.compile of a whole-batch replay of prog (one variant, no guards): its arguments are the
+    argument slots' tensors (in prog.arg_slot's order), the tensors func read from outside, and
+    (with grads) the per-sample leaves and the taps, whose .grad it returns, then the taps' other
+    operands."""
+    from ..autograd.api import backward
+    from ..compiler import compile
+    layout = list(prog.arg_slot)
+    outside = [s for s in prog.ext if s not in prog.arg_slot]
+    n_in = len(layout) + len(outside)
+    n_taps = len(taps or ())
+
+    def step(*tensors):
+        args = {s: (t, t.dim() > len(prog.slots[s].shape)) for s, t in zip(layout + outside, tensors)}
+        n = next((t.shape[0] for t, b in args.values() if b), tensors[-1].shape[0] if tensors else 0)
+        leaves = tensors[n_in:len(tensors) - n_taps]
+        tapped = tensors[len(tensors) - n_taps:] if n_taps else ()
+        others = []
+        outs = replay(prog, args, n, {tap.row: (t, tap.other, others) for tap, t in zip(taps or (), tapped)})
+        if not grads:
+            return tuple(outs)
+        backward([outs[0].sum()], inputs=list(leaves) + list(tapped))
+        return tuple(x.grad for x in leaves) + tuple(t.grad for t in tapped) + tuple(others)
+
+    return compile(step)
+
+
+_VIEWS = {"t", "transpose", "permute", "view", "unsafe_view", "unsqueeze", "squeeze"}
+
+
+class _Tap:
+    """A row where a shared parameter's value (reached through views) meets batched values: the
+    replay adds a zero tensor (the tap) to its output, whose gradient is the row's per-sample output
+    gradient g; ``gradient`` turns g and the row's other operand into each sample's gradient of the
+    parameter."""
+    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign")
+
+    def gradient(self, g, other, n):
+        # (an outer product per sample where x is a row or y a column: einsum writes it faster than
+        # a broadcast product, and np.matmul runs one tiny GEMM per sample)
+        if self.kind == "mm_right":  # out = x @ u: du = x^T g
+            d = np.einsum("nk,nq->nkq", other[:, 0], g[:, 0]) if other.shape[1] == 1 else \
+                np.matmul(other.swapaxes(1, 2), g)
+        elif self.kind == "mm_left":  # out = u @ y: du = g y^T
+            d = np.einsum("np,nk->npk", g[:, :, 0], other[:, :, 0]) if g.shape[2] == 1 else \
+                np.matmul(g, other.swapaxes(1, 2))
+        else:  # out = x +- u (u broadcast): g summed over u's broadcast axes
+            d = g
+            extra = d.ndim - 1 - len(self.u_shape)
+            if extra:
+                d = d.sum(axis=tuple(range(1, 1 + extra)))
+            axes = tuple(1 + i for i, m in enumerate(self.u_shape) if m == 1 and d.shape[1 + i] != 1)
+            if axes:
+                d = d.sum(axis=axes, keepdims=True)
+            d = d * self.sign
+        for name, i0, in_shape, out_shape in reversed(self.chain):  # back through the views to the parameter
+            if name in ("t", "transpose", "permute"):
+                from ..ops.attrs import Perm
+                perm = Perm.decode(i0, len(out_shape))
+                d = d.transpose([0] + [1 + perm.index(j) for j in range(len(perm))])
+            else:
+                d = d.reshape((n,) + tuple(in_shape))
+        return np.ascontiguousarray(d)
+
+
+def _tap_plan(prog, batched, shared):
+    """The taps that give the per-sample gradients of the shared parameters (external slot ->
+    argument position), or None where a shared parameter's value meets batched values other than
+    through views into mm, add or sub (then the parameters are copied per sample)."""
+    batched = set(batched)
+    origin = {s: (k, []) for s, k in shared.items()}  # slot -> (parameter, the views from it)
+    tainted = set()  # slots computed from a shared parameter otherwise
+    taps = []
+    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(prog.rows):
+        ins = [s for s in (a, b, c) if s >= 0] if kind == OP else list(a) if kind == PY else \
+            [s for s in (a, b, c) if isinstance(s, int) and s >= 0]
+        if any(s in origin or s in tainted for s in ins) and kind != OP:
+            return None
+        if not any(s in batched for s in ins):
+            if any(s in origin or s in tainted for s in ins):
+                if op.name in _VIEWS and ins == [a] and a in origin:
+                    k, chain = origin[a]
+                    origin[out] = (k, chain + [(op.name, i0, prog.slots[a].shape, prog.slots[out].shape)])
+                else:
+                    tainted.add(out)
+            continue
+        if kind in (OP, PY):
+            batched.add(out)
+        shared_ins = [s for s in ins if s in origin or s in tainted]
+        if not shared_ins:
+            continue
+        if len(shared_ins) != 1 or shared_ins[0] not in origin or op.name not in ("mm", "add", "sub"):
+            return None
+        u = shared_ins[0]
+        tap = _Tap()
+        tap.row, tap.u_shape = e, prog.slots[u].shape
+        tap.leaf, tap.chain = origin[u][0], origin[u][1]
+        tap.out_shape, tap.dtype = prog.slots[out].shape, prog.slots[out].dtype
+        tap.other = b if u == a else a
+        tap.kind = ("mm_left" if u == a else "mm_right") if op.name == "mm" else "add"
+        tap.sign = -1.0 if op.name == "sub" and u == b else 1.0
+        if op.name == "sub" and u == a or op.name == "add" and f0 not in (0.0, 1.0):
+            return None
+        taps.append(tap)
+    if any(s in origin or s in tainted for s in prog.outs):
+        return None
+    return taps
+
+
+def replay(prog, args, n, taps=None):
+    """The rows of ``prog`` over n samples; ``args``: external slot -> (tensor, batched) for the
+    arguments (the tensors func read from outside are the slots' own); ``taps``: row -> (tap
+    tensor added to its output, the slot of its other operand, a list that collects that operand).
+    Returns the outputs, batched over the n samples."""
+    vals = [None] * len(prog.slots)  # Tensor (or, for a constant map, an array)
+    batched = [False] * len(prog.slots)
+    for s in prog.ext:
+        vals[s], batched[s] = args.get(s, (prog.slots[s].tensor, False))
+    for s in prog.constants:
+        vals[s] = prog.slots[s].value
+    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(prog.rows):
+        if kind == OP:
+            ins = [s for s in (a, b, c) if s >= 0]
+            shape = prog.slots[out].shape
+            if not any(batched[s] for s in ins):
+                vals[out] = _unbatched_row(op, [vals[s] for s in (a, b, c)], i0, i1, f0, prog.slots[out])
+                continue
+            rule = _rule(op)
+            if rule is None:
+                raise Unbatchable(f"row {op.name!r} has no batching rule")
+            operands = [None if s < 0 else (vals[s], batched[s], prog.slots[s].shape) for s in (a, b, c)]
+            vals[out] = rule(op, operands, i0, i1, f0, shape, prog.slots[out].dtype, n)
+            batched[out] = True
+            if taps and e in taps:
+                tap, other, others = taps[e]
+                vals[out] = vals[out] + tap
+                others.append(vals[other])
+        elif kind == GUARD:
+            dtype, gshape, data = op
+            v = vals[a]
+            expect = np.frombuffer(data, dtype).reshape(gshape)
+            if not batched[a]:
+                ok = v._value.dtype == dtype and v._value.shape == gshape and np.array_equal(v._value, expect)
+                passed = np.full(n, ok)
+            else:
+                passed = (v._value == expect).reshape(n, -1).all(axis=1)
+            if not passed.all():
+                raise _Split(passed)
+        elif kind == CONST:
+            vals[out] = leaf(prog.slots[out].value.copy())
+        elif kind == PY:
+            fn, consts = op
+            ins = [vals[s] for s in a]
+            if not any(batched[s] for s in a):
+                it = iter(_array(v) for v in ins)
+                py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
+                v = np.asarray(fn(*py_args))
+                vals[out] = v if i0 == DERIVED else leaf(v)
+                continue
+            if i0 == DERIVED:
+                raise Unbatchable("an index map or mask is made from a batched tensor's values")
+            rank = len(prog.slots[out].shape)
+            it = iter(_pad(_array(vals[s]), batched[s], prog.slots[s].shape, rank, n) for s in a)
+            vals[out] = leaf(np.asarray(fn(*[next(it) if k is None else k for k in consts])))
+            batched[out] = True
+        else:
+            raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
+    outs = []
+    for s in prog.outs:
+        t = vals[s]
+        if not batched[s]:
+            t = t.unsqueeze(0).expand((n,) + tuple(t.shape)).contiguous()
+        outs.append(t)
+    return outs
+
+
+def _to_front(x, d):
+    """x with its mapped dim d moved to the front."""
+    if d == 0:
+        return x
+    order = [d] + [k for k in range(x.dim()) if k != d]
+    return x.permute(order)
+
+
+def _array(v):
+    return v._value if isinstance(v, Tensor) else v
+
+
+def _pad(v, batched, shape, rank, n):
+    """A batched array (n, *shape) as (n, 1.., *shape) of rank 1 + rank; an unbatched one as it is."""
+    if not batched:
+        return v
+    return v.reshape((n,) + (1,) * (rank - len(shape)) + tuple(shape))
+
+
+def _unbatched_row(op, ins, i0, i1, f0, out):
+    """A row whose operands are the same for every sample: run once, as recorded."""
+    arrays = [None if v is None else _array(v) for v in ins]
+    value = python_forward(op)(arrays, i0, i1, f0, out.shape, out.dtype)
+    if value.__class__ is tuple:  # (value, the row's f0 at this call)
+        value, f0 = value
+    return _record(op, np.ascontiguousarray(value), *ins, i0=i0, i1=i1, f0=f0)
+
+
+_RULE_OF = {}  # op code -> its batching rule (None: none)
+
+
+def _rule(op):
+    try:
+        return _RULE_OF[op.code]
+    except KeyError:
+        rule = _RULE_OF[op.code] = RULES.get(op.name) or (_elementwise if _is_elementwise(op) else None)
+        return rule
+
+
+# -- batching rules: (op, [(value, batched, sample shape) or None] * 3, i0, i1, f0, out shape, out dtype, n) ---
+def _is_elementwise(op):
+    from ..engine.cpu._forward import FWD_KIND
+    from ..engine.cpu.forwards import BINARY, ELEMENTWISE
+    return op.formula is not None or FWD_KIND[op.code] in (ELEMENTWISE, BINARY) or op.name in ELEMENTWISE_ROWS
+
+
+ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "where", "leaky_relu", "gelu", "softplus", "to", "clone",
+                    "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
+
+
+def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
+    rank = len(shape)
+    padded = []
+    for arg in args:
+        if arg is None:
+            padded.append(None)
+            continue
+        v, batched, s = arg
+        if not isinstance(v, Tensor):
+            raise Unbatchable(f"row {op.name!r} reads a constant operand")
+        padded.append(v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v)
+    arrays = [None if p is None else p._value for p in padded]
+    value = python_forward(op)(arrays, i0, i1, f0, (n,) + tuple(shape), dtype)
+    if value.__class__ is tuple:
+        raise Unbatchable(f"row {op.name!r} changes its attributes per call")
+    return _record(op, np.asarray(value), *padded, i0=i0, i1=i1, f0=f0)
+
+
+def _reshape(op, args, i0, i1, f0, shape, dtype, n):
+    return args[0][0].reshape((n,) + tuple(shape))
+
+
+def _expand(op, args, i0, i1, f0, shape, dtype, n):
+    v, batched, s = args[0]
+    return v.reshape((n,) + (1,) * (len(shape) - len(s)) + tuple(s)).expand((n,) + tuple(shape))
+
+
+def _reduction(mean):
+    def rule(op, args, i0, i1, f0, shape, dtype, n):
+        from ..ops.attrs import Mask
+        v, batched, s = args[0]
+        if not s:
+            return v.clone() if not mean else v * 1.0
+        dims = Mask.decode(i0, len(s)) if op.name.endswith("_dim") else tuple(range(len(s)))
+        keepdim = bool(i1) if op.name.endswith("_dim") else False
+        dims = tuple(d + 1 for d in dims)
+        return v.mean(dim=dims, keepdim=keepdim) if mean else v.sum(dim=dims, keepdim=keepdim)
+    return rule
+
+
+def _permute(op, args, i0, i1, f0, shape, dtype, n):
+    from ..ops.attrs import Perm
+    perm = Perm.decode(i0, len(shape))
+    return args[0][0].permute([0] + [p + 1 for p in perm])
+
+
+def _softmax(log):
+    def rule(op, args, i0, i1, f0, shape, dtype, n):
+        from ..ops import log_softmax, softmax
+        d = i0 % len(shape) + 1 if shape else 1
+        return (log_softmax if log else softmax)(args[0][0], d)
+    return rule
+
+
+def _mm(op, args, i0, i1, f0, shape, dtype, n):
+    """(p, k) @ (k, q) per sample: one GEMM when an operand is shared."""
+    from ..ops import bmm, matmul
+    (x, xb, xs), (y, yb, ys) = args[0], args[1]
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise Unbatchable("mm of a constant operand")
+    p, k = xs
+    q = ys[1]
+    if xb and yb:
+        return bmm(x, y)
+    if xb:
+        return matmul(x.reshape(n * p, k), y).reshape(n, p, q)
+    if q == 1:  # (a matrix times each sample's vector: the samples' vectors as rows, times its transpose)
+        return matmul(y.reshape(n, k), x.t()).reshape(n, p, 1)
+    # shared left operand: its product with every sample's columns side by side
+    cols = y.permute(1, 0, 2).reshape(k, n * q)
+    return matmul(x, cols).reshape(p, n, q).permute(1, 0, 2)
+
+
+def _gather(op, args, i0, i1, f0, shape, dtype, n):
+    """A row that picks elements of its input by a flat map (or from an offset on): the same
+    picks from each sample."""
+    from ..creation import tensor
+    from ..ops import index_select
+    v, batched, s = args[0]
+    size = int(np.prod(shape))
+    if args[1] is None:
+        positions = i0 + np.arange(size)
+    else:
+        m, mb, _ = args[1]
+        if mb or isinstance(m, Tensor) and m.requires_grad:
+            raise Unbatchable(f"row {op.name!r} picks by a map made from a batched tensor")
+        positions = np.asarray(_array(m)).reshape(-1)
+        if op.name == "index":
+            positions = positions + i0
+    flat = v.reshape(n, int(np.prod(s)) if s else 1)
+    return index_select(flat, 1, tensor(positions.astype(np.int64))).reshape((n,) + tuple(shape))
+
+
+def _join(stack):
+    """cat or stack of up to three pieces along dim i0 (the output's): along i0 + 1, a shared piece
+    repeated for every sample."""
+    def rule(op, args, i0, i1, f0, shape, dtype, n):
+        from ..ops import cat, stack as stack_
+        given = [a for a in args if a is not None]
+        shapes = [tuple(s) for _, _, s in given]
+        stacks = stack and len(shapes[0]) < len(shape)  # (a stack row past three pieces adds to a stack)
+        whole = tuple(shapes[0][:i0]) + (len(given),) + tuple(shapes[0][i0:]) if stacks else \
+            tuple(shapes[0][:i0]) + (sum(s[i0] for s in shapes),) + tuple(shapes[0][i0 + 1:])
+        if tuple(shape) != whole:
+            raise Unbatchable(f"row {op.name!r} joins pieces of other shapes than its output's")
+        pieces = []
+        for v, batched, s in given:
+            if not isinstance(v, Tensor):
+                raise Unbatchable(f"row {op.name!r} joins a constant")
+            pieces.append(v if batched else v.unsqueeze(0).expand((n,) + tuple(s)))
+        return (stack_ if stacks else cat)(pieces, i0 + 1)
+    return rule
+
+
+def _bmm(op, args, i0, i1, f0, shape, dtype, n):
+    """(b, p, k) @ (b, k, q) per sample: the samples' batches as one batch."""
+    from ..ops import bmm
+    (x, xb, xs), (y, yb, ys) = args[0], args[1]
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise Unbatchable("bmm of a constant operand")
+    x = x if xb else x.unsqueeze(0).expand((n,) + tuple(xs))
+    y = y if yb else y.unsqueeze(0).expand((n,) + tuple(ys))
+    return bmm(x.reshape((n * xs[0],) + tuple(xs[1:])), y.reshape((n * ys[0],) + tuple(ys[1:]))).reshape(
+        (n,) + tuple(shape))
+
+
+RULES = {
+    "view": _reshape, "unsafe_view": _reshape, "unsqueeze": _reshape, "squeeze": _reshape,
+    "expand": _expand,
+    "sum": _reduction(False), "sum_dim": _reduction(False), "mean": _reduction(True), "mean_dim": _reduction(True),
+    "t": _permute, "transpose": _permute, "permute": _permute,
+    "softmax": _softmax(False), "log_softmax": _softmax(True),
+    "mm": _mm, "bmm": _bmm, "cat": _join(False), "stack": _join(True),
+    "select": _gather, "slice": _gather, "alias": _gather, "index_unsqueeze": _gather, "index": _gather,
+}

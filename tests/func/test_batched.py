@@ -1,0 +1,199 @@
+"""Batched replay against a Python loop over the samples: every case of tests/ops/cases.py under
+vmap with in_dims 0, 1 and None, per-sample gradients, branch variants, and which programs batch."""
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import func
+
+from ..ops.cases import CASES
+
+B = 3
+FIRST = sorted(k for k, c in CASES.items() if c.first is not None)
+# rows whose programs batch (a batching rule for every row they record); the others loop
+BATCHED = {"add", "sub", "mul", "div", "pow", "add_scalar", "rsub_scalar", "sub_scalar", "mul_scalar", "scale",
+           "div_scalar", "pow_scalar", "rpow_scalar", "neg", "reciprocal", "exp", "log", "sin", "cos", "tanh",
+           "sigmoid", "relu", "sqrt", "abs", "sum", "sum_dim", "mean", "mean_dim", "t", "transpose", "permute",
+           "view", "unsqueeze", "squeeze", "mm", "softmax", "log_softmax", "select", "slice", "expand", "bmm",
+           "cat", "stack"}
+
+
+def _samples(case, seed):
+    p = case.first
+    return [[tg.tensor(v) for v in p.inputs(seed + b)] for b in range(B)]
+
+
+def _loop(fn, samples, mapped):
+    outs = [fn(tg, *[s if m else samples[0][i] for i, (s, m) in enumerate(zip(sample, mapped))]) for sample in samples]
+    return outs
+
+
+def _batch(samples, k, dim):
+    return tg.stack([s[k] for s in samples], dim=dim if samples[0][k].dim() >= dim else 0)
+
+
+# in_dims None: the first input mapped, the others not (cases of one input have nothing unmapped)
+@pytest.mark.parametrize("name, in_dim", [(name, d) for name in FIRST for d in (0, 1, None)
+                                          if d is not None or len(CASES[name].first.shapes) > 1])
+def test_every_row_against_a_loop(name, in_dim):
+    case = CASES[name]
+    fn = case.first.fn
+    samples = _samples(case, 7)
+    n = len(samples[0])
+    mapped = [True] + [in_dim is not None] * (n - 1)
+    dims = []
+    args = []
+    for k in range(n):
+        if not mapped[k]:
+            dims.append(None)
+            args.append(samples[0][k])
+            continue
+        d = in_dim if in_dim is not None and samples[0][k].dim() >= in_dim else 0
+        dims.append(d)
+        args.append(_batch(samples, k, d))
+    try:
+        expect = _loop(fn, samples, mapped)
+    except Exception as e:  # (a case that only runs with grad: not a vmap question)
+        pytest.skip(f"the case does not run on plain tensors: {e}")
+    vm = func.vmap(lambda *xs: fn(tg, *xs), in_dims=tuple(dims))
+    got = vm(*args)
+    if isinstance(expect[0], tuple):
+        for j in range(len(expect[0])):
+            np.testing.assert_allclose(got[j].numpy(), np.stack([e[j].numpy() for e in expect]), rtol=1e-12, atol=1e-14)
+    else:
+        np.testing.assert_allclose(got.numpy(), np.stack([e.numpy() for e in expect]), rtol=1e-12, atol=1e-14)
+    if name in BATCHED:
+        assert vm.batched == 1, vm.why
+
+
+def test_per_sample_gradients_batched_against_a_loop():
+    rng = np.random.default_rng(0)
+    W = tg.tensor(rng.standard_normal((5, 4)))
+    xs = tg.tensor(rng.standard_normal((6, 4)))
+
+    def loss(W, x):
+        h = (W @ x).tanh()
+        return (h * h).mean() + W.sum() * 0.1
+
+    g = func.vmap(func.grad(loss), in_dims=(None, 0))
+    got = g(W, xs)
+    expect = tg.stack([func.grad(loss)(W, xs[b]) for b in range(6)])
+    assert g.batched == 1, g.why
+    np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
+    both = func.vmap(func.grad(loss, argnums=(0, 1)), in_dims=(None, 0))(W, xs)
+    np.testing.assert_allclose(both[0].numpy(), expect.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(both[1].numpy(),
+                               tg.stack([func.grad(loss, 1)(W, xs[b]) for b in range(6)]).numpy(), rtol=1e-12)
+
+
+def test_branch_variants_against_a_loop():
+    """A value read into Python picks the branch: each sample runs its own branch's program."""
+    def f(x, w):
+        if x.sum() > 0:
+            return (x * w).sin().sum()
+        if x[0] > 0.5:
+            return (x * x).sum() * 3.0
+        return x.exp().sum()
+
+    rng = np.random.default_rng(1)
+    xs = tg.tensor(rng.standard_normal((16, 3)))
+    xs._value[0] = [0.9, -2.0, 0.1]  # (each branch taken by some sample)
+    w = tg.tensor(rng.standard_normal(3))
+    for fn in (f, func.grad(f)):
+        vm = func.vmap(fn, in_dims=(0, None))
+        got = vm(xs, w)
+        expect = tg.stack([fn(xs[b], w) for b in range(16)])
+        assert vm.batched == 1, vm.why
+        np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
+        v = xs.numpy()
+        branches = {0 if r.sum() > 0 else 1 if r[0] > 0.5 else 2 for r in v}
+        assert len(branches) == 3 and len(vm._batched.signatures.popitem()[1].variants) == 3
+
+
+def test_batched_output_is_differentiable():
+    x = tg.randn(4, 3, dtype=tg.float64, requires_grad=True)
+    w = tg.randn(3, dtype=tg.float64, requires_grad=True)
+    vm = func.vmap(lambda r, w: (r * w).sin().sum(), in_dims=(0, None))
+    vm(x, w).sum().backward()
+    assert vm.batched == 1
+    np.testing.assert_allclose(x.grad.numpy(), ((x * w).cos() * w).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), ((x * w).cos() * x).sum(0).detach().numpy(), rtol=1e-12)
+
+
+def test_what_does_not_batch_loops_and_says_why():
+    vm = func.vmap(lambda r: tg.flip(r, [0]) * 2)
+    x = tg.randn(3, 2)
+    np.testing.assert_array_equal(vm(x).numpy(), tg.flip(x, [1]).numpy() * 2)
+    assert vm.looped == 1 and "flip" in vm.why
+
+
+def test_later_calls_replay_the_compiled_batch_step():
+    """From the second call on, a program without guards replays as one compiled whole-batch step
+    (forward and backward): new values, a closure tensor changed in place, and a new batch size."""
+    rng = np.random.default_rng(2)
+    W = tg.tensor(rng.standard_normal((5, 4)))
+
+    def loss(p, x):
+        return ((W @ x).tanh() * p).sum() + (p * p).mean()
+
+    vg, vf = func.vmap(func.grad(loss), in_dims=(None, 0)), func.vmap(loss, in_dims=(None, 0))
+    for size in (6, 6, 6, 4, 4):
+        p, xs = tg.tensor(rng.standard_normal(5)), tg.tensor(rng.standard_normal((size, 4)))
+        with tg.no_grad():
+            W.mul_(1.5)
+        np.testing.assert_allclose(vg(p, xs).numpy(), tg.stack([func.grad(loss)(p, xs[b]) for b in range(size)]).numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(vf(p, xs).numpy(), tg.stack([loss(p, xs[b]) for b in range(size)]).numpy(),
+                                   rtol=1e-12)
+    for vm in (vg, vf):
+        step = next(iter(vm._batched.signatures.values())).step
+        assert vm.batched == 5 and tg.compiler.stats(step)["replay_count"] == 2
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_shared_parameters_per_sample_gradients_by_taps(dtype):
+    """Shared parameters that meet the samples in mm (either side, through a transpose), add and
+    sub are not copied per sample: their per-sample gradients come from taps on those rows."""
+    rng = np.random.default_rng(3)
+    params = tuple(tg.tensor(rng.standard_normal(s), dtype=dtype) for s in ((6, 4), (6,), (6, 3), (3,)))
+
+    def loss(params, x, y):
+        w1, b1, w2, c = params
+        h = (w1 @ x + b1).tanh()  # W @ x: mm with the shared operand on the left
+        h = (h[None] @ w2).reshape(3) - c  # x @ W: on the right; minus a shared vector
+        return ((h - y) ** 2).mean()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0, 0))
+    for _ in range(3):
+        xs, ys = tg.tensor(rng.standard_normal((5, 4)), dtype=dtype), tg.tensor(rng.standard_normal((5, 3)), dtype=dtype)
+        got = vg(params, xs, ys)
+        expect = [func.grad(loss)(params, xs[b], ys[b]) for b in range(5)]
+        for j, g in enumerate(got):
+            assert tuple(g.shape) == (5,) + tuple(params[j].shape)
+            np.testing.assert_allclose(g.numpy(), np.stack([e[j].numpy() for e in expect]),
+                                       rtol=1e-4 if dtype == tg.float32 else 1e-12, atol=1e-6)
+    sig = next(iter(vg._batched.signatures.values()))
+    assert [t.kind for t in sig.taps] == ["mm_left", "add", "mm_right", "add"]
+
+
+def test_nested_vmap_of_grad_and_jacrev_of_grad_against_a_loop():
+    """A transform's marks stay its own: vmap(vmap(grad(f))) and vmap(jacrev(grad(f))) are not
+    taken for vmap(grad(f))."""
+    f = lambda w, x: (w * x).sin().sum()
+    w, xs = tg.randn(3, dtype=tg.float64), tg.randn(2, 4, 3, dtype=tg.float64)
+    got = func.vmap(func.vmap(func.grad(f), in_dims=(None, 0)), in_dims=(None, 0))(w, xs)
+    expect = tg.stack([tg.stack([func.grad(f)(w, xs[i, j]) for j in range(4)]) for i in range(2)])
+    np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-12)
+    h = func.vmap(func.jacrev(func.grad(f)), in_dims=(None, 0))(w, xs[0])
+    expect = tg.stack([func.jacrev(func.grad(f))(w, xs[0, j]) for j in range(4)])
+    assert tuple(h.shape) == (4, 3, 3)
+    np.testing.assert_allclose(h.numpy(), expect.numpy(), rtol=1e-12)
+
+
+def test_long_joins_against_a_loop():
+    """A stack or cat of more than three pieces is recorded as several rows; each batches."""
+    f = lambda r: tg.stack([r, r * 2, r.sin(), r + 1, r.exp()], 1).sum(1) + tg.cat([r, r, r, r, r], 0)[:3]
+    x = tg.randn(4, 3, dtype=tg.float64)
+    vm = func.vmap(f)
+    np.testing.assert_allclose(vm(x).numpy(), tg.stack([f(x[b]) for b in range(4)]).numpy(), rtol=1e-12)
+    assert vm.batched == 1, vm.why
