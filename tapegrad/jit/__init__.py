@@ -63,6 +63,27 @@ def _stamped(locator):
     return Stamped
 
 
+class _KeyedFiles(caching.IndexDataCacheFile):
+    """Numba's index and data files; for tapegrad's functions each data file is named by a hash of
+    its key (signature and target). Numba numbers them instead, from the index as it read it: two
+    processes compiling one function for two signatures at once could both take number 1, and the
+    index left by one then names the data file the other wrote last, so a third process loads
+    code compiled for another signature (seen as wrong gradients in a blocked run while two test
+    runs shared one cache). By key, an index entry can only be lost (a compile again), never wrong."""
+
+    def save(self, key, data):
+        stamp = self._source_stamp
+        if not (isinstance(stamp, tuple) and len(stamp) == 2 and stamp[1] == STAMP):
+            return super().save(key, data)
+        name = self._data_name_pattern.replace("{number:d}", hashlib.sha256(self._dump(key)).hexdigest()[:20])
+        self._save_data(name, data)  # (the data first: an index entry never names a file not yet written)
+        overloads = self._load_index()
+        if overloads.get(key) != name:
+            overloads[key] = name
+            self._save_index(overloads)
+
+
 STAMP = sources_stamp()
 _impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # (named _CacheImpl before Numba 0.61)
 _impl._locator_classes[:0] = [_stamped(c) for c in _impl._locator_classes]
+caching.IndexDataCacheFile = _KeyedFiles  # (Cache builds its files through this module name)

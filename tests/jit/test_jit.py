@@ -34,3 +34,25 @@ def test_other_numba_functions_keep_numba_s_own_cache_rules(tmp_path, monkeypatc
     import user_module
     assert not type(user_module.f._cache._impl.locator).__name__.startswith("Tapegrad")
     assert user_module.f(1) == 2
+
+
+def test_two_processes_saving_two_signatures_never_cross_their_code(tmp_path):
+    """Numba numbers data files from the index it read: two processes that both read an empty
+    index wrote "1" each, and the index of one named the other's code. Keyed names cannot cross:
+    an index entry may be lost (a compile again), but what it names is its own key's code."""
+    from numba.core import caching
+    stamp = (("mtime", 1), jit.STAMP)
+    first, second = (caching.IndexDataCacheFile(str(tmp_path), "f-1", stamp) for _ in range(2))
+    first._load_index = second._load_index = lambda: {}  # both read the index before either saved
+    late = []  # the first process's data write lands last
+    write = first._save_data
+    first._save_data = lambda name, data: late.append((name, data))
+    first.save(("float64",), "code for float64")
+    second.save(("float32",), "code for float32")
+    write(*late[0])
+    reader = caching.IndexDataCacheFile(str(tmp_path), "f-1", stamp)
+    assert reader.load(("float32",)) == "code for float32"
+    assert reader.load(("float64",)) in (None, "code for float64")
+    other = caching.IndexDataCacheFile(str(tmp_path), "g-1", ("mtime", 1))  # not tapegrad's: Numba's numbering
+    other.save(("int64",), "code")
+    assert (tmp_path / "g-1.1.nbc").exists()
