@@ -108,16 +108,16 @@ def _mean_replay(ins, i0, i1, f0, shape, dtype):
 
 # f0 scales the sum: 1, or 1 / count for a mean. A replay's full sums are NumPy's pairwise sums.
 SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
-          fwd="fwd_sum", replay=_sum_replay)
+          fwd="fwd_sum", replay=_sum_replay, gpu=True)
 SUM_DIM = row("sum_dim", "SumBackward1", 1, None, "adj_sum", _sum_vjp,
-              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_sum_replay)
+              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_sum_replay, gpu=True)
 MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
-           fwd="fwd_mean", replay=_mean_replay)
+           fwd="fwd_mean", replay=_mean_replay, gpu=True)
 MEAN_DIM = row("mean_dim", "MeanBackward1", 1, None, "adj_sum", _sum_vjp,
-               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_mean_replay)
+               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_mean_replay, gpu=True)
 EXPAND = row("expand", "ExpandBackward0", 1, None, "adj_expand", lambda g, i, o, r: (_sum_to(g, i[0].shape),),
              attrs=(None, Implicit("implicit")), static_maps=True,
-             replay=lambda ins, i0, i1, f0, shape, dtype: np.ascontiguousarray(np.broadcast_to(ins[0], shape)))
+             replay=lambda ins, i0, i1, f0, shape, dtype: np.ascontiguousarray(np.broadcast_to(ins[0], shape)), gpu=True)
 
 
 def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):
