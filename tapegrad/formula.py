@@ -11,10 +11,12 @@ import ast
 
 # name in a formula -> (its spelling in a jitted kernel, in a VJP, in a CUDA kernel). A VJP calls the
 # Tensor method, the same function as tapegrad's op, so that it needs no names where the row is
-# declared. CUDA kernels call libdevice through math (sign and abs: the generated file's own).
-FUNCTIONS = {name: (f"np.{name}({{}})", f"({{}}).{name}()", f"math.{name}({{}})" if name not in ("sign", "abs") else
-                    f"{name}({{}})")
+# declared. CUDA kernels call libdevice through math; sign is spelled out (np.sign's 0 and NaN kept),
+# as a device function of its own would need a driver to compile.
+FUNCTIONS = {name: (f"np.{name}({{0}})", f"({{0}}).{name}()", f"math.{name}({{0}})")
              for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh", "log1p", "expm1", "tan", "abs")}
+FUNCTIONS["abs"] = FUNCTIONS["abs"][:2] + ("abs({0})",)
+FUNCTIONS["sign"] = FUNCTIONS["sign"][:2] + ("(1.0 if ({0}) > 0 else -1.0 if ({0}) < 0 else ({0}) * 0.0)",)
 # A formula function's NumPy ufunc, where the names differ (a GPU row's forward is found by its ufunc).
 UFUNC_NAMES = {"abs": "absolute"}
 VARIABLES = ("g", "x", "a", "b", "y", "c")

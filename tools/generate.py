@@ -616,15 +616,6 @@ import math  # noqa: F401  (formulas call libdevice through math)
 from numba import cuda
 
 
-@cuda.jit(device=True)
-def sign(v):
-    if v > 0:
-        return 1.0
-    if v < 0:
-        return -1.0
-    return v * 0.0  # (0 stays 0, NaN stays NaN, as np.sign)
-
-
 {kernels}
 
 # A NumPy ufunc call on GPU values, by (ufunc name, operands: "x" one array, "ab" two, "xc" and

@@ -11,15 +11,6 @@ import math  # noqa: F401  (formulas call libdevice through math)
 from numba import cuda
 
 
-@cuda.jit(device=True)
-def sign(v):
-    if v > 0:
-        return 1.0
-    if v < 0:
-        return -1.0
-    return v * 0.0  # (0 stays 0, NaN stays NaN, as np.sign)
-
-
 @cuda.jit
 def fwd_neg(x, y, c):
     """neg: -x"""
@@ -297,7 +288,7 @@ def fwd_abs(x, y, c):
 def adj_abs(g, x, y, gx, c):
     """abs: g * sign(x)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
-        gx[i] += g[i] * sign(x[i])
+        gx[i] += g[i] * (1.0 if (x[i]) > 0 else -1.0 if (x[i]) < 0 else (x[i]) * 0.0)
 
 
 @cuda.jit

@@ -167,7 +167,7 @@ def empty(shape, dtype):
 
 def zeros(shape, dtype):
     out = empty(shape, dtype)
-    _launch("fill", out.size, out.d, 0)
+    _launch("fill", out.size, out.d, out.dtype.type(0))
     return out
 
 
@@ -311,7 +311,7 @@ def mm_into(a, b, out, ta, tb, beta):
             r = r + out.get() * beta
         out.d.copy_to_device(np.ascontiguousarray(r, out.dtype).reshape(-1))
         return
-    _launch("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, beta)
+    _launch("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
 
 
 def _unsupported(what):

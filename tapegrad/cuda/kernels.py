@@ -53,7 +53,7 @@ def matmul(a, b, out, m, k, n, ta, tb, beta):
     for t in range(cuda.grid(1), m * n, cuda.gridsize(1)):
         i = t // n
         j = t - i * n
-        acc = out[t] * beta
+        acc = out[t] * beta if beta != 0 else beta  # (out may hold anything where beta is 0)
         for p in range(k):
             x = a[p * m + i] if ta else a[i * k + p]
             y = b[j * k + p] if tb else b[p * n + j]
