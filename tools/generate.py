@@ -626,14 +626,16 @@ FORWARD = {{{forward}}}
 ADJOINT = {{{adjoint}}}
 '''
 
-CUDA_UNARY = '''
+CUDA_FORWARD = '''
 
 @cuda.jit
 def fwd_{name}(x, y, c):
     """{name}: {fwd}"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = {fexpr}
+'''
 
+CUDA_UNARY = CUDA_FORWARD + '''
 
 @cuda.jit
 def adj_{name}(g, x, y, gx, c):
@@ -667,7 +669,7 @@ def adj_{name}_b(g, a, b, y, gb):
 
 
 def cuda_rows():
-    """The GPU rows whose CUDA kernels are generated: a forward formula and a derivative formula."""
+    """The GPU rows whose CUDA kernels are generated: those with a forward formula."""
     from tapegrad import ops
     return [op for op in ops.TABLE if op.gpu and op.gpu_forward() is not None]
 
@@ -682,7 +684,9 @@ def cuda_text():
         if call is None:
             raise SystemExit(f"GPU row {op.name!r}: its forward {fwd!r} is not one ufunc call, which the eager "
                              "forward could reach")
-        if isinstance(op.formula, tuple):
+        if op.formula is None:  # (its adjoint is the engine's own)
+            kernels.append(CUDA_FORWARD.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd)))
+        elif isinstance(op.formula, tuple):
             da, db = op.formula
             kernels.append(CUDA_BINARY.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd), da=da, db=db,
                                               daexpr=formula.cuda_expr(da), dbexpr=formula.cuda_expr(db)))

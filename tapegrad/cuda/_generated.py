@@ -333,6 +333,13 @@ def adj_tan(g, x, y, gx, c):
         gx[i] += g[i] * (1 + (y[i] * y[i]))
 
 
+@cuda.jit
+def fwd_sign(x, y, c):
+    """sign: sign(x)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = (1.0 if (x[i]) > 0 else -1.0 if (x[i]) < 0 else (x[i]) * 0.0)
+
+
 # A NumPy ufunc call on GPU values, by (ufunc name, operands: "x" one array, "ab" two, "xc" and
 # "cx" an array and a scalar): the forward kernel of the row whose formula that call is.
 FORWARD = {
@@ -356,6 +363,7 @@ FORWARD = {
     ('log1p', 'x'): fwd_log1p,
     ('expm1', 'x'): fwd_expm1,
     ('tan', 'x'): fwd_tan,
+    ('sign', 'x'): fwd_sign,
 }
 
 # A GPU row's adjoint kernels, by row name: one per input.

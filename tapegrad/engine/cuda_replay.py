@@ -164,6 +164,10 @@ def _permute(p, g, ins, into, r, f0):
     array._launch("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
 
 
+def _zero(p, g, ins, into, r, f0):
+    """sign: its gradient is zero, as the arena already holds."""
+
+
 def _mm(p, g, ins, into, r, f0):
     """gA += g @ B^T, gB += A^T @ g."""
     ga, gb = into[0], into[1]
@@ -176,7 +180,7 @@ def _mm(p, g, ins, into, r, f0):
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
 # every GPU row has one here or in the generated kernels).
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
-         "adj_permute": _permute, "adj_mm": _mm}
+         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero}
 
 
 class CudaEngine:

@@ -64,7 +64,7 @@ def contiguous(x):
 
 def zeros_like(x, dtype=None):
     dt = dtypes.as_dtype(dtype).np if dtype is not None else x._value.dtype
-    return _leaf(np.zeros(x._value.shape, dt))
+    return _leaf(np.zeros_like(x._value, dt, order="C"))  # (on x's device)
 
 
 def _float_input(x):

@@ -413,7 +413,8 @@ SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softpl
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,),
             attrs=(None, FloatBits("max"), Float("min")),
             replay=lambda ins, i0, i1, f0, shape, dtype: _clamp_value(ins[0], f0, FloatBits.decode(i1)))
-SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign")
+SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign",
+           gpu=True)
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1),
               attrs=(Bool("min"),))
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1),

@@ -39,9 +39,9 @@ they come from at each replay: ops.results._derived). A row with none of these c
 program runs eagerly).
 
 ``gpu`` says the row runs on GPU tensors: True, or the forward formula its CUDA kernel computes
-where ``fwd`` is not one (sin's ``"sin(x)"``). A row with a derivative ``formula`` and a forward
-formula gets both CUDA kernels generated (tools/generate.py writes cuda/_generated.py; the eager
-forward reaches its kernel through the one ufunc the formula is, formula.ufunc_call); any other GPU
+where ``fwd`` is not one (sin's ``"sin(x)"``). A forward formula gets its CUDA kernel generated
+(tools/generate.py writes cuda/_generated.py; the eager forward reaches it through the one ufunc
+the formula is, formula.ufunc_call), and so does a derivative ``formula``'s adjoint; any other GPU
 row's adjoint is the CUDA engine's own, by the row's kernel name (engine/cuda_replay.py).
 
 Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
@@ -82,11 +82,11 @@ class Op:
         self.gpu = gpu
 
     def gpu_forward(self):
-        """The forward formula of a GPU row's generated CUDA kernel, or None (no formula: its
-        forward and adjoint on the GPU are hand-written)."""
+        """The forward formula of a GPU row's generated CUDA kernel, or None (its forward on the GPU
+        is hand-written)."""
         if isinstance(self.gpu, str):
             return self.gpu
-        if not self.gpu or self.formula is None or self.fwd is None or self.fwd.startswith("fwd_"):
+        if not self.gpu or self.fwd is None or self.fwd.startswith("fwd_"):
             return None
         if self.fwd.startswith("ufunc:"):
             return self.fwd.rsplit(".", 1)[1] + "(x)"

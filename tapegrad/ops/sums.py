@@ -45,7 +45,7 @@ def _broadcast(v, shape):
     """np.broadcast_to(v, shape) for v of shape ``shape`` with some 1s (or 0-d): a read-only
     view with stride 0 along the broadcast axes, made in 0.5 us instead of broadcast_to's 4
     (a C-ordered v only: the constructor takes its buffer)."""
-    if not v.flags.c_contiguous:
+    if v.__class__ is not ndarray or not v.flags.c_contiguous:  # (a GPU value: its own broadcast)
         return np.broadcast_to(v, shape)
     if v.ndim == len(shape):
         strides = tuple(0 if n == 1 and d != 1 else st for n, d, st in zip(v.shape, shape, v.strides))
@@ -62,8 +62,8 @@ def _uniform(g):
     loss's seed after sum, mean, add or scalar factors), else None. VJPs fold it into their own
     scalar factor: x * (c * u) is one row where g * (x * c) records two (and registers g)."""
     v = g._value
-    if g._rg or any(v.strides) or not v.size or v.dtype.kind != "f":
-        return None
+    if g._rg or v.__class__ is not ndarray or any(v.strides) or not v.size or v.dtype.kind != "f":
+        return None  # (a GPU value keeps its one number on the device)
     return v[(0,) * v.ndim]  # a NumPy scalar of g's dtype: products round as g's would
 
 
