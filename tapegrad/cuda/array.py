@@ -93,7 +93,7 @@ class DeviceArray:
     def __setitem__(self, key, value):
         if key is not Ellipsis:
             raise _unsupported("indexed assignment")
-        _launch("copy", self.size, _on_device(value, self).d, self.d)
+        _launch("copy", self.size, _on_device(value).d, self.d)
 
     def __len__(self):
         if not self.shape:
@@ -183,8 +183,8 @@ def _launch(name, n, *args):
     k[blocks, threads](*args)
 
 
-def _on_device(v, like):
-    """A ufunc operand as a DeviceArray, or torch's error for a CPU array beside GPU ones."""
+def _on_device(v):
+    """v, a GPU value, or torch's error for a CPU one beside GPU ones."""
     if isinstance(v, DeviceArray):
         return v
     raise RuntimeError(MIXED_MSG)
@@ -315,13 +315,16 @@ def mm_into(a, b, out, ta, tb, beta):
 
 
 def _unsupported(what):
-    """NotImplementedError naming the op (the outermost frame in tapegrad's ops) that needed ``what``."""
+    """NotImplementedError naming the op (the outermost frame in tapegrad's ops: the row it records,
+    or the public function) that needed ``what``."""
     name, f = None, sys._getframe(1)
     while f is not None:
         module = f.f_globals.get("__name__", "")
         if module.startswith("tapegrad.ops") or module.startswith("tapegrad.nn"):
-            code = f.f_code.co_name
-            if not code.startswith("_") and code not in ("function", "method", "f", "promoted", "<lambda>"):
+            op, code = f.f_locals.get("op"), f.f_code.co_name
+            if hasattr(op, "grad_fn") and hasattr(op, "name"):
+                name = op.name
+            elif not code.startswith("_") and code not in ("function", "method", "f", "promoted", "<lambda>"):
                 name = code
         f = f.f_back
     op = f"'{name}'" if name else "this operation"

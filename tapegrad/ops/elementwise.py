@@ -254,14 +254,14 @@ LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="ufunc:numpy.log",
 # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
 # stay with NumPy, one call deep (W1 records 2,000 sines).
 def _sin(x):
-    if x.size < 4096:
+    if x.size < 4096 or x.__class__ is not ndarray:  # (a GPU value: its own kernel)
         return np.sin(x)
     from ..jit.forward import sin_forward
     return sin_forward(x)
 
 
 def _cos(x):
-    if x.size < 4096:
+    if x.size < 4096 or x.__class__ is not ndarray:
         return np.cos(x)
     from ..jit.forward import cos_forward
     return cos_forward(x)

@@ -68,6 +68,14 @@ def test_an_op_without_a_cuda_kernel_is_named():
         x.cumsum(0)
     with pytest.raises(NotImplementedError, match="'relu' has no CUDA kernel"):
         x.relu()
+    with pytest.raises(NotImplementedError, match="'pow' has no CUDA kernel"):
+        x ** 2
+
+
+def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
+    x = tg.linspace(-3, 3, 4100, dtype=tg.float64)  # (from 4096 elements the CPU runs its own vectorised sine)
+    np.testing.assert_allclose(x.cuda().sin().cpu().numpy(), x.sin().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(x.cuda().cos().cpu().numpy(), x.cos().numpy(), rtol=1e-15, atol=1e-16)
 
 
 def test_a_host_leaf_copied_to_the_gpu_gets_its_gradient_on_the_host():
