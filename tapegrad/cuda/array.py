@@ -165,10 +165,14 @@ def empty(shape, dtype):
     return DeviceArray(cuda.device_array(n, np.dtype(dtype)), shape)
 
 
-def zeros(shape, dtype):
+def full(shape, dtype, value):
     out = empty(shape, dtype)
-    _launch("fill", out.size, out.d, out.dtype.type(0))
+    _launch("fill", out.size, out.d, out.dtype.type(value))
     return out
+
+
+def zeros(shape, dtype):
+    return full(shape, dtype, 0)
 
 
 def to_device(v):
@@ -215,7 +219,11 @@ def _elementwise(name, inputs, out):
             raise RuntimeError(MIXED_MSG) if isinstance(v, np.ndarray) else _unsupported(f"np.{name}")
     if pattern == "xx":
         pattern = "ab"
+    if name == "square" and pattern == "x":  # (np.square is x * x, bit for bit)
+        arrays, pattern, name = arrays * 2, "ab", "multiply"
     kernel = _kernels()[1].FORWARD.get((name, pattern))
+    if kernel is None and (name, pattern) in _HAND_FORWARD:
+        kernel = _kernels()[0].KERNELS[_HAND_FORWARD[name, pattern]]
     dtype = arrays[0].dtype
     if kernel is None or dtype.kind != "f" or any(a.dtype != dtype for a in arrays):
         raise _unsupported(f"np.{name}" + ("" if kernel is None else f" on {', '.join(str(a.dtype) for a in arrays)}"))
@@ -232,6 +240,10 @@ def _elementwise(name, inputs, out):
     else:
         kernel[blocks, threads](arrays[0].d, out.d, dtype.type(c))
     return out
+
+
+# The hand-written kernels of ufunc calls that no row's formula is, by (ufunc name, operands).
+_HAND_FORWARD = {("power", "xc"): "power"}
 
 
 # -- index maps: which element of one array each element of another reads --------------------------
@@ -336,8 +348,10 @@ _FUNCTIONS = {
     "broadcast_to": broadcast_to,
     "ascontiguousarray": lambda v, dtype=None: v if dtype is None else v.astype(dtype, copy=False),
     "transpose": transpose,
-    "zeros_like": lambda v, dtype=None, order="K", subok=True, shape=None: zeros(v.shape if shape is None else shape,
-                                                                                v.dtype if dtype is None else dtype),
+    "zeros_like": lambda v, dtype=None, order="K", subok=True, shape=None: full(v.shape if shape is None else shape,
+                                                                               v.dtype if dtype is None else dtype, 0),
+    "ones_like": lambda v, dtype=None, order="K", subok=True, shape=None: full(v.shape if shape is None else shape,
+                                                                              v.dtype if dtype is None else dtype, 1),
     "copy": lambda v, order="K", subok=False: v.copy(),
     "reshape": lambda v, shape, order="C": v.reshape(shape),
     "shares_memory": lambda a, b, max_work=None: isinstance(b, DeviceArray) and a.d is b.d,

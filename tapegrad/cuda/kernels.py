@@ -47,6 +47,20 @@ def scatter_add(src, idx, dst, scale):
 
 
 @cuda.jit
+def power(x, y, c):
+    """y = x ** c (pow_scalar's forward where no cheaper formula serves)."""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = x[i] ** c
+
+
+@cuda.jit
+def power_adjoint(g, x, gx, c):
+    """pow_scalar's gradient, torch's g * (c * x ** (c - 1)) (c != 0: for 0 it adds nothing)."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += g[i] * (c * x[i] ** (c - 1))
+
+
+@cuda.jit
 def matmul(a, b, out, m, k, n, ta, tb, beta):
     """out[m, n] = beta * out + op(a) @ op(b), op transposing where ta (a is [k, m]) or tb (b is
     [n, k]): one thread per output element. (On a GPU, cuBLAS is the intended route.)"""
@@ -62,4 +76,4 @@ def matmul(a, b, out, m, k, n, ta, tb, beta):
 
 
 KERNELS = {"fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
-           "scatter_add": scatter_add, "matmul": matmul}
+           "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint, "matmul": matmul}

@@ -164,6 +164,12 @@ def _permute(p, g, ins, into, r, f0):
     array._launch("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
 
 
+def _pow_scalar(p, g, ins, into, r, f0):
+    if f0 != 0:  # (x ** 0: no gradient, as torch's)
+        x = p.value(ins[0], g.dtype)
+        array._launch("power_adjoint", g.size, g.d, x.d, into[0].d, g.dtype.type(f0))
+
+
 def _zero(p, g, ins, into, r, f0):
     """sign: its gradient is zero, as the arena already holds."""
 
@@ -180,7 +186,7 @@ def _mm(p, g, ins, into, r, f0):
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
 # every GPU row has one here or in the generated kernels).
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
-         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero}
+         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar}
 
 
 class CudaEngine:

@@ -240,7 +240,7 @@ def _rpow_scalar_vjp(g, i, o, r):
 
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,),
-                 attrs=(None, None, Operand()))
+                 attrs=(None, None, Operand()), gpu=True)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)))
 

@@ -45,6 +45,7 @@ CASES = {
     "sqrt": (lambda x: x.sqrt(), [(2, 3)], positive),
     "abs": (lambda x: x.abs(), [(2, 3)], normal),
     "sign": (lambda x: x.sign() * x, [(2, 3)], normal),
+    "pow_scalar": (lambda x: x ** 2 + x ** 3 + x ** 2.5 + x ** 1 + x ** 0, [(2, 3)], positive),
     "log1p": (lambda x: x.log1p(), [(2, 3)], positive),
     "expm1": (lambda x: x.expm1(), [(2, 3)], normal),
     "tan": (lambda x: x.tan(), [(2, 3)], small),
