@@ -9,8 +9,8 @@ from .ops import (ADD_SCALAR, DIV_SCALAR, METHODS, MUL_SCALAR, SUB_SCALAR, _SCAL
                   logsumexp, lt, masked_fill, masked_fill_, matmul, max_, maximum, mean, min_, minimum, mm, mul, mul_,
                   mv, narrow, ne, neg, nonzero, norm, outer, permute, pow, pow_, prod, reciprocal, relu, repeat,
                   repeat_interleave, reshape, rsqrt, scatter_add, scatter_add_, select, setitem, sigmoid, sign, sin,
-                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_device, to_dtype, transpose, unbind,
-                  unflatten, unsqueeze, var, vdot, view, where, zero_)
+                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_device, to_dtype, transpose,
+                  unbind, unflatten, unsqueeze, var, vdot, view, where, zero_)
 from .ops._record import recorder
 from .tensor import Tensor
 

@@ -243,15 +243,14 @@ class Tensor:
     def __repr__(self):
         v = _host(self._value)
         suffixes = []
-        if v is not self._value:
-            suffixes.append(f"device='{self.device}'")
         if self._tape is not None:
             suffixes.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
         elif self._rg:
             suffixes.append("requires_grad=True")
         d = self.dtype
         show = d not in (dtypes.get_default_dtype(), dtypes.int64, dtypes.bool_)
-        return format_tensor(v, suffixes, repr(d) if show else None)
+        device = self.device if v is not self._value else None
+        return format_tensor(v, suffixes, repr(d) if show else None, device=device)
 
     __str__ = __repr__
 

@@ -26,6 +26,8 @@ def test_gpu_tensor_attributes_and_copies():
     x = tg.tensor([[1.0, 2.0], [3.0, 4.0]], device="cuda")
     assert x.is_cuda and x.device == "cuda:0" and str(x.device) == "cuda:0"
     assert repr(x) == "tensor([[1., 2.],\n        [3., 4.]], device='cuda:0')"
+    assert repr(tg.ones(2, dtype=tg.float64, device="cuda", requires_grad=True)) == \
+        "tensor([1., 1.], device='cuda:0', dtype=tapegrad.float64, requires_grad=True)"
     assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]] and x.sum().item() == 10.0 and float(x.mean()) == 2.5
     with pytest.raises(TypeError, match=r"^can't convert cuda:0 device type tensor to numpy\. Use Tensor\.cpu\(\) to "
                                         r"copy the tensor to host memory first\.$"):
