@@ -20,7 +20,8 @@ MIXED_MSG = "Expected all tensors to be on the same device, but found at least t
 _K = []  # [kernels module, generated module] once numba.cuda is imported
 
 
-def _kernels():
+def kernels():
+    """(the hand-written kernels module, the generated one), numba.cuda imported on first need."""
     if not _K:
         runtime()
         from . import _generated, kernels
@@ -84,7 +85,7 @@ class DeviceArray:
         if dtype == self.dtype and not copy:
             return self
         out = empty(self.shape, dtype)
-        _launch("copy", out.size, self.d, out.d)
+        run_kernel("copy", out.size, self.d, out.d)
         return out
 
     def __getitem__(self, key):
@@ -93,7 +94,7 @@ class DeviceArray:
     def __setitem__(self, key, value):
         if key is not Ellipsis:
             raise _unsupported("indexed assignment")
-        _launch("copy", self.size, _on_device(value).d, self.d)
+        run_kernel("copy", self.size, _on_device(value).d, self.d)
 
     def __len__(self):
         if not self.shape:
@@ -167,7 +168,7 @@ def empty(shape, dtype):
 
 def full(shape, dtype, value):
     out = empty(shape, dtype)
-    _launch("fill", out.size, out.d, out.dtype.type(value))
+    run_kernel("fill", out.size, out.d, out.dtype.type(value))
     return out
 
 
@@ -181,8 +182,9 @@ def to_device(v):
     return DeviceArray(runtime().to_device(v.reshape(-1)), v.shape)
 
 
-def _launch(name, n, *args):
-    k = _kernels()[0].KERNELS[name]
+def run_kernel(name, n, *args):
+    """Launch the hand-written kernel ``name`` over n elements."""
+    k = kernels()[0].KERNELS[name]
     blocks, threads = launch(n)
     k[blocks, threads](*args)
 
@@ -221,9 +223,9 @@ def _elementwise(name, inputs, out):
         pattern = "ab"
     if name == "square" and pattern == "x":  # (np.square is x * x, bit for bit)
         arrays, pattern, name = arrays * 2, "ab", "multiply"
-    kernel = _kernels()[1].FORWARD.get((name, pattern))
+    kernel = kernels()[1].FORWARD.get((name, pattern))
     if kernel is None and (name, pattern) in _HAND_FORWARD:
-        kernel = _kernels()[0].KERNELS[_HAND_FORWARD[name, pattern]]
+        kernel = kernels()[0].KERNELS[_HAND_FORWARD[name, pattern]]
     dtype = arrays[0].dtype
     if kernel is None or dtype.kind != "f" or any(a.dtype != dtype for a in arrays):
         raise _unsupported(f"np.{name}" + ("" if kernel is None else f" on {', '.join(str(a.dtype) for a in arrays)}"))
@@ -267,7 +269,7 @@ def broadcast_to(v, shape, subok=False):
     idx = index_map(("bcast", v.shape, shape),
                     lambda: np.broadcast_to(np.arange(v.size).reshape(v.shape), shape))
     out = empty(shape, v.dtype)
-    _launch("gather", out.size, v.d, idx, out.d)
+    run_kernel("gather", out.size, v.d, idx, out.d)
     return out
 
 
@@ -276,7 +278,7 @@ def transpose(v, axes=None):
     shape = tuple(v.shape[k] for k in axes)
     idx = index_map(("perm", v.shape, axes), lambda: np.transpose(np.arange(v.size).reshape(v.shape), axes))
     out = empty(shape, v.dtype)
-    _launch("gather", out.size, v.d, idx, out.d)
+    run_kernel("gather", out.size, v.d, idx, out.d)
     return out
 
 
@@ -295,7 +297,7 @@ def _sum(v, axis, keepdims, dtype):
         raise _unsupported("np.sum of " + str(v.dtype))
     idx, shape = reduced_positions(v.shape, axes, keepdims)
     out = zeros(shape, v.dtype)
-    _launch("scatter_add", v.size, v.d, idx, out.d, v.dtype.type(1))
+    run_kernel("scatter_add", v.size, v.d, idx, out.d, v.dtype.type(1))
     return out
 
 
@@ -323,7 +325,7 @@ def mm_into(a, b, out, ta, tb, beta):
             r = r + out.get() * beta
         out.d.copy_to_device(np.ascontiguousarray(r, out.dtype).reshape(-1))
         return
-    _launch("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
+    run_kernel("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
 
 
 def _unsupported(what):

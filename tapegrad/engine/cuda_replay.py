@@ -11,7 +11,7 @@ to the device when an adjoint reads it, and its gradient back to the host when i
 import numpy as np
 
 from .. import formula, ops
-from ..cuda import array
+from ..cuda import array, launch
 from ..cuda.array import DeviceArray
 from ..ops.attrs import Mask, Perm
 from . import cpu_replay
@@ -35,7 +35,7 @@ def holds_gpu_values(tape, seeds):
 class Pass:
     """One backward over one tape on the device (see cpu_replay.Pass): ``bufs`` by slot and
     ``lbufs`` (for ``lslots``) are filled in by ``backward``, views into the arena (host copies for
-    host values)."""
+    host values). It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
 
     def __init__(self, tape, seeds, lslots, wanted, zeroed):
         if zeroed:
@@ -94,16 +94,13 @@ class Pass:
                 v = self.host[s] = array.to_device(np.ascontiguousarray(self.tape.values[s]))
         return v if v.dtype == dtype else v.astype(dtype)
 
-    def keep(self, left):
-        self.tape.free(None)
-
 
 def _adjoint(op, p, e, g, ins, into, o, r, f0):
     """Launch row e's adjoints: add each needed input's gradient into ``into``."""
-    kernels = _GENERATED().ADJOINT.get(op.name)
+    kernels = array.kernels()[1].ADJOINT.get(op.name)
     dt = g.dtype
     if kernels is not None:
-        blocks, threads = array.launch(g.size)
+        blocks, threads = launch(g.size)
         uses = set().union(*map(formula.uses, op.formula if isinstance(op.formula, tuple) else (op.formula,)))
         y = p.value(o, dt) if "y" in uses else g  # (g stands in for what a kernel does not read)
         if len(kernels) == 1:
@@ -124,7 +121,7 @@ def _adjoint(op, p, e, g, ins, into, o, r, f0):
                 kernels[k][blocks, threads](g.d, a.d, b.d, y.d, full.d)
                 idx = array.index_map(("bcast", gk.shape, shape),
                                       lambda: np.broadcast_to(np.arange(gk.size).reshape(gk.shape), shape))
-                array._launch("scatter_add", full.size, full.d, idx, gk.d, dt.type(1))
+                array.run_kernel("scatter_add", full.size, full.d, idx, gk.d, dt.type(1))
         return
     adjoint = _HAND.get(op.kernel) if op.gpu else None
     if adjoint is None:
@@ -133,13 +130,9 @@ def _adjoint(op, p, e, g, ins, into, o, r, f0):
     adjoint(p, g, ins, into, r, f0)
 
 
-def _GENERATED():
-    return array._kernels()[1]
-
-
 def _identity(p, g, ins, into, r, f0):
     """view, reshape, clone, casts and copies between devices: the gradient flows through."""
-    array._launch("add_into", g.size, g.d, into[0].d)
+    array.run_kernel("add_into", g.size, g.d, into[0].d)
 
 
 def _sum(p, g, ins, into, r, f0):
@@ -147,27 +140,27 @@ def _sum(p, g, ins, into, r, f0):
     gx = into[0]
     axes = tuple(Mask.decode(int(r[5]), gx.ndim))
     idx, _ = array.reduced_positions(gx.shape, axes, bool(r[6]))
-    array._launch("gather_add", gx.size, g.d, idx, gx.d, g.dtype.type(f0))
+    array.run_kernel("gather_add", gx.size, g.d, idx, gx.d, g.dtype.type(f0))
 
 
 def _expand(p, g, ins, into, r, f0):
     gx = into[0]
     idx = array.index_map(("bcast", gx.shape, g.shape),
                           lambda: np.broadcast_to(np.arange(gx.size).reshape(gx.shape), g.shape))
-    array._launch("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
+    array.run_kernel("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
 
 
 def _permute(p, g, ins, into, r, f0):
     gx = into[0]
     perm = Perm.decode(int(r[5]), gx.ndim)
     idx = array.index_map(("perm", gx.shape, perm), lambda: np.transpose(np.arange(gx.size).reshape(gx.shape), perm))
-    array._launch("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
+    array.run_kernel("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
 
 
 def _pow_scalar(p, g, ins, into, r, f0):
     if f0 != 0:  # (x ** 0: no gradient, as torch's)
         x = p.value(ins[0], g.dtype)
-        array._launch("power_adjoint", g.size, g.d, x.d, into[0].d, g.dtype.type(f0))
+        array.run_kernel("power_adjoint", g.size, g.d, x.d, into[0].d, g.dtype.type(f0))
 
 
 def _zero(p, g, ins, into, r, f0):
