@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import autograd as autograd, dtypes as dtypes, nn as nn, optim as optim
+from . import autograd as autograd, cuda as cuda, dtypes as dtypes, nn as nn, optim as optim
 from .dtypes import dtype as dtype
 from .dtypes import dtype as _dtype
 from .grad_mode import (enable_grad as enable_grad, inference_mode as inference_mode, no_grad as no_grad,
@@ -27,7 +27,7 @@ class Size(tuple[_b.int, ...]):
 class device:
     type: _b.str
     index: _b.int | None
-    def __init__(self, spec: _b.str | device = "cpu") -> None: ...
+    def __init__(self, spec: _b.str | device = "cpu", index: _b.int | None = None) -> None: ...
 
 
 class _RemovableHandle:
