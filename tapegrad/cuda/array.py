@@ -134,6 +134,10 @@ class DeviceArray:
     __rtruediv__ = lambda self, other: np.divide(other, self)
     __neg__ = lambda self: np.negative(self)
     __matmul__ = lambda self, other: np.matmul(self, other)
+    __lt__ = lambda self, other: np.less(self, other)  # (no comparison has a CUDA kernel yet: named errors)
+    __le__ = lambda self, other: np.less_equal(self, other)
+    __gt__ = lambda self, other: np.greater(self, other)
+    __ge__ = lambda self, other: np.greater_equal(self, other)
 
     def __iadd__(self, other):
         return _elementwise("add", (self, other), self)
@@ -245,7 +249,7 @@ def _elementwise(name, inputs, out):
 
 
 # The hand-written kernels of ufunc calls that no row's formula is, by (ufunc name, operands).
-_HAND_FORWARD = {("power", "xc"): "power"}
+_HAND_FORWARD = {("power", "xc"): "power", ("maximum", "xc"): "maximum_scalar"}
 
 
 # -- index maps: which element of one array each element of another reads --------------------------

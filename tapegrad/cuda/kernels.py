@@ -61,6 +61,22 @@ def power_adjoint(g, x, gx, c):
 
 
 @cuda.jit
+def maximum_scalar(x, y, c):
+    """y = np.maximum(x, c) (relu's forward): NaN stays NaN."""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        y[i] = c if v < c else v
+
+
+@cuda.jit
+def relu_adjoint(g, y, gx):
+    """torch's threshold_backward at the result: g unless y <= 0 (a NaN result passes g)."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        if not y[i] <= 0:
+            gx[i] += g[i]
+
+
+@cuda.jit
 def matmul(a, b, out, m, k, n, ta, tb, beta):
     """out[m, n] = beta * out + op(a) @ op(b), op transposing where ta (a is [k, m]) or tb (b is
     [n, k]): one thread per output element. (On a GPU, cuBLAS is the intended route.)"""
@@ -76,4 +92,5 @@ def matmul(a, b, out, m, k, n, ta, tb, beta):
 
 
 KERNELS = {"fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
-           "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint, "matmul": matmul}
+           "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint,
+           "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint, "matmul": matmul}

@@ -163,6 +163,11 @@ def _pow_scalar(p, g, ins, into, r, f0):
         array.run_kernel("power_adjoint", g.size, g.d, x.d, into[0].d, g.dtype.type(f0))
 
 
+def _relu(p, g, ins, into, r, f0):
+    y = p.value(int(r[4]), g.dtype)
+    array.run_kernel("relu_adjoint", g.size, g.d, y.d, into[0].d)
+
+
 def _zero(p, g, ins, into, r, f0):
     """sign: its gradient is zero, as the arena already holds."""
 
@@ -179,7 +184,8 @@ def _mm(p, g, ins, into, r, f0):
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
 # every GPU row has one here or in the generated kernels).
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
-         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar}
+         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
+         "adj_relu": _relu}
 
 
 class CudaEngine:

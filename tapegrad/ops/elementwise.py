@@ -287,7 +287,7 @@ SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g *
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),),
                       fwd="fwd_sigmoid", fwd_exact=loop_ready("numpy.exp"))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu")
+           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu", gpu=True)
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
                    vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),), fwd="sqrt(x)", gpu=True)
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",

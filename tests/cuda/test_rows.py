@@ -44,6 +44,7 @@ CASES = {
     "tanh": (lambda x: x.tanh(), [(2, 3)], normal),
     "sqrt": (lambda x: x.sqrt(), [(2, 3)], positive),
     "abs": (lambda x: x.abs(), [(2, 3)], normal),
+    "relu": (lambda x: x.relu(), [(2, 3)], normal),
     "sign": (lambda x: x.sign() * x, [(2, 3)], normal),
     "pow_scalar": (lambda x: x ** 2 + x ** 3 + x ** 2.5 + x ** 1 + x ** 0, [(2, 3)], positive),
     "log1p": (lambda x: x.log1p(), [(2, 3)], positive),
@@ -121,8 +122,16 @@ def second_order(name, device, dtype):
     return [g.detach() for g in grads], [x.grad for x in inputs]
 
 
+# Rows whose VJP records a row without a CUDA kernel yet: their second order names it.
+NO_SECOND_ORDER = {"relu": "threshold_backward"}
+
+
 @pytest.mark.parametrize("name", GPU_ROWS)
 def test_second_order_on_the_gpu_matches_the_cpu(name):
+    if name in NO_SECOND_ORDER:
+        with pytest.raises(NotImplementedError, match=f"'{NO_SECOND_ORDER[name]}' has no CUDA kernel"):
+            second_order(name, "cuda", tg.float64)
+        return
     ours, theirs = second_order(name, "cuda", tg.float64), second_order(name, "cpu", tg.float64)
     for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
         assert (a is None) == (b is None)
