@@ -149,3 +149,11 @@ def test_asking_for_a_gpu_says_what_is_missing():
     assert "RuntimeError: GPU tensors need an NVIDIA driver" in r.stderr or \
         "RuntimeError: GPU tensors need an NVIDIA GPU" in r.stderr, r.stderr
     assert "NUMBA_ENABLE_CUDASIM=1" in r.stderr
+
+
+def test_what_the_cuda_engine_does_not_replay_yet_says_so():
+    x = tg.ones(3, device="cuda", requires_grad=True)
+    y = x * 2.0
+    y.register_hook(lambda g: g)
+    with pytest.raises(NotImplementedError, match="hooks on non-leaf tensors, custom Functions and anomaly mode"):
+        y.sum().backward()
