@@ -9,8 +9,8 @@ from .ops import (ADD_SCALAR, DIV_SCALAR, METHODS, MUL_SCALAR, SUB_SCALAR, _SCAL
                   logsumexp, lt, masked_fill, masked_fill_, matmul, max_, maximum, mean, min_, minimum, mm, mul, mul_,
                   mv, narrow, ne, neg, nonzero, norm, outer, permute, pow, pow_, prod, reciprocal, relu, repeat,
                   repeat_interleave, reshape, rsqrt, scatter_add, scatter_add_, select, setitem, sigmoid, sign, sin,
-                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_dtype, transpose, unbind,
-                  unflatten, unsqueeze, var, vdot, view, where, zero_)
+                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_device, to_dtype, transpose,
+                  unbind, unflatten, unsqueeze, var, vdot, view, where, zero_)
 from .ops._record import recorder
 from .tensor import Tensor
 
@@ -22,12 +22,11 @@ def _to(x, *args, **kwargs):
         if isinstance(a, dtypes.dtype):
             dt = a
         elif isinstance(a, Tensor):
-            dt = a.dtype
+            dt, device = a.dtype, a.device
         else:
             device = a
-    if device is not None and str(device).split(":")[0] != "cpu":
-        raise RuntimeError(f"device {device} is not available: this build of tapegrad runs on the CPU")
-    return to_dtype(x, dt) if dt is not None else x
+    x = to_dtype(x, dt) if dt is not None else x
+    return to_device(x, device) if device is not None else x
 
 
 def _install():
@@ -85,7 +84,6 @@ def _install():
     M.int = lambda x: to_dtype(x, dtypes.int32)
     M.bool = lambda x: to_dtype(x, dtypes.bool_)
     M.type_as = lambda x, other: to_dtype(x, other.dtype)
-    M.cpu = lambda x: x
     for name, fn in METHODS.items():  # the methods rows declare themselves (binary_elementwise)
         setattr(M, name, fn)
 

@@ -4,18 +4,24 @@ import numpy as np
 from . import dtypes
 from .ops import _record as _records, getitem
 from .tape import _contiguous, recording_program
-from .tensor import Device, Size, Tensor
+from .tensor import Device, DeviceArray, Size, Tensor
 from .tensor import leaf as _leaf
 
 
-def _check_device(device):
-    if device is not None and str(device).split(":")[0] not in ("cpu",):
-        raise RuntimeError(f"device {device} is not available: this build of tapegrad runs on the CPU")
+def _on_device(value, device):
+    """The value of a new tensor on ``device`` (random draws stay the host's: a seed gives the same
+    values on either device)."""
+    if device is None or Device(device).type == "cpu":
+        return value
+    if Device(device).index not in (None, 0):
+        raise RuntimeError(f"CUDA error: invalid device ordinal (tapegrad runs on cuda:0 only, not {device})")
+    from .cuda import array
+    return array.to_device(value)
 
 
 def _finish(value, requires_grad, device=None, draw=None):
     """``draw``: for a random tensor, how to draw another like it (a compiled program draws afresh)."""
-    _check_device(device)
+    value = _on_device(value, device)
     t = _leaf(value)
     if requires_grad:
         if value.dtype.kind != "f":
@@ -106,19 +112,24 @@ def full(size, fill_value, dtype=None, device=None, requires_grad=False):
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
-    return _finish(np.zeros(t._value.shape, _like_dtype(t, dtype)), requires_grad, device)
+    return _finish(np.zeros(t._value.shape, _like_dtype(t, dtype)), requires_grad, _like_device(t, device))
 
 
 def ones_like(t, dtype=None, device=None, requires_grad=False):
-    return _finish(np.ones(t._value.shape, _like_dtype(t, dtype)), requires_grad, device)
+    return _finish(np.ones(t._value.shape, _like_dtype(t, dtype)), requires_grad, _like_device(t, device))
 
 
 def full_like(t, fill_value, dtype=None, device=None, requires_grad=False):
-    return _finish(np.full(t._value.shape, fill_value, _like_dtype(t, dtype)), requires_grad, device)
+    return _finish(np.full(t._value.shape, fill_value, _like_dtype(t, dtype)), requires_grad, _like_device(t, device))
 
 
 def empty_like(t, dtype=None, device=None, requires_grad=False):
-    return _finish(np.empty(t._value.shape, _like_dtype(t, dtype)), requires_grad, device)
+    return _finish(np.empty(t._value.shape, _like_dtype(t, dtype)), requires_grad, _like_device(t, device))
+
+
+def _like_device(t, device):
+    """The device of a tensor made like t: t's unless given."""
+    return "cuda" if device is None and t._value.__class__ is DeviceArray else device
 
 
 def _like_dtype(t, dtype):
@@ -172,12 +183,13 @@ def randint(low, high=None, size=None, dtype=None, device=None, requires_grad=Fa
 
 def rand_like(t, dtype=None, device=None, requires_grad=False):
     shape, dt = t._value.shape, _like_dtype(t, dtype)
-    return _finish(_rng[0].random(shape).astype(dt), requires_grad, device, lambda: _rng[0].random(shape).astype(dt))
+    return _finish(_rng[0].random(shape).astype(dt), requires_grad, _like_device(t, device),
+                   lambda: _rng[0].random(shape).astype(dt))
 
 
 def randn_like(t, dtype=None, device=None, requires_grad=False):
     shape, dt = t._value.shape, _like_dtype(t, dtype)
-    return _finish(_rng[0].standard_normal(shape).astype(dt), requires_grad, device,
+    return _finish(_rng[0].standard_normal(shape).astype(dt), requires_grad, _like_device(t, device),
                    lambda: _rng[0].standard_normal(shape).astype(dt))
 
 

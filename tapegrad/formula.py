@@ -9,10 +9,16 @@ float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in
 """
 import ast
 
-# name in a formula -> (its spelling in a jitted kernel, in a VJP). A VJP calls the Tensor method,
-# the same function as tapegrad's op, so that it needs no names where the row is declared.
-FUNCTIONS = {name: (f"np.{name}({{}})", f"({{}}).{name}()")
-             for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh")}
+# name in a formula -> (its spelling in a jitted kernel, in a VJP, in a CUDA kernel). A VJP calls the
+# Tensor method, the same function as tapegrad's op, so that it needs no names where the row is
+# declared. CUDA kernels call libdevice through math; sign is spelled out (np.sign's 0 and NaN kept),
+# as a device function of its own would need a driver to compile.
+FUNCTIONS = {name: (f"np.{name}({{0}})", f"({{0}}).{name}()", f"math.{name}({{0}})")
+             for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh", "log1p", "expm1", "tan", "abs")}
+FUNCTIONS["abs"] = FUNCTIONS["abs"][:2] + ("abs({0})",)
+FUNCTIONS["sign"] = FUNCTIONS["sign"][:2] + ("(1.0 if ({0}) > 0 else -1.0 if ({0}) < 0 else ({0}) * 0.0)",)
+# A formula function's NumPy ufunc, where the names differ (a GPU row's forward is found by its ufunc).
+UFUNC_NAMES = {"abs": "absolute"}
 VARIABLES = ("g", "x", "a", "b", "y", "c")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
@@ -57,6 +63,31 @@ def kernel_expr(d):
     """The formula for element i of a jitted loop (``g[i] * (1 - y[i] * y[i])``)."""
     return _render(parse(d), {"g": "g[i]", "x": "x[i]", "a": "a[i]", "b": "b[i]", "y": "y[i]", "c": "c"},
                    {k: v[0] for k, v in FUNCTIONS.items()})
+
+
+def cuda_expr(d):
+    """The formula for element i of a CUDA kernel's grid-stride loop."""
+    return _render(parse(d), {"g": "g[i]", "x": "x[i]", "a": "a[i]", "b": "b[i]", "y": "y[i]", "c": "c"},
+                   {k: v[2] for k, v in FUNCTIONS.items()})
+
+
+def ufunc_call(d):
+    """(NumPy ufunc name, operand pattern) of a forward formula that is one ufunc call: ``tanh(x)``
+    is ("tanh", "x"), ``a + b`` ("add", "ab"), ``c - x`` ("subtract", "cx"); None otherwise (a
+    constant operand, a nested call)."""
+    tree = parse(d)
+    if isinstance(tree, ast.Call) and isinstance(tree.args[0], ast.Name) and tree.args[0].id == "x":
+        return UFUNC_NAMES.get(tree.func.id, tree.func.id), "x"
+    if isinstance(tree, ast.UnaryOp) and isinstance(tree.operand, ast.Name) and tree.operand.id == "x":
+        return "negative", "x"
+    if isinstance(tree, ast.BinOp) and isinstance(tree.left, ast.Name) and isinstance(tree.right, ast.Name):
+        pattern = tree.left.id + tree.right.id
+        if pattern in ("ab", "xc", "cx"):
+            return _UFUNCS[type(tree.op)], pattern
+    return None
+
+
+_UFUNCS = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "divide"}
 
 
 def forward_expr(d):

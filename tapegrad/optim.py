@@ -112,7 +112,7 @@ class SGD(Optimizer):
         if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = ops._leaf(np.array(d, copy=True))
+                buf = state["momentum_buffer"] = ops._leaf(d.copy())
             else:
                 b = buf._value
                 b *= momentum

@@ -145,7 +145,7 @@ def _add_suffixes(text, suffixes, indent):
     return "".join(parts) + ")"
 
 
-def format_tensor(values, suffixes=(), dtype_suffix=None, prefix="tensor("):
+def format_tensor(values, suffixes=(), dtype_suffix=None, prefix="tensor(", device=None):
     """Return torch's repr text for the NumPy array `values`.
 
     suffixes: extra 'key=value' strings appended in order, e.g. ("requires_grad=True",) or
@@ -154,6 +154,7 @@ def format_tensor(values, suffixes=(), dtype_suffix=None, prefix="tensor("):
         `dtype=tapegrad.float64` (the caller decides whether the dtype must be shown, as torch
         does for non-default dtypes). For an empty non-floating array torch always names the
         dtype, so None then means `dtype=tapegrad.<numpy dtype name>`.
+    device: None (the CPU), or the device shown before the dtype, as `device='cuda:0'`.
     """
     a = np.asarray(values)
     indent = len(prefix)
@@ -171,6 +172,8 @@ def format_tensor(values, suffixes=(), dtype_suffix=None, prefix="tensor("):
         summarize = a.size > PRINT_OPTS.threshold
         fmt = _Formatter(_summarized_data(a) if summarize else a)
         body = _tensor_str(a, indent, summarize, fmt)
+    if device is not None:
+        extra.append(f"device='{device}'")
     if dtype_suffix is not None:
         extra.append(f"dtype={dtype_suffix}")
     return _add_suffixes(prefix + body, extra + list(suffixes), indent)

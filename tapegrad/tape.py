@@ -46,7 +46,7 @@ _INITIAL_ROWS = 32
 class Tape:
     __slots__ = ("cap", "rows", "n", "slots", "ns", "synced", "values", "vcs", "leaf_slot", "leaves", "links",
                  "link_slot", "retained", "hooks", "pyfuncs", "names", "shown", "closed", "resumable", "freed",
-                 "serial", "epoch", "traces", "nodes", "overlapped", "__weakref__")
+                 "serial", "epoch", "traces", "nodes", "overlapped", "gpu", "__weakref__")
 
     _serials = iter(range(1, 1 << 62))
 
@@ -77,6 +77,7 @@ class Tape:
         self.epoch = Global.inplace_events
         self.nodes = None  # slot -> its grad_fn object, held weakly, made on first request (autograd.graph)
         self.overlapped = None  # slots written through an expand: a gradient reaching one is torch's error
+        self.gpu = False  # a copy between devices was recorded here: its backward runs on the CUDA engine
 
     # -- recording (hot path) ------------------------------------------------------------
     def push(self, op, a, b, c, i0, i1, f0, value, vc):

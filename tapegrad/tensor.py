@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from . import dtypes
+from .cuda.array import DeviceArray
 from .printing import format_tensor
 from .tape import FREED, REQUIRES_GRAD, Global, _state, counter, recording_program
 
@@ -71,11 +72,17 @@ class Tensor:
 
     @property
     def device(self):
-        return Device("cpu")
+        return _CUDA0 if self._value.__class__ is DeviceArray else _CPU
 
     @property
     def is_cuda(self):
-        return False
+        return self._value.__class__ is DeviceArray
+
+    def cuda(self, device=None):
+        return self.to(_CUDA0 if device is None else device)
+
+    def cpu(self):
+        return self.to(_CPU)
 
     def is_floating_point(self):
         return self._value.dtype.kind == "f"
@@ -185,6 +192,9 @@ class Tensor:
 
     # -- conversion ------------------------------------------------------------------------
     def numpy(self, force=False):
+        if self._value.__class__ is DeviceArray:
+            raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
         if self._rg and not force and _state.grad_enabled:  # (with grad mode off, torch hands out the storage)
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         _read(self)
@@ -198,11 +208,11 @@ class Tensor:
         if self._value.size != 1:
             raise RuntimeError(f"a Tensor with {self._value.size} elements cannot be converted to Scalar")
         _read(self)
-        return self._value.reshape(()).item()
+        return _host(self._value).reshape(()).item()
 
     def tolist(self):
         _read(self)
-        return self._value.tolist()
+        return _host(self._value).tolist()
 
     def __float__(self):
         return float(self.item())
@@ -214,7 +224,7 @@ class Tensor:
         if self._value.size != 1:
             raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
         _read(self)
-        return bool(self._value.reshape(()))
+        return bool(_host(self._value).reshape(()))
 
     def __len__(self):
         if self._value.ndim == 0:
@@ -230,7 +240,7 @@ class Tensor:
         return id(self)
 
     def __repr__(self):
-        v = self._value
+        v = _host(self._value)
         suffixes = []
         if self._tape is not None:
             suffixes.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
@@ -238,7 +248,8 @@ class Tensor:
             suffixes.append("requires_grad=True")
         d = self.dtype
         show = d not in (dtypes.get_default_dtype(), dtypes.int64, dtypes.bool_)
-        return format_tensor(v, suffixes, repr(d) if show else None)
+        device = self.device if v is not self._value else None
+        return format_tensor(v, suffixes, repr(d) if show else None, device=device)
 
     __str__ = __repr__
 
@@ -287,10 +298,10 @@ class Tensor:
 class Device:
     __slots__ = ("type", "index")
 
-    def __init__(self, spec="cpu"):
+    def __init__(self, spec="cpu", index=None):
         spec = str(spec)
         self.type, _, idx = spec.partition(":")
-        self.index = int(idx) if idx else None
+        self.index = int(idx) if idx else index
         if self.type not in ("cpu", "cuda"):
             raise RuntimeError(f"Expected one of cpu, cuda device type at start of device string: {spec}")
 
@@ -307,6 +318,20 @@ class Device:
 
     def __str__(self):
         return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+_CPU, _CUDA0 = Device("cpu"), Device("cuda:0")
+
+
+def _host(v):
+    """v's values on the host (a copy for a GPU value)."""
+    return v.get() if v.__class__ is DeviceArray else v
+
+
+def as_value(v):
+    """A forward's result as a tensor value: a GPU value as it is, anything else as an ndarray
+    (NumPy returns scalars for 0-d results)."""
+    return v if v.__class__ is DeviceArray else np.asarray(v)
 
 
 class _HookHandle:

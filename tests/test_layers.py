@@ -10,7 +10,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Lowest first. A module not listed takes the floor of the nearest package listed above it.
 FLOORS = [
     ["tapegrad.dtypes", "tapegrad.blas", "tapegrad.printing", "tapegrad.formula", "tapegrad.operands",
-     "tapegrad.malloc", "tapegrad.jit"],
+     "tapegrad.malloc", "tapegrad.jit", "tapegrad.cuda"],  # (cuda: numba.cuda and GPU values, no tapes)
     ["tapegrad.engine.cpu"],  # the jitted engine: Numba and floor 0 only (its dispatch is generated)
     ["tapegrad.tape", "tapegrad.grad_mode"],
     ["tapegrad.engine.cpu_replay"],  # the CPU engine behind the driver's interface: tapes, no Tensors or ops
@@ -18,6 +18,7 @@ FLOORS = [
     ["tapegrad.ops", "tapegrad.creation"],
     ["tapegrad.engine.errors", "tapegrad.engine.delivery"],  # device-free, below the two walks that use them
     ["tapegrad.engine.create_graph"],
+    ["tapegrad.engine.cuda_replay"],  # the CUDA engine: runs the op table's GPU adjoints over a tape
     ["tapegrad.engine", "tapegrad.engine.driver"],  # the driver chooses between the walk and a device engine
     ["tapegrad.autograd", "tapegrad.dump"],
     ["tapegrad.nn", "tapegrad.optim", "tapegrad.compiler"],  # (compiler: a compiled module is an nn.Module)

@@ -11,7 +11,7 @@ import numpy as np
 from .. import ops
 from ..ops import Negated, add_grads, negated, plain
 from ..tape import LEAF, LINK, REQUIRES_GRAD, ROW, Anomaly, Global, _state
-from ..tensor import Tensor
+from ..tensor import DeviceArray, Tensor
 from ..tensor import _new
 from .delivery import accumulate, hooks_on_none, output_group, route, wanted_slots
 from .errors import FREED_MSG, blame, check_function_nan, check_versions, has_nan, nan_error, note_leaves
@@ -128,6 +128,14 @@ def _group_hooks_python(tape, rows, lo, hi, grads, needl):
                 g = grads[o] = h
 
 
+def _seed(g, v):
+    """A seed as a tensor like the value v it seeds: its dtype, shape and device."""
+    if g.__class__ is DeviceArray:
+        return ops._leaf(g)
+    t = ops._leaf(np.asarray(g, dtype=v.dtype).reshape(v.shape))
+    return t if v.__class__ is not DeviceArray else ops.to_device(t, "cuda")
+
+
 def walk(engine, tape, seeds, req):
     """Run the backward of one tape from its seeds {slot: gradient}, on ``engine`` (the device
     engine that plans it and frees what it ran); returns {(older tape, slot): gradient} for the
@@ -150,9 +158,7 @@ def _walk(engine, tape, seeds, req):
         raise blame(RuntimeError(FREED_MSG), tape, R[where, 4])
     if tape.epoch != Global.inplace_events:
         check_versions(tape, R, need)
-    grads = {s: (g if isinstance(g, Tensor) else ops._leaf(np.asarray(g, dtype=tape.values[s].dtype)
-                                                            .reshape(tape.values[s].shape)))
-             for s, g in seeds.items()}
+    grads = {s: (g if isinstance(g, Tensor) else _seed(g, tape.values[s])) for s, g in seeds.items()}
     wanted = wanted_slots(tape, req)
     # Plain Python lists: indexing NumPy arrays element by element costs more than the walk itself.
     # The rows as the tuples VJPs take, (op, a, b, c, out, i0, i1, f0), unpacked in one call.

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import ops
 from ..tape import Anomaly, Global
-from . import cpu_replay, create_graph
+from . import cpu_replay, create_graph, cuda_replay
 from .delivery import accumulate, deliver, deliver_leaves, exports, give_grad, hooks_on_none, output_group
 from .errors import FREED_MSG, blame, blame_leaf, check_function_nan, check_versions, nan_error, note_leaves
 
@@ -58,6 +58,8 @@ def run(seeds, req):
         req.last = not pending
         if req.create_graph:
             links = create_graph.walk(engine, tape, tape_seeds, req)
+        elif cuda_replay.holds_gpu_values(tape, tape_seeds):
+            links = _replay(cuda_replay.load(), tape, tape_seeds, req)
         else:
             links = _replay(engine, tape, tape_seeds, req)
         # Later ops start a fresh tape even when this graph is retained: a retain_graph or create_graph

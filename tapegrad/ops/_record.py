@@ -8,7 +8,7 @@ import numpy as np
 
 from ..operands import F64, F64_OPERANDS, OPERANDS, operand
 from ..tape import _hot, _pack_row, note_op, recording_tape
-from ..tensor import Tensor, _new
+from ..tensor import Tensor, _new, as_value
 
 ndarray = np.ndarray
 UNARY = object()  # a recorder's second argument when it is called as a unary function
@@ -18,7 +18,7 @@ PROGRAMS = 0  # threads recording a compiled program (tg.compile): untracked res
 def record_unary(op, x, value, i0=0, i1=0, f0=0.0):
     """Wrap ``value`` (the result of unary ``op`` on x) and record the op when x needs grad."""
     if value.__class__ is not ndarray:
-        value = np.asarray(value)  # NumPy returns scalars for 0-d results
+        value = as_value(value)  # NumPy returns scalars for 0-d results; a GPU value stays as it is
     elif value.ndim > 1 and not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
     t = _new(Tensor)
@@ -57,7 +57,7 @@ def record_unary(op, x, value, i0=0, i1=0, f0=0.0):
 def record_binary(op, x, y, value):
     """record_unary for two operands (W2 runs six per step)."""
     if value.__class__ is not ndarray:
-        value = np.asarray(value)  # NumPy returns scalars for 0-d results
+        value = as_value(value)  # NumPy returns scalars for 0-d results; a GPU value stays as it is
     elif value.ndim > 1 and not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
     t = _new(Tensor)
@@ -115,7 +115,7 @@ def recorder(op, generic, binary=True):
         else:
             return generic(x, y)
         if value.__class__ is not ndarray:
-            value = np.asarray(value)  # NumPy returns scalars for 0-d results
+            value = as_value(value)  # NumPy returns scalars for 0-d results; a GPU value stays as it is
         elif value.ndim > 1 and not value.flags.c_contiguous:
             value = np.ascontiguousarray(value)  # a ufunc keeps a view's memory order; the engine reads C order
         t = _new(Tensor)

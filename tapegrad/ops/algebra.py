@@ -54,7 +54,8 @@ def plain(g):
     return g
 
 
-NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),), fwd="-x")
+NEG = elementwise("neg", "NegBackward0", np.negative, "-g", vjp=lambda g, i, o, r: (negated(g),), fwd="-x",
+                 gpu=True)
 
 
 def neg(x):

@@ -1,8 +1,9 @@
-"""Casting and copying: to_dtype, clone, contiguous, zeros_like."""
+"""Casting and copying: to_dtype, to_device, clone, contiguous, zeros_like."""
 import numpy as np
 
 from .. import dtypes
 from ..tape import note_op
+from ..tensor import DeviceArray, Device
 from ..tensor import leaf as _leaf
 from . import _record as _records
 from ._record import record_unary as _unary
@@ -10,9 +11,13 @@ from .spec import row
 
 
 CAST = row("to", "ToCopyBackward0", 1, None, "adj_cast", lambda g, i, o, r: (to_dtype(g, i[0].dtype),),
-           replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].astype(dtype))
+           replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].astype(dtype), gpu=True)
 CLONE = row("clone", "CloneBackward0", 1, None, "adj_identity", lambda g, i, o, r: (g,), fwd="fwd_copy",
-            replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].copy())
+            replay=lambda ins, i0, i1, f0, shape, dtype: ins[0].copy(), gpu=True)
+# A copy to another device (.cuda(), .cpu(), .to(device)): its gradient is copied back. Only a tape
+# with GPU values holds one, and the CUDA engine, which keeps every gradient on the device, adds it.
+TO_DEVICE = row("to_device", "ToCopyBackward0", 1, None, "adj_identity",
+                lambda g, i, o, r: (to_device(g, i[0].device),), gpu=True)
 
 
 def to_dtype(x, dt):
@@ -28,6 +33,25 @@ def to_dtype(x, dt):
     return t
 
 
+def to_device(x, device):
+    """x on ``device`` (anything tg.device takes): x itself where it is already, else a copy."""
+    device = Device(device)
+    on_gpu = x._value.__class__ is DeviceArray
+    if (device.type == "cuda") == on_gpu:
+        return x
+    if device.type == "cuda":
+        if device.index not in (None, 0):
+            raise RuntimeError(f"CUDA error: invalid device ordinal (tapegrad runs on cuda:0 only, not {device})")
+        from ..cuda import array
+        value = array.to_device(x._value)
+    else:
+        value = x._value.get()
+    t = _unary(TO_DEVICE, x, value)
+    if t._tape is not None:
+        t._tape.gpu = True
+    return t
+
+
 def clone(x):
     return _unary(CLONE, x, x._value.copy())
 
@@ -40,7 +64,7 @@ def contiguous(x):
 
 def zeros_like(x, dtype=None):
     dt = dtypes.as_dtype(dtype).np if dtype is not None else x._value.dtype
-    return _leaf(np.zeros(x._value.shape, dt))
+    return _leaf(np.zeros_like(x._value, dt, order="C"))  # (on x's device)
 
 
 def _float_input(x):

@@ -113,7 +113,8 @@ def _binary(op, op_scalar, x, y, reverse_scalar=None, float_result=False):
 
 # Binary rows record operands of their own shapes (the forward broadcasts); each gradient is
 # summed back to its operand's shape (``_fit``; the kernels' ``bsum``).
-ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i), fwd="a + b")
+ADD = row("add", "AddBackward0", 2, np.add, "adj_add", lambda g, i, o, r: _fit((g, g), i), fwd="a + b",
+          formula=("g", "g"), gpu=True)
 
 
 def _sub_vjp(g, i, o, r):
@@ -121,7 +122,7 @@ def _sub_vjp(g, i, o, r):
     return (ga, negated(g)) if gb is g else _fit((g, -g), i)  # (a broadcast b: summed after the neg, as torch)
 
 
-SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp, fwd="a - b")
+SUB = row("sub", "SubBackward0", 2, np.subtract, "adj_sub", _sub_vjp, fwd="a - b", formula=("g", "-g"), gpu=True)
 
 
 def _mul_vjp(g, i, o, r):
@@ -131,10 +132,11 @@ def _mul_vjp(g, i, o, r):
     return _fit((g * i[1], g * i[0]), i)
 
 
-MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads={0: (1,), 1: (0,)}, fwd="a * b")
+MUL = row("mul", "MulBackward0", 2, np.multiply, "adj_mul", _mul_vjp, reads={0: (1,), 1: (0,)}, fwd="a * b",
+          formula=("g * b", "g * a"), gpu=True)
 DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           lambda g, i, o, r: _fit((g / i[1], -g * ((i[0] / i[1]) / i[1])), i),  # torch's order
-          reads={0: (1,), 1: (0, 1)}, fwd="a / b")
+          reads={0: (1,), 1: (0, 1)}, fwd="a / b", formula=("g / b", "-g * ((a / b) / b)"), gpu=True)
 
 
 def _pow_vjp(g, i, o, r):
@@ -153,11 +155,12 @@ def _pow_vjp(g, i, o, r):
 POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")})
 # x (op) c for a Python scalar c, kept in f0
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,),
-                 attrs=(None, None, Operand(listed=True)), fwd="x + c")
+                 attrs=(None, None, Operand(listed=True)), fwd="x + c", formula="g", gpu=True)
 SUB_SCALAR = row("sub_scalar", "SubBackward0", 1, np.subtract, "adj_identity", lambda g, i, o, r: (g,),
-                 attrs=(None, None, Operand(listed=True)), fwd="x - c")
+                 attrs=(None, None, Operand(listed=True)), fwd="x - c", formula="g", gpu=True)
 RSUB_SCALAR = row("rsub_scalar", "RsubBackward1", 1, lambda x, c: np.subtract(c, x), "adj_neg",
-                  lambda g, i, o, r: (negated(g),), attrs=(None, None, Operand(left=True)), fwd="c - x")
+                  lambda g, i, o, r: (negated(g),), attrs=(None, None, Operand(left=True)), fwd="c - x",
+                  formula="-g", gpu=True)
 
 
 def _exact(a, b):
@@ -175,12 +178,12 @@ def _mul_scalar_vjp(g, i, o, r):
 
 # (torch wraps the scalar in a tensor and saves it: a second backward through x * 2 fails)
 MUL_SCALAR = elementwise("mul_scalar", "MulBackward0", np.multiply, "g * c", vjp=_mul_scalar_vjp, reads=("const",),
-                         attrs=(None, None, Operand(listed=True)), fwd="x * c")
+                         attrs=(None, None, Operand(listed=True)), fwd="x * c", gpu=True)
 # x * c inside a node of torch's that keeps c as a number (add's and sub's alpha): saves nothing
 SCALE = row("scale", "MulBackward0", 1, np.multiply, "adj_mul_scalar", _mul_scalar_vjp, sign_through=True,
-            attrs=(None, None, Operand()), fwd="x * c")
+            attrs=(None, None, Operand()), fwd="x * c", formula="g * c", gpu=True)
 DIV_SCALAR = elementwise("div_scalar", "DivBackward0", np.true_divide, "g / c", reads=("const",),
-                         attrs=(None, None, Operand(listed=True)), fwd="x / c")
+                         attrs=(None, None, Operand(listed=True)), fwd="x / c", gpu=True)
 
 
 def _pow_scalar_vjp(g, i, o, r):
@@ -237,28 +240,28 @@ def _rpow_scalar_vjp(g, i, o, r):
 
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,),
-                 attrs=(None, None, Operand()))
+                 attrs=(None, None, Operand()), gpu=True)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)))
 
 
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)",
                          fwd="1 / x")
-EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="ufunc:numpy.exp")
-LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="ufunc:numpy.log")
+EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="ufunc:numpy.exp", gpu=True)
+LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="ufunc:numpy.log", gpu=True)
 
 
 # Large float arrays take the vectorised kernels (libm's sin/cos are scalar calls); small ones
 # stay with NumPy, one call deep (W1 records 2,000 sines).
 def _sin(x):
-    if x.size < 4096:
+    if x.size < 4096 or x.__class__ is not ndarray:  # (a GPU value: its own kernel)
         return np.sin(x)
     from ..jit.forward import sin_forward
     return sin_forward(x)
 
 
 def _cos(x):
-    if x.size < 4096:
+    if x.size < 4096 or x.__class__ is not ndarray:
         return np.cos(x)
     from ..jit.forward import cos_forward
     return cos_forward(x)
@@ -271,22 +274,25 @@ def _trig_exact(name):
 
 
 # (their kernels compute cos and sin with the vectorised kernel where it is exact)
-SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin", fwd="fwd_sin", fwd_exact=_trig_exact("numpy.sin"))
-COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos", fwd="fwd_cos", fwd_exact=_trig_exact("numpy.cos"))
+SIN = elementwise("sin", "SinBackward0", _sin, "g * cos(x)", kernel="adj_sin", fwd="fwd_sin", fwd_exact=_trig_exact("numpy.sin"),
+                  gpu="sin(x)")
+COS = elementwise("cos", "CosBackward0", _cos, "g * -sin(x)", kernel="adj_cos", fwd="fwd_cos", fwd_exact=_trig_exact("numpy.cos"),
+                  gpu="cos(x)")
 # A VJP that torch writes as one op (tanh_backward...) or with Scalar overloads (MulBackward1: one
 # input) shows those nodes (shown_as): the same formula, with torch's nodes in the graph.
 TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
                    vjp=lambda g, i, o, r: (shown_as(g * (1 - o * o), "TanhBackwardBackward0", g, o),),
-                   fwd="ufunc:numpy.tanh")
+                   fwd="ufunc:numpy.tanh", gpu=True)
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),),
                       fwd="fwd_sigmoid", fwd_exact=loop_ready("numpy.exp"))
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
-           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu")
+           lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu", gpu=True)
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
-                   vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),), fwd="sqrt(x)")
+                   vjp=lambda g, i, o, r: (g / shown_as(o * 2.0, "MulBackward1", o),), fwd="sqrt(x)", gpu=True)
 ABS = elementwise("abs", "AbsBackward0", np.abs, "g * sign(x)",
-                  vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),), fwd="ufunc:numpy.absolute")
+                  vjp=lambda g, i, o, r: (g * shown_as(sign(i[0]), "SgnBackward0", i[0]),), fwd="ufunc:numpy.absolute",
+                  gpu="abs(x)")
 
 # Rows whose VJP is products, quotients and sums of g: it commutes with negation bit for bit
 # (rounding is symmetric, and no zero of their own gets the wrong sign), so the create_graph walk
@@ -373,9 +379,10 @@ RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x
                                             shown_as(o * o * o, "PowBackward0", o),),  # torch's result.pow(3)
                     fwd="1 / sqrt(x)")
 LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)",
-                    vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),), fwd="ufunc:numpy.log1p")
+                    vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),), fwd="ufunc:numpy.log1p",
+                    gpu=True)
 EXPM1 = elementwise("expm1", "Expm1Backward0", np.expm1, "g * (y + 1)",
-                    vjp=lambda g, i, o, r: (g * shown_as(o + 1, "AddBackward1", o),), fwd="ufunc:numpy.expm1")
+                    vjp=lambda g, i, o, r: (g * shown_as(o + 1, "AddBackward1", o),), fwd="ufunc:numpy.expm1", gpu=True)
 
 
 def _tan_vjp(g, i, o, r):
@@ -383,7 +390,7 @@ def _tan_vjp(g, i, o, r):
     return (g * shown_as(sq + 1, "AddBackward1", sq),)
 
 
-TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)", vjp=_tan_vjp, fwd="ufunc:numpy.tan")
+TAN = elementwise("tan", "TanBackward0", np.tan, "g * (1 + y * y)", vjp=_tan_vjp, fwd="ufunc:numpy.tan", gpu=True)
 
 
 def _erf_vjp(g, i, o, r):
@@ -406,7 +413,8 @@ SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softpl
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,),
             attrs=(None, FloatBits("max"), Float("min")),
             replay=lambda ins, i0, i1, f0, shape, dtype: _clamp_value(ins[0], f0, FloatBits.decode(i1)))
-SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign")
+SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign",
+           gpu=True)
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1),
               attrs=(Bool("min"),))
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1),

@@ -14,7 +14,7 @@ from .sums import expand, sum
 
 MM = row("mm", "MmBackward0", 2, None, "adj_mm",
          lambda g, i, o, r: (mm(g, i[1].t()), mm(i[0].t(), g)), reads={0: (1,), 1: (0,)}, fwd="fwd_mm",
-         replay=lambda ins, i0, i1, f0, shape, dtype: _matmul_value(ins[0], ins[1]))
+         replay=lambda ins, i0, i1, f0, shape, dtype: _matmul_value(ins[0], ins[1]), gpu=True)
 BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
           lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)),
           reads={0: (1,), 1: (0,)}, replay=lambda ins, i0, i1, f0, shape, dtype: _bmm_value(ins[0], ins[1]))

@@ -4,7 +4,7 @@ nodes a composite shows instead of its rows (``shown_as``)."""
 import numpy as np
 
 from ..tape import LEAF, _contiguous, _state, counter, current_tape, note_op, recording_program
-from ..tensor import Tensor
+from ..tensor import Tensor, as_value
 from ..tensor import leaf as _leaf
 from . import _record as _records
 
@@ -46,7 +46,7 @@ def _record(op, value, a, b=None, c=None, i0=0, i1=0, f0=0.0):
     version-checked as that tensor, as torch checks the tensor it saved). Results that need no
     grad are leaves."""
     if value.__class__ is not ndarray:
-        value = np.asarray(value)
+        value = as_value(value)
     elif not value.flags.c_contiguous:
         value = np.ascontiguousarray(value)
     if not (_state.grad_enabled and (_tracked(a) or _tracked(b) or _tracked(c))):

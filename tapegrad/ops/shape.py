@@ -15,11 +15,11 @@ def _reshape_replay(ins, i0, i1, f0, shape, dtype):
 
 # (a replay's fwd_view result shares its input's memory, as the eager view does)
 VIEW = row("view", "ViewBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
-           fwd="fwd_view", replay=_reshape_replay)
+           fwd="fwd_view", replay=_reshape_replay, gpu=True)
 UNSQUEEZE = row("unsqueeze", "UnsqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
-                fwd="fwd_view", replay=_reshape_replay)
+                fwd="fwd_view", replay=_reshape_replay, gpu=True)
 SQUEEZE = row("squeeze", "SqueezeBackward0", 1, None, "adj_identity", lambda g, i, o, r: (reshape(g, i[0].shape),),
-              fwd="fwd_view", replay=_reshape_replay)
+              fwd="fwd_view", replay=_reshape_replay, gpu=True)
 
 
 def _permute_vjp(g, i, o, r):
@@ -37,13 +37,13 @@ def _permute_replay(ins, i0, i1, f0, shape, dtype):
 
 
 PERMUTE = row("permute", "PermuteBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
-              fwd="fwd_transpose", replay=_permute_replay)
+              fwd="fwd_transpose", replay=_permute_replay, gpu=True)
 TRANSPOSE = row("transpose", "TransposeBackward0", 1, None, "adj_permute", _permute_vjp,
-                attrs=(Perm("perm", dump=True),), fwd="fwd_transpose", replay=_permute_replay)
+                attrs=(Perm("perm", dump=True),), fwd="fwd_transpose", replay=_permute_replay, gpu=True)
 T = row("t", "TBackward0", 1, None, "adj_permute", _permute_vjp, attrs=(Perm("perm", dump=True),),
-        fwd="fwd_transpose", replay=_permute_replay)
+        fwd="fwd_transpose", replay=_permute_replay, gpu=True)
 UNSAFE_VIEW = row("unsafe_view", "UnsafeViewBackward0", 1, None, "adj_identity",
-                  lambda g, i, o, r: (reshape(g, i[0].shape),), fwd="fwd_view", replay=_reshape_replay)
+                  lambda g, i, o, r: (reshape(g, i[0].shape),), fwd="fwd_view", replay=_reshape_replay, gpu=True)
 
 
 # -- dim arguments ---------------------------------------------------------------------------

@@ -38,6 +38,12 @@ and shapes only, so a program may keep them (other maps and masks are derived ag
 they come from at each replay: ops.results._derived). A row with none of these cannot replay (its
 program runs eagerly).
 
+``gpu`` says the row runs on GPU tensors: True, or the forward formula its CUDA kernel computes
+where ``fwd`` is not one (sin's ``"sin(x)"``). A forward formula gets its CUDA kernel generated
+(tools/generate.py writes cuda/_generated.py; the eager forward reaches it through the one ufunc
+the formula is, formula.ufunc_call), and so does a derivative ``formula``'s adjoint; any other GPU
+row's adjoint is the CUDA engine's own, by the row's kernel name (engine/cuda_replay.py).
+
 Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
 imports the modules that declare rows in a fixed order.
 """
@@ -57,10 +63,10 @@ def loop_ready(name):
 
 class Op:
     __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads", "formula", "sign_through",
-                 "attrs", "inputs", "fwd", "fwd_exact", "replay", "static_maps")
+                 "attrs", "inputs", "fwd", "fwd_exact", "replay", "static_maps", "gpu")
 
     def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False,
-                 attrs=(), inputs=None, fwd=None, fwd_exact=None, replay=None, static_maps=False):
+                 attrs=(), inputs=None, fwd=None, fwd_exact=None, replay=None, static_maps=False, gpu=None):
         self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
         self.forward, self.kernel, self.vjp = forward, kernel, vjp
         self.reads = tuple(reads.get(k, ()) for k in range(3)) if isinstance(reads, dict) else (tuple(reads),) * 3
@@ -73,6 +79,18 @@ class Op:
         elif fwd is not None and not fwd.startswith("fwd_"):
             _parse(fwd)  # (a formula row's forward: checked here, not at generation)
         self.fwd, self.fwd_exact, self.replay, self.static_maps = fwd, fwd_exact, replay, static_maps
+        self.gpu = gpu
+
+    def gpu_forward(self):
+        """The forward formula of a GPU row's generated CUDA kernel, or None (its forward on the GPU
+        is hand-written)."""
+        if isinstance(self.gpu, str):
+            return self.gpu
+        if not self.gpu or self.fwd is None or self.fwd.startswith("fwd_"):
+            return None
+        if self.fwd.startswith("ufunc:"):
+            return self.fwd.rsplit(".", 1)[1] + "(x)"
+        return self.fwd
 
     def attr(self, r, name):
         """The value of attribute ``name`` in row tuple ``r``."""
@@ -88,10 +106,13 @@ class Op:
 TABLE = []
 
 
-def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None, **replay):
-    """A row; ``replay``: its fwd, fwd_exact, replay and static_maps (above)."""
-    op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, sign_through=sign_through, attrs=attrs,
-            inputs=inputs, **replay)
+def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None, formula=None,
+        **replay):
+    """A row; ``replay``: its fwd, fwd_exact, replay, static_maps and gpu (above). ``formula``: the
+    derivative of an elementwise row whose CPU adjoint ``kernel`` is hand-written (its CUDA adjoint
+    is generated from it)."""
+    op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, formula, sign_through=sign_through,
+            attrs=attrs, inputs=inputs, **replay)
     TABLE.append(op)
     return op
 

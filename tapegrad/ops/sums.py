@@ -45,7 +45,7 @@ def _broadcast(v, shape):
     """np.broadcast_to(v, shape) for v of shape ``shape`` with some 1s (or 0-d): a read-only
     view with stride 0 along the broadcast axes, made in 0.5 us instead of broadcast_to's 4
     (a C-ordered v only: the constructor takes its buffer)."""
-    if not v.flags.c_contiguous:
+    if v.__class__ is not ndarray or not v.flags.c_contiguous:  # (a GPU value: its own broadcast)
         return np.broadcast_to(v, shape)
     if v.ndim == len(shape):
         strides = tuple(0 if n == 1 and d != 1 else st for n, d, st in zip(v.shape, shape, v.strides))
@@ -62,8 +62,8 @@ def _uniform(g):
     loss's seed after sum, mean, add or scalar factors), else None. VJPs fold it into their own
     scalar factor: x * (c * u) is one row where g * (x * c) records two (and registers g)."""
     v = g._value
-    if g._rg or any(v.strides) or not v.size or v.dtype.kind != "f":
-        return None
+    if g._rg or v.__class__ is not ndarray or any(v.strides) or not v.size or v.dtype.kind != "f":
+        return None  # (a GPU value keeps its one number on the device)
     return v[(0,) * v.ndim]  # a NumPy scalar of g's dtype: products round as g's would
 
 
@@ -108,16 +108,16 @@ def _mean_replay(ins, i0, i1, f0, shape, dtype):
 
 # f0 scales the sum: 1, or 1 / count for a mean. A replay's full sums are NumPy's pairwise sums.
 SUM = row("sum", "SumBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
-          fwd="fwd_sum", replay=_sum_replay)
+          fwd="fwd_sum", replay=_sum_replay, gpu=True)
 SUM_DIM = row("sum_dim", "SumBackward1", 1, None, "adj_sum", _sum_vjp,
-              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_sum_replay)
+              attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_sum_replay, gpu=True)
 MEAN = row("mean", "MeanBackward0", 1, None, "adj_sum", _sum_vjp, attrs=(Mask("dim"), Bool("keepdim"), Float("scale")),
-           fwd="fwd_mean", replay=_mean_replay)
+           fwd="fwd_mean", replay=_mean_replay, gpu=True)
 MEAN_DIM = row("mean_dim", "MeanBackward1", 1, None, "adj_sum", _sum_vjp,
-               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_mean_replay)
+               attrs=(Mask("dim", dump=True), Bool("keepdim", dump=True), Float("scale")), replay=_mean_replay, gpu=True)
 EXPAND = row("expand", "ExpandBackward0", 1, None, "adj_expand", lambda g, i, o, r: (_sum_to(g, i[0].shape),),
              attrs=(None, Implicit("implicit")), static_maps=True,
-             replay=lambda ins, i0, i1, f0, shape, dtype: np.ascontiguousarray(np.broadcast_to(ins[0], shape)))
+             replay=lambda ins, i0, i1, f0, shape, dtype: np.ascontiguousarray(np.broadcast_to(ins[0], shape)), gpu=True)
 
 
 def sum(x, dim=None, keepdim=False, dtype=None, *, axis=None, keepdims=None):

@@ -12,11 +12,12 @@ import pytest
 import tapegrad as tg
 from tapegrad import ops
 
-from ..ops.cases import Program, away_from_zero, CASES
+from ..ops.cases import GPU_ONLY, Program, away_from_zero, CASES
 
-# rows that do not replay: a custom autograd.Function's (its forward is Python), and two that only
-# the create_graph walk records (a compiled function that runs one runs eagerly)
-EAGER = {"function", "add_run", "scatter_flat"}
+# rows that do not replay: a custom autograd.Function's (its forward is Python), two that only the
+# create_graph walk records (a compiled function that runs one runs eagerly), and those only GPU
+# tensors record
+EAGER = {"function", "add_run", "scatter_flat"} | GPU_ONLY
 # the case picks by a mask (x > 0): new values that change how many it picks are another variant
 GUARDED = {"index_put_advanced"}
 # rows that torch's gradients are: their cases record them through create_graph, which a program

@@ -206,6 +206,8 @@ CASES = {
                first_tol=dict(eps=1e-2, fd_rtol=1e-3), higher_tol=dict(torch_rtol=1e-5, fd_rtol=1e-3, eps=1e-3)),
     "clone": case(lambda lib, x: x.clone().exp(), [(3,)], normal, lambda lib, x: (x.clone() ** 3).sum(),
                   alone=lambda lib, x: x.clone()),
+    "to_device": case(None, [(3,)], normal, lambda lib, x: (x.to("cpu") ** 3).sum(),
+                      why="tests/cuda/test_rows.py (a copy between devices takes a GPU tensor)"),
     "function": case(None, [(3,)], normal, lambda lib, x: cube_function(lib).apply(x.sin()).sum(),
                      why="a custom autograd.Function's row: tests/autograd/test_function.py"),
     # the full op surface (issue 3); broadcasting, keepdim and dtypes are covered in test_surface.py
@@ -291,3 +293,7 @@ CASES = {
     "std_root": case(lambda lib, x: x.std(0), [(2, 3)], normal,
                      lambda lib, x: (x.std(0) ** 3).sum() + x.std(correction=0)),
 }
+
+
+# Rows that only a GPU tensor records (on the CPU their program records none): tests/cuda checks them.
+GPU_ONLY = {"to_device"}

@@ -1,0 +1,368 @@
+"""DeviceArray: a GPU tensor's value, a C-ordered numba.cuda device array that answers NumPy's
+calls the way the ops make them, so that every op's forward code runs unchanged on GPU values.
+
+NumPy hands ufunc calls to ``__array_ufunc__`` and other functions to ``__array_function__``: a
+ufunc call that is a GPU row's forward formula (formula.ufunc_call: ``np.add(a, b)``,
+``np.tanh(x)``) launches that row's generated kernel; sums, broadcasts, transposes and products
+run the hand-written kernels over index maps made on the host from the shapes alone (cached). A
+call with no CUDA kernel raises NotImplementedError naming the op; a CPU array next to a GPU one
+raises torch's mixed-device error. Results are always fresh C-ordered arrays, reshapes views.
+
+numba.cuda is imported on the first GPU value (``cuda.runtime``), never by this module's import.
+"""
+import sys
+
+import numpy as np
+
+from . import launch, runtime
+
+MIXED_MSG = "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!"
+_K = []  # [kernels module, generated module] once numba.cuda is imported
+
+
+def kernels():
+    """(the hand-written kernels module, the generated one), numba.cuda imported on first need."""
+    if not _K:
+        runtime()
+        from . import _generated, kernels
+        _K.extend((kernels, _generated))
+    return _K
+
+
+class _Flags:
+    __slots__ = ()
+    c_contiguous = True
+    writeable = True
+
+
+_FLAGS = _Flags()
+
+
+class DeviceArray:
+    __slots__ = ("d", "shape", "dtype", "__weakref__")
+    flags = _FLAGS
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: _prod(self.shape))
+    nbytes = property(lambda self: self.size * self.dtype.itemsize)
+    itemsize = property(lambda self: self.dtype.itemsize)
+    strides = property(lambda self: _strides(self.shape, self.dtype.itemsize))
+
+    def __init__(self, d, shape=None):
+        self.d = d  # the device array, flat (1-D) and C-ordered: every kernel reads it so
+        self.shape = tuple(int(n) for n in (d.shape if shape is None else shape))
+        self.dtype = np.dtype(d.dtype)
+
+    # -- moving between devices ------------------------------------------------------------------
+    def get(self):
+        """The values on the host (a synchronising copy)."""
+        return self.d.copy_to_host().reshape(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        raise _unsupported("np.asarray")
+
+    # -- array methods the ops call ----------------------------------------------------------------
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = tuple(shape)
+        if -1 in shape:
+            known = _prod(s for s in shape if s != -1)
+            shape = tuple(self.size // known if s == -1 else s for s in shape)
+        if _prod(shape) != self.size:
+            raise ValueError(f"cannot reshape array of size {self.size} into shape {shape}")
+        return DeviceArray(self.d, shape)
+
+    def view(self):
+        return DeviceArray(self.d, self.shape)
+
+    def ravel(self):
+        return DeviceArray(self.d, (self.size,))
+
+    def copy(self):
+        return self.astype(self.dtype)
+
+    def astype(self, dtype, copy=True):
+        dtype = np.dtype(dtype)
+        if dtype == self.dtype and not copy:
+            return self
+        out = empty(self.shape, dtype)
+        run_kernel("copy", out.size, self.d, out.d)
+        return out
+
+    def __getitem__(self, key):
+        raise _unsupported("indexing")
+
+    def __setitem__(self, key, value):
+        if key is not Ellipsis:
+            raise _unsupported("indexed assignment")
+        run_kernel("copy", self.size, _on_device(value).d, self.d)
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of unsized object")
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise _unsupported(f".{name}")
+
+    # -- NumPy's protocols -------------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.pop("out", None)
+        if ufunc is np.matmul and method == "__call__" and out is None and not kwargs:
+            return matmul(*inputs)
+        if method == "reduce" and ufunc is np.add and out is None:
+            return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False), kwargs.get("dtype"))
+        if method != "__call__" or kwargs:
+            raise _unsupported(f"np.{ufunc.__name__}.{method}" if method != "__call__" else f"np.{ufunc.__name__}")
+        return _elementwise(ufunc.__name__, inputs, out[0] if out else None)
+
+    def __array_function__(self, func, types, args, kwargs):
+        handler = _FUNCTIONS.get(func.__name__)
+        if handler is None:
+            raise _unsupported(f"np.{func.__name__}")
+        return handler(*args, **kwargs)
+
+    __add__ = __radd__ = lambda self, other: np.add(self, other)
+    __sub__ = lambda self, other: np.subtract(self, other)
+    __rsub__ = lambda self, other: np.subtract(other, self)
+    __mul__ = __rmul__ = lambda self, other: np.multiply(self, other)
+    __truediv__ = lambda self, other: np.divide(self, other)
+    __rtruediv__ = lambda self, other: np.divide(other, self)
+    __neg__ = lambda self: np.negative(self)
+    __matmul__ = lambda self, other: np.matmul(self, other)
+    __lt__ = lambda self, other: np.less(self, other)  # (no comparison has a CUDA kernel yet: named errors)
+    __le__ = lambda self, other: np.less_equal(self, other)
+    __gt__ = lambda self, other: np.greater(self, other)
+    __ge__ = lambda self, other: np.greater_equal(self, other)
+
+    def __iadd__(self, other):
+        return _elementwise("add", (self, other), self)
+
+    def __isub__(self, other):
+        return _elementwise("subtract", (self, other), self)
+
+    def __imul__(self, other):
+        return _elementwise("multiply", (self, other), self)
+
+
+def _prod(shape):
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _strides(shape, itemsize):
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= int(n)
+    return tuple(reversed(out))
+
+
+def empty(shape, dtype):
+    cuda = runtime()
+    n = _prod(shape)
+    return DeviceArray(cuda.device_array(n, np.dtype(dtype)), shape)
+
+
+def full(shape, dtype, value):
+    out = empty(shape, dtype)
+    run_kernel("fill", out.size, out.d, out.dtype.type(value))
+    return out
+
+
+def zeros(shape, dtype):
+    return full(shape, dtype, 0)
+
+
+def to_device(v):
+    """A host array's values on the device."""
+    v = np.ascontiguousarray(v)
+    return DeviceArray(runtime().to_device(v.reshape(-1)), v.shape)
+
+
+def run_kernel(name, n, *args):
+    """Launch the hand-written kernel ``name`` over n elements."""
+    k = kernels()[0].KERNELS[name]
+    blocks, threads = launch(n)
+    k[blocks, threads](*args)
+
+
+def _on_device(v):
+    """v, a GPU value, or torch's error for a CPU one beside GPU ones."""
+    if isinstance(v, DeviceArray):
+        return v
+    raise RuntimeError(MIXED_MSG)
+
+
+def _scalar(v):
+    """v as a Python number when it is one (a 0-d CPU array is one, as torch lets a CPU scalar
+    tensor meet GPU ones), else None."""
+    if isinstance(v, (bool, int, float, np.number, np.bool_)):
+        return v
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v.item()
+    return None
+
+
+def _elementwise(name, inputs, out):
+    """A ufunc call on device values: the GPU row whose forward is that ufunc on these operands."""
+    arrays, pattern, c = [], "", 0.0
+    for v in inputs:
+        s = _scalar(v)
+        if s is not None:
+            pattern += "c"
+            c = s
+        elif isinstance(v, DeviceArray):
+            pattern += "x"
+            arrays.append(v)
+        else:
+            raise RuntimeError(MIXED_MSG) if isinstance(v, np.ndarray) else _unsupported(f"np.{name}")
+    if pattern == "xx":
+        pattern = "ab"
+    if name == "square" and pattern == "x":  # (np.square is x * x, bit for bit)
+        arrays, pattern, name = arrays * 2, "ab", "multiply"
+    kernel = kernels()[1].FORWARD.get((name, pattern))
+    if kernel is None and (name, pattern) in _HAND_FORWARD:
+        kernel = kernels()[0].KERNELS[_HAND_FORWARD[name, pattern]]
+    dtype = arrays[0].dtype
+    if kernel is None or dtype.kind != "f" or any(a.dtype != dtype for a in arrays):
+        raise _unsupported(f"np.{name}" + ("" if kernel is None else f" on {', '.join(str(a.dtype) for a in arrays)}"))
+    shape = arrays[0].shape if len(arrays) == 1 else tuple(np.broadcast_shapes(arrays[0].shape, arrays[1].shape))
+    if out is None:
+        out = empty(shape, dtype)
+    elif out.shape != shape:
+        raise ValueError(f"non-broadcastable output operand with shape {out.shape} doesn't match the broadcast "
+                         f"shape {shape}")
+    blocks, threads = launch(out.size)
+    if pattern == "ab":
+        a, b = (broadcast_to(v, shape) for v in arrays)
+        kernel[blocks, threads](a.d, b.d, out.d)
+    else:
+        kernel[blocks, threads](arrays[0].d, out.d, dtype.type(c))
+    return out
+
+
+# The hand-written kernels of ufunc calls that no row's formula is, by (ufunc name, operands).
+_HAND_FORWARD = {("power", "xc"): "power", ("maximum", "xc"): "maximum_scalar"}
+
+
+# -- index maps: which element of one array each element of another reads --------------------------
+_MAPS = {}
+
+
+def index_map(key, make):
+    """The device copy of ``make()`` (an int64 host array made from shapes only), cached by ``key``."""
+    m = _MAPS.get(key)
+    if m is None:
+        if len(_MAPS) > 4096:  # ever-new shapes stay bounded
+            _MAPS.clear()
+        m = _MAPS[key] = runtime().to_device(np.ascontiguousarray(make(), np.int64).reshape(-1))
+    return m
+
+
+def broadcast_to(v, shape, subok=False):
+    shape = tuple(int(s) for s in shape)
+    if v.shape == shape:
+        return v
+    idx = index_map(("bcast", v.shape, shape),
+                    lambda: np.broadcast_to(np.arange(v.size).reshape(v.shape), shape))
+    out = empty(shape, v.dtype)
+    run_kernel("gather", out.size, v.d, idx, out.d)
+    return out
+
+
+def transpose(v, axes=None):
+    axes = tuple(reversed(range(v.ndim))) if axes is None else tuple(axes)
+    shape = tuple(v.shape[k] for k in axes)
+    idx = index_map(("perm", v.shape, axes), lambda: np.transpose(np.arange(v.size).reshape(v.shape), axes))
+    out = empty(shape, v.dtype)
+    run_kernel("gather", out.size, v.d, idx, out.d)
+    return out
+
+
+def reduced_positions(shape, axes, keepdims):
+    """Each element's position in the sum of an array of ``shape`` over ``axes`` (and that sum's shape)."""
+    kept = tuple(1 if k in axes else n for k, n in enumerate(shape))
+    out_shape = kept if keepdims else tuple(n for k, n in enumerate(shape) if k not in axes)
+    idx = index_map(("sum", shape, axes), lambda: np.broadcast_to(np.arange(_prod(kept)).reshape(kept), shape))
+    return idx, out_shape
+
+
+def _sum(v, axis, keepdims, dtype):
+    axes = tuple(range(v.ndim)) if axis is None else \
+        tuple(a % v.ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
+    if v.dtype.kind != "f" or dtype is not None and np.dtype(dtype) != v.dtype:
+        raise _unsupported("np.sum of " + str(v.dtype))
+    idx, shape = reduced_positions(v.shape, axes, keepdims)
+    out = zeros(shape, v.dtype)
+    run_kernel("scatter_add", v.size, v.d, idx, out.d, v.dtype.type(1))
+    return out
+
+
+def matmul(a, b):
+    """a @ b for 2-D operands: NumPy on host copies under the simulator (where a kernel costs 2 us a
+    multiply-add), the matmul kernel on a GPU."""
+    if not isinstance(a, DeviceArray) or not isinstance(b, DeviceArray):
+        raise RuntimeError(MIXED_MSG)
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f":
+        raise _unsupported("np.matmul of " + f"{a.shape} {a.dtype} and {b.shape} {b.dtype}")
+    out = empty((a.shape[0], b.shape[1]), a.dtype)
+    mm_into(a, b, out, False, False, 0.0)
+    return out
+
+
+def mm_into(a, b, out, ta, tb, beta):
+    """out = beta * out + op(a) @ op(b) (op: transposed where ta, tb), all C-ordered 2-D."""
+    m, n = out.shape
+    k = a.shape[0] if ta else a.shape[1]
+    from . import simulated
+    if simulated():
+        ha, hb = a.get(), b.get()
+        r = (ha.T if ta else ha) @ (hb.T if tb else hb)
+        if beta:
+            r = r + out.get() * beta
+        out.d.copy_to_device(np.ascontiguousarray(r, out.dtype).reshape(-1))
+        return
+    run_kernel("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
+
+
+def _unsupported(what):
+    """NotImplementedError naming the op (the outermost frame in tapegrad's ops: the row it records,
+    or the public function) that needed ``what``."""
+    name, f = None, sys._getframe(1)
+    while f is not None:
+        module = f.f_globals.get("__name__", "")
+        if module.startswith("tapegrad.ops") or module.startswith("tapegrad.nn"):
+            op, code = f.f_locals.get("op"), f.f_code.co_name
+            if hasattr(op, "grad_fn") and hasattr(op, "name"):
+                name = op.name
+            elif not code.startswith("_") and code not in ("function", "method", "f", "promoted", "<lambda>"):
+                name = code
+        f = f.f_back
+    op = f"'{name}'" if name else "this operation"
+    return NotImplementedError(f"{op} has no CUDA kernel in tapegrad yet ({what} on GPU values); copy the "
+                               "tensors to the CPU with .cpu() for it")
+
+
+_FUNCTIONS = {
+    "broadcast_to": broadcast_to,
+    "ascontiguousarray": lambda v, dtype=None: v if dtype is None else v.astype(dtype, copy=False),
+    "transpose": transpose,
+    "zeros_like": lambda v, dtype=None, order="K", subok=True, shape=None: full(v.shape if shape is None else shape,
+                                                                               v.dtype if dtype is None else dtype, 0),
+    "ones_like": lambda v, dtype=None, order="K", subok=True, shape=None: full(v.shape if shape is None else shape,
+                                                                              v.dtype if dtype is None else dtype, 1),
+    "copy": lambda v, order="K", subok=False: v.copy(),
+    "reshape": lambda v, shape, order="C": v.reshape(shape),
+    "shares_memory": lambda a, b, max_work=None: isinstance(b, DeviceArray) and a.d is b.d,
+    "expand_dims": lambda v, axis: v.reshape(v.shape[:axis] + (1,) + v.shape[axis:]),
+    "squeeze": lambda v, axis=None: v.reshape(tuple(n for k, n in enumerate(v.shape)
+                                                    if n != 1 or axis is not None and k not in axis)),
+    "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
+}

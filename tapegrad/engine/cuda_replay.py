@@ -1,0 +1,205 @@
+"""The CUDA engine as the driver sees it (``load()``): a tape that holds GPU values replays backward
+on the device, behind the interface that ``engine.driver`` documents.
+
+The CPU engine's planner marks the rows to run on the host-side row and slot tables; the gradients
+of every needed slot live in one device buffer per backward (the arena, zeroed by one launch), and
+a host loop launches each row's adjoint kernels over it in reverse, without waiting for the device:
+the elementwise rows' kernels generated from their formulas (cuda/_generated.py), the others'
+below, by the row's kernel name. A host value on such a tape (before a ``.cuda()`` copy) is copied
+to the device when an adjoint reads it, and its gradient back to the host when it is delivered.
+"""
+import numpy as np
+
+from .. import formula, ops
+from ..cuda import array, launch
+from ..cuda.array import DeviceArray
+from ..ops.attrs import Mask, Perm
+from . import cpu_replay
+
+_ENGINE = []
+
+
+def load():
+    if not _ENGINE:
+        _ENGINE.append(CudaEngine(cpu_replay.load()))
+    return _ENGINE[0]
+
+
+def holds_gpu_values(tape, seeds):
+    """Whether ``tape`` replays on the CUDA engine: a copy between devices was recorded on it, or
+    a seed is a GPU value."""
+    values = tape.values
+    return tape.gpu or any(values[s].__class__ is DeviceArray for s in seeds)
+
+
+class Pass:
+    """One backward over one tape on the device (see cpu_replay.Pass): ``bufs`` by slot and
+    ``lbufs`` (for ``lslots``) are filled in by ``backward``, views into the arena (host copies for
+    host values). It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
+
+    def __init__(self, tape, seeds, lslots, wanted, zeroed):
+        if zeroed:
+            raise NotImplementedError("hooks on non-leaf tensors, custom Functions and anomaly mode's NaN checks "
+                                      "are not supported on GPU tensors yet")
+        self.tape = tape
+        self.R, self.RF = tape.row_table()
+        self.S = tape.raw_slots()
+        self.seeds, self.lslots, self.wanted = seeds, lslots, wanted
+        self.roots = np.fromiter(seeds, np.int64, len(seeds))
+        self.bufs, self.lbufs = {}, []
+        self.host = {}  # slot -> its host value's device copy
+
+    def backward(self, on, release):
+        engine = load()
+        status, where, need = engine.plan(self.R, self.S, self.roots, on)
+        if status != engine.OK:
+            return status, where, need, -1
+        values = self.tape.values
+        run = need == engine.RUN
+        floats = [values[s].dtype for s in np.flatnonzero(need).tolist() if values[s] is not None]
+        T = np.dtype(np.float64) if any(d == np.float64 for d in floats) else np.dtype(np.float32)
+        offsets, total = {}, 0
+        for s in np.flatnonzero(need).tolist():
+            offsets[s] = total
+            total += values[s].size
+        arena = array.zeros((total,), T)  # every gradient of this backward, zeroed by one launch
+        grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape) for s, o in offsets.items()}
+        for s, seed in self.seeds.items():
+            grads[s][...] = seed if seed.__class__ is DeviceArray else array.to_device(np.asarray(seed, T))
+        R, RF = self.R, self.RF
+        for e in range(R.shape[0] - 1, -1, -1):
+            o = int(R[e, 4])
+            if not run[o]:
+                continue
+            op = ops.TABLE[R[e, 0]]
+            ins = [int(R[e, k]) for k in (1, 2, 3)]
+            into = [grads[s] if s >= 0 and run[s] else None for s in ins]
+            if all(g is None for g in into):
+                continue
+            _adjoint(op, self, e, grads[o], ins, into, o, R[e], RF[e, 7])
+        self.bufs = {s: self._out(s, grads[s]) for s in list(self.seeds) + list(self.wanted) if s in grads}
+        self.lbufs = [self._out(s, grads[s]) if s in grads else None for s in self.lslots]
+        return status, where, need, -1
+
+    def _out(self, s, g):
+        """Slot s's gradient as delivered: on the device of its value."""
+        return g if self.tape.values[s].__class__ is DeviceArray else g.get()
+
+    def value(self, s, dtype):
+        """Slot s's value on the device, in the gradients' dtype (a host value is copied once)."""
+        v = self.tape.values[s]
+        if v.__class__ is not DeviceArray:
+            v = self.host.get(s)
+            if v is None:
+                v = self.host[s] = array.to_device(np.ascontiguousarray(self.tape.values[s]))
+        return v if v.dtype == dtype else v.astype(dtype)
+
+
+def _adjoint(op, p, e, g, ins, into, o, r, f0):
+    """Launch row e's adjoints: add each needed input's gradient into ``into``."""
+    kernels = array.kernels()[1].ADJOINT.get(op.name)
+    dt = g.dtype
+    if kernels is not None:
+        blocks, threads = launch(g.size)
+        uses = set().union(*map(formula.uses, op.formula if isinstance(op.formula, tuple) else (op.formula,)))
+        y = p.value(o, dt) if "y" in uses else g  # (g stands in for what a kernel does not read)
+        if len(kernels) == 1:
+            x = p.value(ins[0], dt) if "x" in uses else g
+            kernels[0][blocks, threads](g.d, x.d, y.d, into[0].d, dt.type(f0))
+            return
+        shape = g.shape
+        a = array.broadcast_to(p.value(ins[0], dt), shape) if "a" in uses else g
+        b = array.broadcast_to(p.value(ins[1], dt), shape) if "b" in uses else g
+        for k in (0, 1):
+            gk = into[k]
+            if gk is None:
+                continue
+            if gk.shape == shape:
+                kernels[k][blocks, threads](g.d, a.d, b.d, y.d, gk.d)
+            else:  # a broadcast operand: its gradient summed back over the broadcast
+                full = array.zeros(shape, dt)
+                kernels[k][blocks, threads](g.d, a.d, b.d, y.d, full.d)
+                idx = array.index_map(("bcast", gk.shape, shape),
+                                      lambda: np.broadcast_to(np.arange(gk.size).reshape(gk.shape), shape))
+                array.run_kernel("scatter_add", full.size, full.d, idx, gk.d, dt.type(1))
+        return
+    adjoint = _HAND.get(op.kernel) if op.gpu else None
+    if adjoint is None:
+        raise NotImplementedError(f"'{op.name}' has no CUDA adjoint in tapegrad yet: backward through it on GPU "
+                                  "tensors needs the tensors on the CPU (.cpu())")
+    adjoint(p, g, ins, into, r, f0)
+
+
+def _identity(p, g, ins, into, r, f0):
+    """view, reshape, clone, casts and copies between devices: the gradient flows through."""
+    array.run_kernel("add_into", g.size, g.d, into[0].d)
+
+
+def _sum(p, g, ins, into, r, f0):
+    """sum and mean (f0 scales): each input element adds its sum's gradient."""
+    gx = into[0]
+    axes = tuple(Mask.decode(int(r[5]), gx.ndim))
+    idx, _ = array.reduced_positions(gx.shape, axes, bool(r[6]))
+    array.run_kernel("gather_add", gx.size, g.d, idx, gx.d, g.dtype.type(f0))
+
+
+def _expand(p, g, ins, into, r, f0):
+    gx = into[0]
+    idx = array.index_map(("bcast", gx.shape, g.shape),
+                          lambda: np.broadcast_to(np.arange(gx.size).reshape(gx.shape), g.shape))
+    array.run_kernel("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
+
+
+def _permute(p, g, ins, into, r, f0):
+    gx = into[0]
+    perm = Perm.decode(int(r[5]), gx.ndim)
+    idx = array.index_map(("perm", gx.shape, perm), lambda: np.transpose(np.arange(gx.size).reshape(gx.shape), perm))
+    array.run_kernel("scatter_add", g.size, g.d, idx, gx.d, g.dtype.type(1))
+
+
+def _pow_scalar(p, g, ins, into, r, f0):
+    if f0 != 0:  # (x ** 0: no gradient, as torch's)
+        x = p.value(ins[0], g.dtype)
+        array.run_kernel("power_adjoint", g.size, g.d, x.d, into[0].d, g.dtype.type(f0))
+
+
+def _relu(p, g, ins, into, r, f0):
+    y = p.value(int(r[4]), g.dtype)
+    array.run_kernel("relu_adjoint", g.size, g.d, y.d, into[0].d)
+
+
+def _zero(p, g, ins, into, r, f0):
+    """sign: its gradient is zero, as the arena already holds."""
+
+
+def _mm(p, g, ins, into, r, f0):
+    """gA += g @ B^T, gB += A^T @ g."""
+    ga, gb = into[0], into[1]
+    if ga is not None:
+        array.mm_into(g, p.value(ins[1], g.dtype), ga, False, True, 1.0)
+    if gb is not None:
+        array.mm_into(p.value(ins[0], g.dtype), g, gb, True, False, 1.0)
+
+
+# The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
+# every GPU row has one here or in the generated kernels).
+_HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
+         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
+         "adj_relu": _relu}
+
+
+class CudaEngine:
+    """The driver's device-engine interface (cpu_replay.CpuEngine's), on the CUDA device: the
+    CPU engine's planner over the host tables, a ``Pass`` per backward."""
+    EVERY = cpu_replay.CpuEngine.EVERY
+    start = Pass
+
+    def __init__(self, cpu):
+        self.OK, self.ERR_FREED, self.ERR_NAN = cpu.OK, cpu.ERR_FREED, cpu.ERR_NAN
+        self.RUN, self.WANTED, self.LEADS = cpu.RUN, cpu.WANTED, cpu.LEADS
+        self.plan, self.leads = cpu.plan, cpu.leads
+
+    def release(self, tape, need):
+        """Free the tape's values after a backward without retain_graph (a second backward through
+        it raises torch's error)."""
+        tape.free(None)

@@ -1,0 +1,159 @@
+"""Devices as torch has them: tg.device, device= on the factories, .cuda(), .cpu(), .to(), what a
+GPU tensor says and refuses, the errors for mixed devices, for ops without CUDA kernels and for a
+missing extra or driver, and a training loop on the GPU equal to the same loop on the CPU."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_device_objects():
+    d = tg.device("cuda:0")
+    assert (d.type, d.index, str(d)) == ("cuda", 0, "cuda:0")
+    assert d == "cuda:0" and d == tg.device("cuda", 0) and d != "cpu"
+    assert repr(tg.device("cuda")) == "device(type='cuda')"
+    assert tg.cuda.is_available() and tg.cuda.device_count() == 1
+    tg.cuda.synchronize()
+
+
+def test_gpu_tensor_attributes_and_copies():
+    x = tg.tensor([[1.0, 2.0], [3.0, 4.0]], device="cuda")
+    assert x.is_cuda and x.device == "cuda:0" and str(x.device) == "cuda:0"
+    assert repr(x) == "tensor([[1., 2.],\n        [3., 4.]], device='cuda:0')"
+    assert repr(tg.ones(2, dtype=tg.float64, device="cuda", requires_grad=True)) == \
+        "tensor([1., 1.], device='cuda:0', dtype=tapegrad.float64, requires_grad=True)"
+    assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]] and x.sum().item() == 10.0 and float(x.mean()) == 2.5
+    with pytest.raises(TypeError, match=r"^can't convert cuda:0 device type tensor to numpy\. Use Tensor\.cpu\(\) to "
+                                        r"copy the tensor to host memory first\.$"):
+        x.numpy()
+    h = x.cpu()
+    assert not h.is_cuda and h.device == "cpu" and h.numpy().tolist() == x.tolist()
+    assert x.cuda() is x and h.cpu() is h and x.to("cuda") is x
+    assert h.to(x).is_cuda and x.to(h).device == "cpu" and h.to("cuda:0").is_cuda
+    assert x.to(tg.float64).is_cuda and x.to("cpu", tg.float64).dtype == tg.float64
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        h.to("cuda:1")
+
+
+@pytest.mark.parametrize("make", [
+    lambda **k: tg.zeros(2, 3, **k), lambda **k: tg.ones(2, 3, **k), lambda **k: tg.full((2, 3), 7.0, **k),
+    lambda **k: tg.tensor([1.0, 2.0], **k), lambda **k: tg.arange(0, 4, **k), lambda **k: tg.linspace(0, 1, 5, **k),
+    lambda **k: tg.eye(3, **k), lambda **k: (tg.manual_seed(0), tg.randn(2, 3, **k))[1],
+    lambda **k: (tg.manual_seed(0), tg.rand(2, 3, **k))[1], lambda **k: tg.as_tensor([3.0], **k),
+    lambda **k: tg.zeros_like(tg.ones(2, **k)), lambda **k: tg.ones_like(tg.ones(2, **k)),
+    lambda **k: tg.full_like(tg.ones(2, **k), 3.0), lambda **k: (tg.manual_seed(1), tg.randn_like(tg.ones(2, **k)))[1],
+])
+def test_factories_make_gpu_tensors(make):
+    g, c = make(device="cuda"), make()
+    assert g.is_cuda and not c.is_cuda and g.dtype == c.dtype
+    np.testing.assert_array_equal(g.cpu().numpy(), c.numpy())
+
+
+def test_mixing_devices_names_both():
+    x, y = tg.ones(3, device="cuda"), tg.ones(3)
+    msg = r"^Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!$"
+    for f in (lambda: x + y, lambda: y * x, lambda: x @ tg.ones(3, 1)):
+        with pytest.raises(RuntimeError, match=msg):
+            f()
+    assert (x + tg.tensor(2.0)).is_cuda  # a 0-d CPU tensor is a scalar, as in torch
+
+
+def test_an_op_without_a_cuda_kernel_is_named():
+    x = tg.ones(3, device="cuda", requires_grad=True)
+    with pytest.raises(NotImplementedError, match="'cumsum' has no CUDA kernel"):
+        x.cumsum(0)
+    with pytest.raises(NotImplementedError, match="'leaky_relu' has no CUDA kernel"):
+        tg.nn.functional.leaky_relu(x, 0.1)
+    with pytest.raises(NotImplementedError, match="'pow' has no CUDA kernel"):
+        x ** -1  # (np.reciprocal)
+
+
+def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
+    x = tg.linspace(-3, 3, 4100, dtype=tg.float64)  # (from 4096 elements the CPU runs its own vectorised sine)
+    np.testing.assert_allclose(x.cuda().sin().cpu().numpy(), x.sin().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(x.cuda().cos().cpu().numpy(), x.cos().numpy(), rtol=1e-15, atol=1e-16)
+
+
+def test_a_host_leaf_copied_to_the_gpu_gets_its_gradient_on_the_host():
+    x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    w = tg.tensor([0.5, -1.0, 2.0], device="cuda", requires_grad=True)
+    y = (x.cuda() * w).tanh().sum()
+    y.backward()
+    assert not x.grad.is_cuda and w.grad.is_cuda
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().cpu().requires_grad_()
+    (xr * wr).tanh().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xr.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w.grad.cpu().numpy(), wr.grad.numpy(), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
+        y.backward()
+
+
+def _train(device, dtype, make_optimizer):
+    rng = np.random.default_rng(0)
+    data = tg.tensor(rng.standard_normal((8, 3)), dtype=dtype, device=device)
+    target = tg.tensor(rng.standard_normal((8, 1)), dtype=dtype, device=device)
+    w1 = tg.tensor(rng.standard_normal((3, 4)) * 0.5, dtype=dtype, device=device, requires_grad=True)
+    b1 = tg.zeros(4, dtype=dtype, device=device, requires_grad=True)
+    w2 = tg.tensor(rng.standard_normal((4, 1)) * 0.5, dtype=dtype, device=device, requires_grad=True)
+    opt = make_optimizer([w1, b1, w2])
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        err = (data @ w1 + b1).tanh() @ w2 - target
+        loss = (err * err).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, [p.detach().cpu().numpy() for p in (w1, b1, w2)]
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("optimizer", [lambda ps: tg.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                       lambda ps: tg.optim.Adam(ps, lr=0.05)], ids=["sgd", "adam"])
+def test_training_on_the_gpu_equals_the_cpu(optimizer, dtype):
+    gpu, cpu = _train("cuda", dtype, optimizer), _train("cpu", dtype, optimizer)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == tg.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(gpu[0], cpu[0], **tol)
+    for g, c in zip(gpu[1], cpu[1]):
+        np.testing.assert_allclose(g, c, **tol)
+
+
+def _run(code, **env):
+    """``code`` in a fresh interpreter without the simulator (unless env sets it)."""
+    full = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    full.update(env, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+
+
+def test_import_leaves_numba_cuda_out():
+    r = _run("import sys, tapegrad as tg\n(tg.ones(2, requires_grad=True) * 2).sum().backward()\n"
+             "print('numba.cuda' in sys.modules, tg.ones(1).device)")
+    assert r.stdout.split() == ["False", "cpu"], r.stderr
+
+
+def test_asking_for_a_gpu_says_what_is_missing():
+    r = _run("import sys\nsys.modules['numba_cuda'] = None\nimport tapegrad as tg\nprint(tg.cuda.is_available())\n"
+             "tg.ones(1, device='cuda')")
+    assert r.stdout.split() == ["False"]
+    assert "RuntimeError: GPU tensors need the cuda extra" in r.stderr and "pip install tapegrad[cuda]" in r.stderr
+    assert "NUMBA_ENABLE_CUDASIM=1" in r.stderr
+    r = _run("import tapegrad as tg\nx = tg.ones(1, device='cuda')\nprint(x.device)")
+    if r.returncode == 0:
+        pytest.skip("this machine has a GPU: no missing driver to report")
+    assert "RuntimeError: GPU tensors need an NVIDIA driver" in r.stderr or \
+        "RuntimeError: GPU tensors need an NVIDIA GPU" in r.stderr, r.stderr
+    assert "NUMBA_ENABLE_CUDASIM=1" in r.stderr
+
+
+def test_what_the_cuda_engine_does_not_replay_yet_says_so():
+    x = tg.ones(3, device="cuda", requires_grad=True)
+    y = x * 2.0
+    y.register_hook(lambda g: g)
+    with pytest.raises(NotImplementedError, match="hooks on non-leaf tensors, custom Functions and anomaly mode"):
+        y.sum().backward()
