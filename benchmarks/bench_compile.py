@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
+from . import bench_ratios
 from . import bench_w1_chain as w1
 from . import bench_w2_mlp as w2
 from . import bench_w3_elementwise as w3
 from . import bench_w5_deep as w5
-from .bench_ratios import alternating_ratio
 from .common import LIBS, load
 
 
@@ -152,72 +152,59 @@ class C1Chain:
         fn(self.x)
 
 
-class C2MLP:
-    """W2's MLP forward compiled, backward on its loss."""
+class _CompiledStep:
+    """A step whose forward is compiled (tapegrad.compile, torch.compile) and whose backward runs on
+    its output; ``make(lib)`` gives (forward, its arguments, the parameters whose grads it drops)."""
     params = LIBS
     param_names = ["lib"]
+    warmup_time = 0
+    timeout = 600
+
+    def setup(self, name):
+        lib = load(name)
+        loss, args, params = self.make(lib)
+        self.step = backward_step(lib.compile(loss), params, *args)
+        self.compile_seconds = _first_call(name, self.step)
+
+    def time_step(self, name):
+        self.step()
+
+    def track_compile_seconds(self, name):
+        return self.compile_seconds
+
+
+class C2MLP(_CompiledStep):
+    """W2's MLP forward compiled, backward on its loss."""
     number = 1
     repeat = 20
-    warmup_time = 0
-    timeout = 600
 
-    def setup(self, name):
-        lib = self.lib = load(name)
-        self.ps = w2.params(lib)
-        self.x, self.y = w2.batch(lib)
-        self.step = backward_step(lib.compile(mlp_loss(lib, self.ps)), self.ps, self.x, self.y)
-        self.compile_seconds = _first_call(name, self.step)
-
-    def time_step(self, name):
-        self.step()
-
-    def track_compile_seconds(self, name):
-        return self.compile_seconds
+    @staticmethod
+    def make(lib):
+        ps = w2.params(lib)
+        return mlp_loss(lib, ps), w2.batch(lib), ps
 
 
-class C3Elementwise:
+class C3Elementwise(_CompiledStep):
     """W3's chain over 1e6 float64 values compiled, backward on its sum."""
-    params = LIBS
-    param_names = ["lib"]
     number = 2
     repeat = 10
-    warmup_time = 0
-    timeout = 600
 
-    def setup(self, name):
-        lib = self.lib = load(name)
-        self.x = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
-        self.step = backward_step(lib.compile(elementwise_loss(lib)), [self.x], self.x)
-        self.compile_seconds = _first_call(name, self.step)
-
-    def time_step(self, name):
-        self.step()
-
-    def track_compile_seconds(self, name):
-        return self.compile_seconds
+    @staticmethod
+    def make(lib):
+        x = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
+        return elementwise_loss(lib), (x,), [x]
 
 
-class C5Deep:
+class C5Deep(_CompiledStep):
     """W5's 50 layers compiled, backward on the sum."""
-    params = LIBS
-    param_names = ["lib"]
     number = 20
     repeat = 10
-    warmup_time = 0
-    timeout = 600
 
-    def setup(self, name):
-        lib = self.lib = load(name)
+    @staticmethod
+    def make(lib):
         ps = w5.params(lib)
         x = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
-        self.step = backward_step(lib.compile(deep_loss(ps)), [p for wb in ps for p in wb], x)
-        self.compile_seconds = _first_call(name, self.step)
-
-    def time_step(self, name):
-        self.step()
-
-    def track_compile_seconds(self, name):
-        return self.compile_seconds
+        return deep_loss(ps), (x,), [p for wb in ps for p in wb]
 
 
 class S5TrainingStep:
@@ -282,14 +269,14 @@ class CompiledRatioToTorch:
         theirs = (tc if compiled else eager)
         if theirs is None:
             raise NotImplementedError("torch.compile does not work here")
-        return alternating_ratio(ours[name], theirs[name], k=k)
+        return bench_ratios.alternating_ratio(ours[name], theirs[name], k=k)
 
     def track_c1(self):
         tg, torch = load("tapegrad"), load("torch")
         fn = tg.compile(lambda x: w1.chain(tg, x))
         x, xt = (lib.tensor([0.5], dtype=lib.float64, requires_grad=True) for lib in (tg, torch))
         fn(x).backward()
-        return alternating_ratio(lambda: fn(x).backward(), lambda: w1.chain(torch, xt).backward(), k=3)
+        return bench_ratios.alternating_ratio(lambda: fn(x).backward(), lambda: w1.chain(torch, xt).backward(), k=3)
 
     def track_c2(self):
         return self._ratio("c2", k=20)

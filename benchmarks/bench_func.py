@@ -8,7 +8,7 @@
 """
 import numpy as np
 
-from .bench_ratios import alternating_ratio
+from . import bench_ratios
 from .common import LIBS, load
 
 MLP = (16, 64, 64, 1)
@@ -101,7 +101,7 @@ class RatioToTorchFunc:
     def _ratio(self, make, k):
         (a, xa), (b, xb) = make("tapegrad"), make("torch")
         a(*xa), b(*xb)
-        return alternating_ratio(lambda: a(*xa), lambda: b(*xb), k=k)
+        return bench_ratios.alternating_ratio(lambda: a(*xa), lambda: b(*xb), k=k)
 
     def track_p6a(self):
         return self._ratio(p6a, k=10)

@@ -36,8 +36,8 @@ def suite():
     for info in pkgutil.iter_modules(benchmarks.__path__):
         module = importlib.import_module(f"benchmarks.{info.name}")
         for cls_name, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ == module.__name__:
-                names |= {f"{info.name}.{cls_name}.{m}" for m in vars(cls) if m.startswith(ASV_PREFIXES)}
+            if cls.__module__ == module.__name__ and not cls_name.startswith("_"):  # (asv skips _names)
+                names |= {f"{info.name}.{cls_name}.{m}" for m in dir(cls) if m.startswith(ASV_PREFIXES)}
     return names
 
 

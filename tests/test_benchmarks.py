@@ -17,9 +17,9 @@ def _cases():
             continue
         module = importlib.import_module(f"benchmarks.{info.name}")
         for name, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ != module.__name__:
+            if cls.__module__ != module.__name__ or name.startswith("_"):  # (asv skips _names)
                 continue
-            methods = [m for m in vars(cls) if m.startswith(("time_", "track_"))]
+            methods = [m for m in dir(cls) if m.startswith(("time_", "track_"))]
             for param in getattr(cls, "params", [None]):
                 for m in methods:
                     yield pytest.param(cls, m, param, id=f"{info.name}.{name}.{m}[{param}]")
