@@ -33,6 +33,7 @@ tensors are held back until every guard has passed, so a failing guard leaves no
 The rows that need grad are written to fresh tapes, so backward (and create_graph) runs on
 replayed outputs as on eager ones."""
 import threading
+from math import prod
 from sys import getrefcount
 
 import numpy as np
@@ -491,18 +492,18 @@ class Program:
         for s in (a, b, c):
             if s >= 0 and sl[s].dtype != dt:
                 return None
-        n = int(np.prod(sl[out].shape))
+        n = prod(sl[out].shape)
         if op.fwd_exact is not None and not op.fwd_exact(dt, n):
             return None
         if k == BINARY:
-            na, nb = int(np.prod(sl[a].shape)), int(np.prod(sl[b].shape))
+            na, nb = prod(sl[a].shape), prod(sl[b].shape)
             if not (na == n and nb in (n, 1) or nb == n and na == 1 or
                     na == n and _trailing(sl[b].shape, sl[out].shape) or
                     nb == n and _trailing(sl[a].shape, sl[out].shape)):
                 return None
-        elif k == FULL and (n != 1 or int(np.prod(sl[a].shape)) == 0):  # (an empty mean is NumPy's nan)
+        elif k == FULL and (n != 1 or prod(sl[a].shape) == 0):  # (an empty mean is NumPy's nan)
             return None
-        elif k == ELEMENTWISE and int(np.prod(sl[a].shape)) != n:
+        elif k == ELEMENTWISE and prod(sl[a].shape) != n:
             return None
         elif k == TRANSPOSE and (len(sl[a].shape) != 2 or Perm.decode(i0, 2) != (1, 0)):
             return None
@@ -514,25 +515,25 @@ class Program:
     def _plan(self):
         """Steps: ("jit", lo, hi, witness) for a run of jittable rows, ("row", e) for one row."""
         from ..engine.cpu._forward import FWD_KIND
-        from ..engine.cpu.forwards import VIEW
-        from ..engine.cpu.forwards import MATMUL, TRANSPOSE
+        from ..engine.cpu.forwards import MATMUL, TRANSPOSE, VIEW
         # a matrix's transpose -> the matrix: a product in NumPy reads the view, as eager's did
         self.transposes = {r[5]: r[2] for r in self.rows if r[0] == OP and FWD_KIND[r[1].code] == TRANSPOSE and
                            len(self.slots[r[2]].shape) == 2 and Perm.decode(r[6], 2) == (1, 0)}
         self.reads_views = {e for e, r in enumerate(self.rows) if r[0] == OP and FWD_KIND[r[1].code] == MATMUL and
                             (r[2] in self.transposes or r[3] in self.transposes)}
+        dts = [self._jittable(r, FWD_KIND) for r in self.rows]
         plan = []
         e = 0
         n = len(self.rows)
         while e < n:
-            dt = self._jittable(self.rows[e], FWD_KIND)
+            dt = dts[e]
             if dt is None:
                 plan.append(("row", e))
                 e += 1
                 continue
             lo = e
             while e < n:
-                d = self._jittable(self.rows[e], FWD_KIND)
+                d = dts[e]
                 if d is None or d != dt:  # (not d == dt: NumPy reads None as float64)
                     break
                 e += 1
