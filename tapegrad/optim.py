@@ -62,10 +62,13 @@ class Optimizer:
 
     def _update_all(self):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p._grad is not None:
-                    self._update(p, p._grad._value, group, self.state.setdefault(p, {}))
-                    p._bump_version()
+            self._update_group(group)
+
+    def _update_group(self, group):
+        for p in group["params"]:
+            if p._grad is not None:
+                self._update(p, p._grad._value, group, self.state.setdefault(p, {}))
+                p._bump_version()
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -93,15 +96,11 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize))
 
-    def _update_all(self):
-        for group in self.param_groups:
-            if group["momentum"] or group["weight_decay"] or group["maximize"] or group["lr"].__class__ not in (float, int):
-                for p in group["params"]:
-                    if p._grad is not None:
-                        self._update(p, p._grad._value, group, self.state.setdefault(p, {}))
-                        p._bump_version()
-            else:
-                _plain_sgd(group["params"], group["lr"])
+    def _update_group(self, group):
+        if group["momentum"] or group["weight_decay"] or group["maximize"] or group["lr"].__class__ not in (float, int):
+            super()._update_group(group)
+        else:
+            _plain_sgd(group["params"], group["lr"])
 
     def _update(self, p, grad, group, state):
         x = p._value
@@ -122,7 +121,6 @@ class SGD(Optimizer):
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_HOFF = []
 
 
 def _plain_sgd(params, lr):
@@ -147,11 +145,10 @@ def _plain_sgd(params, lr):
         p._bump_version()
     if pairs:
         from .jit.updates import sgd
-        if not _HOFF:
-            from .engine.cpu_replay import header_offset
-            _HOFF.append(header_offset())
+        from .engine.cpu_replay import array_header
+        hoff = array_header()
         for dt, (xs, gs) in pairs.items():  # (the arrays stay alive: the parameters and grads hold them)
-            sgd(np.array(xs, np.int64), np.array(gs, np.int64), lr, _HOFF[0], np.empty(0, dt))
+            sgd(np.array(xs, np.int64), np.array(gs, np.int64), lr, hoff, np.empty(0, dt))
 
 
 class Adam(Optimizer):

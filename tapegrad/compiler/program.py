@@ -505,7 +505,7 @@ class Program:
             return None
         elif k == ELEMENTWISE and prod(sl[a].shape) != n:
             return None
-        elif k == TRANSPOSE and (len(sl[a].shape) != 2 or Perm.decode(i0, 2) != (1, 0)):
+        elif k == TRANSPOSE and out not in self.transposes:  # (a matrix's transpose only)
             return None
         elif k == MATMUL and (not (len(sl[a].shape) == len(sl[b].shape) == 2 and min(*sl[a].shape, sl[b].shape[1]) > 1)
                               or self.transposes.get(a, a) == self.transposes.get(b, b)):
@@ -513,7 +513,8 @@ class Program:
         return dt
 
     def _plan(self):
-        """Steps: ("jit", lo, hi, witness) for a run of jittable rows, ("row", e) for one row."""
+        """Steps: ("jit", lo, hi, witness, allocs, their slots) for a run of jittable rows (allocs: each
+        output's slot, shape, dtype, and the slot it views or -1), ("row", e) for one row."""
         from ..engine.cpu._forward import FWD_KIND
         from ..engine.cpu.forwards import MATMUL, TRANSPOSE, VIEW
         # a matrix's transpose -> the matrix: a product in NumPy reads the view, as eager's did
@@ -571,12 +572,7 @@ class Program:
         seg.slots = sorted(used)
         seg.flags = np.array([REQUIRES_GRAD if self.slots[s].rg else LEAF for s in seg.slots
                               if self.slots[s].kind != EXT], np.int64)
-        R = np.zeros((len(seg.rows), 8), np.int64)
-        for i, e in enumerate(seg.rows):
-            kind, op, a, b, c, out, i0, i1, f0 = self.rows[e]
-            R[i, :7] = (op.code, a, b, c, out, i0, i1)
-            R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
-        seg.R = R
+        seg.R = _row_table([self.rows[e] for e in seg.rows])
         return seg
 
     # -- replay ----------------------------------------------------------------------------------
@@ -839,6 +835,17 @@ def _trailing(small, big):
     return len(small) <= len(big) and tuple(big[len(big) - len(small):]) == small
 
 
+def _row_table(rows):
+    """The engine's row table (a tape's layout: code, a, b, c, out, i0, i1, f0's bits) of program
+    rows; rows that are no op stay zero."""
+    R = np.zeros((len(rows), 8), np.int64)
+    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(rows):
+        if kind == OP:
+            R[e, :7] = (op.code, a, b, c, out, i0, i1)
+            R[e:e + 1, 7:8].view(np.float64)[0, 0] = f0
+    return R
+
+
 _JIT = []
 
 
@@ -846,16 +853,11 @@ def _jit_run(prog, O, lo, hi, w):
     if not _JIT:
         from ..engine.cpu._forward import FWD_KERNEL
         from ..engine.cpu.forward_replay import run
-        from ..engine.cpu_replay import header_offset
-        _JIT.extend((run, FWD_KERNEL, header_offset()))
+        from ..engine.cpu_replay import array_header
+        _JIT.extend((run, FWD_KERNEL, array_header()))
     R = getattr(prog, "_R_all", None)
     if R is None:
-        R = np.zeros((len(prog.rows), 8), np.int64)
-        for e, r in enumerate(prog.rows):
-            if r[0] == OP:
-                R[e, :7] = (r[1].code, r[2], r[3], r[4], r[5], r[6], r[7])
-                R[e:e + 1, 7:8].view(np.float64)[0, 0] = r[8]
-        prog._R_all = R
+        R = prog._R_all = _row_table(prog.rows)
         prog._RF_all = R.view(np.float64)
     run, fk, hoff = _JIT
     return run(R, prog._RF_all, fk, O, lo, hi, hoff, w)

@@ -55,6 +55,13 @@ def typenum_offset():
     raise RuntimeError("tapegrad cannot locate type_num in NumPy's dtype objects")
 
 
+def array_header():
+    """header_offset, as checked against this NumPy when the engine loads: for other jitted code
+    that reads arrays through their objects (compiled replay, optimizer updates)."""
+    load()
+    return _HOFF
+
+
 def header_offset():
     """Offset of the data pointer in a NumPy array object (``PyArrayObject.data``); ndim and the
     dims pointer follow it, as in NumPy's public struct."""

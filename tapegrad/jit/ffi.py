@@ -65,6 +65,12 @@ def size_of(obj, hoff):
     return n
 
 
+@njit(cache=True, inline="always")
+def flat(obj, hoff, w):
+    """The NumPy array whose object is at address obj (C-ordered), as a flat array of w's dtype."""
+    return carray(_voidptr(_load_i64(obj + hoff)), size_of(obj, hoff), w.dtype)
+
+
 @njit(cache=True)
 def shape_of(obj, hoff):
     nd = ndim_of(obj, hoff)

@@ -2,10 +2,9 @@
 otherwise pays NumPy's call overhead twice per parameter. Arrays are read by the addresses of
 their NumPy objects, as the compiled replay reads its slots."""
 import numpy as np
-from numba import carray
 
 from . import njit
-from .ffi import _load_i64, _voidptr, size_of
+from .ffi import flat
 
 
 @njit(cache=True)
@@ -16,8 +15,6 @@ def sgd(X, G, lr, hoff, w):
     c[0] = lr
     a = c[0]
     for k in range(X.size):
-        n = size_of(X[k], hoff)
-        x = carray(_voidptr(_load_i64(X[k] + hoff)), n, w.dtype)
-        g = carray(_voidptr(_load_i64(G[k] + hoff)), n, w.dtype)
-        for i in range(n):
+        x, g = flat(X[k], hoff, w), flat(G[k], hoff, w)
+        for i in range(x.size):
             x[i] -= a * g[i]

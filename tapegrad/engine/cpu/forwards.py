@@ -14,10 +14,9 @@ and what NumPy computes with a ufunc by that ufunc's own loop (jit/ufuncs.py). A
 with ``status`` returns whether it ran (False where the probe found no loop: the planner keeps such
 rows in NumPy, so the run never gets there)."""
 import numpy as np
-from numba import carray
 
 from ...jit import njit
-from ...jit.ffi import _load_i64, _voidptr, dim_of, gemm_acc, size_of
+from ...jit.ffi import _load_i64, dim_of, flat, gemm_acc, size_of
 from ...jit.forward import _TRIG_MAX, sincos1
 from ...jit.ufuncs import unary
 
@@ -43,8 +42,7 @@ def forward(kind, status=False):
 @njit(cache=True, inline="always")
 def arr(O, s, hoff, w):
     """Slot s's value as a flat array."""
-    obj = O[s]
-    return carray(_voidptr(_load_i64(obj + hoff)), size_of(obj, hoff), w.dtype)
+    return flat(O[s], hoff, w)
 
 
 @njit(cache=True, inline="always")
