@@ -12,8 +12,6 @@ Targets (ratio to torch eager): C1 <= 0.01, C2 <= 0.65, C3 <= 0.4, C5 <= 0.15, S
 whose guards hold spends <= 2 us checking 10 tensor arguments."""
 import time
 
-import numpy as np
-
 from . import bench_ratios
 from . import bench_w1_chain as w1
 from . import bench_w2_mlp as w2
@@ -71,10 +69,11 @@ def backward_step(loss, params, *args):
     return step
 
 
-def sgd_step(lib, ps, x):
-    """W5 as a training step: zero_grad, forward, backward, SGD (no momentum)."""
-    params = [p for wb in ps for p in wb]
-    opt = lib.optim.SGD(params, lr=1e-4)
+def training_step(lib, compiled):
+    """(step, x): W5 as a training step (zero_grad, forward, backward, SGD without momentum) on
+    W5's input, the whole step compiled where ``compiled`` (tapegrad's; torch runs it eagerly)."""
+    ps = w5.params(lib)
+    opt = lib.optim.SGD([p for wb in ps for p in wb], lr=1e-4)
     loss = deep_loss(ps)
 
     def step(x):
@@ -83,24 +82,19 @@ def sgd_step(lib, ps, x):
         out.backward()
         opt.step()
         return out
-    return step
+    return (lib.compile(step) if compiled and lib.__name__ != "torch" else step), w5.batch(lib)
 
 
 def workloads(lib, compiler):
     """name -> a zero-argument call of one step, with its forward (or whole step) compiled by
     ``compiler`` (None: eager); each made and warmed once."""
-    ps2 = w2.params(lib)
-    x2, y2 = w2.batch(lib)
-    x3 = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
-    ps5 = w5.params(lib)
-    x5 = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
-    flat5 = [p for wb in ps5 for p in wb]
     same = compiler or (lambda f: f)
-    mlp, elementwise, deep = same(mlp_loss(lib, ps2)), same(elementwise_loss(lib)), same(deep_loss(ps5))
-    train = sgd_step(lib, w5.params(lib), x5)
-    train = lib.compile(train) if compiler is not None and lib.__name__ != "torch" else train
-    out = {"c2": backward_step(mlp, ps2, x2, y2), "c3": backward_step(elementwise, [x3], x3),
-           "c5": backward_step(deep, flat5, x5), "s5": lambda: train(x5)}
+    out = {}
+    for name, bench in (("c2", C2MLP), ("c3", C3Elementwise), ("c5", C5Deep)):
+        loss, args, params = bench.make(lib)
+        out[name] = backward_step(same(loss), params, *args)
+    train, x = training_step(lib, compiled=compiler is not None)
+    out["s5"] = lambda: train(x)
     for step in out.values():
         _first_call(lib.__name__, step)
     return out
@@ -191,7 +185,7 @@ class C3Elementwise(_CompiledStep):
 
     @staticmethod
     def make(lib):
-        x = lib.tensor(np.random.default_rng(0).standard_normal(w3.N), dtype=lib.float64, requires_grad=True)
+        x = w3.leaf(lib)
         return elementwise_loss(lib), (x,), [x]
 
 
@@ -203,8 +197,7 @@ class C5Deep(_CompiledStep):
     @staticmethod
     def make(lib):
         ps = w5.params(lib)
-        x = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
-        return deep_loss(ps), (x,), [p for wb in ps for p in wb]
+        return deep_loss(ps), (w5.batch(lib),), [p for wb in ps for p in wb]
 
 
 class S5TrainingStep:
@@ -218,10 +211,7 @@ class S5TrainingStep:
     timeout = 600
 
     def setup(self, name):
-        lib = self.lib = load(name)
-        self.x = lib.tensor(np.random.default_rng(1).standard_normal((w5.BATCH, w5.WIDTH)).astype(np.float32))
-        step = sgd_step(lib, w5.params(lib), self.x)
-        self.step = lib.compile(step) if name == "tapegrad" else step
+        self.step, self.x = training_step(load(name), compiled=True)
         _first_call(name, self.step, self.x)
 
     def time_step(self, name):

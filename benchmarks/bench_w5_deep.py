@@ -29,12 +29,17 @@ def step(lib, ps, x):
     return loss
 
 
+def batch(lib):
+    """W5's input: BATCH x WIDTH float32 values."""
+    return lib.tensor(np.random.default_rng(1).standard_normal((BATCH, WIDTH)).astype(np.float32))
+
+
 def ready(name):
     """One warmed-up model per process (asv re-runs setup before every timed call)."""
     if name not in _READY:
         lib = load(name)
         ps = params(lib)
-        x = lib.tensor(np.random.default_rng(1).standard_normal((BATCH, WIDTH)).astype(np.float32))
+        x = batch(lib)
         for _ in range(3):
             step(lib, ps, x)
         _READY[name] = (lib, ps, x)
