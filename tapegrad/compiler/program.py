@@ -105,7 +105,6 @@ class Recording:
         self.backward_tapes = set()  # ids of the tapes a recorded backward closed
         self.call_bumps = {}  # id(tensor) -> version bumps that recorded calls made
         self.grads_set = set()  # ids of the tensors whose .grad a recorded backward or call set
-        self.called = set()  # ids of the tensors a recorded call changed in place
 
     # -- failure -----------------------------------------------------------------------------
     def fail(self, why):
@@ -349,14 +348,16 @@ class Recording:
         and record a row whose replays call it again, on the live tensors. ``defer``: it only
         resets grads (zero_grad), so a replay may hold it back until its guards have passed."""
         self._sync()
-        result = self._effects(fn, *args)
-        self.rows.append((CALL, (fn, args, defer), -1, -1, -1, -1, 0, 0, 0.0))
+        changed = set()
+        result = self._effects(fn, *args, changed=changed)
+        self.rows.append((CALL, (fn, args, defer, changed), -1, -1, -1, -1, 0, 0, 0.0))
         self.committed |= not defer
         return result
 
-    def _effects(self, fn, *args):
+    def _effects(self, fn, *args, changed=None):
         """fn(*args) with nothing noted; the in-place changes and .grad changes it makes to the
-        function's tensors are the recorded row's."""
+        function's tensors are the recorded row's (the ids of those it changed in place go to
+        ``changed``)."""
         before = [(t, t._version, t._grad) for t, _, _ in self.versions.values()]
         prog, _hot.prog = _hot.prog, None
         try:
@@ -366,7 +367,8 @@ class Recording:
             for t, version, grad in before:
                 if t._version != version:
                     self.call_bumps[id(t)] = self.call_bumps.get(id(t), 0) + t._version - version
-                    self.called.add(id(t))
+                    if changed is not None:
+                        changed.add(id(t))
                 if t._grad is not grad:
                     self.grads_set.add(id(t))
 
@@ -471,12 +473,23 @@ class Program:
         self.ext = [s for s, sl in enumerate(self.slots) if sl.kind == EXT]
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
         self.has_rand = any(r[0] == RAND for r in self.rows)
-        self.refresh = [s for s in self.ext if id(self.slots[s].tensor) in rec.called]
+        self.refresh = self._refreshes()
         self.plan = self._plan()
         self._tape_plan()
         self._pool = threading.local()
 
     # -- planning --------------------------------------------------------------------------------
+    def _refreshes(self):
+        """CALL row -> the external slots whose values it changes in place and that a later row
+        reads: a replay reads those again after the call (an optimizer step at the end of a
+        training step, or a zero_grad, needs none)."""
+        out = {}
+        for e, r in enumerate(self.rows):
+            if r[0] == CALL and any(later[0] not in (CALL, GRAD) for later in self.rows[e + 1:]):
+                changed = r[1][3]
+                out[e] = [s for s in self.ext if id(self.slots[s].tensor) in changed]
+        return out
+
     def _jittable(self, r, kinds):
         """The dtype of the run row r may join, or None: its kernel gives the eager bits only for
         the operands its kind reads (forwards.py) and where the row's fwd_exact holds."""
@@ -600,19 +613,21 @@ class Program:
         f0s = {}
         tapes, made = {}, {}
         pool = self._pool.__dict__  # this thread's output arrays of the last replay, reused once nothing holds them
+        rows = self.rows
 
         def flush():
             for a, b in deferred:
                 if a is None:
-                    b[0](*b[1])
-                    self._refresh(tensors, vals, O)
+                    e = b
+                    rows[e][1][0](*rows[e][1][1])
+                    if e in self.refresh:
+                        self._refresh(self.refresh[e], tensors, vals, O)
                 else:
                     t = slots[a].tensor if slots[a].arg < 0 else tensors[slots[a].arg]
                     np.copyto(t._value, vals[b])
                     t._bump_version()
             deferred.clear()
 
-        rows = self.rows
         try:
             for step in self.plan:
                 if step[0] == "jit":
@@ -680,8 +695,8 @@ class Program:
                     else:
                         v = np.asarray(fn(*[next(it) if k is None else k for k in consts]))
                 elif kind == CALL:
-                    fn, args, defer = op
-                    deferred.append((None, (fn, args)))
+                    defer = op[2]
+                    deferred.append((None, e))
                     if committed or not defer:
                         flush()
                         committed = True
@@ -708,10 +723,10 @@ class Program:
         flush()
         return [None if s is None else self._tensor(s, tensors, vals, f0s, tapes, made) for s in self.outs]
 
-    def _refresh(self, tensors, vals, O):
-        """After a call changed external tensors in place: their values again (a copy was taken
-        where one is not C-ordered)."""
-        for s in self.refresh:
+    def _refresh(self, slots, tensors, vals, O):
+        """After a call changed external tensors in place: the values of their ``slots`` again (a
+        copy was taken where one is not C-ordered)."""
+        for s in slots:
             sl = self.slots[s]
             v = _contiguous((tensors[sl.arg] if sl.arg >= 0 else sl.tensor)._value)
             vals[s] = v

@@ -365,6 +365,35 @@ def test_training_step_reads_the_optimizer_live():
     assert run.replay_count == 11
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_ops_after_a_step_read_the_updated_parameters(momentum):
+    """Two updates in one call, and a loss after them: the rows after each step read the values it
+    wrote (the parameters of a module that is not C-ordered are copies, taken again)."""
+    def train(compiled):
+        tg.manual_seed(3)
+        model = tg.nn.Linear(4, 2).double()
+        with tg.no_grad():
+            model.weight = tg.nn.Parameter(tg.randn(4, 2, dtype=tg.float64).t())  # (a transposed view)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+        x = tg.randn(5, 4, dtype=tg.float64)
+
+        def step():
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).tanh().sum().backward()
+                opt.step()
+            return model(x).sum()
+
+        run = tg.compile(step) if compiled else step
+        out = [run().item() for _ in range(4)]
+        return [p.detach().numpy().copy() for p in model.parameters()], out, run
+
+    eager, le, _ = train(False)
+    compiled, lc, run = train(True)
+    assert all(same(a, b) for a, b in zip(eager, compiled)) and lc == le
+    assert run.replay_count == 3, tg.compiler.stats(run)
+
+
 def test_manual_update_through_grads():
     """A step written by hand: .grad read in ops, parameters and grads changed in place under no_grad."""
     def train(compiled):
