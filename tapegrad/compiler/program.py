@@ -497,9 +497,10 @@ def _scalar(c, like):
 
 class _Segment:
     """The rows between two backward() or custom Function rows that need grad: rows (program row
-    indices), index (row -> its place), slots (those they use), linked (those that need grad and
-    another tape holds), flags (of the other slots not external), R (their row table)."""
-    __slots__ = ("rows", "index", "slots", "linked", "flags", "R")
+    indices), index (row -> its place), the slots they use: ext_slots (external; ext: each one's
+    argument index, or its captured tensor), linked (those that need grad and another tape holds)
+    and internal (the others; flags: theirs), R (their row table)."""
+    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "flags", "R")
 
 
 class Program:
@@ -641,12 +642,14 @@ class Program:
             r = self.rows[e]
             used.update(s for s in (r[2], r[3], r[4], r[5]) if s >= 0)
             self.seg_of[r[5]] = k
-        seg.slots = sorted(used)
+        slots = self.slots
+        ext = [s for s in sorted(used) if slots[s].kind == EXT]
+        seg.ext_slots = np.array(ext, np.int64)
+        seg.ext = [(slots[s].arg, slots[s].tensor if slots[s].arg < 0 else None) for s in ext]
         # slots that need grad and come from another tape (an earlier segment's, a Function's) link there
-        seg.linked = [s for s in seg.slots if self.slots[s].kind != EXT and self.slots[s].rg and self.seg_of.get(s) != k]
-        linked = set(seg.linked)
-        seg.flags = np.array([REQUIRES_GRAD if self.slots[s].rg else LEAF for s in seg.slots
-                              if self.slots[s].kind != EXT and s not in linked], np.int64)
+        seg.linked = [s for s in sorted(used) if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
+        seg.internal = [s for s in sorted(used) if slots[s].kind != EXT and s not in seg.linked]
+        seg.flags = np.array([REQUIRES_GRAD if slots[s].rg else LEAF for s in seg.internal], np.int64)
         seg.R = _row_table([self.rows[e] for e in seg.rows])
         return seg
 
@@ -849,20 +852,18 @@ class Program:
     def _tape(self, tensors, vals, f0s, seg, tapes, made):
         """A fresh tape holding segment seg's rows that need grad, on this replay's values (and
         f0s: the rows whose f0 this replay computed)."""
-        slots = self.slots
         tape = Tape()
-        remap = np.full(len(slots) + 1, -1, np.int64)  # (index -1 maps to -1)
-        internal = []
-        linked = seg.linked
-        for s in seg.slots:
-            sl = slots[s]
-            if sl.kind == EXT:
-                t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
+        remap = np.full(len(self.slots) + 1, -1, np.int64)  # (index -1 maps to -1)
+        ts = [tensors[a] if a >= 0 else t for a, t in seg.ext]
+        if all(t._tape is None for t in ts):  # (leaves, as parameters are: one registration for all)
+            lo = tape.add_leaves(ts)
+            remap[seg.ext_slots] = np.arange(lo, lo + len(ts))
+        else:
+            for s, t in zip(seg.ext_slots, ts):
                 remap[s] = tape.slot_of(t)
-            elif linked and s in linked:
-                remap[s] = tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made))
-            else:
-                internal.append(s)
+        for s in seg.linked:
+            remap[s] = tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made))
+        internal = seg.internal
         # the other slots in one go: flags, version 0, dtype code -1 (the engine reads it from the value)
         k = len(internal)
         lo = tape.ns
