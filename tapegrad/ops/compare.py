@@ -47,7 +47,7 @@ def _bitwise(fn, name):
         yv = y._value if isinstance(y, Tensor) else y
         if x._value.dtype.kind not in "biu":
             raise RuntimeError(f"\"{name}_cpu\" not implemented for '{_torch_type_name(x._value.dtype)}'")
-        return _leaf(np.asarray(fn(x._value, yv)))
+        return _leaf(as_value(fn(x._value, yv)))
     return f
 
 

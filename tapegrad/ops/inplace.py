@@ -184,7 +184,7 @@ COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
 def fresh_grad(g):
     """The .grad a create_graph backward gives a leaf that had none: a copy of g, made as torch's
     AccumulateGrad makes it, empty(...).copy_(g), so it shows CopyBackwards(None, g's node)."""
-    value = np.array(g._value, order="C")
+    value = np.copy(g._value, order="C")  # (np.copy: a GPU value answers it)
     return _record(COPY, value, np.empty_like(value), g)
 
 
