@@ -17,8 +17,8 @@ FUNCTIONS = {name: (f"np.{name}({{0}})", f"({{0}}).{name}()", f"math.{name}({{0}
              for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh", "log1p", "expm1", "tan", "abs")}
 FUNCTIONS["abs"] = FUNCTIONS["abs"][:2] + ("abs({0})",)
 FUNCTIONS["sign"] = FUNCTIONS["sign"][:2] + ("(1.0 if ({0}) > 0 else -1.0 if ({0}) < 0 else ({0}) * 0.0)",)
-# GPU forwards only (a row's gpu formula); pow is spelled ** on the device, as the simulator's math.pow
-# raises where pow gives inf or NaN.
+# Functions of GPU rows' forward formulas, some of two arguments; pow is spelled ** on the device, as
+# the simulator's math.pow raises where pow gives inf or NaN.
 FUNCTIONS.update({"erf": ("math.erf({0})", "({0}).erf()", "math.erf({0})"),
                   "atan2": ("np.arctan2({0}, {1})", "({0}).atan2({1})", "math.atan2({0}, {1})"),
                   "hypot": ("np.hypot({0}, {1})", "({0}).hypot({1})", "math.hypot({0}, {1})"),

@@ -151,7 +151,6 @@ class DeviceArray:
     __ge__ = lambda self, other: np.greater_equal(self, other)
     __eq__ = lambda self, other: np.equal(self, other)
     __ne__ = lambda self, other: np.not_equal(self, other)
-    __hash__ = object.__hash__  # (by identity, as before __eq__ compared values)
     __invert__ = lambda self: np.invert(self)
     __and__ = lambda self, other: np.bitwise_and(self, other)
     __or__ = lambda self, other: np.bitwise_or(self, other)
@@ -282,11 +281,11 @@ _LOGICAL = {"logical_and": 0, "bitwise_and": 0, "logical_or": 1, "bitwise_or": 1
 def _compare(op, inputs):
     a, b = inputs
     if isinstance(a, DeviceArray) and isinstance(b, DeviceArray):
-        if a.dtype != b.dtype:
-            raise _unsupported(f"comparing {a.dtype} with {b.dtype}")
+        dtype = np.result_type(a.dtype, b.dtype)
         shape = tuple(np.broadcast_shapes(a.shape, b.shape))
+        a, b = (broadcast_to(v.astype(dtype, copy=False), shape) for v in (a, b))
         out = empty(shape, np.bool_)
-        run_kernel("compare", out.size, broadcast_to(a, shape).d, broadcast_to(b, shape).d, out.d, op)
+        run_kernel("compare", out.size, a.d, b.d, out.d, op)
         return out
     if not isinstance(a, DeviceArray):
         a, b, op = b, a, _FLIPPED[op]
