@@ -467,8 +467,8 @@ def _broadcast(shape):
 
 
 def _replayable(rec):
-    for kind, op, a, b, c, out, i0, i1, f0 in rec.rows:
-        if kind == OP and python_forward(op) is None:
+    for op in {r[1] for r in rec.rows if r[0] == OP}:
+        if python_forward(op) is None:
             return f"row {op.name!r} has no replay kernel yet"
     return None
 
@@ -518,6 +518,8 @@ class Program:
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
         self.has_rand = any(r[0] == RAND for r in self.rows)
         self.refresh = self._refreshes()
+        self.R = _row_table(self.rows)  # (the engine's layout, for the jitted runs and the replayed tapes)
+        self.RF = self.R.view(np.float64)
         self.plan = self._plan()
         self._tape_plan()
         self._pool = threading.local()
@@ -528,8 +530,9 @@ class Program:
         reads: a replay reads those again after the call (an optimizer step at the end of a
         training step, or a zero_grad, needs none)."""
         out = {}
+        last = max((e for e, r in enumerate(self.rows) if r[0] not in (CALL, GRAD)), default=-1)
         for e, r in enumerate(self.rows):
-            if r[0] == CALL and any(later[0] not in (CALL, GRAD) for later in self.rows[e + 1:]):
+            if r[0] == CALL and e < last:
                 changed = r[1][3]
                 out[e] = [s for s in self.ext if id(self.slots[s].tensor) in changed]
         return out
@@ -550,8 +553,13 @@ class Program:
             if s >= 0 and sl[s].dtype != dt:
                 return None
         n = prod(sl[out].shape)
-        if op.fwd_exact is not None and not op.fwd_exact(dt, n):
-            return None
+        if op.fwd_exact is not None:
+            key = (op.code, dt, n)
+            exact = self._exact.get(key)
+            if exact is None:
+                exact = self._exact[key] = op.fwd_exact(dt, n)
+            if not exact:
+                return None
         if k == BINARY:
             na, nb = prod(sl[a].shape), prod(sl[b].shape)
             if not (na == n and nb in (n, 1) or nb == n and na == 1 or
@@ -579,7 +587,9 @@ class Program:
                            len(self.slots[r[2]].shape) == 2 and Perm.decode(r[6], 2) == (1, 0)}
         self.reads_views = {e for e, r in enumerate(self.rows) if r[0] == OP and FWD_KIND[r[1].code] == MATMUL and
                             (r[2] in self.transposes or r[3] in self.transposes)}
+        self._exact = {}  # (code, dtype, size) -> the row's fwd_exact there
         dts = [self._jittable(r, FWD_KIND) for r in self.rows]
+        del self._exact
         plan = []
         e = 0
         n = len(self.rows)
@@ -643,14 +653,16 @@ class Program:
             used.update(s for s in (r[2], r[3], r[4], r[5]) if s >= 0)
             self.seg_of[r[5]] = k
         slots = self.slots
-        ext = [s for s in sorted(used) if slots[s].kind == EXT]
+        used = sorted(used)
+        ext = [s for s in used if slots[s].kind == EXT]
         seg.ext_slots = np.array(ext, np.int64)
         seg.ext = [(slots[s].arg, slots[s].tensor if slots[s].arg < 0 else None) for s in ext]
         # slots that need grad and come from another tape (an earlier segment's, a Function's) link there
-        seg.linked = [s for s in sorted(used) if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
-        seg.internal = [s for s in sorted(used) if slots[s].kind != EXT and s not in seg.linked]
+        seg.linked = [s for s in used if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
+        linked = set(seg.linked)
+        seg.internal = [s for s in used if slots[s].kind != EXT and s not in linked]
         seg.flags = np.array([REQUIRES_GRAD if slots[s].rg else LEAF for s in seg.internal], np.int64)
-        seg.R = _row_table([self.rows[e] for e in seg.rows])
+        seg.R = self.R[seg.rows]
         return seg
 
     # -- replay ----------------------------------------------------------------------------------
@@ -949,10 +961,11 @@ def _row_table(rows):
     """The engine's row table (a tape's layout: code, a, b, c, out, i0, i1, f0's bits) of program
     rows; rows that are no op stay zero."""
     R = np.zeros((len(rows), 8), np.int64)
-    for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(rows):
-        if kind == OP:
-            R[e, :7] = (op.code, a, b, c, out, i0, i1)
-            R[e:e + 1, 7:8].view(np.float64)[0, 0] = f0
+    ops_ = [(e, r) for e, r in enumerate(rows) if r[0] == OP]
+    if ops_:
+        at = np.fromiter((e for e, _ in ops_), np.int64, len(ops_))
+        R[at, :7] = np.array([(r[1].code, r[2], r[3], r[4], r[5], r[6], r[7]) for _, r in ops_], np.int64)
+        R[at, 7] = np.array([r[8] for _, r in ops_], np.float64).view(np.int64)
     return R
 
 
@@ -965,9 +978,5 @@ def _jit_run(prog, O, lo, hi, w):
         from ..engine.cpu.forward_replay import run
         from ..engine.cpu_replay import array_header
         _JIT.extend((run, FWD_KERNEL, array_header()))
-    R = getattr(prog, "_R_all", None)
-    if R is None:
-        R = prog._R_all = _row_table(prog.rows)
-        prog._RF_all = R.view(np.float64)
     run, fk, hoff = _JIT
-    return run(R, prog._RF_all, fk, O, lo, hi, hoff, w)
+    return run(prog.R, prog.RF, fk, O, lo, hi, hoff, w)
