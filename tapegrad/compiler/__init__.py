@@ -189,6 +189,9 @@ def _aliases(tensors):
     out = []
     for i, t in enumerate(tensors):
         v = t._value
+        if v.__class__ is not ndarray:  # a GPU value: its device buffer (its views share it)
+            out.append(roots.setdefault(id(v.d), i))
+            continue
         b = v.base
         while b.__class__ is ndarray:  # (a base that is no array, a buffer, ends the walk)
             v = b

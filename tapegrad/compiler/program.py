@@ -44,7 +44,7 @@ from .. import ops
 from ..operands import operand
 from ..ops.attrs import Operand, Perm
 from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
-from ..tensor import Tensor, leaf as _leaf
+from ..tensor import DeviceArray, Tensor, leaf as _leaf
 
 # row kinds
 OP, PY, CONST, RAND, WRITE, GUARD = "op", "py", "const", "rand", "write", "guard"
@@ -116,6 +116,9 @@ class Recording:
 
     # -- slots ---------------------------------------------------------------------------------
     def _new(self, kind, like, rg, **kw):
+        if like.__class__ is DeviceArray:
+            self.fail("it runs on GPU tensors: a compiled program replays on the CPU (on the GPU it runs eagerly, "
+                      "and its backward on the CUDA engine)")
         self.slots.append(Slot(kind, like.shape, like.dtype, rg, **kw))
         return len(self.slots) - 1
 

@@ -177,6 +177,7 @@ class Module:
             if k in state_dict:
                 v = state_dict[k]
                 v = v._value if isinstance(v, Tensor) else np.asarray(v)
+                v = _moved(v, None, p.device)  # (torch's copy_ between devices)
                 if v.shape != p._value.shape:
                     raise RuntimeError(f"size mismatch for {k}: copying a param with shape {list(v.shape)} from "
                                        f"checkpoint, the shape in current model is {list(p._value.shape)}.")
@@ -192,21 +193,25 @@ class Module:
         return self
 
     def to(self, *args, **kwargs):
-        """Convert floating parameters to a dtype (``module.to(tg.float64)``); cpu is the only device."""
-        dt = kwargs.get("dtype")
+        """Move and cast the parameters in place, as torch's: ``to(device)``, ``to(dtype)``, ``to(device,
+        dtype)``, ``to(tensor)``; only floating parameters change dtype. Each stays the same Parameter
+        (an optimizer holding it sees the change), its version bumped so that a graph that saved the
+        old value refuses to backward through it; a .grad moves with it."""
+        dt, device = kwargs.get("dtype"), kwargs.get("device")
         for a in args:
             if isinstance(a, dtypes.dtype):
                 dt = a
-        for a in list(args) + [kwargs.get("device")]:
-            if a is not None and not isinstance(a, dtypes.dtype) and str(a).split(":")[0] != "cpu":
-                raise RuntimeError(f"device {a} is not available: this build of tapegrad runs on the CPU")
-        if dt is not None:
-            for p in self.parameters():
-                if p._value.dtype.kind == "f" and p._value.dtype != dt.np:
-                    p._value = p._value.astype(dt.np)
-                    p._bump_version()  # a graph that saved the old value must not backward through it
-                    if p._grad is not None:
-                        p._grad = ops._leaf(p._grad._value.astype(dt.np))
+            elif isinstance(a, Tensor):
+                dt, device = a.dtype, a.device
+            elif a is not None:
+                device = a
+        for p in self.parameters():
+            v = _moved(p._value, dt, device)
+            if v is not p._value:
+                p._value = v
+                p._bump_version()
+                if p._grad is not None:
+                    p._grad = ops._leaf(_moved(p._grad._value, dt, device))
         return self
 
     def float(self):
@@ -215,8 +220,11 @@ class Module:
     def double(self):
         return self.to(dtypes.float64)
 
+    def cuda(self, device=None):
+        return self.to("cuda" if device is None else device)
+
     def cpu(self):
-        return self
+        return self.to("cpu")
 
     # -- printing ------------------------------------------------------------------------------
     def extra_repr(self):
@@ -232,6 +240,16 @@ class Module:
             return f"{type(self).__name__}({extra})"
         head = f"{type(self).__name__}(" + (extra + "\n" if extra else "\n")
         return head + "".join(f"  {ln}\n" for ln in lines) + ")"
+
+
+def _moved(v, dtype, device):
+    """Value v cast to floating ``dtype`` and put on ``device`` (None: as it is); v itself where
+    nothing changes."""
+    if dtype is not None and v.dtype.kind == "f" and v.dtype != dtype.np:
+        v = v.astype(dtype.np)
+    if device is not None:
+        v = ops.to_device(ops._leaf(v), device)._value
+    return v
 
 
 class _IncompatibleKeys:
