@@ -332,6 +332,29 @@ def mm_into(a, b, out, ta, tb, beta):
     run_kernel("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
 
 
+# -- reductions and losses with kernels of their own: the ops call these for GPU values ---------------
+def around(shape, d):
+    """(outer, n, inner) of ``shape`` around axis d (a 0-d shape: one element)."""
+    return _prod(shape[:d]), (shape[d] if shape else 1), _prod(shape[d + 1:])
+
+
+def softmax(v, d, log):
+    """softmax of v along axis d (log: log_softmax)."""
+    out = empty(v.shape, v.dtype)
+    outer, n, inner = around(v.shape, d)
+    run_kernel("softmax_rows", outer * inner, v.d, out.d, outer, n, inner, bool(log))
+    return out
+
+
+def nll(x, pos, w, reduced, scale):
+    """The negative log-likelihood's terms -x[pos] * w at flat positions pos of x (w None: ones), or
+    reduced, their sum times scale."""
+    out = empty(() if reduced else pos.shape, x.dtype)
+    run_kernel("nll_forward", pos.size, x.d, pos.d, x.d if w is None else w.d, out.d, w is not None, bool(reduced),
+               x.dtype.type(scale))
+    return out
+
+
 def _unsupported(what):
     """NotImplementedError naming the op (the outermost frame in tapegrad's ops: the row it records,
     or the public function) that needed ``what``."""

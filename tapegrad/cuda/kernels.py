@@ -2,6 +2,8 @@
 reduce and sum back broadcast gradients, and a plain matrix product. Every one is a grid-stride
 loop over flat C-ordered arrays, so any launch size covers any length. The elementwise rows'
 kernels are generated from the op table (_generated.py)."""
+import math
+
 from numba import cuda
 
 
@@ -91,6 +93,67 @@ def matmul(a, b, out, m, k, n, ta, tb, beta):
         out[t] = acc
 
 
+# -- reductions and scans: one thread per output element, looping over the elements it reduces in
+# a fixed order (deterministic, no atomics). A single axis d is addressed as [outer, n, inner]; any
+# set of axes through a segment map ``seg``, seg[j * m + k] the k-th of output element j's m inputs.
+@cuda.jit
+def softmax_rows(x, y, outer, n, inner, log):
+    """y = softmax of x along the middle axis (log: log_softmax), the exponentials summed in float64
+    as the CPU's jitted pass sums them."""
+    for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
+        base = (t // inner) * n * inner + t % inner
+        m = x[base]
+        for k in range(1, n):
+            v = x[base + k * inner]
+            if v > m or v != v:
+                m = v
+        s = 0.0
+        for k in range(n):
+            s += math.exp(x[base + k * inner] - m)
+        shift = m + math.log(s)
+        for k in range(n):
+            i = base + k * inner
+            y[i] = x[i] - shift if log else math.exp(x[i] - m) / s
+
+
+@cuda.jit
+def softmax_adjoint(g, y, gx, outer, n, inner, log):
+    """gx += y * (g - sum(g * y)) (log: g - exp(y) * sum(g)) along the middle axis."""
+    for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
+        base = (t // inner) * n * inner + t % inner
+        s = 0.0
+        for k in range(n):
+            i = base + k * inner
+            s += g[i] if log else g[i] * y[i]
+        for k in range(n):
+            i = base + k * inner
+            gx[i] += g[i] - math.exp(y[i]) * s if log else y[i] * (g[i] - s)
+
+
+@cuda.jit
+def nll_forward(x, pos, w, y, weighted, reduced, scale):
+    """y = -x[pos] (times w where weighted), or reduced, their sum times scale (one thread: in order)."""
+    if reduced:
+        if cuda.grid(1) == 0:
+            s = 0.0
+            for i in range(pos.shape[0]):
+                s -= x[pos[i]] * w[i] if weighted else x[pos[i]]
+            y[0] = s * scale
+        return
+    for i in range(cuda.grid(1), pos.shape[0], cuda.gridsize(1)):
+        y[i] = -(x[pos[i]] * w[i]) if weighted else -x[pos[i]]
+
+
+@cuda.jit
+def nll_adjoint(g, pos, w, gx, weighted, reduced, scale):
+    """gx[pos[i]] -= g (g[0] * scale when reduced) times w[i]: each sample's target its own element."""
+    for i in range(cuda.grid(1), pos.shape[0], cuda.gridsize(1)):
+        gi = g[0] * scale if reduced else g[i]
+        gx[pos[i]] -= gi * w[i] if weighted else gi
+
+
 KERNELS = {"fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
            "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint,
            "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint, "matmul": matmul}
+KERNELS.update({"softmax_rows": softmax_rows, "softmax_adjoint": softmax_adjoint, "nll_forward": nll_forward,
+                "nll_adjoint": nll_adjoint})

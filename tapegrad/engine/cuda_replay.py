@@ -181,11 +181,30 @@ def _mm(p, g, ins, into, r, f0):
         array.mm_into(p.value(ins[0], g.dtype), g, gb, True, False, 1.0)
 
 
+def _softmax_family(log):
+    def adjoint(p, g, ins, into, r, f0):
+        """softmax and log_softmax along dim i0, from their result."""
+        y = p.value(int(r[4]), g.dtype)
+        outer, n, inner = array.around(g.shape, int(r[5]))
+        array.run_kernel("softmax_adjoint", outer * inner, g.d, y.d, into[0].d, outer, n, inner, log)
+    return adjoint
+
+
+def _nll(p, g, ins, into, r, f0):
+    """nll_loss: -g (reduced: g times f0), times each sample's weight, at each sample's target."""
+    pos = p.value(ins[1], np.dtype(np.int64))
+    weighted = ins[2] >= 0
+    w = p.value(ins[2], g.dtype) if weighted else g
+    array.run_kernel("nll_adjoint", pos.size, g.d, pos.d, w.d, into[0].d, weighted, bool(r[5] == 1),
+                     g.dtype.type(f0))
+
+
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
 # every GPU row has one here or in the generated kernels).
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
          "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
          "adj_relu": _relu}
+_HAND.update({"adj_softmax": _softmax_family(False), "adj_log_softmax": _softmax_family(True), "adj_nll": _nll})
 
 
 class CudaEngine:

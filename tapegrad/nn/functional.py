@@ -10,7 +10,7 @@ import numpy as np
 from .. import ops
 from ..ops import _record as _records
 from ..ops.results import _derived
-from ..tensor import Tensor
+from ..tensor import Tensor, _host
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -120,7 +120,9 @@ def _picked(logp2, target, ignore_index, weight):
     """Per sample: its class (0 where ignored) and its weight (None: all ones; 0 where ignored)."""
     n, c = logp2.shape
     dtype = logp2._value.dtype
-    safe, w = _picked_values(n, c, dtype, target._value, ignore_index, None if weight is None else weight._value)
+    # (a GPU target is checked on the host, as its places are found there)
+    safe, w = _picked_values(n, c, dtype, _host(target._value), ignore_index, None if weight is None else
+                             _host(weight._value))
     if _records.PROGRAMS:
         # the target's values decide them: a compiled program derives them again at each replay (with
         # the same structure: where no weights were needed, an ignored sample is another program)

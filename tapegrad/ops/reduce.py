@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from ..cuda import array as cuda_array
 from ..tape import _contiguous
 from ..tensor import Tensor, _dim
 from ..tensor import leaf as _leaf
@@ -107,12 +108,12 @@ CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
 SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
               lambda g, i, o, r: (shown_as(o * (g - sum(g * o, r[5], keepdim=True)), "SoftmaxBackwardDataBackward0",
                                            g, o),), reads=("out",), attrs=(Int("dim", dump=True),),
-              replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, False))
+              replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, False), gpu=True)
 LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
                   lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
                                                "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",),
                   attrs=(Int("dim", dump=True), Int("kernel")),
-                  replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True, i1))
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True, i1), gpu=True)
 MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,), static_maps=False)  # (the indices)
 MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,), static_maps=False)
 
@@ -387,6 +388,8 @@ def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
 
 def _softmax_value(xv, d, log, kernel=False):
     """``kernel``: the jitted pass at any size (cross_entropy_mean's, whose row says so in i1)."""
+    if xv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.softmax(xv, d, log)
     if xv.ndim == 0:
         return np.zeros((), xv.dtype) if log else np.ones((), xv.dtype)
     if 0 < xv.size <= _SMALL_SOFTMAX or kernel:

@@ -124,6 +124,35 @@ def test_training_on_the_gpu_equals_the_cpu(optimizer, dtype):
         np.testing.assert_allclose(g, c, **tol)
 
 
+def _train_classifier(device, dtype):
+    """A two-layer classifier under nn.CrossEntropyLoss (log_softmax and nll_loss rows, int64 targets on
+    the device), with Adam."""
+    rng = np.random.default_rng(1)
+    data = tg.tensor(rng.standard_normal((8, 3)), dtype=dtype, device=device)
+    target = tg.tensor(rng.integers(0, 3, 8), device=device)
+    params = [tg.tensor(rng.standard_normal(s) * 0.5, dtype=dtype, device=device, requires_grad=True)
+              for s in [(3, 5), (5,), (5, 3), (3,)]]
+    opt, criterion, losses = tg.optim.Adam(params, lr=0.05), tg.nn.CrossEntropyLoss(), []
+    for _ in range(4):
+        opt.zero_grad()
+        w1, b1, w2, b2 = params
+        loss = criterion((data @ w1 + b1).tanh() @ w2 + b2, target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, [p.detach().cpu().numpy() for p in params]
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64], ids=["float32", "float64"])
+def test_a_classifier_trained_on_the_gpu_equals_the_cpu(dtype):
+    gpu, cpu = _train_classifier("cuda", dtype), _train_classifier("cpu", dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == tg.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(gpu[0], cpu[0], **tol)
+    assert gpu[0][-1] < gpu[0][0]
+    for g, c in zip(gpu[1], cpu[1]):
+        np.testing.assert_allclose(g, c, **tol)
+
+
 def _run(code, **env):
     """``code`` in a fresh interpreter without the simulator (unless env sets it)."""
     full = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}

@@ -25,12 +25,13 @@ for k in list(_generated.FORWARD.values()) + [k for ks in _generated.ADJOINT.val
     found[k.py_func.__name__] = k
 found.update(kernels.KERNELS)
 # each argument's type, by its name, as the launches pass it
-ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out"}
+ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out", "w"}
 def types(name, T):
     if name in ARRAYS:
         return T[::1]
     return {"c": T, "v": T, "scale": T, "beta": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
-            "ta": boolean, "tb": boolean}[name]
+            "ta": boolean, "tb": boolean, "pos": int64[::1], "outer": int64, "inner": int64, "log": boolean,
+            "weighted": boolean, "reduced": boolean}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
     for T in (float32, float64):
