@@ -4,7 +4,7 @@ nodes a composite shows instead of its rows (``shown_as``)."""
 import numpy as np
 
 from ..tape import LEAF, _contiguous, _state, counter, current_tape, note_op, recording_program
-from ..tensor import Tensor, as_value
+from ..tensor import DeviceArray, Tensor, as_value
 from ..tensor import leaf as _leaf
 from . import _record as _records
 
@@ -117,7 +117,9 @@ def _with_map(op, x, value, positions, derive=None):
     tensors' values (fn of their values gives ``positions``: _derived)."""
     rg = x._rg and _state.grad_enabled
     if rg or _records.PROGRAMS:
-        idx = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        # (GPU positions are the device's int64 already)
+        idx = (positions if positions.__class__ is DeviceArray else
+               np.ascontiguousarray(positions, dtype=np.int64)).reshape(-1)
         if derive is not None and _records.PROGRAMS:
             fn, inputs = derive
             _derived(idx, lambda *vs: np.ascontiguousarray(fn(*vs), dtype=np.int64).reshape(-1), *inputs)

@@ -84,6 +84,40 @@ CASES.update({
 })
 
 
+def ties(rng, shape):
+    """Small integers: extremes tie, and share their gradient."""
+    return rng.integers(-2, 3, shape).astype(np.float64)
+
+
+def some_zeros(rng, shape):
+    """Normal values with one zero in the first row and two in the second."""
+    v = rng.standard_normal(shape)
+    v[0, 1] = v[1, 0] = v[1, 2] = 0.0
+    return v
+
+
+def _norms(x):
+    inf = float("inf")
+    return sum((x.norm(p, dim=1) for p in (2, 1, inf, -inf, 3, 0.5, 0)), x.norm())
+
+
+CASES.update({
+    "max": (lambda x: x.max(), [(2, 3)], ties),
+    "min": (lambda x: x.min(), [(2, 3)], ties),
+    "amax": (lambda x: x.amax((0, 2)), [(2, 3, 2)], ties),
+    "amin": (lambda x: x.amin(1, keepdim=True), [(3, 4)], ties),
+    "max_dim": (lambda x: x.max(1).values, [(2, 3, 2)], ties),
+    "min_dim": (lambda x: x.min(0, keepdim=True).values, [(3, 2)], ties),
+    "prod": (lambda x: x.prod(), [(2, 3)], positive),
+    "prod_dim": (lambda x: x.prod(1), [(3, 3)], some_zeros),
+    "norm": (_norms, [(2, 3)], normal),
+    "var": (lambda x: x.var((0, 2)) * x.var(1, correction=0).sum(), [(2, 3, 2)], normal),
+    "std_root": (lambda x: x.std(1, keepdim=True), [(2, 3)], normal),
+    "cumsum": (lambda x: x.cumsum(1), [(2, 3, 2)], normal),
+    "bmm": (lambda x, y: tg.bmm(x, y), [(2, 2, 3), (2, 3, 2)], normal),
+})
+
+
 def test_every_gpu_row_has_a_case_and_its_kernels():
     assert sorted(CASES) == GPU_ROWS
     for op in ops.TABLE:
@@ -139,8 +173,10 @@ def second_order(name, device, dtype):
 
 # Rows whose VJP records a row without a CUDA kernel yet: their second order's error, which names it
 # (or the NumPy call it lacks, from a function that records no public op).
-NO_SECOND_ORDER = {"relu": "'threshold_backward' has no CUDA kernel",
-                   "nll_loss": r"no CUDA kernel in tapegrad yet \(np\.add\.at"}  # (scatter_flat's)
+_SCATTER_FLAT, _EQUAL = r"no CUDA kernel in tapegrad yet \(np\.add\.at", r"no CUDA kernel in tapegrad yet \(np\.equal"
+NO_SECOND_ORDER = {"relu": "'threshold_backward' has no CUDA kernel", "nll_loss": _SCATTER_FLAT,
+                   "max_dim": _SCATTER_FLAT, "min_dim": _SCATTER_FLAT, "cumsum": "'flip' has no CUDA kernel",
+                   **dict.fromkeys(["max", "min", "amax", "amin", "prod", "prod_dim", "norm", "std_root"], _EQUAL)}
 
 
 @pytest.mark.parametrize("name", GPU_ROWS)
