@@ -251,9 +251,10 @@ def segment_prod_adjoint(g, x, y, seg, gx, m):
 
 
 @cuda.jit
-def segment_norm(x, seg, y, m, p, mode):
-    """The p-norm of output element j's inputs; mode (array.norm_mode): 0 the count of nonzeros, 1
-    sum |x|, 2 sqrt(sum x * x), 3 max |x|, 4 min |x|, 5 and 6 (sum |x| ** p) ** (1 / p)."""
+def segment_norm(x, seg, y, m, order, mode):
+    """The norm of order ``order`` of output element j's inputs; mode (array.norm_mode): 0 the count
+    of nonzeros, 1 sum |x|, 2 sqrt(sum x * x), 3 max |x|, 4 min |x|, 5 and 6 (sum |x| ** order) **
+    (1 / order)."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         if mode == 3 or mode == 4:
             v = abs(x[seg[j * m]])
@@ -273,14 +274,14 @@ def segment_norm(x, seg, y, m, p, mode):
             elif mode == 2:
                 s += u * u
             else:
-                s += abs(u) ** p
-        y[j] = math.sqrt(s) if mode == 2 else s ** (1 / p) if mode >= 5 else s
+                s += abs(u) ** order
+        y[j] = math.sqrt(s) if mode == 2 else s ** (1 / order) if mode >= 5 else s
 
 
 @cuda.jit
-def segment_norm_adjoint(g, x, y, seg, gx, m, p, mode):
-    """The p-norm's gradient, torch's formulas (mode as segment_norm's, 5: p < 1, 6: p > 1); zero
-    where the norm is zero."""
+def segment_norm_adjoint(g, x, y, seg, gx, m, order, mode):
+    """The norm's gradient, torch's formulas (mode as segment_norm's, 5: order < 1, 6: order > 1);
+    zero where the norm is zero."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         count = 0
         if mode == 3 or mode == 4:
@@ -301,10 +302,10 @@ def segment_norm_adjoint(g, x, y, seg, gx, m, p, mode):
                     gx[i] += sign * g[j] / count
             elif mode == 5:
                 if v != 0:
-                    gx[i] += sign * abs(v) ** (p - 1) * g[j] * y[j] ** (1 - p)
+                    gx[i] += sign * abs(v) ** (order - 1) * g[j] * y[j] ** (1 - order)
             elif y[j] != 0:
-                scaled = sign * abs(v) ** (p - 1) if p < 2 else v * abs(v) ** (p - 2)
-                gx[i] += scaled * (g[j] / y[j] ** (p - 1))
+                scaled = sign * abs(v) ** (order - 1) if order < 2 else v * abs(v) ** (order - 2)
+                gx[i] += scaled * (g[j] / y[j] ** (order - 1))
 
 
 @cuda.jit

@@ -31,7 +31,7 @@ def types(name, T):
         return T[::1]
     return {"c": T, "v": T, "scale": T, "beta": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
             "ta": boolean, "tb": boolean, "pos": int64[::1], "outer": int64, "inner": int64, "log": boolean,
-            "weighted": boolean, "reduced": boolean, "seg": int64[::1], "largest": boolean, "p": T, "mode": int64,
+            "weighted": boolean, "reduced": boolean, "seg": int64[::1], "largest": boolean, "order": T, "mode": int64,
             "correction": T, "degenerate": boolean, "nb": int64}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
