@@ -376,6 +376,15 @@ def extreme(v, d, keepdim, largest):
     return values, idx, pos
 
 
+def extreme_share(x, y, axes):
+    """Each element's share of the gradient of y, x's max or min over ``axes``: 1 / (its ties) where
+    it is the extreme, else 0."""
+    seg, m = segments(x.shape, tuple(axes))
+    share = zeros(x.shape, x.dtype)
+    run_kernel("segment_extreme_adjoint", y.size, full(y.shape, x.dtype, 1).d, x.d, y.d, seg, share.d, m)
+    return share
+
+
 def cumsum(v, axis=None, dtype=None, out=None):
     if v.dtype.kind != "f" or dtype is not None or out is not None:
         raise _unsupported("np.cumsum of " + str(v.dtype))
