@@ -58,7 +58,11 @@ def test_factories_make_gpu_tensors(make):
 def test_mixing_devices_names_both():
     x, y = tg.ones(3, device="cuda"), tg.ones(3)
     msg = r"^Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!$"
-    for f in (lambda: x + y, lambda: y * x, lambda: x @ tg.ones(3, 1)):
+    F = tg.nn.functional
+    for f in (lambda: x + y, lambda: y * x, lambda: x @ tg.ones(3, 1),
+              lambda: F.cross_entropy(x.view(1, 3), tg.tensor([1])),
+              lambda: F.nll_loss(y.view(1, 3), tg.tensor([1], device="cuda")),
+              lambda: F.nll_loss(x.view(1, 3), tg.tensor([1], device="cuda"), weight=y)):
         with pytest.raises(RuntimeError, match=msg):
             f()
     assert (x + tg.tensor(2.0)).is_cuda  # a 0-d CPU tensor is a scalar, as in torch
