@@ -354,7 +354,8 @@ def softmax(v, d, log):
     """softmax of v along axis d (log: log_softmax)."""
     out = empty(v.shape, v.dtype)
     outer, n, inner = around(v.shape, d)
-    run_kernel("softmax_rows", outer * inner, v.d, out.d, outer, n, inner, bool(log))
+    if n:  # (the kernel reads each row's first element)
+        run_kernel("softmax_rows", outer * inner, v.d, out.d, outer, n, inner, bool(log))
     return out
 
 
@@ -392,7 +393,7 @@ def cumsum(v, axis=None, dtype=None, out=None):
         v, axis = v.ravel(), 0
     result = empty(v.shape, v.dtype)
     outer, n, inner = around(v.shape, axis % v.ndim)
-    if n:
+    if n:  # (the kernel reads each row's first element)
         run_kernel("cumsum_rows", outer * inner, v.d, result.d, outer, n, inner)
     return result
 

@@ -205,6 +205,8 @@ def _segment_adjoint(kernel, reads_y=True):
     def adjoint(p, g, ins, into, r, f0, *extra):
         gx = into[0]
         seg, m = array.segments(gx.shape, tuple(Mask.decode(int(r[5]), gx.ndim)))
+        if not m:  # (reductions of nothing: no input to add to)
+            return
         x = p.value(ins[0], g.dtype)
         y = (p.value(int(r[4]), g.dtype).d,) if reads_y else ()
         array.run_kernel(kernel, g.size, g.d, x.d, *y, seg, gx.d, m, *extra)

@@ -157,6 +157,19 @@ def test_a_classifier_trained_on_the_gpu_equals_the_cpu(dtype):
         np.testing.assert_allclose(g, c, **tol)
 
 
+@pytest.mark.filterwarnings("ignore:var\\(\\)")
+def test_reductions_of_nothing_match_the_cpu():
+    """Rows of no elements: the kernels that read a row's first element are not launched."""
+    out = {}
+    for device in ("cuda", "cpu"):
+        x = tg.zeros(2, 0, device=device, requires_grad=True)
+        ys = [x.softmax(1), x.log_softmax(1), x.cumsum(1), x.prod(1), x.norm(dim=1), x.var(1), x.amax(0)]
+        sum(y.sum() for y in ys).backward()
+        out[device] = [y.detach().cpu().numpy() for y in ys] + [x.grad.cpu().numpy()]
+    for g, c in zip(out["cuda"], out["cpu"]):
+        np.testing.assert_array_equal(g, c)
+
+
 def _run(code, **env):
     """``code`` in a fresh interpreter without the simulator (unless env sets it)."""
     full = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
