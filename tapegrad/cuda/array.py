@@ -10,6 +10,7 @@ raises torch's mixed-device error. Results are always fresh C-ordered arrays, re
 
 numba.cuda is imported on the first GPU value (``cuda.runtime``), never by this module's import.
 """
+import math
 import sys
 
 import numpy as np
@@ -103,6 +104,16 @@ class DeviceArray:
             v = _on_device(value)
             run_kernel("copy", self.size, (v if v.size == self.size else broadcast_to(v, self.shape)).d, self.d)
 
+    def any(self, axis=None):
+        """Whether any element is nonzero: a 0-d bool on the device."""
+        if axis is not None:
+            raise _unsupported(".any(axis=...)")
+        return np.not_equal(_sum(np.not_equal(self, 0), None, False, None), 0)
+
+    def __bool__(self):
+        """The value read to the host, as bool() of a CUDA tensor is in torch (it synchronises)."""
+        return bool(self.get())
+
     def __len__(self):
         if not self.shape:
             raise TypeError("len() of unsized object")
@@ -149,8 +160,9 @@ class DeviceArray:
     __le__ = lambda self, other: np.less_equal(self, other)
     __gt__ = lambda self, other: np.greater(self, other)
     __ge__ = lambda self, other: np.greater_equal(self, other)
-    __eq__ = lambda self, other: np.equal(self, other)
+    __eq__ = lambda self, other: np.equal(self, other)  # (not identity: VJPs compare values, e.g. max's ties)
     __ne__ = lambda self, other: np.not_equal(self, other)
+    __hash__ = object.__hash__
     __invert__ = lambda self: np.invert(self)
     __and__ = lambda self, other: np.bitwise_and(self, other)
     __or__ = lambda self, other: np.bitwise_or(self, other)
@@ -371,9 +383,16 @@ def reduced_positions(shape, axes, keepdims):
     return idx, out_shape
 
 
-def _sum(v, axis, keepdims, dtype):
-    axes = tuple(range(v.ndim)) if axis is None else \
+def _axes(v, axis):
+    """NumPy's axis argument (None, an int or a tuple) as a tuple of v's axes."""
+    return tuple(range(v.ndim)) if axis is None else \
         tuple(a % v.ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
+
+
+def _sum(v, axis, keepdims, dtype):
+    axes = _axes(v, axis)
+    if v.dtype.kind in "biu" and dtype is None:  # (a count of bools, as NumPy's: int64, summed in float64)
+        return _sum(v.astype(np.float64), axis, keepdims, None).astype(np.int64)
     if v.dtype.kind != "f" or dtype is not None and np.dtype(dtype) != v.dtype:
         raise _unsupported("np.sum of " + str(v.dtype))
     idx, shape = reduced_positions(v.shape, axes, keepdims)
@@ -383,30 +402,139 @@ def _sum(v, axis, keepdims, dtype):
 
 
 def matmul(a, b):
-    """a @ b for 2-D operands: NumPy on host copies under the simulator (where a kernel costs 2 us a
-    multiply-add), the matmul kernel on a GPU."""
+    """a @ b for 2-D operands, or 3-D ones with one batch size (bmm): NumPy on host copies under the
+    simulator (where a kernel costs 2 us a multiply-add), the matmul kernel on a GPU."""
     if not isinstance(a, DeviceArray) or not isinstance(b, DeviceArray):
         raise RuntimeError(MIXED_MSG)
-    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f":
+    if a.ndim != b.ndim or a.ndim not in (2, 3) or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype \
+            or a.dtype.kind != "f":
         raise _unsupported("np.matmul of " + f"{a.shape} {a.dtype} and {b.shape} {b.dtype}")
-    out = empty((a.shape[0], b.shape[1]), a.dtype)
+    out = empty(a.shape[:-1] + b.shape[-1:], a.dtype)
     mm_into(a, b, out, False, False, 0.0)
     return out
 
 
 def mm_into(a, b, out, ta, tb, beta):
-    """out = beta * out + op(a) @ op(b) (op: transposed where ta, tb), all C-ordered 2-D."""
-    m, n = out.shape
-    k = a.shape[0] if ta else a.shape[1]
+    """out = beta * out + op(a) @ op(b) (op: transposed where ta, tb), all C-ordered 2-D, or 3-D
+    with the batch first."""
+    m, n = out.shape[-2:]
+    k = a.shape[-2] if ta else a.shape[-1]
     from . import simulated
     if simulated():
         ha, hb = a.get(), b.get()
-        r = (ha.T if ta else ha) @ (hb.T if tb else hb)
+        r = (ha.swapaxes(-1, -2) if ta else ha) @ (hb.swapaxes(-1, -2) if tb else hb)
         if beta:
             r = r + out.get() * beta
         out.d.copy_to_device(np.ascontiguousarray(r, out.dtype).reshape(-1))
         return
-    run_kernel("matmul", m * n, a.d, b.d, out.d, m, k, n, ta, tb, out.dtype.type(beta))
+    nb = out.shape[0] if out.ndim == 3 else 1
+    run_kernel("matmul", out.size, a.d, b.d, out.d, nb, m, k, n, ta, tb, out.dtype.type(beta))
+
+
+# -- reductions and losses with kernels of their own: the ops call these for GPU values ---------------
+def around(shape, d):
+    """(outer, n, inner) of ``shape`` around axis d (a 0-d shape: one element)."""
+    return _prod(shape[:d]), (shape[d] if shape else 1), _prod(shape[d + 1:])
+
+
+def softmax(v, d, log):
+    """softmax of v along axis d (log: log_softmax)."""
+    out = empty(v.shape, v.dtype)
+    outer, n, inner = around(v.shape, d)
+    if n:  # (the kernel reads each row's first element)
+        run_kernel("softmax_rows", outer * inner, v.d, out.d, outer, n, inner, bool(log))
+    return out
+
+
+def nll(x, pos, w, reduced, scale):
+    """The negative log-likelihood's terms -x[pos] * w at flat positions pos of x (w None: ones), or
+    reduced, their sum times scale."""
+    out = empty(() if reduced else pos.shape, x.dtype)
+    run_kernel("nll_forward", pos.size, x.d, pos.d, x.d if w is None else w.d, out.d, w is not None, bool(reduced),
+               x.dtype.type(scale))
+    return out
+
+
+def extreme(v, d, keepdim, largest):
+    """(values, indices along d, flat positions in v) of the max (largest) or min along axis d."""
+    shape = v.shape[:d] + (1,) * bool(keepdim) + v.shape[d + 1:]
+    values, idx, pos = empty(shape, v.dtype), empty(shape, np.int64), empty(shape, np.int64)
+    outer, n, inner = around(v.shape, d)
+    run_kernel("extreme_rows", outer * inner, v.d, values.d, idx.d, pos.d, outer, n, inner, bool(largest))
+    return values, idx, pos
+
+
+def extreme_share(x, y, axes):
+    """Each element's share of the gradient of y, x's max or min over ``axes``: 1 / (its ties) where
+    it is the extreme, else 0."""
+    seg, m = segments(x.shape, tuple(axes))
+    share = zeros(x.shape, x.dtype)
+    run_kernel("segment_extreme_adjoint", y.size, full(y.shape, x.dtype, 1).d, x.d, y.d, seg, share.d, m)
+    return share
+
+
+def cumsum(v, axis=None, dtype=None, out=None):
+    if v.dtype.kind != "f" or dtype is not None or out is not None:
+        raise _unsupported("np.cumsum of " + str(v.dtype))
+    if axis is None:
+        v, axis = v.ravel(), 0
+    result = empty(v.shape, v.dtype)
+    outer, n, inner = around(v.shape, axis % v.ndim)
+    if n:  # (the kernel reads each row's first element)
+        run_kernel("cumsum_rows", outer * inner, v.d, result.d, outer, n, inner)
+    return result
+
+
+def segments(shape, axes):
+    """(seg, m) of a reduction of ``shape`` over ``axes``: seg[j * m + k] is the flat index of the
+    k-th of the m inputs of output element j (C order both)."""
+    kept = [k for k in range(len(shape)) if k not in axes]
+    seg = index_map(("seg", shape, axes),
+                    lambda: np.transpose(np.arange(_prod(shape)).reshape(shape), kept + list(axes)))
+    return seg, _prod(shape[k] for k in axes)
+
+
+def reduce(kernel, v, axis, keepdims, *args, none=0):
+    """v reduced over ``axis`` (NumPy's) by the segment kernel ``kernel`` (launched with ``args``
+    after its own); a reduction of no elements gives ``none``."""
+    if v.dtype.kind != "f":
+        raise _unsupported(f"{kernel} of {v.dtype}")
+    axes = _axes(v, axis)
+    shape = tuple(1 if k in axes else n for k, n in enumerate(v.shape) if keepdims or k not in axes)
+    seg, m = segments(v.shape, axes)
+    if not m:
+        return full(shape, v.dtype, none)
+    out = empty(shape, v.dtype)
+    run_kernel(kernel, out.size, v.d, seg, out.d, m, *args)
+    return out
+
+
+def norm_mode(p):
+    """How segment_norm and its adjoint compute the p-norm (their docstrings)."""
+    return {0: 0, 1: 1, 2: 2, math.inf: 3, -math.inf: 4}.get(p, 5 if p < 1 else 6)
+
+
+def norm(v, p, axes, keepdims):
+    return reduce("segment_norm", v, axes, keepdims, v.dtype.type(p), norm_mode(p))
+
+
+def var(v, axes, keepdims, correction):
+    return reduce("segment_var", v, axes, keepdims, v.dtype.type(correction), none=math.nan)
+
+
+def _extreme_function(largest):
+    def f(v, axis=None, out=None, keepdims=False, initial=None, where=None):
+        if out is not None or initial is not None or where is not None:
+            raise _unsupported("np.max" if largest else "np.min")
+        return reduce("segment_extreme", v, axis, keepdims, bool(largest))
+    return f
+
+
+def _prod_function(v, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    if dtype is not None and np.dtype(dtype) != v.dtype or out is not None or initial is not None or \
+            where is not None:
+        raise _unsupported("np.prod")
+    return reduce("segment_prod", v, axis, keepdims, none=1)
 
 
 def _unsupported(what):
@@ -458,3 +586,5 @@ def _copyto(dst, src, where):
     if where is not True:
         raise _unsupported("np.copyto with where=")
     dst[...] = src
+_FUNCTIONS.update({"max": _extreme_function(True), "min": _extreme_function(False), "prod": _prod_function,
+                   "cumsum": cumsum})

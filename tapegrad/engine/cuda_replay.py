@@ -267,6 +267,70 @@ def _copy(p, g, ins, into, r, f0):
     """x.copy_(src): the old x gets nothing, src the gradient summed to its shape."""
     if into[1] is not None:
         _summed(into[1], g.shape, lambda t: array.run_kernel("add_into", g.size, g.d, t.d))
+def _softmax_family(log):
+    def adjoint(p, g, ins, into, r, f0):
+        """softmax and log_softmax along dim i0, from their result."""
+        y = p.value(int(r[4]), g.dtype)
+        outer, n, inner = array.around(g.shape, int(r[5]))
+        array.run_kernel("softmax_adjoint", outer * inner, g.d, y.d, into[0].d, outer, n, inner, log)
+    return adjoint
+
+
+def _nll(p, g, ins, into, r, f0):
+    """nll_loss: -g (reduced: g times f0), times each sample's weight, at each sample's target."""
+    pos = p.value(ins[1], np.dtype(np.int64))
+    weighted = ins[2] >= 0
+    w = p.value(ins[2], g.dtype) if weighted else g
+    array.run_kernel("nll_adjoint", pos.size, g.d, pos.d, w.d, into[0].d, weighted, bool(r[5] == 1),
+                     g.dtype.type(f0))
+
+
+def _segment_adjoint(kernel, reads_y=True):
+    """The adjoint of a reduction over the axes in mask i0 by segment kernel ``kernel`` (cuda/kernels.py),
+    which reads the input (and where ``reads_y``, the result), then takes ``extra`` after its own."""
+    def adjoint(p, g, ins, into, r, f0, *extra):
+        gx = into[0]
+        seg, m = array.segments(gx.shape, tuple(Mask.decode(int(r[5]), gx.ndim)))
+        if not m:  # (reductions of nothing: no input to add to)
+            return
+        x = p.value(ins[0], g.dtype)
+        y = (p.value(int(r[4]), g.dtype).d,) if reads_y else ()
+        array.run_kernel(kernel, g.size, g.d, x.d, *y, seg, gx.d, m, *extra)
+    return adjoint
+
+
+_extreme = _segment_adjoint("segment_extreme_adjoint")
+_prod = _segment_adjoint("segment_prod_adjoint")
+_norm_segments = _segment_adjoint("segment_norm_adjoint")
+_var_segments = _segment_adjoint("segment_var_adjoint", reads_y=False)
+
+
+def _norm(p, g, ins, into, r, f0):
+    if f0 != 0:  # (the 0-norm's gradient is zero)
+        _norm_segments(p, g, ins, into, r, f0, g.dtype.type(f0), array.norm_mode(f0))
+
+
+def _var(p, g, ins, into, r, f0):
+    """torch's var_backward (kernels.segment_var_adjoint); i1 bit 1: a dim was given."""
+    dof = into[0].size // max(g.size, 1) - f0
+    scale = 2.0 / dof if dof else np.inf
+    _var_segments(p, g, ins, into, r, f0, g.dtype.type(scale), bool(not int(r[6]) & 2 and dof <= 0))
+
+
+def _std_root(p, g, ins, into, r, f0):
+    y = p.value(int(r[4]), g.dtype)
+    array.run_kernel("std_root_adjoint", g.size, g.d, y.d, into[0].d)
+
+
+def _cumsum(p, g, ins, into, r, f0):
+    outer, n, inner = array.around(g.shape, int(r[5]))
+    array.run_kernel("cumsum_adjoint", outer * inner, g.d, into[0].d, outer, n, inner)
+
+
+def _getitem(p, g, ins, into, r, f0):
+    """max_dim and min_dim: g added at its extremes' flat positions (b, an index map: distinct)."""
+    pos = p.value(ins[1], np.dtype(np.int64))
+    array.run_kernel("scatter_add", g.size, g.d, pos.d, into[0].d, g.dtype.type(1))
 
 
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
@@ -277,6 +341,9 @@ _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj
 _HAND.update({"adj_pow": _pow, "adj_rpow_scalar": _rpow_scalar, "adj_maximum": _maximum, "adj_where": _where,
               "adj_masked_fill": _masked_fill, "adj_leaky_relu": _leaky_relu, "adj_clamp": _clamp,
               "adj_gelu": _gelu, "adj_softplus": _softplus, "adj_backward_op": _backward_op, "adj_copy": _copy})
+_HAND.update({"adj_softmax": _softmax_family(False), "adj_log_softmax": _softmax_family(True), "adj_nll": _nll,
+              "adj_amax": _extreme, "adj_prod": _prod, "adj_norm": _norm, "adj_var": _var, "adj_std_root": _std_root,
+              "adj_cumsum": _cumsum, "adj_getitem": _getitem, "adj_bmm": _mm})
 
 
 class CudaEngine:

@@ -10,7 +10,8 @@ import numpy as np
 from .. import ops
 from ..ops import _record as _records
 from ..ops.results import _derived
-from ..tensor import Tensor
+from ..cuda.array import MIXED_MSG
+from ..tensor import Tensor, _host
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -109,6 +110,8 @@ def _check_target(input, target, batch):
         raise TypeError(f"nll_loss(): argument 'target' must be Tensor, not {type(target).__name__}")
     if target._value.dtype.kind not in "iu":
         raise RuntimeError(f"expected scalar type Long but found {target.dtype}")
+    if target.is_cuda != input.is_cuda:  # (torch's error, though the target is read on the host either way)
+        raise RuntimeError(MIXED_MSG)
     if tuple(target.shape) != batch:
         if input.ndim <= 2:
             raise ValueError(f"Expected input batch_size ({batch[0] if batch else 1}) to match target batch_size "
@@ -120,7 +123,9 @@ def _picked(logp2, target, ignore_index, weight):
     """Per sample: its class (0 where ignored) and its weight (None: all ones; 0 where ignored)."""
     n, c = logp2.shape
     dtype = logp2._value.dtype
-    safe, w = _picked_values(n, c, dtype, target._value, ignore_index, None if weight is None else weight._value)
+    # (a GPU target is checked on the host, as its places are found there)
+    safe, w = _picked_values(n, c, dtype, _host(target._value), ignore_index, None if weight is None else
+                             _host(weight._value))
     if _records.PROGRAMS:
         # the target's values decide them: a compiled program derives them again at each replay (with
         # the same structure: where no weights were needed, an ignored sample is another program)
@@ -158,6 +163,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         raise ValueError(f"{reduction} is not a valid value for reduction")
     logp2, batch = _classes_last(input)
     _check_target(input, target, batch)
+    if weight is not None and weight.is_cuda != input.is_cuda:
+        raise RuntimeError(MIXED_MSG)
     safe, w = _picked(logp2, target, ignore_index, weight)
     loss = ops.nll(logp2, safe, w, reduction)  # one row: NllLossBackward0, as torch's
     return ops.reshape(loss, batch) if reduction == "none" else loss

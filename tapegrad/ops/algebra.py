@@ -74,7 +74,7 @@ def _scatter_vjp(g, i, o, r):
     return (reshape(_gather_flat(g, i[1], tuple(i[0].shape)), i[0].shape), None)
 
 
-def gather_row(name, grad_fn, reads=(), output=False, static_maps=True):
+def gather_row(name, grad_fn, reads=(), output=False, static_maps=True, gpu=None):
     """A row whose result picks elements of its input a (getitem and kin). b is an int64 index map
     from each output element to its flat source index; or b = -1 for one contiguous run of a
     C-ordered input (x[1:], x[i] of a matrix) from flat offset i0: no map to build, and the adjoints
@@ -82,7 +82,7 @@ def gather_row(name, grad_fn, reads=(), output=False, static_maps=True):
     the map comes from a Python key and shapes, not from a tensor's values (spec.py)."""
     attrs = (Int("offset"), Int("output")) if output else (Int("offset"),)
     return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1, static_maps=static_maps,
-               replay=_gather_replay)
+               replay=_gather_replay, gpu=gpu)
 
 
 def _gather_replay(ins, i0, i1, f0, shape, dtype):

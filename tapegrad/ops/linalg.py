@@ -17,7 +17,8 @@ MM = row("mm", "MmBackward0", 2, None, "adj_mm",
          replay=lambda ins, i0, i1, f0, shape, dtype: _matmul_value(ins[0], ins[1]), gpu=True)
 BMM = row("bmm", "BmmBackward0", 2, None, "adj_bmm",
           lambda g, i, o, r: (bmm(g, transpose(i[1], 1, 2)), bmm(transpose(i[0], 1, 2), g)),
-          reads={0: (1,), 1: (0,)}, replay=lambda ins, i0, i1, f0, shape, dtype: _bmm_value(ins[0], ins[1]))
+          reads={0: (1,), 1: (0,)}, replay=lambda ins, i0, i1, f0, shape, dtype: _bmm_value(ins[0], ins[1]),
+          gpu=True)
 
 
 def mm(x, y):

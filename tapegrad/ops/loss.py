@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ..cuda import array as cuda_array
 from ..tape import LEAF
 from ..tensor import leaf as _leaf
 from . import _record as _records
@@ -46,7 +47,7 @@ def _nll_replay(ins, i0, i1, f0, shape, dtype):
 # values (WEIGHTED_MEAN: f0 is recomputed).
 FUSED, WEIGHTED_MEAN = 1, 2
 NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp, reads=(0, 1, 2),
-          attrs=(Bool("reduced"), Int("sum"), Float("scale")), replay=_nll_replay)
+          attrs=(Bool("reduced"), Int("sum"), Float("scale")), replay=_nll_replay, gpu=True)
 # (torch's node saves the target and weights, which this row holds in its gradient's scatter: 'const')
 NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp,
                    reads=("const",), attrs=BACKWARD_OP_ATTRS, replay=lambda ins, i0, i1, f0, shape, dtype: ins[0])
@@ -63,10 +64,12 @@ def nll(logp2, target, weight=None, reduction="mean"):
     w = None if weight is None else np.ascontiguousarray(weight, dtype=lv.dtype)
     if w is not None and w is not weight:
         _derived(w, lambda v: np.ascontiguousarray(v, dtype=lv.dtype), weight)
-    if reduction == "none":
-        return _record(NLL, _nll_value(lv, pos, w, False, 1.0), logp2, pos, w)
     weighted = reduction == "mean" and w is not None
     scale = _mean_scale(w) if weighted else _inverse(n) if reduction == "mean" else 1.0
+    if lv.__class__ is cuda_array.DeviceArray:  # (found on the host: the targets' places and weights go over)
+        pos, w = cuda_array.to_device(pos), None if w is None else cuda_array.to_device(w)
+    if reduction == "none":
+        return _record(NLL, _nll_value(lv, pos, w, False, 1.0), logp2, pos, w)
     return _record(NLL, _nll_value(lv, pos, w, True, scale), logp2, pos, w, i0=1, i1=WEIGHTED_MEAN if weighted else 0,
                    f0=scale)
 
@@ -84,6 +87,8 @@ def _inverse(total):
 
 
 def _nll_value(lv, pos, w, reduced, scale):
+    if lv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.nll(lv, pos, w, reduced, scale)
     picked = np.ascontiguousarray(lv).reshape(-1)[pos]
     terms = -picked if w is None else -(picked * w)
     if not reduced:
@@ -110,7 +115,7 @@ def cross_entropy_mean(x, target):
     general path. None when not that case (the caller takes the general path)."""
     xv, tv = x._value, target._value
     if xv.ndim != 2 or xv.dtype.char not in "fd" or tv.shape != xv.shape[:1] or tv.dtype.kind not in "iu" \
-            or not xv.size:
+            or not xv.size or xv.__class__ is cuda_array.DeviceArray:  # (the GPU: the general path's kernels)
         return None
     if not _XENT:
         from ..jit.forward import xent_forward

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from ..cuda import array as cuda_array
 from ..tape import _contiguous
 from ..tensor import Tensor, _dim
 from ..tensor import leaf as _leaf
@@ -38,7 +39,7 @@ def _prod_vjp(g, i, o, r):
     for j in range(n):
         onehot = np.zeros((1, n), bool)
         onehot[0, j] = True
-        cols.append(prod(where(_leaf(onehot), 1.0, xr), 1))
+        cols.append(prod(where(_leaf(cuda_array.to_device(onehot) if x.is_cuda else onehot), 1.0, xr), 1))
     others = stack(cols, 1) * reshape(g, (-1, 1))
     back = reshape(others, tuple(x.shape[k] for k in kept + axes))
     inv = [0] * x.ndim
@@ -50,8 +51,11 @@ def _prod_vjp(g, i, o, r):
 def _amax_vjp(g, i, o, r):
     x = i[0]
     keep = _keep_shape(x, r)
+    axes = Mask.decode(r[5], x.ndim)
+    if x._value.__class__ is cuda_array.DeviceArray:  # (the adjoint's kernel counts the ties)
+        return (reshape(g, keep) * _leaf(cuda_array.extreme_share(x._value, o._value, axes)),)
     hit = x._value == o._value.reshape(keep)
-    share = hit / np.sum(hit, axis=Mask.decode(r[5], x.ndim), keepdims=True)
+    share = hit / np.sum(hit, axis=axes, keepdims=True)
     return (reshape(g, keep) * _const_like(share, g),)
 
 
@@ -84,37 +88,40 @@ def _axes_of(i0, xv):
 
 PROD = row("prod", "ProdBackward0", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"),
            attrs=(Mask("dim"), Bool("keepdim")),
-           replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], None, False))
+           replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], None, False), gpu=True)
 PROD_DIM = row("prod_dim", "ProdBackward1", 1, None, "adj_prod", _prod_vjp, reads=(0, "out"),
                attrs=(Mask("dim"), Bool("keepdim")),
-               replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], _axes_of(i0, ins[0]), i1))
+               replay=lambda ins, i0, i1, f0, shape, dtype: _prod_value(ins[0], _axes_of(i0, ins[0]), i1), gpu=True)
 MAX = row("max", "MaxBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),),
-          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.max(ins[0])))
+          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.max(ins[0])), gpu=True)
 MIN = row("min", "MinBackward1", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"), attrs=(Mask("dim"),),
-          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.min(ins[0])))
+          replay=lambda ins, i0, i1, f0, shape, dtype: np.asarray(np.min(ins[0])), gpu=True)
 AMAX = row("amax", "AmaxBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"),
            attrs=(Mask("dim"), Bool("keepdim")),
-           replay=lambda ins, i0, i1, f0, shape, dtype: np.max(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)))
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.max(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)),
+           gpu=True)
 AMIN = row("amin", "AminBackward0", 1, None, "adj_amax", _amax_vjp, reads=(0, "out"),
            attrs=(Mask("dim"), Bool("keepdim")),
-           replay=lambda ins, i0, i1, f0, shape, dtype: np.min(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)))
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.min(ins[0], axis=_axes_of(i0, ins[0]), keepdims=bool(i1)),
+           gpu=True)
 NORM = row("norm", "LinalgVectorNormBackward0", 1, None, "adj_norm", _norm_vjp, reads=(0, "out"),
            attrs=(Mask("dim"), Bool("keepdim"), Float("ord")),
-           replay=lambda ins, i0, i1, f0, shape, dtype: _norm_value(ins[0], f0, _axes_of(i0, ins[0]), bool(i1)))
+           replay=lambda ins, i0, i1, f0, shape, dtype: _norm_value(ins[0], f0, _axes_of(i0, ins[0]), bool(i1)),
+           gpu=True)
 CUMSUM = row("cumsum", "CumsumBackward0", 1, None, "adj_cumsum",
              lambda g, i, o, r: (flip(cumsum(flip(g, r[5]), r[5]), r[5]),), attrs=(Int("dim"),),
-             replay=lambda ins, i0, i1, f0, shape, dtype: _cumsum_value(ins[0], i0))
+             replay=lambda ins, i0, i1, f0, shape, dtype: _cumsum_value(ins[0], i0), gpu=True)
 SOFTMAX = row("softmax", "SoftmaxBackward0", 1, None, "adj_softmax",
               lambda g, i, o, r: (shown_as(o * (g - sum(g * o, r[5], keepdim=True)), "SoftmaxBackwardDataBackward0",
                                            g, o),), reads=("out",), attrs=(Int("dim", dump=True),),
-              replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, False))
+              replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, False), gpu=True)
 LOG_SOFTMAX = row("log_softmax", "LogSoftmaxBackward0", 1, None, "adj_log_softmax",
                   lambda g, i, o, r: (shown_as(g - exp(o) * sum(g, r[5], keepdim=True),
                                                "LogSoftmaxBackwardDataBackward0", g, o),), reads=("out",),
                   attrs=(Int("dim", dump=True), Int("kernel")),
-                  replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True, i1))
-MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,), static_maps=False)  # (the indices)
-MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,), static_maps=False)
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _softmax_value(ins[0], i0, True, i1), gpu=True)
+MAX_DIM = gather_row("max_dim", "MaxBackward0", reads=(1,), static_maps=False, gpu=True)  # (the indices)
+MIN_DIM = gather_row("min_dim", "MinBackward0", reads=(1,), static_maps=False, gpu=True)
 
 
 def _var_vjp(g, i, o, r):
@@ -148,8 +155,9 @@ def _std_root_vjp(g, i, o, r):
 # std as the square root of a var row whose gradient is 0 where it is 0
 VAR = row("var", "VarBackward0", 1, None, "adj_var", _var_vjp, reads=(0,),
           attrs=(Mask("dim"), Int("flags"), Float("correction")),
-          replay=lambda ins, i0, i1, f0, shape, dtype: _var_value(ins[0], _axes_of(i0, ins[0]), i1 & 1, f0))
-STD_ROOT = row("std_root", "StdBackward0", 1, np.sqrt, "adj_std_root", _std_root_vjp, reads=("out",))
+          replay=lambda ins, i0, i1, f0, shape, dtype: _var_value(ins[0], _axes_of(i0, ins[0]), i1 & 1, f0),
+          gpu=True)
+STD_ROOT = row("std_root", "StdBackward0", 1, np.sqrt, "adj_std_root", _std_root_vjp, reads=("out",), gpu=True)
 
 
 def _full_reduction_error(name, x):
@@ -229,7 +237,7 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
     xv = x._value
     if dim is None:
         _full_reduction_error(name, x)
-        return _unary(op_all, x, np.asarray(fn(xv)), i0=Mask.encode(range(xv.ndim)))
+        return _unary(op_all, x, fn(xv), i0=Mask.encode(range(xv.ndim)))
     d = _dim(dim, xv.ndim)
     if (xv.shape[d] if xv.ndim else 1) == 0:
         raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
@@ -242,6 +250,8 @@ def _extreme(x, dim, keepdim, fn, argfn, op_all, op_dim, rt, name):
 
 def _extreme_maps(xv, d, keepdim, argfn):
     """(values, indices, flat positions in x) of the extremes along d."""
+    if xv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.extreme(xv, d, keepdim and xv.ndim, argfn is np.argmax)
     x1 = xv.reshape(1) if xv.ndim == 0 else xv
     idx = argfn(x1, axis=d, keepdims=True)
     values = np.take_along_axis(x1, idx, d)
@@ -292,6 +302,8 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
 
 
 def _norm_value(xv, p, axes, keepdim):
+    if xv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.norm(xv, p, axes, keepdim)
     a = np.abs(xv)
     with np.errstate(divide="ignore", over="ignore"):
         if p == math.inf:
@@ -344,6 +356,8 @@ def _moment(x, dim, unbiased, keepdim, correction, root):
 
 
 def _var_value(xv, axes, keepdim, correction):
+    if xv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.var(xv, axes, keepdim, correction)
     n = 1
     for a in axes:
         n *= xv.shape[a]
@@ -387,6 +401,8 @@ def log_softmax(x, dim=_NO_DIM, dtype=None, *, axis=None):
 
 def _softmax_value(xv, d, log, kernel=False):
     """``kernel``: the jitted pass at any size (cross_entropy_mean's, whose row says so in i1)."""
+    if xv.__class__ is cuda_array.DeviceArray:
+        return cuda_array.softmax(xv, d, log)
     if xv.ndim == 0:
         return np.zeros((), xv.dtype) if log else np.ones((), xv.dtype)
     if 0 < xv.size <= _SMALL_SOFTMAX or kernel:

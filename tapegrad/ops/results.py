@@ -117,7 +117,9 @@ def _with_map(op, x, value, positions, derive=None):
     tensors' values (fn of their values gives ``positions``: _derived)."""
     rg = x._rg and _state.grad_enabled
     if rg or _records.PROGRAMS:
-        idx = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        # (GPU positions are the device's int64 already)
+        idx = (positions if positions.__class__ is DeviceArray else
+               np.ascontiguousarray(positions, dtype=np.int64)).reshape(-1)
         if derive is not None and _records.PROGRAMS:
             fn, inputs = derive
             _derived(idx, lambda *vs: np.ascontiguousarray(fn(*vs), dtype=np.int64).reshape(-1), *inputs)

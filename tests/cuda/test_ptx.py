@@ -25,7 +25,7 @@ for k in list(_generated.FORWARD.values()) + [k for ks in _generated.ADJOINT.val
     found[k.py_func.__name__] = k
 found.update(kernels.KERNELS)
 # each argument's type, by its name, as the launches pass it
-ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out"}
+ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out", "w"}
 def types(name, T):
     if name in ARRAYS:
         return T[::1]
@@ -34,7 +34,10 @@ def types(name, T):
     return {"c": T, "v": T, "scale": T, "beta": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
             "ta": boolean, "tb": boolean, "op": int64, "want": boolean, "approximate": boolean,
             "sgn": float64, "slope": float64, "lo": float64, "hi": float64, "factor": float64,
-            "threshold": float64, "base": float64, "log_base": float64}[name]
+            "threshold": float64, "base": float64, "log_base": float64,
+            "pos": int64[::1], "outer": int64, "inner": int64, "log": boolean,
+            "weighted": boolean, "reduced": boolean, "seg": int64[::1], "largest": boolean, "order": T, "mode": int64,
+            "correction": T, "degenerate": boolean, "nb": int64}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
     for T in (float32, float64):

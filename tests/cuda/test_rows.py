@@ -94,6 +94,55 @@ CASES.update({
 })
 
 
+def _nll(x):
+    """nll_loss per sample and weighted-mean, its targets (int64) and weights on x's device."""
+    t = tg.tensor([2, 0, 1], device=x.device)
+    w = tg.tensor([0.5, 1.0, 2.0], dtype=x.dtype, device=x.device)
+    F = tg.nn.functional
+    return F.nll_loss(x, t, reduction="none") * F.nll_loss(x, t, weight=w)
+
+
+CASES.update({
+    "softmax": (lambda x: x.softmax(1), [(2, 3, 2)], normal),
+    "log_softmax": (lambda x: x.log_softmax(-1), [(2, 3)], normal),
+    "nll_loss": (_nll, [(3, 3)], normal),
+})
+
+
+def ties(rng, shape):
+    """Small integers: extremes tie, and share their gradient."""
+    return rng.integers(-2, 3, shape).astype(np.float64)
+
+
+def some_zeros(rng, shape):
+    """Normal values with one zero in the first row and two in the second."""
+    v = rng.standard_normal(shape)
+    v[0, 1] = v[1, 0] = v[1, 2] = 0.0
+    return v
+
+
+def _norms(x):
+    inf = float("inf")
+    return sum((x.norm(p, dim=1) for p in (2, 1, inf, -inf, 3, 0.5, 0)), x.norm())
+
+
+CASES.update({
+    "max": (lambda x: x.max(), [(2, 3)], ties),
+    "min": (lambda x: x.min(), [(2, 3)], ties),
+    "amax": (lambda x: x.amax((0, 2)), [(2, 3, 2)], ties),
+    "amin": (lambda x: x.amin(1, keepdim=True), [(3, 4)], ties),
+    "max_dim": (lambda x: x.max(1).values, [(2, 3, 2)], ties),
+    "min_dim": (lambda x: x.min(0, keepdim=True).values, [(3, 2)], ties),
+    "prod": (lambda x: x.prod(), [(2, 3)], positive),
+    "prod_dim": (lambda x: x.prod(1), [(3, 3)], some_zeros),
+    "norm": (_norms, [(2, 3)], normal),
+    "var": (lambda x: x.var((0, 2)) * x.var(1, correction=0).sum(), [(2, 3, 2)], normal),
+    "std_root": (lambda x: x.std(1, keepdim=True), [(2, 3)], normal),
+    "cumsum": (lambda x: x.cumsum(1), [(2, 3, 2)], normal),
+    "bmm": (lambda x, y: tg.bmm(x, y), [(2, 2, 3), (2, 3, 2)], normal),
+})
+
+
 def test_every_gpu_row_has_a_case_and_its_kernels():
     assert sorted(CASES) == GPU_ROWS
     for op in ops.TABLE:
@@ -147,8 +196,19 @@ def second_order(name, device, dtype):
     return [g.detach() for g in grads], [x.grad for x in inputs]
 
 
+# Rows whose VJP records a row without a CUDA kernel yet: their second order's error, which names it
+# (or the NumPy call it lacks, from a function that records no public op).
+_SCATTER_FLAT = r"no CUDA kernel in tapegrad yet \(np\.add\.at"
+NO_SECOND_ORDER = {"nll_loss": _SCATTER_FLAT, "max_dim": _SCATTER_FLAT, "min_dim": _SCATTER_FLAT,
+                   "cumsum": "'flip' has no CUDA kernel", "prod_dim": "'stack' has no CUDA kernel"}
+
+
 @pytest.mark.parametrize("name", GPU_ROWS)
 def test_second_order_on_the_gpu_matches_the_cpu(name):
+    if name in NO_SECOND_ORDER:
+        with pytest.raises(NotImplementedError, match=NO_SECOND_ORDER[name]):
+            second_order(name, "cuda", tg.float64)
+        return
     ours, theirs = second_order(name, "cuda", tg.float64), second_order(name, "cpu", tg.float64)
     for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
         assert (a is None) == (b is None)
