@@ -11,7 +11,7 @@ to the device when an adjoint reads it, and its gradient back to the host when i
 import numpy as np
 
 from .. import formula, ops
-from ..cuda import array, launch
+from ..cuda import array, launch, runtime
 from ..cuda.array import DeviceArray
 from ..ops.attrs import Mask, Perm
 from . import cpu_replay
@@ -48,6 +48,7 @@ class Pass:
         self.roots = np.fromiter(seeds, np.int64, len(seeds))
         self.bufs, self.lbufs = {}, []
         self.host = {}  # slot -> its host value's device copy
+        self.maps = {}  # slot -> its index map's device copy
 
     def backward(self, on, release):
         engine = load()
@@ -93,6 +94,15 @@ class Pass:
             if v is None:
                 v = self.host[s] = array.to_device(np.ascontiguousarray(self.tape.values[s]))
         return v if v.dtype == dtype else v.astype(dtype)
+
+    def index(self, s):
+        """Slot s's int64 index map on the device, flat (copied once a backward: the tape keeps it on
+        the host, where the op built it)."""
+        m = self.maps.get(s)
+        if m is None:
+            v = self.tape.values[s]
+            m = self.maps[s] = v.d if v.__class__ is DeviceArray else runtime().to_device(v.reshape(-1))
+        return m
 
 
 def _adjoint(op, p, e, g, ins, into, o, r, f0):
@@ -186,6 +196,80 @@ def _mm(p, g, ins, into, r, f0):
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
          "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
          "adj_relu": _relu}
+
+
+def _getitem(p, g, ins, into, r, f0):
+    """Every row that picks elements of its input: g added at its index map's positions, or into the
+    run from flat offset i0."""
+    gx = into[0]
+    if ins[1] < 0:
+        off = int(r[5])
+        array.run_kernel("add_into", g.size, g.d, gx.d[off:off + g.size])
+    elif g.size:
+        array.run_kernel("scatter_add", g.size, g.d, p.index(ins[1]), gx.d, g.dtype.type(1))
+
+
+def _scatter_flat(p, g, ins, into, r, f0):
+    """The transpose of _getitem: g gathered at the index map (or from the run at flat offset i0)."""
+    gx = into[0]
+    if ins[1] < 0:
+        off = int(r[5])
+        array.run_kernel("add_into", gx.size, g.d[off:off + gx.size], gx.d)
+    elif gx.size:
+        array.run_kernel("gather_add", gx.size, g.d, p.index(ins[1]), gx.d, g.dtype.type(1))
+
+
+def _setitem(p, g, ins, into, r, f0):
+    """x[idx] = v: v gets g at the index map c, x gets g with zeros there."""
+    gx, gv = into[0], into[1]
+    idx = p.index(ins[2])
+    if gv is not None and gv.size:
+        array.run_kernel("gather_add", gv.size, g.d, idx, gv.d, g.dtype.type(1))
+    if gx is not None:
+        keep = g.copy()
+        array.run_kernel("fill_at", idx.shape[0], keep.d, idx, g.dtype.type(0))
+        array.run_kernel("add_into", g.size, keep.d, gx.d)
+
+
+def _scatter_add(p, g, ins, into, r, f0):
+    """x.scatter_add(dim, index, src): x gets g, src g at the index map c."""
+    gx, gs = into[0], into[1]
+    if gx is not None:
+        array.run_kernel("add_into", g.size, g.d, gx.d)
+    if gs is not None and gs.size:
+        array.run_kernel("gather_add", gs.size, g.d, p.index(ins[2]), gs.d, g.dtype.type(1))
+
+
+def _cat(p, g, ins, into, r, f0):
+    """cat and stack along dim i0: each piece gets its block of g."""
+    d, off = int(r[5]), 0
+    outer = int(np.prod(g.shape[:d]))
+    inner = int(np.prod(g.shape[d + 1:]))
+    for s, gs in zip(ins, into):
+        if s < 0 or not outer * inner:
+            break
+        span = p.tape.values[s].size // (outer * inner)
+        if gs is not None and gs.size:
+            idx = array.join_positions(g.shape, d, off, span)
+            array.run_kernel("gather_add", gs.size, g.d, idx, gs.d, g.dtype.type(1))
+        off += span
+
+
+def _add_run(p, g, ins, into, r, f0):
+    """a + f0 * (b at flat offset i0), a at flat offset i1 where it is smaller: a gets its run of g,
+    b f0 times its run."""
+    ga, gb = into[0], into[1]
+    if ga is not None:
+        lo = 0 if ga.size == g.size else int(r[6])
+        array.run_kernel("add_into", ga.size, g.d[lo:lo + ga.size], ga.d)
+    if gb is not None:
+        off = int(r[5])
+        array.run_kernel("add_scaled", gb.size, g.d[off:off + gb.size], gb.d, g.dtype.type(f0))
+
+
+# indexing and joining
+_HAND.update(adj_getitem=_getitem, adj_scatter_flat=_scatter_flat, adj_setitem=_setitem,
+             adj_scatter_add=_scatter_add, adj_cat=_cat, adj_add_run=_add_run)
 
 
 class CudaEngine:

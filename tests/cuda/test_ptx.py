@@ -29,8 +29,8 @@ ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out"
 def types(name, T):
     if name in ARRAYS:
         return T[::1]
-    return {"c": T, "v": T, "scale": T, "beta": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
-            "ta": boolean, "tb": boolean}[name]
+    return {"c": T, "v": T, "scale": T, "beta": T, "sign": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
+            "off": int64, "lo": int64, "ta": boolean, "tb": boolean}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
     for T in (float32, float64):

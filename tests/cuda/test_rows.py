@@ -69,6 +69,47 @@ CASES = {
 }
 
 
+def _put(key):
+    """x with y written at ``key`` (a function of x's device), recorded on a copy of x."""
+    def program(x, y):
+        z = x.clone()
+        z[key(x.device)] = y
+        return z
+    return program
+
+
+def _twice(program):
+    """program's gradient as a function of x (create_graph: the rows of gradients of indexing)."""
+    return lambda x: tg.autograd.grad(program(x).sum(), x, create_graph=True)[0]
+
+
+def _index(device):
+    return tg.tensor([2, 0, 2], device=device)
+
+
+CASES.update({
+    "index": (lambda x: x[_index(x.device), 1:] + x[[True, False, True]][[1, 0, 1], 1:], [(3, 4)], normal),
+    "select": (lambda x: x[1] + x.select(1, 2)[:, None], [(3, 4)], normal),
+    "slice": (lambda x: (x[1:] * x[:-1])[:, 1:3], [(3, 4)], normal),
+    "alias": (lambda x: x[...], [(2, 3)], normal),
+    "index_unsqueeze": (lambda x: x[..., None, :], [(2, 3)], normal),
+    "index_select": (lambda x: x.index_select(1, _index(x.device)), [(3, 4)], normal),
+    "gather": (lambda x: x.gather(1, tg.tensor([[0, 2], [1, 1], [3, 0]], device=x.device)), [(3, 4)], normal),
+    "scatter_add": (lambda x, y: x.scatter_add(1, tg.tensor([[0, 2, 0], [1, 1, 3]], device=x.device), y),
+                    [(2, 4), (2, 3)], normal),
+    "cat": (lambda x, y: tg.cat([x, y, x, y], 1), [(2, 3), (2, 2)], normal),
+    "stack": (lambda x, y: tg.stack([x, y, x, y], 1), [(2, 3), (2, 3)], normal),
+    "repeat": (lambda x: x.repeat(2, 1, 2), [(2, 3)], normal),
+    "flip": (lambda x: x.flip(0, 1), [(2, 3)], normal),
+    "split": (lambda x: (lambda a, b: a * b)(*x.split([2, 1], 1)) + x.split(1)[1][:, 1:], [(2, 3)], normal),
+    "unbind": (lambda x: (lambda a, b, c: a * b + c)(*x.unbind(0)) * x.unbind(1)[2], [(3, 3)], normal),
+    "index_put": (_put(lambda d: (slice(None), 1)), [(2, 3), (2,)], normal),
+    "index_put_advanced": (_put(lambda d: _index(d)[:2]), [(3, 2), (2, 2)], normal),
+    "scatter_flat": (_twice(lambda x: x[[2, 0, 2]] ** 3), [(3, 2)], normal),
+    "add_run": (_twice(lambda x: x[1:] * x[:-1] * x[1:]), [(4, 2)], normal),
+})
+
+
 def test_every_gpu_row_has_a_case_and_its_kernels():
     assert sorted(CASES) == GPU_ROWS
     for op in ops.TABLE:
