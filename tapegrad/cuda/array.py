@@ -6,9 +6,9 @@ ufunc call that is a GPU row's forward formula (formula.ufunc_call: ``np.add(a, 
 ``np.tanh(x)``) launches that row's generated kernel; sums, broadcasts, transposes and products
 run the hand-written kernels over index maps made on the host from the shapes alone (cached);
 indexing, takes and joins gather and scatter through maps the same way (one per call where index
-values decide it). Indexing copies where NumPy makes a view. A
-call with no CUDA kernel raises NotImplementedError naming the op; a CPU array next to a GPU one
-raises torch's mixed-device error. Results are always fresh C-ordered arrays, reshapes views.
+values decide the map). A call with no CUDA kernel raises NotImplementedError naming the op; a CPU
+array next to a GPU one raises torch's mixed-device error. Results are always fresh C-ordered
+arrays, reshapes views; indexing copies where NumPy makes a view.
 
 numba.cuda is imported on the first GPU value (``cuda.runtime``), never by this module's import.
 """
@@ -194,8 +194,8 @@ def zeros(shape, dtype):
 
 def to_device(v):
     """A host array's values on the device."""
-    v = np.ascontiguousarray(v)
-    return DeviceArray(runtime().to_device(v.reshape(-1)), v.shape)
+    v = np.asarray(v)  # (np.ascontiguousarray would make a 0-d value 1-d)
+    return DeviceArray(runtime().to_device(np.ascontiguousarray(v.reshape(-1))), v.shape)
 
 
 def run_kernel(name, n, *args):
@@ -320,8 +320,8 @@ def picks(shape, key):
 
 def _per_call(h):
     """(the device copy of host map h, h's shape), not cached: h depends on index values."""
-    h = np.ascontiguousarray(h, np.int64)
-    return runtime().to_device(h.reshape(-1)), h.shape
+    h = np.asarray(h, np.int64)  # (np.ascontiguousarray would make a 0-d map 1-d)
+    return runtime().to_device(np.ascontiguousarray(h.reshape(-1))), h.shape
 
 
 def _gather(v, idx, shape):

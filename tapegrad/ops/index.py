@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import dtypes
 from ..cuda.array import DeviceArray
+from ..cuda.array import to_device as to_device_array
 from ..tape import LEAF, _contiguous, _state, counter, current_tape
 from ..tensor import Tensor, _dim
 from ..tensor import leaf as _leaf
@@ -115,17 +116,23 @@ def getitem(x, key):
                 and np.shares_memory(value, xv)):
             return _view(kind, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
         idx = _key_map(xv.shape, k, key)
-        if kind is INDEX or not np.shares_memory(value, xv):
+        if not _viewed(kind, value, xv):
             t = _unary_with_index(kind, x, value, idx)
             return t
         return _view(kind, x, value, b=idx)
     t = _leaf(value)
-    if kind is not INDEX and np.shares_memory(value, xv):
+    if _viewed(kind, value, xv):
         t._vc = counter(x)
         t._extra().base = x  # an in-place change to the view reaches x (``_update_base``)
     if _records.PROGRAMS:  # (a compiled program replays the pick by its map)
         _note_record(kind, x, _key_map(xv.shape, k, key), None, t, 0, 0, 0.0)
     return t
+
+
+def _viewed(kind, value, xv):
+    """Whether x[key] is a view of x: a GPU pick is a copy, yet recorded as the view torch makes, so
+    that a write into it is refused (setitem) rather than lost."""
+    return kind is not INDEX and (value.__class__ is DeviceArray or np.shares_memory(value, xv))
 
 
 _TENSOR = object()
@@ -157,10 +164,16 @@ def _key_map(shape, k, key):
 def setitem(x, key, v):
     _check_inplace(x)
     xv = x._value
+    root = _root(x)
+    if xv.__class__ is DeviceArray and root is not x and not np.shares_memory(xv, root._value):
+        raise NotImplementedError("indexing a GPU tensor copies its elements in tapegrad (no view yet), so a write "
+                                  "into the result would not reach the tensor it came from: write into that tensor "
+                                  "itself (x[i, j] = v, not x[i][j] = v)")
     k = _np_key(key)
     sel_shape = np.shape(_index(xv, k))
     if not isinstance(v, Tensor):
-        v = _constant(np.asarray(v, dtype=xv.dtype))
+        v = np.asarray(v, dtype=xv.dtype)
+        v = _constant(to_device_array(v) if xv.__class__ is DeviceArray else v)
     if v._value.dtype != xv.dtype:
         v = to_dtype(v, dtypes.from_numpy_dtype(xv.dtype))
     if v._value.shape != sel_shape:

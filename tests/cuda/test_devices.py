@@ -74,6 +74,23 @@ def test_an_op_without_a_cuda_kernel_is_named():
         x ** -1  # (np.reciprocal)
 
 
+def test_indexing_with_gpu_and_cpu_keys_and_assignment():
+    h = tg.arange(0, 12, dtype=tg.float64).reshape(3, 4)
+    x = h.cuda()
+    idx, mask = tg.tensor([2, 0], device="cuda"), tg.tensor([True, False, True], device="cuda")
+    for key in ((1, 2), (slice(None), [3, 1]), (Ellipsis, None, slice(1, 3)), idx, (mask, 1), ([[0], [2]], idx)):
+        hkey = tuple(k.cpu() if isinstance(k, tg.Tensor) else k for k in key) if isinstance(key, tuple) else key.cpu()
+        assert x[key].is_cuda and x[key].tolist() == h[hkey].tolist()
+    assert idx[1:].tolist() == [0] and tg.cat([idx, idx]).is_cuda  # (integer tensors index and join too)
+    x[idx, 1:] = tg.tensor([-1.0, -2.0, -3.0], device="cuda")
+    x[mask, 0] = 7.0
+    assert x.tolist() == [[7.0, -1.0, -2.0, -3.0], [4.0, 5.0, 6.0, 7.0], [7.0, -1.0, -2.0, -3.0]]
+    with pytest.raises(NotImplementedError, match="indexing a GPU tensor copies its elements"):
+        x[0][1] = 3.0
+    x.view(12)[1] = 3.0  # (a reshape is a view on the GPU too)
+    assert x[0, 1].item() == 3.0
+
+
 def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
     x = tg.linspace(-3, 3, 4100, dtype=tg.float64)  # (from 4096 elements the CPU runs its own vectorised sine)
     np.testing.assert_allclose(x.cuda().sin().cpu().numpy(), x.sin().numpy(), rtol=1e-15)

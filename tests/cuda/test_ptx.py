@@ -44,6 +44,10 @@ for name, k in sorted(found.items()):
 for src, dst in ((float32, float64), (float64, float32), (int64, float32), (int64, float64)):
     cuda.compile_ptx(kernels.copy.py_func, (src[::1], dst[::1]), cc=(9, 0))
     count += 1
+# indexing and joining integer tensors (index tensors themselves)
+for k in (kernels.gather, kernels.scatter):
+    cuda.compile_ptx(k.py_func, (int64[::1], int64[::1], int64[::1]), cc=(9, 0))
+    count += 1
 print("COMPILED", count, len(found))
 for f in failed:
     print("FAILED", f)
@@ -60,4 +64,4 @@ def test_every_kernel_compiles_to_ptx():
     lines = r.stdout.splitlines()
     assert not [ln for ln in lines if ln.startswith("FAILED")], r.stdout
     _, count, kernels = lines[0].split()
-    assert int(kernels) >= 50 and int(count) == 2 * int(kernels) + 4, r.stdout
+    assert int(kernels) >= 50 and int(count) == 2 * int(kernels) + 4 + 2, r.stdout
