@@ -472,6 +472,6 @@ _FUNCTIONS = {
     "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
 }
 _FUNCTIONS.update(take=take, tile=tile, flip=flip, concatenate=concatenate, stack=stack,
-                  shape=lambda v: v.shape,
+                  shape=lambda v: v.shape, may_share_memory=_FUNCTIONS["shares_memory"],
                   empty_like=lambda v, dtype=None, order="K", subok=True, shape=None:
                   empty(v.shape if shape is None else shape, v.dtype if dtype is None else dtype))

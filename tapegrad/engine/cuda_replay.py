@@ -33,42 +33,53 @@ def holds_gpu_values(tape, seeds):
 
 
 class Pass:
-    """One backward over one tape on the device (see cpu_replay.Pass): ``bufs`` by slot and
-    ``lbufs`` (for ``lslots``) are filled in by ``backward``, views into the arena (host copies for
-    host values). It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
+    """One backward over one tape on the device (see cpu_replay.Pass): the gradients of the needed
+    slots are views into one arena; ``bufs`` by slot and ``lbufs`` (for ``lslots``) are those to
+    deliver, on the device of their values (host copies for host values), read once the replay is
+    done. It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
 
     def __init__(self, tape, seeds, lslots, wanted, zeroed):
-        if zeroed:
-            raise NotImplementedError("hooks on non-leaf tensors, custom Functions and anomaly mode's NaN checks "
-                                      "are not supported on GPU tensors yet")
         self.tape = tape
         self.R, self.RF = tape.row_table()
         self.S = tape.raw_slots()
         self.seeds, self.lslots, self.wanted = seeds, lslots, wanted
         self.roots = np.fromiter(seeds, np.int64, len(seeds))
-        self.bufs, self.lbufs = {}, []
+        self.grads, self.run = {}, None
         self.host = {}  # slot -> its host value's device copy
         self.maps = {}  # slot -> its index map's device copy
 
     def backward(self, on, release):
+        """The whole replay: (status, where, need, -1)."""
         engine = load()
         status, where, need = engine.plan(self.R, self.S, self.roots, on)
-        if status != engine.OK:
-            return status, where, need, -1
+        if status == engine.OK:
+            self.arena(need)
+            status, where, _ = self.replay(0, self.R.shape[0], False)
+        return status, where, need, -1
+
+    def arena(self, need):
+        """The gradients of the needed slots, zeroed by one launch, the seeds written in."""
         values = self.tape.values
-        run = need == engine.RUN
-        floats = [values[s].dtype for s in np.flatnonzero(need).tolist() if values[s] is not None]
+        self.run = need == load().RUN
+        slots = np.flatnonzero(need).tolist()
+        floats = [values[s].dtype for s in slots if values[s] is not None]
         T = np.dtype(np.float64) if any(d == np.float64 for d in floats) else np.dtype(np.float32)
         offsets, total = {}, 0
-        for s in np.flatnonzero(need).tolist():
+        for s in slots:
             offsets[s] = total
             total += values[s].size
-        arena = array.zeros((total,), T)  # every gradient of this backward, zeroed by one launch
-        grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape) for s, o in offsets.items()}
+        arena = array.zeros((total,), T)
+        grads = self.grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape)
+                              for s, o in offsets.items()}
         for s, seed in self.seeds.items():
             grads[s][...] = seed if seed.__class__ is DeviceArray else array.to_device(np.asarray(seed, T))
-        R, RF = self.R, self.RF
-        for e in range(R.shape[0] - 1, -1, -1):
+
+    def replay(self, lo, hi, check_nan):
+        """Rows hi-1 down to lo: (status, where, k). With ``check_nan`` (anomaly mode) it stops at the
+        first row that makes its k-th operand's gradient NaN (one already NaN before does not count),
+        reading each gradient on the host."""
+        engine, R, RF, run, grads = load(), self.R, self.RF, self.run, self.grads
+        for e in range(hi - 1, lo - 1, -1):
             o = int(R[e, 4])
             if not run[o]:
                 continue
@@ -77,10 +88,25 @@ class Pass:
             into = [grads[s] if s >= 0 and run[s] else None for s in ins]
             if all(g is None for g in into):
                 continue
+            before = [g is not None and _has_nan(g) for g in into] if check_nan else ()
             _adjoint(op, self, e, grads[o], ins, into, o, R[e], RF[e, 7])
-        self.bufs = {s: self._out(s, grads[s]) for s in list(self.seeds) + list(self.wanted) if s in grads}
-        self.lbufs = [self._out(s, grads[s]) if s in grads else None for s in self.lslots]
-        return status, where, need, -1
+            for k, was in enumerate(before):
+                if not was and into[k] is not None and _has_nan(into[k]):
+                    return engine.ERR_NAN, e, k
+        return engine.OK, -1, -1
+
+    def buffer(self, s):
+        """Slot s's gradient, a view into the arena."""
+        return self.grads[s]
+
+    @property
+    def bufs(self):
+        grads = self.grads
+        return {s: self._out(s, grads[s]) for s in list(self.seeds) + list(self.wanted) if s in grads}
+
+    @property
+    def lbufs(self):
+        return [self._out(s, self.grads[s]) if s in self.grads else None for s in self.lslots]
 
     def _out(self, s, g):
         """Slot s's gradient as delivered: on the device of its value."""
@@ -103,6 +129,10 @@ class Pass:
             v = self.tape.values[s]
             m = self.maps[s] = v.d if v.__class__ is DeviceArray else runtime().to_device(v.reshape(-1))
         return m
+
+
+def _has_nan(g):
+    return bool(np.isnan(g.get()).any())
 
 
 def _adjoint(op, p, e, g, ins, into, o, r, f0):
