@@ -87,7 +87,20 @@ def _index(device):
     return tg.tensor([2, 0, 2], device=device)
 
 
+class Cube(tg.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return g * 3.0 * x * x
+
+
 CASES.update({
+    "function": (lambda x: Cube.apply(x.tanh()) * x, [(2, 3)], normal),
     "index": (lambda x: x[_index(x.device), 1:] + x[[True, False, True]][[1, 0, 1], 1:], [(3, 4)], normal),
     "select": (lambda x: x[1] + x.select(1, 2)[:, None], [(3, 4)], normal),
     "slice": (lambda x: (x[1:] * x[:-1])[:, 1:3], [(3, 4)], normal),
@@ -114,8 +127,8 @@ def test_every_gpu_row_has_a_case_and_its_kernels():
     assert sorted(CASES) == GPU_ROWS
     for op in ops.TABLE:
         if op.gpu:
-            has = op.name in _generated.ADJOINT or op.kernel in cuda_replay._HAND
-            assert has, f"row {op.name!r} runs on the GPU but has no CUDA adjoint"
+            has = op.name in _generated.ADJOINT or op.kernel in cuda_replay._HAND or op is ops.FUNCTION
+            assert has, f"row {op.name!r} runs on the GPU but has no CUDA adjoint"  # (a Function's is Python)
         if op.gpu and op.gpu_forward() is not None:
             assert getattr(_generated, "fwd_" + op.name, None) is not None, op.name
         if op.gpu and op.formula is not None and op.gpu_forward() is not None:
