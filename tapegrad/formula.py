@@ -17,8 +17,14 @@ FUNCTIONS = {name: (f"np.{name}({{0}})", f"({{0}}).{name}()", f"math.{name}({{0}
              for name in ("exp", "log", "sign", "cos", "sin", "sqrt", "tanh", "log1p", "expm1", "tan", "abs")}
 FUNCTIONS["abs"] = FUNCTIONS["abs"][:2] + ("abs({0})",)
 FUNCTIONS["sign"] = FUNCTIONS["sign"][:2] + ("(1.0 if ({0}) > 0 else -1.0 if ({0}) < 0 else ({0}) * 0.0)",)
+# Functions of GPU rows' forward formulas, some of two arguments; pow is spelled ** on the device, as
+# the simulator's math.pow raises where pow gives inf or NaN.
+FUNCTIONS.update({"erf": ("math.erf({0})", "({0}).erf()", "math.erf({0})"),
+                  "atan2": ("np.arctan2({0}, {1})", "({0}).atan2({1})", "math.atan2({0}, {1})"),
+                  "hypot": ("np.hypot({0}, {1})", "({0}).hypot({1})", "math.hypot({0}, {1})"),
+                  "pow": ("({0}) ** ({1})", "({0}).pow({1})", "({0}) ** ({1})")})
 # A formula function's NumPy ufunc, where the names differ (a GPU row's forward is found by its ufunc).
-UFUNC_NAMES = {"abs": "absolute"}
+UFUNC_NAMES = {"abs": "absolute", "atan2": "arctan2", "pow": "power"}
 VARIABLES = ("g", "x", "a", "b", "y", "c")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
@@ -30,14 +36,18 @@ def parse(d):
         if isinstance(node, ast.Name) and node.id not in VARIABLES and node.id not in FUNCTIONS:
             raise ValueError(f"formula {d!r}: unknown name {node.id!r}")
         if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS
-                                           or len(node.args) != 1 or node.keywords):
-            raise ValueError(f"formula {d!r}: only one-argument calls of {sorted(FUNCTIONS)}")
+                                           or len(node.args) != _arity(node.func.id) or node.keywords):
+            raise ValueError(f"formula {d!r}: only calls of {sorted(FUNCTIONS)}, with their arguments")
         if isinstance(node, ast.BinOp) and type(node.op) not in _BINOPS:
             raise ValueError(f"formula {d!r}: only + - * /")
         if not isinstance(node, (ast.Name, ast.Call, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Load,
                                  ast.USub, *_BINOPS)):
             raise ValueError(f"formula {d!r}: {type(node).__name__} is not part of the language")
     return tree
+
+
+def _arity(name):
+    return 2 if "{1}" in FUNCTIONS[name][0] else 1
 
 
 def _render(node, name, call):
@@ -50,7 +60,7 @@ def _render(node, name, call):
     if isinstance(node, ast.UnaryOp):
         return f"-{_wrap(node.operand, name, call)}"
     if isinstance(node, ast.Call):
-        return call[node.func.id].format(_render(node.args[0], name, call))
+        return call[node.func.id].format(*(_render(arg, name, call) for arg in node.args))
     return f"{_wrap(node.left, name, call)} {_BINOPS[type(node.op)]} {_wrap(node.right, name, call)}"
 
 
@@ -73,11 +83,13 @@ def cuda_expr(d):
 
 def ufunc_call(d):
     """(NumPy ufunc name, operand pattern) of a forward formula that is one ufunc call: ``tanh(x)``
-    is ("tanh", "x"), ``a + b`` ("add", "ab"), ``c - x`` ("subtract", "cx"); None otherwise (a
-    constant operand, a nested call)."""
+    is ("tanh", "x"), ``a + b`` ("add", "ab"), ``c - x`` ("subtract", "cx"), ``pow(c, x)`` ("power",
+    "cx"); None otherwise (a constant operand, a nested call)."""
     tree = parse(d)
-    if isinstance(tree, ast.Call) and isinstance(tree.args[0], ast.Name) and tree.args[0].id == "x":
-        return UFUNC_NAMES.get(tree.func.id, tree.func.id), "x"
+    if isinstance(tree, ast.Call) and all(isinstance(arg, ast.Name) for arg in tree.args):
+        pattern = "".join(arg.id for arg in tree.args)
+        if pattern in ("x", "ab", "xc", "cx"):
+            return UFUNC_NAMES.get(tree.func.id, tree.func.id), pattern
     if isinstance(tree, ast.UnaryOp) and isinstance(tree.operand, ast.Name) and tree.operand.id == "x":
         return "negative", "x"
     if isinstance(tree, ast.BinOp) and isinstance(tree.left, ast.Name) and isinstance(tree.right, ast.Name):

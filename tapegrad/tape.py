@@ -164,6 +164,43 @@ class Tape:
             self.names[s] = x.name
         return s
 
+    def add_leaves(self, ts):
+        """Register leaves ``ts`` (none of them on this tape yet) in new slots, in order; returns the
+        first. _new_leaf for many at once: a compiled replay registers every parameter on its tape."""
+        lo, n = self.ns, len(ts)
+        while self.cap < lo + n:
+            self._grow()
+        values, vcs, leaf_slot, names = self.values, self.vcs, self.leaf_slot, self.names
+        refs, remove = self.leaves._refs, self.leaves._remove
+        flags, versions = [], []
+        s = lo
+        for t in ts:
+            v = t._value
+            if not v.flags.c_contiguous:
+                v = np.ascontiguousarray(v)
+            vc = t._vc if t._vc is not None else counter(t)
+            values.append(v)
+            vcs[s] = vc
+            flags.append((REQUIRES_GRAD | LEAF) if t._rg else LEAF)
+            versions.append(vc[0])
+            tid = id(t)
+            leaf_slot[tid] = s
+            r = _LeafRef(t, remove)
+            r.slot, r.tid = s, tid
+            refs[s] = r
+            x = t._x
+            if x is not None and x.name is not None:
+                names[s] = x.name
+            s += 1
+        S = np.frombuffer(self.slots, np.int64, (lo + n) * SLOT_WIDTH).reshape(-1, SLOT_WIDTH)
+        S[lo:, 0] = 0
+        S[lo:, 1] = flags
+        S[lo:, 2] = versions
+        S[lo:, 3] = -1
+        del S
+        self.ns = lo + n
+        return lo
+
     def _leaf_changed(self, s, t):
         """Whether leaf t was changed in place, or given new .data, since slot s recorded it. Ops
         recorded from now on then get a fresh slot that reads (and version-checks) the new value, as

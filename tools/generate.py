@@ -635,7 +635,7 @@ def fwd_{name}(x, y, c):
         y[i] = {fexpr}
 '''
 
-CUDA_UNARY = CUDA_FORWARD + '''
+CUDA_ADJOINT = '''
 
 @cuda.jit
 def adj_{name}(g, x, y, gx, c):
@@ -644,14 +644,16 @@ def adj_{name}(g, x, y, gx, c):
         gx[i] += {dexpr}
 '''
 
-CUDA_BINARY = '''
+CUDA_BINARY_FORWARD = '''
 
 @cuda.jit
 def fwd_{name}(a, b, y):
     """{name}: {fwd}"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = {fexpr}
+'''
 
+CUDA_BINARY_ADJOINT = '''
 
 @cuda.jit
 def adj_{name}_a(g, a, b, y, ga):
@@ -669,9 +671,10 @@ def adj_{name}_b(g, a, b, y, gb):
 
 
 def cuda_rows():
-    """The GPU rows whose CUDA kernels are generated: those with a forward formula."""
+    """The GPU rows with CUDA kernels to generate: a forward formula that is one ufunc call, or a
+    derivative formula."""
     from tapegrad import ops
-    return [op for op in ops.TABLE if op.gpu and op.gpu_forward() is not None]
+    return [op for op in ops.TABLE if op.gpu and (op.gpu_forward() is not None or op.formula is not None)]
 
 
 def cuda_text():
@@ -680,24 +683,24 @@ def cuda_text():
     seen = set()
     for op in cuda_rows():
         fwd = op.gpu_forward()
-        call = formula.ufunc_call(fwd)
-        if call is None:
-            raise SystemExit(f"GPU row {op.name!r}: its forward {fwd!r} is not one ufunc call, which the eager "
-                             "forward could reach")
-        if op.formula is None:  # (its adjoint is the engine's own)
-            kernels.append(CUDA_FORWARD.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd)))
-        elif isinstance(op.formula, tuple):
+        if fwd is not None:
+            call = formula.ufunc_call(fwd)
+            if call is None:
+                raise SystemExit(f"GPU row {op.name!r}: its forward {fwd!r} is not one ufunc call, which the eager "
+                                 "forward could reach")
+            template = CUDA_FORWARD if op.arity == 1 else CUDA_BINARY_FORWARD
+            kernels.append(template.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd)))
+            if call not in seen:  # (rows of one formula, mul_scalar and scale: the first one's kernel)
+                seen.add(call)
+                forward.append(f"{call!r}: fwd_{op.name}")
+        if isinstance(op.formula, tuple):
             da, db = op.formula
-            kernels.append(CUDA_BINARY.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd), da=da, db=db,
-                                              daexpr=formula.cuda_expr(da), dbexpr=formula.cuda_expr(db)))
+            kernels.append(CUDA_BINARY_ADJOINT.format(name=op.name, da=da, db=db, daexpr=formula.cuda_expr(da),
+                                                      dbexpr=formula.cuda_expr(db)))
             adjoint.append(f'"{op.name}": (adj_{op.name}_a, adj_{op.name}_b)')
-        else:
-            kernels.append(CUDA_UNARY.format(name=op.name, fwd=fwd, fexpr=formula.cuda_expr(fwd), d=op.formula,
-                                             dexpr=formula.cuda_expr(op.formula)))
+        elif op.formula is not None:
+            kernels.append(CUDA_ADJOINT.format(name=op.name, d=op.formula, dexpr=formula.cuda_expr(op.formula)))
             adjoint.append(f'"{op.name}": (adj_{op.name},)')
-        if call not in seen:  # (rows of one formula, mul_scalar and scale: the first one's kernel)
-            seen.add(call)
-            forward.append(f"{call!r}: fwd_{op.name}")
     return CUDA_HEADER.format(kernels="".join(kernels).strip("\n") + "\n",
                               forward="\n    " + ",\n    ".join(forward) + ",\n",
                               adjoint="\n    " + ",\n    ".join(adjoint) + ",\n")

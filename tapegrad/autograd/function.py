@@ -30,7 +30,7 @@ from .. import ops
 from ..engine.create_graph import slot_tensor
 from ..engine.errors import FREED_MSG
 from ..grad_mode import no_grad
-from ..tape import _contiguous, _state, counter, current_tape
+from ..tape import _contiguous, _state, counter, current_tape, recording_program
 from ..tensor import Tensor
 
 _NAMES = []  # backward node names ("MyOpBackward"); a row's i0 indexes this list
@@ -231,6 +231,9 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        prog = recording_program()
+        if prog is not None:  # a compiled function records: its program calls apply again at each replay
+            return prog.note_function(cls, args, kwargs)
         if kwargs:  # torch binds keyword arguments to forward's positions
             args = _bind(cls, args, kwargs)
         ctx = FunctionCtx()

@@ -5,7 +5,9 @@ thread's tape. While a program records, the recorders' untracked branch (results
 grad, and every op under no_grad) also hands each op to ``Recording.note``, and the tape rows
 made since the last note are copied in first (``_sync``), so the program keeps the eager order
 without any cost on the tracked path. Factories (zeros, randn...), comparisons, in-place writes
-and values Python reads out of a tensor (item, bool...) are noted by small hooks beside them.
+and values Python reads out of a tensor (item, bool...) are noted by small hooks beside them. A
+custom autograd.Function's apply is one row (FUNC) that calls apply again at each replay: its
+forward is Python, so it runs live (the values it reads need no guard), with a fresh ctx.
 
 Every value of a program is accounted for: a row's output, a constant made from Python data
 (which the guards on arguments and closure values pin), a random draw, an operand derived from
@@ -48,6 +50,7 @@ from ..tensor import Tensor, leaf as _leaf
 OP, PY, CONST, RAND, WRITE, GUARD = "op", "py", "const", "rand", "write", "guard"
 # a training step's rows: loss.backward(), a Python call (an optimizer's step, zero_grad), a .grad read
 BACKWARD, CALL, GRAD = "backward", "call", "grad"
+FUNC = "function"  # a custom autograd.Function's apply, called again at each replay (its forward is Python)
 DERIVED = 1  # a PY row's i0: it derives an operand from tensors' values (its shape, dtype and errors are guards)
 # slot kinds
 EXT, VALUE, CONSTANT = "ext", "value", "constant"  # a constant: an index map, kept by value
@@ -105,7 +108,6 @@ class Recording:
         self.backward_tapes = set()  # ids of the tapes a recorded backward closed
         self.call_bumps = {}  # id(tensor) -> version bumps that recorded calls made
         self.grads_set = set()  # ids of the tensors whose .grad a recorded backward or call set
-        self.called = set()  # ids of the tensors a recorded call changed in place
 
     # -- failure -----------------------------------------------------------------------------
     def fail(self, why):
@@ -349,14 +351,16 @@ class Recording:
         and record a row whose replays call it again, on the live tensors. ``defer``: it only
         resets grads (zero_grad), so a replay may hold it back until its guards have passed."""
         self._sync()
-        result = self._effects(fn, *args)
-        self.rows.append((CALL, (fn, args, defer), -1, -1, -1, -1, 0, 0, 0.0))
+        changed = set()
+        result = self._effects(fn, *args, changed=changed)
+        self.rows.append((CALL, (fn, args, defer, changed), -1, -1, -1, -1, 0, 0, 0.0))
         self.committed |= not defer
         return result
 
-    def _effects(self, fn, *args):
+    def _effects(self, fn, *args, changed=None):
         """fn(*args) with nothing noted; the in-place changes and .grad changes it makes to the
-        function's tensors are the recorded row's."""
+        function's tensors are the recorded row's (the ids of those it changed in place go to
+        ``changed``)."""
         before = [(t, t._version, t._grad) for t, _, _ in self.versions.values()]
         prog, _hot.prog = _hot.prog, None
         try:
@@ -366,9 +370,49 @@ class Recording:
             for t, version, grad in before:
                 if t._version != version:
                     self.call_bumps[id(t)] = self.call_bumps.get(id(t), 0) + t._version - version
-                    self.called.add(id(t))
+                    if changed is not None:
+                        changed.add(id(t))
                 if t._grad is not grad:
                     self.grads_set.add(id(t))
+
+    def note_function(self, cls, args, kwargs):
+        """A custom autograd.Function's apply: run it with nothing noted and record one row whose
+        replay calls apply again on the replayed tensors, so its forward and its ctx are fresh
+        and its backward is torch's. The rows it puts on the tape stand for it and are not copied."""
+        self._sync()
+        ins = [self.slot_of(a) for a in args if isinstance(a, Tensor)]
+        prog, _hot.prog = _hot.prog, None
+        try:
+            result = cls.apply(*args, **kwargs)
+        finally:
+            _hot.prog = prog
+        cur = _state.tape_ref()
+        if cur is not None:  # (the tape the call recorded on: begun before it, or by it)
+            entry = self.synced.setdefault(id(cur), [cur, 0])
+            if (cur.row_table()[0][entry[1]:cur.n, 0] != ops.FUNCTION.code).any():
+                self.fail("a custom autograd.Function's forward records ops that need grad")
+            entry[1] = cur.n
+        outs = result if isinstance(result, tuple) else (result,)
+        if not all(isinstance(o, Tensor) for o in outs):
+            self.fail("a custom autograd.Function returns a value that is not a tensor (a replay would return the "
+                      "recorded one)")
+            return result
+        if any(o is a for o in outs for a in args):
+            self.fail("a custom autograd.Function returns one of its inputs (mark_dirty, or an input as is)")
+            return result
+        self._check()  # (a replay whose forward returns other shapes fails there)
+        slots = []
+        for o in outs:
+            s = self._new(VALUE, o._value, o._rg)
+            if o._tape is not None:
+                self.tmap[(id(o._tape), o._slot)] = s
+                self.keep.append(o)
+            else:
+                self._hold(o, s)
+            slots.append(s)
+        template = [None if isinstance(a, Tensor) else a for a in args]
+        self.rows.append((FUNC, (cls, template, kwargs, slots), ins, -1, -1, -1, 0, 0, 0.0))
+        return result
 
     def note_read(self, t, value):
         """Python read t's values (item, bool, tolist...): the replay checks them."""
@@ -452,9 +496,11 @@ def _scalar(c, like):
 
 
 class _Segment:
-    """The rows between two backward() rows that need grad: rows (program row indices), index (row
-    -> its place), slots (those they use), flags (of the slots not external), R (their row table)."""
-    __slots__ = ("rows", "index", "slots", "flags", "R")
+    """The rows between two backward() or custom Function rows that need grad: rows (program row
+    indices), index (row -> its place), the slots they use: ext_slots (external; ext: each one's
+    argument index, or its captured tensor), linked (those that need grad and another tape holds)
+    and internal (the others; flags: theirs), R (their row table)."""
+    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "flags", "R")
 
 
 class Program:
@@ -471,12 +517,23 @@ class Program:
         self.ext = [s for s, sl in enumerate(self.slots) if sl.kind == EXT]
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
         self.has_rand = any(r[0] == RAND for r in self.rows)
-        self.refresh = [s for s in self.ext if id(self.slots[s].tensor) in rec.called]
+        self.refresh = self._refreshes()
         self.plan = self._plan()
         self._tape_plan()
         self._pool = threading.local()
 
     # -- planning --------------------------------------------------------------------------------
+    def _refreshes(self):
+        """CALL row -> the external slots whose values it changes in place and that a later row
+        reads: a replay reads those again after the call (an optimizer step at the end of a
+        training step, or a zero_grad, needs none)."""
+        out = {}
+        for e, r in enumerate(self.rows):
+            if r[0] == CALL and any(later[0] not in (CALL, GRAD) for later in self.rows[e + 1:]):
+                changed = r[1][3]
+                out[e] = [s for s in self.ext if id(self.slots[s].tensor) in changed]
+        return out
+
     def _jittable(self, r, kinds):
         """The dtype of the run row r may join, or None: its kernel gives the eager bits only for
         the operands its kind reads (forwards.py) and where the row's fwd_exact holds."""
@@ -549,19 +606,34 @@ class Program:
         """Which rows and slots a replay writes to its tapes (those that need grad): one tape per
         segment of rows that a backward() row ends (the eager backward closes its tape; later ops
         record on another), the last one ending with the program."""
-        cuts = [e for e, r in enumerate(self.rows) if r[0] == BACKWARD]
-        self.segments = [self._segment(lo, hi) for lo, hi in zip([0] + [c + 1 for c in cuts], cuts + [len(self.rows)])]
-        self.cut = {c: k for k, c in enumerate(cuts)}
-        self.seg_of = {self.rows[e][5]: k for k, seg in enumerate(self.segments) for e in seg.rows}
+        cuts = [e for e, r in enumerate(self.rows) if r[0] in (BACKWARD, FUNC)]
+        self.seg_of = {}  # slot -> the segment whose tape holds it
+        self.segments = []
+        for lo, hi in zip([0] + [c + 1 for c in cuts], cuts + [len(self.rows)]):
+            self.segments.append(self._segment(lo, hi, len(self.segments)))
+        # a custom Function's call also ends a segment: its apply records on the thread's tape, which
+        # links to the tape before it; a backward() ends an epoch, whose values it frees
+        epoch, born = 0, {}  # slot that needs grad -> the epoch that makes it
         for k, seg in enumerate(self.segments):
             for e in seg.rows:
-                if any(s >= 0 and self.seg_of.get(s, k) != k for s in self.rows[e][2:5]):
+                born[self.rows[e][5]] = epoch
+            end = self.rows[cuts[k]] if k < len(cuts) else None
+            made_here = seg.rows + ([cuts[k]] if end is not None and end[0] == FUNC else [])
+            for e in made_here:
+                r = self.rows[e]
+                ins = r[2] if r[0] == FUNC else r[2:5]
+                if any(s >= 0 and born.get(s, epoch) != epoch for s in ins):
                     raise Unreplayable("it records ops that need grad on values from before its backward()")
-        for c, k in self.cut.items():
-            if any(self.slots[s].kind != EXT and self.seg_of.get(s) != k for s in self.rows[c][1][0]):
-                raise Unreplayable("it calls backward() on a value from before an earlier backward()")
+            if end is None:
+                continue
+            if end[0] == FUNC:
+                born.update((s, epoch) for s in end[1][3] if self.slots[s].rg)
+            else:
+                if any(self.slots[s].kind != EXT and born.get(s) != epoch for s in end[1][0]):
+                    raise Unreplayable("it calls backward() on a value from before an earlier backward()")
+                epoch += 1
 
-    def _segment(self, lo, hi):
+    def _segment(self, lo, hi, k):
         seg = _Segment()
         seg.rows = [e for e in range(lo, hi) if self.rows[e][0] == OP and self.slots[self.rows[e][5]].rg]
         seg.index = {e: i for i, e in enumerate(seg.rows)}
@@ -569,9 +641,15 @@ class Program:
         for e in seg.rows:
             r = self.rows[e]
             used.update(s for s in (r[2], r[3], r[4], r[5]) if s >= 0)
-        seg.slots = sorted(used)
-        seg.flags = np.array([REQUIRES_GRAD if self.slots[s].rg else LEAF for s in seg.slots
-                              if self.slots[s].kind != EXT], np.int64)
+            self.seg_of[r[5]] = k
+        slots = self.slots
+        ext = [s for s in sorted(used) if slots[s].kind == EXT]
+        seg.ext_slots = np.array(ext, np.int64)
+        seg.ext = [(slots[s].arg, slots[s].tensor if slots[s].arg < 0 else None) for s in ext]
+        # slots that need grad and come from another tape (an earlier segment's, a Function's) link there
+        seg.linked = [s for s in sorted(used) if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
+        seg.internal = [s for s in sorted(used) if slots[s].kind != EXT and s not in seg.linked]
+        seg.flags = np.array([REQUIRES_GRAD if slots[s].rg else LEAF for s in seg.internal], np.int64)
         seg.R = _row_table([self.rows[e] for e in seg.rows])
         return seg
 
@@ -600,19 +678,21 @@ class Program:
         f0s = {}
         tapes, made = {}, {}
         pool = self._pool.__dict__  # this thread's output arrays of the last replay, reused once nothing holds them
+        rows = self.rows
 
         def flush():
             for a, b in deferred:
                 if a is None:
-                    b[0](*b[1])
-                    self._refresh(tensors, vals, O)
+                    e = b
+                    rows[e][1][0](*rows[e][1][1])
+                    if e in self.refresh:
+                        self._refresh(self.refresh[e], tensors, vals, O)
                 else:
                     t = slots[a].tensor if slots[a].arg < 0 else tensors[slots[a].arg]
                     np.copyto(t._value, vals[b])
                     t._bump_version()
             deferred.clear()
 
-        rows = self.rows
         try:
             for step in self.plan:
                 if step[0] == "jit":
@@ -680,11 +760,14 @@ class Program:
                     else:
                         v = np.asarray(fn(*[next(it) if k is None else k for k in consts]))
                 elif kind == CALL:
-                    fn, args, defer = op
-                    deferred.append((None, (fn, args)))
+                    defer = op[2]
+                    deferred.append((None, e))
                     if committed or not defer:
                         flush()
                         committed = True
+                    continue
+                elif kind == FUNC:
+                    self._function(op, a, tensors, vals, O, f0s, tapes, made)
                     continue
                 elif kind == BACKWARD:
                     flush()
@@ -708,10 +791,10 @@ class Program:
         flush()
         return [None if s is None else self._tensor(s, tensors, vals, f0s, tapes, made) for s in self.outs]
 
-    def _refresh(self, tensors, vals, O):
-        """After a call changed external tensors in place: their values again (a copy was taken
-        where one is not C-ordered)."""
-        for s in self.refresh:
+    def _refresh(self, slots, tensors, vals, O):
+        """After a call changed external tensors in place: the values of their ``slots`` again (a
+        copy was taken where one is not C-ordered)."""
+        for s in slots:
             sl = self.slots[s]
             v = _contiguous((tensors[sl.arg] if sl.arg >= 0 else sl.tensor)._value)
             vals[s] = v
@@ -727,6 +810,26 @@ class Program:
         inputs = None if ins is None else [self._tensor(s, tensors, vals, f0s, tapes, made) for s in ins]
         backward(ys, grads, retain_graph=retain, inputs=inputs)
 
+    def _function(self, row, ins, tensors, vals, O, f0s, tapes, made):
+        """A custom Function's row: its apply on this replay's tensors; outputs of other shapes,
+        dtypes or requires_grad than the recording's fail the replay (nothing was committed)."""
+        cls, template, kwargs, outs = row
+        it = iter(ins)
+        args = [self._tensor(next(it), tensors, vals, f0s, tapes, made) if k is None else k for k in template]
+        result = cls.apply(*args, **kwargs)
+        results = result if isinstance(result, tuple) else (result,)
+        if len(results) != len(outs):
+            raise GuardFailed
+        for s, t in zip(outs, results):
+            sl = self.slots[s]
+            v = t._value if isinstance(t, Tensor) else None
+            if v is None or v.shape != sl.shape or v.dtype != sl.dtype or t._rg != sl.rg:
+                raise GuardFailed
+            v = _contiguous(v)
+            vals[s] = v
+            O[s] = id(v)
+            made[s] = t
+
     def _tensor(self, s, tensors, vals, f0s, tapes, made):
         """Slot s as a Tensor: an argument or captured tensor, a result on its segment's replayed
         tape, or a leaf; one Tensor per slot in a replay."""
@@ -738,7 +841,7 @@ class Program:
             elif sl.rg:
                 k = self.seg_of[s]
                 if k not in tapes:
-                    tapes[k] = self._tape(tensors, vals, f0s, self.segments[k])
+                    tapes[k] = self._tape(tensors, vals, f0s, self.segments[k], tapes, made)
                 tape, tslot = tapes[k]
                 t = ops._result(vals[s], tape, int(tslot[s]), None)
             else:
@@ -746,20 +849,21 @@ class Program:
             made[s] = t
         return t
 
-    def _tape(self, tensors, vals, f0s, seg):
+    def _tape(self, tensors, vals, f0s, seg, tapes, made):
         """A fresh tape holding segment seg's rows that need grad, on this replay's values (and
         f0s: the rows whose f0 this replay computed)."""
-        slots = self.slots
         tape = Tape()
-        remap = np.full(len(slots) + 1, -1, np.int64)  # (index -1 maps to -1)
-        internal = []
-        for s in seg.slots:
-            sl = slots[s]
-            if sl.kind == EXT:
-                t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
+        remap = np.full(len(self.slots) + 1, -1, np.int64)  # (index -1 maps to -1)
+        ts = [tensors[a] if a >= 0 else t for a, t in seg.ext]
+        if all(t._tape is None for t in ts):  # (leaves, as parameters are: one registration for all)
+            lo = tape.add_leaves(ts)
+            remap[seg.ext_slots] = np.arange(lo, lo + len(ts))
+        else:
+            for s, t in zip(seg.ext_slots, ts):
                 remap[s] = tape.slot_of(t)
-            else:
-                internal.append(s)
+        for s in seg.linked:
+            remap[s] = tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made))
+        internal = seg.internal
         # the other slots in one go: flags, version 0, dtype code -1 (the engine reads it from the value)
         k = len(internal)
         lo = tape.ns
@@ -796,7 +900,7 @@ class Program:
             elif sl.kind == CONSTANT:
                 lines.append(f"%{s} = constant  {list(sl.shape)} {sl.dtype}")
         for e, (kind, op, a, b, c, out, i0, i1, f0) in enumerate(self.rows):
-            args = ", ".join(f"%{s}" for s in (a if kind == PY else (a, b, c)) if s >= 0)
+            args = ", ".join(f"%{s}" for s in (a if kind in (PY, FUNC) else (a, b, c)) if s >= 0)
             if kind == OP:
                 how = "jitted" if any(st[0] == "jit" and st[1] <= e < st[2] for st in self.plan) else "numpy"
                 attrs = f" i0={i0} i1={i1} f0={f0!r}" if (i0 or i1 or f0) else ""
@@ -817,6 +921,12 @@ class Program:
                 lines.append(f"backward({', '.join(f'%{s}' for s in outs)})" + (" retain_graph" if retain else ""))
             elif kind == CALL:
                 lines.append(f"call {getattr(op[0], '__qualname__', op[0])}{op[1]!r}  [python]")
+            elif kind == FUNC:
+                cls, template, kwargs, outs = op
+                it = iter(a)
+                shown = ", ".join([f"%{next(it)}" if k is None else repr(k) for k in template] +
+                                  [f"{k}={v!r}" for k, v in kwargs.items()])
+                lines.append(f"{', '.join(f'%{s}' for s in outs)} = {cls.__name__}.apply({shown})  [python]")
             elif kind == GRAD:
                 lines.append(f"%{out} = %{a}.grad  (read live)")
             else:

@@ -110,6 +110,13 @@ def adj_div_b(g, a, b, y, gb):
 
 
 @cuda.jit
+def fwd_pow(a, b, y):
+    """pow: pow(a, b)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = (a[i]) ** (b[i])
+
+
+@cuda.jit
 def fwd_add_scalar(x, y, c):
     """add_scalar: x + c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -194,6 +201,27 @@ def adj_div_scalar(g, x, y, gx, c):
 
 
 @cuda.jit
+def fwd_rpow_scalar(x, y, c):
+    """rpow_scalar: pow(c, x)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = (c) ** (x[i])
+
+
+@cuda.jit
+def fwd_reciprocal(x, y, c):
+    """reciprocal: c / x"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = c / x[i]
+
+
+@cuda.jit
+def adj_reciprocal(g, x, y, gx, c):
+    """reciprocal: -g * (y * y)"""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += -g[i] * (y[i] * y[i])
+
+
+@cuda.jit
 def fwd_exp(x, y, c):
     """exp: exp(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -264,6 +292,13 @@ def adj_tanh(g, x, y, gx, c):
 
 
 @cuda.jit
+def adj_sigmoid(g, x, y, gx, c):
+    """sigmoid: g * ((1 - y) * y)"""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += g[i] * ((1 - y[i]) * y[i])
+
+
+@cuda.jit
 def fwd_sqrt(x, y, c):
     """sqrt: sqrt(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -289,6 +324,55 @@ def adj_abs(g, x, y, gx, c):
     """abs: g * sign(x)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (1.0 if (x[i]) > 0 else -1.0 if (x[i]) < 0 else (x[i]) * 0.0)
+
+
+@cuda.jit
+def fwd_atan2(a, b, y):
+    """atan2: atan2(a, b)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = math.atan2(a[i], b[i])
+
+
+@cuda.jit
+def adj_atan2_a(g, a, b, y, ga):
+    """atan2, its first input: g * b * (1 / (a * a + b * b))"""
+    for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
+        ga[i] += (g[i] * b[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
+
+
+@cuda.jit
+def adj_atan2_b(g, a, b, y, gb):
+    """atan2, its second input: g * -a * (1 / (a * a + b * b))"""
+    for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
+        gb[i] += (g[i] * -a[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
+
+
+@cuda.jit
+def fwd_hypot(a, b, y):
+    """hypot: hypot(a, b)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = math.hypot(a[i], b[i])
+
+
+@cuda.jit
+def adj_hypot_a(g, a, b, y, ga):
+    """hypot, its first input: g * a / y"""
+    for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
+        ga[i] += (g[i] * a[i]) / y[i]
+
+
+@cuda.jit
+def adj_hypot_b(g, a, b, y, gb):
+    """hypot, its second input: g * b / y"""
+    for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
+        gb[i] += (g[i] * b[i]) / y[i]
+
+
+@cuda.jit
+def adj_rsqrt(g, x, y, gx, c):
+    """rsqrt: -0.5 * g * (y * y * y)"""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += (-0.5 * g[i]) * ((y[i] * y[i]) * y[i])
 
 
 @cuda.jit
@@ -334,6 +418,20 @@ def adj_tan(g, x, y, gx, c):
 
 
 @cuda.jit
+def fwd_erf(x, y, c):
+    """erf: erf(x)"""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        y[i] = math.erf(x[i])
+
+
+@cuda.jit
+def adj_erf(g, x, y, gx, c):
+    """erf: 1.1283791670955126 * exp(-(x * x)) * g"""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += (1.1283791670955126 * math.exp(-(x[i] * x[i]))) * g[i]
+
+
+@cuda.jit
 def fwd_sign(x, y, c):
     """sign: sign(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -348,11 +446,14 @@ FORWARD = {
     ('subtract', 'ab'): fwd_sub,
     ('multiply', 'ab'): fwd_mul,
     ('divide', 'ab'): fwd_div,
+    ('power', 'ab'): fwd_pow,
     ('add', 'xc'): fwd_add_scalar,
     ('subtract', 'xc'): fwd_sub_scalar,
     ('subtract', 'cx'): fwd_rsub_scalar,
     ('multiply', 'xc'): fwd_mul_scalar,
     ('divide', 'xc'): fwd_div_scalar,
+    ('power', 'cx'): fwd_rpow_scalar,
+    ('divide', 'cx'): fwd_reciprocal,
     ('exp', 'x'): fwd_exp,
     ('log', 'x'): fwd_log,
     ('sin', 'x'): fwd_sin,
@@ -360,9 +461,12 @@ FORWARD = {
     ('tanh', 'x'): fwd_tanh,
     ('sqrt', 'x'): fwd_sqrt,
     ('absolute', 'x'): fwd_abs,
+    ('arctan2', 'ab'): fwd_atan2,
+    ('hypot', 'ab'): fwd_hypot,
     ('log1p', 'x'): fwd_log1p,
     ('expm1', 'x'): fwd_expm1,
     ('tan', 'x'): fwd_tan,
+    ('erf', 'x'): fwd_erf,
     ('sign', 'x'): fwd_sign,
 }
 
@@ -379,14 +483,20 @@ ADJOINT = {
     "mul_scalar": (adj_mul_scalar,),
     "scale": (adj_scale,),
     "div_scalar": (adj_div_scalar,),
+    "reciprocal": (adj_reciprocal,),
     "exp": (adj_exp,),
     "log": (adj_log,),
     "sin": (adj_sin,),
     "cos": (adj_cos,),
     "tanh": (adj_tanh,),
+    "sigmoid": (adj_sigmoid,),
     "sqrt": (adj_sqrt,),
     "abs": (adj_abs,),
+    "atan2": (adj_atan2_a, adj_atan2_b),
+    "hypot": (adj_hypot_a, adj_hypot_b),
+    "rsqrt": (adj_rsqrt,),
     "log1p": (adj_log1p,),
     "expm1": (adj_expm1,),
     "tan": (adj_tan,),
+    "erf": (adj_erf,),
 }

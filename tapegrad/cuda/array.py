@@ -96,15 +96,20 @@ class DeviceArray:
         return _gather(self, idx, shape)
 
     def __setitem__(self, key, value):
-        if key is Ellipsis and isinstance(value, DeviceArray) and value.shape == self.shape:
-            run_kernel("copy", self.size, value.d, self.d)
-            return
-        idx, shape = picks(self.shape, key)
         s = _scalar(value)
-        if s is not None:
-            run_kernel("fill_at", _prod(shape), self.d, idx, self.dtype.type(s))
-        elif _prod(shape):
-            run_kernel("scatter", _prod(shape), broadcast_to(_on_device(value), shape).d, idx, self.d)
+        if isinstance(key, DeviceArray) and key.dtype == np.bool_ and key.shape == self.shape and s is not None:
+            run_kernel("masked_fill", self.size, key.d, self.d, self.dtype.type(s))  # (masked_fill's forward)
+        elif key is Ellipsis and s is not None:
+            run_kernel("fill", self.size, self.d, self.dtype.type(s))
+        elif key is Ellipsis:
+            v = _on_device(value)
+            run_kernel("copy", self.size, (v if v.size == self.size else broadcast_to(v, self.shape)).d, self.d)
+        else:
+            idx, shape = picks(self.shape, key)
+            if s is not None:
+                run_kernel("fill_at", _prod(shape), self.d, idx, self.dtype.type(s))
+            elif _prod(shape):
+                run_kernel("scatter", _prod(shape), broadcast_to(_on_device(value), shape).d, idx, self.d)
 
     def __len__(self):
         if not self.shape:
@@ -130,6 +135,10 @@ class DeviceArray:
             return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False), kwargs.get("dtype"))
         if method != "__call__" or kwargs:
             raise _unsupported(f"np.{ufunc.__name__}.{method}" if method != "__call__" else f"np.{ufunc.__name__}")
+        if out is None and ufunc.__name__ in COMPARISONS:
+            return _compare(COMPARISONS[ufunc.__name__], inputs)
+        if out is None and ufunc.__name__ in _LOGICAL:
+            return _logical(ufunc.__name__, inputs)
         return _elementwise(ufunc.__name__, inputs, out[0] if out else None)
 
     def __array_function__(self, func, types, args, kwargs):
@@ -146,10 +155,15 @@ class DeviceArray:
     __rtruediv__ = lambda self, other: np.divide(other, self)
     __neg__ = lambda self: np.negative(self)
     __matmul__ = lambda self, other: np.matmul(self, other)
-    __lt__ = lambda self, other: np.less(self, other)  # (no comparison has a CUDA kernel yet: named errors)
+    __lt__ = lambda self, other: np.less(self, other)
     __le__ = lambda self, other: np.less_equal(self, other)
     __gt__ = lambda self, other: np.greater(self, other)
     __ge__ = lambda self, other: np.greater_equal(self, other)
+    __eq__ = lambda self, other: np.equal(self, other)
+    __ne__ = lambda self, other: np.not_equal(self, other)
+    __invert__ = lambda self: np.invert(self)
+    __and__ = lambda self, other: np.bitwise_and(self, other)
+    __or__ = lambda self, other: np.bitwise_or(self, other)
 
     def __iadd__(self, other):
         return _elementwise("add", (self, other), self)
@@ -239,6 +253,8 @@ def _elementwise(name, inputs, out):
         pattern = "ab"
     if name == "square" and pattern == "x":  # (np.square is x * x, bit for bit)
         arrays, pattern, name = arrays * 2, "ab", "multiply"
+    if name == "reciprocal" and pattern == "x":  # (and np.reciprocal 1 / x: rsqrt's forward)
+        pattern, name, c = "cx", "divide", 1
     kernel = kernels()[1].FORWARD.get((name, pattern))
     if kernel is None and (name, pattern) in _HAND_FORWARD:
         kernel = kernels()[0].KERNELS[_HAND_FORWARD[name, pattern]]
@@ -262,6 +278,65 @@ def _elementwise(name, inputs, out):
 
 # The hand-written kernels of ufunc calls that no row's formula is, by (ufunc name, operands).
 _HAND_FORWARD = {("power", "xc"): "power", ("maximum", "xc"): "maximum_scalar"}
+_HAND_FORWARD.update({("maximum", "ab"): "maximum", ("minimum", "ab"): "minimum", ("minimum", "xc"): "minimum_scalar",
+                      ("logaddexp", "cx"): "logaddexp_scalar"})
+
+# Comparisons (bool results), by their code in the compare kernels; c (op) x is x (flipped op) c.
+COMPARISONS = {"less": 0, "less_equal": 1, "greater": 2, "greater_equal": 3, "equal": 4, "not_equal": 5}
+_FLIPPED = (2, 3, 0, 1, 4, 5)
+# Logical ops of bool arrays (the bitwise ones are the same there), by their code in the logical kernel.
+_LOGICAL = {"logical_and": 0, "bitwise_and": 0, "logical_or": 1, "bitwise_or": 1, "logical_not": -1, "invert": -1}
+
+
+def _compare(op, inputs):
+    a, b = inputs
+    if isinstance(a, DeviceArray) and isinstance(b, DeviceArray):
+        dtype = np.result_type(a.dtype, b.dtype)
+        shape = tuple(np.broadcast_shapes(a.shape, b.shape))
+        a, b = (broadcast_to(v.astype(dtype, copy=False), shape) for v in (a, b))
+        out = empty(shape, np.bool_)
+        run_kernel("compare", out.size, a.d, b.d, out.d, op)
+        return out
+    if not isinstance(a, DeviceArray):
+        a, b, op = b, a, _FLIPPED[op]
+    c = _scalar(b)
+    if c is None:
+        raise RuntimeError(MIXED_MSG)
+    out = empty(a.shape, np.bool_)
+    run_kernel("compare_scalar", out.size, a.d, out.d, np.result_type(a.dtype, c).type(c), op)  # (NumPy's promotion)
+    return out
+
+
+def _logical(name, inputs):
+    arrays = [_on_device(v) for v in inputs]
+    if any(v.dtype != np.bool_ for v in arrays):
+        raise _unsupported(f"np.{name} of " + ", ".join(str(v.dtype) for v in arrays))
+    shape = tuple(np.broadcast_shapes(*(v.shape for v in arrays)))
+    out = empty(shape, np.bool_)
+    if len(arrays) == 1:
+        run_kernel("logical_not", out.size, arrays[0].d, out.d)
+    else:
+        run_kernel("logical", out.size, *(broadcast_to(v, shape).d for v in arrays), out.d, _LOGICAL[name])
+    return out
+
+
+def where(cond, x, y):
+    """np.where of device values; a scalar operand (a number, a 0-d host array) stands for a full array."""
+    cond = _on_device(cond)
+    dtype = np.result_type(*(v.dtype if isinstance(v, (DeviceArray, np.ndarray)) else v for v in (x, y)))
+    shape = tuple(np.broadcast_shapes(cond.shape, *(v.shape for v in (x, y) if isinstance(v, DeviceArray))))
+    a, b = (broadcast_to(v.astype(dtype, copy=False), shape) if isinstance(v, DeviceArray) else
+            full(shape, dtype, _number(v)) for v in (x, y))
+    out = empty(shape, dtype)
+    run_kernel("where", out.size, broadcast_to(cond, shape).d, a.d, b.d, out.d)
+    return out
+
+
+def _number(v):
+    s = _scalar(v)
+    if s is None:
+        raise RuntimeError(MIXED_MSG)
+    return s
 
 
 # -- index maps: which element of one array each element of another reads --------------------------
@@ -472,6 +547,19 @@ _FUNCTIONS = {
     "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
 }
 _FUNCTIONS.update(take=take, tile=tile, flip=flip, concatenate=concatenate, stack=stack,
-                  shape=lambda v: v.shape, may_share_memory=_FUNCTIONS["shares_memory"],
-                  empty_like=lambda v, dtype=None, order="K", subok=True, shape=None:
-                  empty(v.shape if shape is None else shape, v.dtype if dtype is None else dtype))
+                  shape=lambda v: v.shape, may_share_memory=_FUNCTIONS["shares_memory"])
+_FUNCTIONS.update({
+    "where": where,
+    "full_like": lambda v, fill_value, dtype=None, order="K", subok=True, shape=None:
+        full(v.shape if shape is None else shape, v.dtype if dtype is None else dtype, fill_value),
+    "empty_like": lambda v, dtype=None, order="K", subok=True, shape=None:
+        empty(v.shape if shape is None else shape, v.dtype if dtype is None else dtype),
+    "copyto": lambda dst, src, casting="same_kind", where=True: _copyto(dst, src, where),
+})
+
+
+def _copyto(dst, src, where):
+    """np.copyto, as in-place ops write their result into a tensor's own array."""
+    if where is not True:
+        raise _unsupported("np.copyto with where=")
+    dst[...] = src

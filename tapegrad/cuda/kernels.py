@@ -2,6 +2,8 @@
 reduce, index, join and sum back gradients, and a plain matrix product. Every one is a grid-stride
 loop over flat C-ordered arrays, so any launch size covers any length. The elementwise rows'
 kernels are generated from the op table (_generated.py)."""
+import math
+
 from numba import cuda
 
 
@@ -68,15 +70,15 @@ def add_scaled(src, dst, scale):
 
 
 @cuda.jit
-def add_run(a, b, out, off, lo, sign):
-    """out = a placed at flat offset lo, plus sign times b placed at flat offset off (add_run's
+def add_run(a, b, out, off, at, sign):
+    """out = a placed at flat offset at, plus sign times b placed at flat offset off (add_run's
     forward): a alone gives a + 0, b alone 0 + b or 0 - b, neither 0, as the CPU's regions do."""
     zero = sign - sign
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        v = a[i - lo] if lo <= i < lo + a.shape[0] else zero
+        v = a[i - at] if at <= i < at + a.shape[0] else zero
         if off <= i < off + b.shape[0]:
             v = v + b[i - off] if sign > 0 else v - b[i - off]
-        elif lo <= i < lo + a.shape[0]:
+        elif at <= i < at + a.shape[0]:
             v = v + zero
         out[i] = v
 
@@ -126,8 +128,188 @@ def matmul(a, b, out, m, k, n, ta, tb, beta):
         out[t] = acc
 
 
+# -- comparisons, where, and the forwards and adjoints of rows that pick or clamp -------------------
+# Comparison ops by code: less, less_equal, greater, greater_equal, equal, not_equal (array.COMPARISONS).
+@cuda.jit
+def compare(a, b, mask, op):
+    """mask = a (op) b: a NaN compares false, but for not_equal."""
+    for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
+        u, v = a[i], b[i]
+        mask[i] = (u < v if op == 0 else u <= v if op == 1 else u > v if op == 2 else u >= v if op == 3
+                  else u == v if op == 4 else u != v)
+
+
+@cuda.jit
+def compare_scalar(x, mask, c, op):
+    """mask = x (op) c."""
+    for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
+        u = x[i]
+        mask[i] = (u < c if op == 0 else u <= c if op == 1 else u > c if op == 2 else u >= c if op == 3
+                  else u == c if op == 4 else u != c)
+
+
+@cuda.jit
+def logical(p, q, mask, op):
+    """mask = p and q (op 0), p or q (op 1), of bools."""
+    for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
+        mask[i] = (p[i] and q[i]) if op == 0 else (p[i] or q[i])
+
+
+@cuda.jit
+def logical_not(p, mask):
+    for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
+        mask[i] = not p[i]
+
+
+@cuda.jit
+def where(cond, a, b, out):
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = a[i] if cond[i] else b[i]
+
+
+@cuda.jit
+def masked_fill(cond, out, v):
+    """out[cond] = v."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        if cond[i]:
+            out[i] = v
+
+
+@cuda.jit
+def maximum(a, b, y):
+    """np.maximum: a NaN on either side is the result."""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        u, v = a[i], b[i]
+        y[i] = u if u >= v or u != u else v
+
+
+@cuda.jit
+def minimum(a, b, y):
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        u, v = a[i], b[i]
+        y[i] = u if u <= v or u != u else v
+
+
+@cuda.jit
+def minimum_scalar(x, y, c):
+    """y = np.minimum(x, c) (clamp's upper bound): NaN stays NaN."""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        y[i] = c if v > c else v
+
+
+@cuda.jit
+def logaddexp_scalar(x, y, c):
+    """y = np.logaddexp(c, x) as NumPy computes it (softplus's log(1 + exp(z)) is logaddexp(0, z))."""
+    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        if v == c:
+            y[i] = v + 0.6931471805599453
+        elif c - v > 0:
+            y[i] = c + math.log1p(math.exp(v - c))
+        elif c - v <= 0:
+            y[i] = v + math.log1p(math.exp(c - v))
+        else:  # a NaN
+            y[i] = c - v
+
+
+@cuda.jit
+def where_adjoint(g, cond, grad, want):
+    """where's and masked_fill's gradient: grad += g where cond is ``want``."""
+    for i in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
+        if (cond[i] != 0) == want:
+            grad[i] += g[i]
+
+
+@cuda.jit
+def maximum_adjoint(g, a, b, grad, sgn):
+    """maximum's (sgn 1) and minimum's (sgn -1) gradient in a, or, with sgn negated, in b: g where
+    the input wins, halves at ties (torch's)."""
+    for i in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
+        if a[i] == b[i]:
+            grad[i] += 0.5 * g[i]
+        elif not (a[i] - b[i]) * sgn < 0:
+            grad[i] += g[i]
+
+
+@cuda.jit
+def leaky_relu_adjoint(g, x, gx, slope):
+    """leaky_relu's gradient at its input, and leaky_relu_backward's: g where x > 0, else g * slope."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        gx[i] += g[i] if x[i] > 0 else g[i] * slope
+
+
+@cuda.jit
+def clamp_adjoint(g, x, gx, lo, hi):
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        if x[i] >= lo and x[i] <= hi:
+            gx[i] += g[i]
+
+
+@cuda.jit
+def gelu_adjoint(g, x, gx, approximate):
+    """gelu's gradient, in the CPU engine's formulas: x * Phi(x), or torch's tanh approximation."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        xi = x[i]
+        if not approximate:
+            cdf = 0.5 * (1 + math.erf(xi * 0.7071067811865476))
+            pdf = math.exp(-0.5 * xi * xi) * 0.3989422804014327
+            gx[i] += g[i] * (cdf + xi * pdf)
+        else:
+            th = math.tanh(0.7978845608028654 * (xi + 0.044715 * xi * xi * xi))
+            dright = (1 - th * th) * 0.7978845608028654 * (1 + 3 * 0.044715 * xi * xi)
+            gx[i] += g[i] * (0.5 * (1 + th) + 0.5 * xi * dright)
+
+
+@cuda.jit
+def softplus_adjoint(g, x, gx, factor, threshold):
+    """softplus's gradient, its beta the factor."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        z = x[i] * factor
+        if z > threshold:
+            gx[i] += g[i]
+        else:
+            ez = math.exp(z)
+            gx[i] += g[i] * ez / (ez + 1)
+
+
+@cuda.jit
+def pow_adjoint_a(g, a, b, ga):
+    """pow's gradient in the base: torch's 0 where the exponent is 0."""
+    for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
+        if b[i] != 0:
+            ga[i] += g[i] * (b[i] * a[i] ** (b[i] - 1))
+
+
+@cuda.jit
+def pow_adjoint_b(g, a, b, y, gb):
+    """pow's gradient in the exponent: torch's g * 0 where the base is 0 and the exponent not negative."""
+    for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
+        if a[i] == 0 and b[i] >= 0:
+            gb[i] += g[i] * 0.0
+        else:
+            gb[i] += g[i] * (y[i] * math.log(a[i]))
+
+
+@cuda.jit
+def rpow_adjoint(g, x, y, gx, base, log_base):
+    """c ** x's gradient, torch's g * (y * log(c)); a zero base: g * 0 where x >= 0."""
+    for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
+        if base == 0 and x[i] >= 0:
+            gx[i] += g[i] * 0.0
+        else:
+            gx[i] += g[i] * (y[i] * log_base)
+
+
 KERNELS = {"fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
            "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint,
            "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint, "matmul": matmul}
+KERNELS.update({"compare": compare, "compare_scalar": compare_scalar, "logical": logical, "logical_not": logical_not,
+                "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
+                "minimum_scalar": minimum_scalar, "logaddexp_scalar": logaddexp_scalar,
+                "where_adjoint": where_adjoint, "maximum_adjoint": maximum_adjoint,
+                "leaky_relu_adjoint": leaky_relu_adjoint, "clamp_adjoint": clamp_adjoint,
+                "gelu_adjoint": gelu_adjoint, "softplus_adjoint": softplus_adjoint, "pow_adjoint_a": pow_adjoint_a,
+                "pow_adjoint_b": pow_adjoint_b, "rpow_adjoint": rpow_adjoint})
 # indexing and joining
 KERNELS.update(scatter=scatter, fill_at=fill_at, add_scaled=add_scaled, add_run=add_run)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import formula, ops
 from ..cuda import array, launch, runtime
 from ..cuda.array import DeviceArray
-from ..ops.attrs import Mask, Perm
+from ..ops.attrs import FloatBits, Mask, Perm
 from . import cpu_replay
 
 _ENGINE = []
@@ -112,14 +112,15 @@ class Pass:
         """Slot s's gradient as delivered: on the device of its value."""
         return g if self.tape.values[s].__class__ is DeviceArray else g.get()
 
-    def value(self, s, dtype):
-        """Slot s's value on the device, in the gradients' dtype (a host value is copied once)."""
+    def value(self, s, dtype=None):
+        """Slot s's value on the device, in ``dtype`` (the gradients'; None: its own), a host value
+        copied once."""
         v = self.tape.values[s]
         if v.__class__ is not DeviceArray:
             v = self.host.get(s)
             if v is None:
                 v = self.host[s] = array.to_device(np.ascontiguousarray(self.tape.values[s]))
-        return v if v.dtype == dtype else v.astype(dtype)
+        return v if dtype is None or v.dtype == dtype else v.astype(dtype)
 
     def index(self, s):
         """Slot s's int64 index map on the device, flat (copied once a backward: the tape keeps it on
@@ -151,23 +152,27 @@ def _adjoint(op, p, e, g, ins, into, o, r, f0):
         a = array.broadcast_to(p.value(ins[0], dt), shape) if "a" in uses else g
         b = array.broadcast_to(p.value(ins[1], dt), shape) if "b" in uses else g
         for k in (0, 1):
-            gk = into[k]
-            if gk is None:
-                continue
-            if gk.shape == shape:
-                kernels[k][blocks, threads](g.d, a.d, b.d, y.d, gk.d)
-            else:  # a broadcast operand: its gradient summed back over the broadcast
-                full = array.zeros(shape, dt)
-                kernels[k][blocks, threads](g.d, a.d, b.d, y.d, full.d)
-                idx = array.index_map(("bcast", gk.shape, shape),
-                                      lambda: np.broadcast_to(np.arange(gk.size).reshape(gk.shape), shape))
-                array.run_kernel("scatter_add", full.size, full.d, idx, gk.d, dt.type(1))
+            if into[k] is not None:
+                _summed(into[k], shape, lambda t: kernels[k][blocks, threads](g.d, a.d, b.d, y.d, t.d))
         return
     adjoint = _HAND.get(op.kernel) if op.gpu else None
     if adjoint is None:
         raise NotImplementedError(f"'{op.name}' has no CUDA adjoint in tapegrad yet: backward through it on GPU "
                                   "tensors needs the tensors on the CPU (.cpu())")
     adjoint(p, g, ins, into, r, f0)
+
+
+def _summed(gk, shape, launch):
+    """``launch(t)`` adds an input's gradient at the output's ``shape`` into t: gk itself, or for a
+    broadcast operand a zeroed buffer, then summed back over the broadcast into gk."""
+    if gk.shape == shape:
+        launch(gk)
+        return
+    full = array.zeros(shape, gk.dtype)
+    launch(full)
+    idx = array.index_map(("bcast", gk.shape, shape),
+                          lambda: np.broadcast_to(np.arange(gk.size).reshape(gk.shape), shape))
+    array.run_kernel("scatter_add", full.size, full.d, idx, gk.d, gk.dtype.type(1))
 
 
 def _identity(p, g, ins, into, r, f0):
@@ -209,7 +214,7 @@ def _relu(p, g, ins, into, r, f0):
 
 
 def _zero(p, g, ins, into, r, f0):
-    """sign: its gradient is zero, as the arena already holds."""
+    """sign, zero_, fill_: the gradient is zero, as the arena already holds."""
 
 
 def _mm(p, g, ins, into, r, f0):
@@ -221,11 +226,97 @@ def _mm(p, g, ins, into, r, f0):
         array.mm_into(p.value(ins[0], g.dtype), g, gb, True, False, 1.0)
 
 
+def _operands(p, g, ins):
+    """A binary row's two operands on the device, broadcast to the output's shape."""
+    return [array.broadcast_to(p.value(s, g.dtype), g.shape) for s in ins[:2]]
+
+
+def _pow(p, g, ins, into, r, f0):
+    a, b = _operands(p, g, ins)
+    if into[0] is not None:
+        _summed(into[0], g.shape, lambda t: array.run_kernel("pow_adjoint_a", g.size, g.d, a.d, b.d, t.d))
+    if into[1] is not None:
+        y = p.value(int(r[4]), g.dtype)
+        _summed(into[1], g.shape, lambda t: array.run_kernel("pow_adjoint_b", g.size, g.d, a.d, b.d, y.d, t.d))
+
+
+def _rpow_scalar(p, g, ins, into, r, f0):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_base = float(np.log(f0))  # (-inf for a zero base, NaN for a negative one, as the CPU's)
+    x, y = p.value(ins[0], g.dtype), p.value(int(r[4]), g.dtype)
+    array.run_kernel("rpow_adjoint", g.size, g.d, x.d, y.d, into[0].d, float(f0), log_base)
+
+
+def _maximum(p, g, ins, into, r, f0):
+    """maximum (i0 = 0) and minimum (i0 = 1)."""
+    a, b = _operands(p, g, ins)
+    sgn = 1.0 if r[5] == 0 else -1.0
+    for k in (0, 1):
+        if into[k] is not None:
+            s = sgn if k == 0 else -sgn
+            _summed(into[k], g.shape, lambda t: array.run_kernel("maximum_adjoint", g.size, g.d, a.d, b.d, t.d, s))
+
+
+def _where(p, g, ins, into, r, f0):
+    """where(c, a, b): c is kept at the output's shape."""
+    cond = p.value(ins[2])
+    for k in (0, 1):
+        if into[k] is not None:
+            _summed(into[k], g.shape, lambda t: array.run_kernel("where_adjoint", g.size, g.d, cond.d, t.d, k == 0))
+
+
+def _masked_fill(p, g, ins, into, r, f0):
+    array.run_kernel("where_adjoint", g.size, g.d, p.value(ins[1]).d, into[0].d, False)
+
+
+def _leaky_relu(p, g, ins, into, r, f0):
+    array.run_kernel("leaky_relu_adjoint", g.size, g.d, p.value(ins[0], g.dtype).d, into[0].d, float(f0))
+
+
+def _clamp(p, g, ins, into, r, f0):
+    hi = FloatBits.decode(int(r[6]))
+    array.run_kernel("clamp_adjoint", g.size, g.d, p.value(ins[0], g.dtype).d, into[0].d, float(f0), hi)
+
+
+def _gelu(p, g, ins, into, r, f0):
+    array.run_kernel("gelu_adjoint", g.size, g.d, p.value(ins[0], g.dtype).d, into[0].d, bool(r[5]))
+
+
+def _softplus(p, g, ins, into, r, f0):
+    threshold = FloatBits.decode(int(r[6]))
+    array.run_kernel("softplus_adjoint", g.size, g.d, p.value(ins[0], g.dtype).d, into[0].d, float(f0), threshold)
+
+
+def _backward_op(p, g, ins, into, r, f0):
+    """threshold_backward (i0 = 0), leaky_relu_backward (1), nll_loss_backward (2): the gradient a
+    masked as the op masks it; b's is zero."""
+    ga = into[0]
+    if ga is None:
+        return
+    if r[5] == 2:
+        array.run_kernel("add_into", g.size, g.d, ga.d)
+        return
+    v = p.value(ins[1], g.dtype)
+    if r[5] == 0:
+        array.run_kernel("relu_adjoint", g.size, g.d, v.d, ga.d)
+    else:
+        array.run_kernel("leaky_relu_adjoint", g.size, g.d, v.d, ga.d, float(f0))
+
+
+def _copy(p, g, ins, into, r, f0):
+    """x.copy_(src): the old x gets nothing, src the gradient summed to its shape."""
+    if into[1] is not None:
+        _summed(into[1], g.shape, lambda t: array.run_kernel("add_into", g.size, g.d, t.d))
+
+
 # The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
 # every GPU row has one here or in the generated kernels).
 _HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
          "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
          "adj_relu": _relu}
+_HAND.update({"adj_pow": _pow, "adj_rpow_scalar": _rpow_scalar, "adj_maximum": _maximum, "adj_where": _where,
+              "adj_masked_fill": _masked_fill, "adj_leaky_relu": _leaky_relu, "adj_clamp": _clamp,
+              "adj_gelu": _gelu, "adj_softplus": _softplus, "adj_backward_op": _backward_op, "adj_copy": _copy})
 
 
 def _getitem(p, g, ins, into, r, f0):

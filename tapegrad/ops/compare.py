@@ -1,7 +1,7 @@
 """Comparisons, tests and index-valued reductions: results that never require grad."""
 import numpy as np
 
-from ..tensor import Tensor, _dim
+from ..tensor import Tensor, _dim, as_value
 from ..tensor import leaf as _leaf
 from .cast import _torch_type_name
 from .promote import broadcast_shapes
@@ -16,7 +16,7 @@ def _compare(fn):
         yv = y._value if isinstance(y, Tensor) else np.asarray(y)
         xv = x._value if isinstance(x, Tensor) else np.asarray(x)
         broadcast_shapes(xv.shape, yv.shape)
-        return _noted_python(fn, (x, y), _leaf(np.asarray(fn(xv, yv))))
+        return _noted_python(fn, (x, y), _leaf(as_value(fn(xv, yv))))
     f.__name__ = fn.__name__
     return f
 
@@ -39,7 +39,7 @@ def isinf(x):
 
 
 def logical_not(x):
-    return _leaf(np.logical_not(x._value))
+    return _leaf(as_value(np.logical_not(x._value)))
 
 
 def _bitwise(fn, name):
@@ -47,7 +47,7 @@ def _bitwise(fn, name):
         yv = y._value if isinstance(y, Tensor) else y
         if x._value.dtype.kind not in "biu":
             raise RuntimeError(f"\"{name}_cpu\" not implemented for '{_torch_type_name(x._value.dtype)}'")
-        return _leaf(np.asarray(fn(x._value, yv)))
+        return _leaf(as_value(fn(x._value, yv)))
     return f
 
 

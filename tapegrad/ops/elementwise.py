@@ -31,15 +31,15 @@ ndarray = np.ndarray
 FUNCTIONS = {}  # public name -> function, for rows that declare their own front end (installed below)
 
 
-def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True):
+def binary_elementwise(name, grad_fn, forward, da, db, aliases=(), integers=True, gpu=None):
     """A broadcasting binary row of two tensors promoted to a floating dtype, whose derivatives are
     the formulas ``da`` and ``db`` (formula.py, in ``g``, ``a``, ``b``, ``y``): the jitted adjoint
     ``adj_<name>`` and the VJP come from them, and so do ``tg.<name>``, the method, the in-place
     method ``<name>_`` and the ``aliases``. ``integers`` false: two integer tensors are refused, as
-    torch has no integer kernel for the op."""
+    torch has no integer kernel for the op. ``gpu``: the row's (spec.Op)."""
     vjp = eval(f"lambda g, i, o, r: _fit(({formula.vjp_expr(da)}, {formula.vjp_expr(db)}), i)", globals())
     op = Op(len(TABLE), name, grad_fn, 2, forward, "adj_" + name, vjp, {0: formula.reads(da), 1: formula.reads(db)},
-            (da, db))
+            (da, db), gpu=gpu)
     TABLE.append(op)
 
     def function(input, other):
@@ -152,7 +152,8 @@ def _pow_vjp(g, i, o, r):
     return _fit((gx, gy), i)
 
 
-POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")})
+POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")},
+          gpu="pow(a, b)")
 # x (op) c for a Python scalar c, kept in f0
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,),
                  attrs=(None, None, Operand(listed=True)), fwd="x + c", formula="g", gpu=True)
@@ -242,11 +243,12 @@ def _rpow_scalar_vjp(g, i, o, r):
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,),
                  attrs=(None, None, Operand()), gpu=True)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
-                  _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)))
+                  _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)), gpu="pow(c, x)")
 
 
+# (on the GPU, the kernel of any c / x: its own forward is the call with c = 1)
 RECIPROCAL = elementwise("reciprocal", "ReciprocalBackward0", lambda x: np.true_divide(1, x), "-g * (y * y)",
-                         fwd="1 / x")
+                         fwd="1 / x", gpu="c / x")
 EXP = elementwise("exp", "ExpBackward0", np.exp, "g * y", fwd="ufunc:numpy.exp", gpu=True)
 LOG = elementwise("log", "LogBackward0", np.log, "g / x", fwd="ufunc:numpy.log", gpu=True)
 
@@ -285,7 +287,7 @@ TANH = elementwise("tanh", "TanhBackward0", np.tanh, "g * (1 - y * y)",
                    fwd="ufunc:numpy.tanh", gpu=True)
 SIGMOID = elementwise("sigmoid", "SigmoidBackward0", lambda x: _sigmoid(x), "g * ((1 - y) * y)",
                       vjp=lambda g, i, o, r: (shown_as(g * ((1 - o) * o), "SigmoidBackwardBackward0", g, o),),
-                      fwd="fwd_sigmoid", fwd_exact=loop_ready("numpy.exp"))
+                      fwd="fwd_sigmoid", fwd_exact=loop_ready("numpy.exp"), gpu=True)
 RELU = row("relu", "ReluBackward0", 1, lambda x: np.maximum(x, 0), "adj_relu",
            lambda g, i, o, r: (threshold_backward(g, o),), reads=("out",), fwd="fwd_relu", gpu=True)
 SQRT = elementwise("sqrt", "SqrtBackward0", np.sqrt, "g / (2 * y)",
@@ -370,14 +372,15 @@ def _where_vjp(g, i, o, r):
 
 
 ATAN2 = binary_elementwise("atan2", "Atan2Backward0", np.arctan2, "g * b * (1 / (a * a + b * b))",
-                           "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",))
-HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False)
+                           "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",), gpu="atan2(a, b)")
+HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False,
+                           gpu="hypot(a, b)")
 # (1 / sqrt(x) is exact in float32 too: sqrt rounds correctly, and a quotient rounded to double
 # and then to float is the float's own)
 RSQRT = elementwise("rsqrt", "RsqrtBackward0", lambda x: np.reciprocal(np.sqrt(x)), "-0.5 * g * (y * y * y)",
                     vjp=lambda g, i, o, r: (shown_as(g * -0.5, "MulBackward1", g) *
                                             shown_as(o * o * o, "PowBackward0", o),),  # torch's result.pow(3)
-                    fwd="1 / sqrt(x)")
+                    fwd="1 / sqrt(x)", gpu=True)
 LOG1P = elementwise("log1p", "Log1PBackward0", np.log1p, "g / (x + 1)",
                     vjp=lambda g, i, o, r: (g / shown_as(i[0] + 1, "AddBackward1", i[0]),), fwd="ufunc:numpy.log1p",
                     gpu=True)
@@ -400,31 +403,32 @@ def _erf_vjp(g, i, o, r):
 
 
 ERF = elementwise("erf", "ErfBackward0", lambda x: _scipy_special().erf(x), "1.1283791670955126 * exp(-(x * x)) * g",
-                  vjp=_erf_vjp, fwd="ufunc:scipy.special.erf")
+                  vjp=_erf_vjp, fwd="ufunc:scipy.special.erf", gpu=True)
 LEAKY_RELU = row("leaky_relu", "LeakyReluBackward0", 1, None, "adj_leaky_relu",
                  lambda g, i, o, r: (leaky_relu_backward(g, i[0], r[7]),), reads=(0,),
                  attrs=(None, None, Float("negative_slope")),
-                 replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_relu_value(ins[0], f0))
+                 replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_relu_value(ins[0], f0), gpu=True)
 GELU = row("gelu", "GeluBackward0", 1, None, "adj_gelu", _gelu_vjp, reads=(0,), attrs=(Bool("tanh"),),
-           replay=lambda ins, i0, i1, f0, shape, dtype: _gelu_value(ins[0], i0))
+           replay=lambda ins, i0, i1, f0, shape, dtype: _gelu_value(ins[0], i0), gpu=True)
 SOFTPLUS = row("softplus", "SoftplusBackward0", 1, None, "adj_softplus", _softplus_vjp, reads=(0,),
                attrs=(None, FloatBits("threshold"), Float("beta")),
-               replay=lambda ins, i0, i1, f0, shape, dtype: _softplus_value(ins[0], f0, FloatBits.decode(i1)))
+               replay=lambda ins, i0, i1, f0, shape, dtype: _softplus_value(ins[0], f0, FloatBits.decode(i1)),
+               gpu=True)
 CLAMP = row("clamp", "ClampBackward1", 1, None, "adj_clamp", _clamp_vjp, reads=(0,),
             attrs=(None, FloatBits("max"), Float("min")),
-            replay=lambda ins, i0, i1, f0, shape, dtype: _clamp_value(ins[0], f0, FloatBits.decode(i1)))
+            replay=lambda ins, i0, i1, f0, shape, dtype: _clamp_value(ins[0], f0, FloatBits.decode(i1)), gpu=True)
 SIGN = row("sign", "SignBackward0", 1, np.sign, "adj_zero", lambda g, i, o, r: (zeros_like(g),), fwd="ufunc:numpy.sign",
            gpu=True)
 MAXIMUM = row("maximum", "MaximumBackward0", 2, np.maximum, "adj_maximum", _maximum_vjp, reads=(0, 1),
-              attrs=(Bool("min"),))
+              attrs=(Bool("min"),), gpu=True)
 MINIMUM = row("minimum", "MinimumBackward0", 2, np.minimum, "adj_maximum", _maximum_vjp, reads=(0, 1),
-              attrs=(Bool("min"),))
+              attrs=(Bool("min"),), gpu=True)
 WHERE = row("where", "WhereBackward0", 3, None, "adj_where", _where_vjp, reads=(2,),
-            replay=lambda ins, i0, i1, f0, shape, dtype: np.where(ins[2], ins[0], ins[1]))
+            replay=lambda ins, i0, i1, f0, shape, dtype: np.where(ins[2], ins[0], ins[1]), gpu=True)
 MASKED_FILL = row("masked_fill", "MaskedFillBackward0", 2, None, "adj_masked_fill",
                   lambda g, i, o, r: (g * _const_like(~i[1]._value.astype(bool), g), None), reads=(1,),
                   attrs=(None, None, Float("value")),
-                  replay=lambda ins, i0, i1, f0, shape, dtype: _masked_fill_value(ins[0], ins[1], f0))
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _masked_fill_value(ins[0], ins[1], f0), gpu=True)
 
 
 # Gradients that torch computes as ops of their own, which take a value of the forward (relu's
@@ -442,10 +446,12 @@ def _backward_op_vjp(g, i, o, r):
 BACKWARD_OP_ATTRS = (Int("kind"), None, Float("slope"))
 THRESHOLD_BACKWARD = row("threshold_backward", "ThresholdBackwardBackward0", 2, None, "adj_backward_op",
                          _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS,
-                         replay=lambda ins, i0, i1, f0, shape, dtype: _threshold_backward_value(ins[0], ins[1]))
+                         replay=lambda ins, i0, i1, f0, shape, dtype: _threshold_backward_value(ins[0], ins[1]),
+                         gpu=True)
 LEAKY_RELU_BACKWARD = row("leaky_relu_backward", "LeakyReluBackwardBackward0", 2, None, "adj_backward_op",
                           _backward_op_vjp, reads=(1,), attrs=BACKWARD_OP_ATTRS,
-                          replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_backward_value(ins[0], ins[1], f0))
+                          replay=lambda ins, i0, i1, f0, shape, dtype: _leaky_backward_value(ins[0], ins[1], f0),
+                          gpu=True)
 
 
 def _sigmoid(x):

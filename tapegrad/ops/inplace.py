@@ -178,13 +178,13 @@ def _index_put(g, idx, v):
 
 COPY = row("copy", "CopyBackwards", 2, None, "adj_copy",
            lambda g, i, o, r: (zeros_like(i[0]), to_dtype(_sum_to(g, tuple(i[1].shape)), i[1].dtype)),
-           replay=lambda ins, i0, i1, f0, shape, dtype: _copy_value(ins[1], shape, dtype))
+           replay=lambda ins, i0, i1, f0, shape, dtype: _copy_value(ins[1], shape, dtype), gpu=True)
 
 
 def fresh_grad(g):
     """The .grad a create_graph backward gives a leaf that had none: a copy of g, made as torch's
     AccumulateGrad makes it, empty(...).copy_(g), so it shows CopyBackwards(None, g's node)."""
-    value = np.array(g._value, order="C")
+    value = np.copy(g._value, order="C")  # (np.copy: a GPU value answers it)
     return _record(COPY, value, np.empty_like(value), g)
 
 
@@ -201,9 +201,10 @@ def _copy_value(sv, shape, dtype):
 
 
 ZERO = row("zero", "ZeroBackward0", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),),
-           replay=lambda ins, i0, i1, f0, shape, dtype: np.zeros(shape, dtype))
+           replay=lambda ins, i0, i1, f0, shape, dtype: np.zeros(shape, dtype), gpu=True)
 FILL = row("fill", "FillBackward2", 1, None, "adj_zero", lambda g, i, o, r: (zeros_like(g),),
-           attrs=(None, None, Float("value")), replay=lambda ins, i0, i1, f0, shape, dtype: np.full(shape, f0, dtype))
+           attrs=(None, None, Float("value")), replay=lambda ins, i0, i1, f0, shape, dtype: np.full(shape, f0, dtype),
+           gpu=True)
 
 
 def zero_(x):

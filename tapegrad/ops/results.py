@@ -4,7 +4,7 @@ nodes a composite shows instead of its rows (``shown_as``)."""
 import numpy as np
 
 from ..tape import LEAF, _contiguous, _state, counter, current_tape, note_op, recording_program
-from ..tensor import Tensor, as_value
+from ..tensor import DeviceArray, Tensor, as_value
 from ..tensor import leaf as _leaf
 from . import _record as _records
 
@@ -182,7 +182,8 @@ def _shown_inputs(tape, inputs):
 
 
 def _const_like(a, like):
-    return _leaf(np.asarray(a, dtype=like._value.dtype))
+    dt = like._value.dtype
+    return _leaf(a.astype(dt, copy=False) if a.__class__ is DeviceArray else np.asarray(a, dtype=dt))
 
 
 def _scalar_like(v, like):

@@ -39,10 +39,12 @@ they come from at each replay: ops.results._derived). A row with none of these c
 program runs eagerly).
 
 ``gpu`` says the row runs on GPU tensors: True, or the forward formula its CUDA kernel computes
-where ``fwd`` is not one (sin's ``"sin(x)"``). A forward formula gets its CUDA kernel generated
-(tools/generate.py writes cuda/_generated.py; the eager forward reaches it through the one ufunc
-the formula is, formula.ufunc_call), and so does a derivative ``formula``'s adjoint; any other GPU
-row's adjoint is the CUDA engine's own, by the row's kernel name (engine/cuda_replay.py).
+where ``fwd`` is not one ufunc call (sin's ``"sin(x)"``, reciprocal's ``"c / x"``). A forward formula
+that is one ufunc call gets its CUDA kernel generated (tools/generate.py writes cuda/_generated.py;
+the eager forward reaches it through that ufunc call, formula.ufunc_call); any other GPU row's
+NumPy forward runs on the kernels of the calls it makes (rsqrt's np.reciprocal(np.sqrt(x)),
+sigmoid's exp and where). A derivative ``formula``'s adjoint is generated too; any other GPU row's
+adjoint is the CUDA engine's own, by the row's kernel name (engine/cuda_replay.py).
 
 Each row takes its opcode, its index in TABLE, when it is declared; the package's __init__
 imports the modules that declare rows in a fixed order.
@@ -83,14 +85,14 @@ class Op:
 
     def gpu_forward(self):
         """The forward formula of a GPU row's generated CUDA kernel, or None (its forward on the GPU
-        is hand-written)."""
+        runs other kernels)."""
         if isinstance(self.gpu, str):
             return self.gpu
         if not self.gpu or self.fwd is None or self.fwd.startswith("fwd_"):
             return None
         if self.fwd.startswith("ufunc:"):
             return self.fwd.rsplit(".", 1)[1] + "(x)"
-        return self.fwd
+        return self.fwd if formula.ufunc_call(self.fwd) else None
 
     def attr(self, r, name):
         """The value of attribute ``name`` in row tuple ``r``."""

@@ -1,6 +1,7 @@
 """tg.compile: recording a program on the first call, replaying it on later ones (results equal
 to eager bit for bit), the guards that send a call back to eager recording, and what stays eager."""
 import gc
+import re
 import threading
 import tracemalloc
 import warnings
@@ -365,6 +366,35 @@ def test_training_step_reads_the_optimizer_live():
     assert run.replay_count == 11
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_ops_after_a_step_read_the_updated_parameters(momentum):
+    """Two updates in one call, and a loss after them: the rows after each step read the values it
+    wrote (the parameters of a module that is not C-ordered are copies, taken again)."""
+    def train(compiled):
+        tg.manual_seed(3)
+        model = tg.nn.Linear(4, 2).double()
+        with tg.no_grad():
+            model.weight = tg.nn.Parameter(tg.randn(4, 2, dtype=tg.float64).t())  # (a transposed view)
+        opt = tg.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+        x = tg.randn(5, 4, dtype=tg.float64)
+
+        def step():
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).tanh().sum().backward()
+                opt.step()
+            return model(x).sum()
+
+        run = tg.compile(step) if compiled else step
+        out = [run().item() for _ in range(4)]
+        return [p.detach().numpy().copy() for p in model.parameters()], out, run
+
+    eager, le, _ = train(False)
+    compiled, lc, run = train(True)
+    assert all(same(a, b) for a, b in zip(eager, compiled)) and lc == le
+    assert run.replay_count == 3, tg.compiler.stats(run)
+
+
 def test_manual_update_through_grads():
     """A step written by hand: .grad read in ops, parameters and grads changed in place under no_grad."""
     def train(compiled):
@@ -440,6 +470,121 @@ def test_a_guard_after_the_step_keeps_the_step_eager():
         run(tg.ones(2, 3))
     st = tg.compiler.stats(run)
     assert st["replay_count"] == 0 and "after backward()" in st["unreplayable"][0]
+
+
+# -- custom autograd.Functions: their rows call apply again at each replay -----------------------------
+class _Scaled(tg.autograd.Function):
+    """Two outputs, a keyword argument, a forward that branches on a value it reads (replays read it
+    live), and a backward written in tapegrad ops (so it can be differentiated again)."""
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x, y, k=2.0):
+        _Scaled.calls += 1
+        ctx.save_for_backward(x, y)
+        ctx.k = k if x.sum().item() > 0 else -k
+        return x * y * ctx.k, x + y
+
+    @staticmethod
+    def backward(ctx, ga, gb):
+        x, y = ctx.saved_tensors
+        return ga * y * ctx.k + gb, ga * x * ctx.k + gb, None
+
+
+def _scaled(x, y):
+    a, b = _Scaled.apply(x.exp() - 1.5, y, k=3.0)
+    return (a * b).sum() + a.mean()
+
+
+def test_a_custom_function_replays_by_calling_its_apply():
+    cf = tg.compile(_scaled)
+    rng = np.random.default_rng(4)
+    for k in range(4):
+        arrays = [rng.standard_normal(3) + (1.0 if k % 2 else -1.0), rng.standard_normal(3)]
+        results = []
+        for f in (_scaled, cf):
+            x, y = (tg.tensor(a, dtype=tg.float64, requires_grad=True) for a in arrays)
+            before = _Scaled.calls
+            out = f(x, y)
+            assert _Scaled.calls == before + 1  # (its forward runs once per call, replayed or not)
+            gx, gy = tg.autograd.grad(out, (x, y), create_graph=True)
+            (ggx,) = tg.autograd.grad((gx * gy).sum(), x)
+            results.append([v.detach().numpy() for v in (out, gx, gy, ggx)])
+        assert all(same(a, b) for a, b in zip(*results)), k
+    assert cf.trace_count == 1 and cf.replay_count == 3, tg.compiler.stats(cf)
+    assert re.search(r"%\d+, %\d+ = _Scaled\.apply\(%\d+, %\d+, k=3\.0\)  \[python\]", tg.dump(cf))
+
+
+def test_a_custom_function_in_a_compiled_training_step():
+    def train(compiled):
+        tg.manual_seed(5)
+        model = tg.nn.Linear(3, 2).double()
+        opt = tg.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+        x, y = tg.randn(6, 3, dtype=tg.float64), tg.randn(6, dtype=tg.float64)
+
+        def step():
+            opt.zero_grad()
+            a, b = _Scaled.apply(model(x).tanh(), y.unsqueeze(1))
+            loss = (a - b).pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = tg.compile(step) if compiled else step
+        losses = [run().item() for _ in range(10)]
+        return [p.detach().numpy().copy() for p in model.parameters()], losses, run
+
+    eager, le, _ = train(False)
+    compiled, lc, run = train(True)
+    assert all(same(a, b) for a, b in zip(eager, compiled)) and lc == le
+    assert run.replay_count == 9, tg.compiler.stats(run)
+
+
+class _Repeated(tg.autograd.Function):
+    """Its output's shape depends on its input's values."""
+    @staticmethod
+    def forward(ctx, x):
+        ctx.n = 2 if x.sum().item() > 0 else 1
+        return x.repeat(ctx.n)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.n, -1).sum(0)
+
+
+def test_a_custom_function_whose_output_changes_shape_records_a_variant():
+    f = lambda x: (_Repeated.apply(x * 2.0) ** 2).sum()  # noqa: E731
+    cf = tg.compile(f)
+    for v in (1.0, 2.0, -1.0, -2.0, 3.0):
+        got, want = (tg.full((3,), v, dtype=tg.float64, requires_grad=True) for _ in range(2))
+        a, b = cf(got), f(want)
+        a.backward()
+        b.backward()
+        assert a.item() == b.item() and same(got.grad.numpy(), want.grad.numpy()), v
+    assert cf.trace_count == 2 and cf.replay_count == 3, tg.compiler.stats(cf)
+
+
+class _InPlace(tg.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x.mul_(2.0)
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2.0
+
+
+def test_a_custom_function_that_returns_its_input_runs_eagerly():
+    f = lambda x: _InPlace.apply(x.clone()).sum()  # noqa: E731
+    cf = tg.compile(f)
+    for _ in range(2):
+        x = tg.ones(3, requires_grad=True)
+        cf(x).backward()
+        assert same(x.grad.numpy(), np.full(3, 2.0, np.float32))
+    st = tg.compiler.stats(cf)
+    assert st["replay_count"] == 0 and "returns one of its inputs" in st["unreplayable"][0], st
 
 
 def test_autograd_grad_inside_stays_eager():

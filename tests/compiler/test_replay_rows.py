@@ -14,10 +14,10 @@ from tapegrad import ops
 
 from ..ops.cases import GPU_ONLY, Program, away_from_zero, CASES
 
-# rows that do not replay: a custom autograd.Function's (its forward is Python), two that only the
-# create_graph walk records (a compiled function that runs one runs eagerly), and those only GPU
-# tensors record
-EAGER = {"function", "add_run", "scatter_flat"} | GPU_ONLY
+# rows that do not replay: two that only the create_graph walk records (a compiled function that
+# runs one runs eagerly), and those only GPU tensors record (a custom Function's row replays by
+# calling its apply again)
+EAGER = {"add_run", "scatter_flat"} | GPU_ONLY
 # the case picks by a mask (x > 0): new values that change how many it picks are another variant
 GUARDED = {"index_put_advanced"}
 # rows that torch's gradients are: their cases record them through create_graph, which a program
@@ -99,7 +99,7 @@ def test_which_rows_these_programs_record():
         cf(*_tensors(prog.inputs(0), tg.float64, True))
         variant = next(iter(cf._variants.values()))[0]
         assert variant.program is not None, (name, variant.why)
-        names = {r[1].name for r in variant.program.rows if r[0] == "op"}
+        names = {r[1].name if r[0] == "op" else "function" for r in variant.program.rows if r[0] in ("op", "function")}
         assert name in names, (name, sorted(names))
 
 

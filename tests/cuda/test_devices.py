@@ -69,10 +69,10 @@ def test_an_op_without_a_cuda_kernel_is_named():
     x = tg.ones(3, device="cuda", requires_grad=True)
     with pytest.raises(NotImplementedError, match="'cumsum' has no CUDA kernel"):
         x.cumsum(0)
-    with pytest.raises(NotImplementedError, match="'leaky_relu' has no CUDA kernel"):
-        tg.nn.functional.leaky_relu(x, 0.1)
-    with pytest.raises(NotImplementedError, match="'pow' has no CUDA kernel"):
-        x ** -1  # (np.reciprocal)
+    with pytest.raises(NotImplementedError, match="'bmm' has no CUDA kernel"):
+        tg.bmm(x.view(1, 3, 1), x.view(1, 1, 3))
+    with pytest.raises(NotImplementedError, match="'isnan' has no CUDA kernel"):
+        x.isnan()  # (a ufunc call without a kernel)
 
 
 def test_indexing_with_gpu_and_cpu_keys_and_assignment():
@@ -112,7 +112,30 @@ def test_a_host_leaf_copied_to_the_gpu_gets_its_gradient_on_the_host():
         y.backward()
 
 
-def _train(device, dtype, make_optimizer):
+def test_masks_and_in_place_writes_on_the_gpu():
+    values = [[-1.5, 0.0, 0.25], [2.0, -0.5, 1.0]]
+    x, h = tg.tensor(values, device="cuda"), tg.tensor(values)
+    for f in (lambda t: (t > 0) & (t < 1) | ~(t != 0), lambda t: (t >= 0.25) == (t <= -0.5),
+              lambda t: tg.where(t > 0, t, 0.0), lambda t: t.clone().masked_fill_(t < 0, 9.0),
+              lambda t: t.clone().clamp_(max=0.5), lambda t: t.clone().copy_(tg.ones(3, device=t.device)),
+              lambda t: t.clone().fill_(2.0), lambda t: t.clone().zero_()):
+        out = f(x)
+        assert out.is_cuda and out.dtype == f(h).dtype
+        np.testing.assert_array_equal(out.cpu().numpy(), f(h).numpy())
+
+
+def test_a_create_graph_backward_leaves_a_differentiable_grad_on_the_gpu():
+    x = tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64, device="cuda", requires_grad=True)
+    (x.sigmoid() * x).sum().backward(create_graph=True)
+    assert x.grad.is_cuda and type(x.grad.grad_fn).__name__ == "CopyBackwards"
+    x.grad.sum().backward()
+    h = x.detach().cpu().requires_grad_()
+    (h.sigmoid() * h).sum().backward(create_graph=True)
+    h.grad.sum().backward()
+    np.testing.assert_allclose(x.grad.detach().cpu().numpy(), h.grad.detach().numpy(), rtol=1e-13)
+
+
+def _train(device, dtype, make_optimizer, activation=tg.tanh):
     rng = np.random.default_rng(0)
     data = tg.tensor(rng.standard_normal((8, 3)), dtype=dtype, device=device)
     target = tg.tensor(rng.standard_normal((8, 1)), dtype=dtype, device=device)
@@ -123,7 +146,7 @@ def _train(device, dtype, make_optimizer):
     losses = []
     for _ in range(4):
         opt.zero_grad()
-        err = (data @ w1 + b1).tanh() @ w2 - target
+        err = activation(data @ w1 + b1) @ w2 - target
         loss = (err * err).mean()
         loss.backward()
         opt.step()
@@ -140,6 +163,17 @@ def test_training_on_the_gpu_equals_the_cpu(optimizer, dtype):
     np.testing.assert_allclose(gpu[0], cpu[0], **tol)
     for g, c in zip(gpu[1], cpu[1]):
         np.testing.assert_allclose(g, c, **tol)
+
+
+@pytest.mark.parametrize("activation", [tg.nn.functional.gelu, tg.nn.functional.softplus, tg.sigmoid,
+                                        lambda x: tg.nn.functional.leaky_relu(x, 0.1), tg.relu],
+                         ids=["gelu", "softplus", "sigmoid", "leaky_relu", "relu"])
+def test_activations_train_on_the_gpu(activation):
+    sgd = lambda ps: tg.optim.SGD(ps, lr=0.1)  # noqa: E731
+    gpu, cpu = _train("cuda", tg.float64, sgd, activation), _train("cpu", tg.float64, sgd, activation)
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-12, atol=1e-13)
+    for g, c in zip(gpu[1], cpu[1]):
+        np.testing.assert_allclose(g, c, rtol=1e-12, atol=1e-13)
 
 
 def _run(code, **env):

@@ -29,8 +29,12 @@ ARRAYS = {"x", "y", "a", "b", "g", "gx", "ga", "gb", "grad", "src", "dst", "out"
 def types(name, T):
     if name in ARRAYS:
         return T[::1]
-    return {"c": T, "v": T, "scale": T, "beta": T, "sign": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
-            "off": int64, "lo": int64, "ta": boolean, "tb": boolean}[name]
+    if name in ("cond", "mask", "p", "q"):
+        return boolean[::1]
+    return {"c": T, "v": T, "scale": T, "beta": T, "idx": int64[::1], "m": int64, "k": int64, "n": int64,
+            "ta": boolean, "tb": boolean, "op": int64, "want": boolean, "approximate": boolean,
+            "sgn": float64, "slope": float64, "lo": float64, "hi": float64, "factor": float64,
+            "threshold": float64, "base": float64, "log_base": float64, "sign": T, "off": int64, "at": int64}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
     for T in (float32, float64):
