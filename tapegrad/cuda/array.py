@@ -4,9 +4,11 @@ calls the way the ops make them, so that every op's forward code runs unchanged 
 NumPy hands ufunc calls to ``__array_ufunc__`` and other functions to ``__array_function__``: a
 ufunc call that is a GPU row's forward formula (formula.ufunc_call: ``np.add(a, b)``,
 ``np.tanh(x)``) launches that row's generated kernel; sums, broadcasts, transposes and products
-run the hand-written kernels over index maps made on the host from the shapes alone (cached). A
-call with no CUDA kernel raises NotImplementedError naming the op; a CPU array next to a GPU one
-raises torch's mixed-device error. Results are always fresh C-ordered arrays, reshapes views.
+run the hand-written kernels over index maps made on the host from the shapes alone (cached);
+indexing, takes and joins gather and scatter through maps the same way (one per call where index
+values decide the map). A call with no CUDA kernel raises NotImplementedError naming the op; a CPU
+array next to a GPU one raises torch's mixed-device error. Results are always fresh C-ordered
+arrays, reshapes views; indexing copies where NumPy makes a view.
 
 numba.cuda is imported on the first GPU value (``cuda.runtime``), never by this module's import.
 """
@@ -90,19 +92,25 @@ class DeviceArray:
         return out
 
     def __getitem__(self, key):
-        raise _unsupported("indexing")
+        """A copy of the elements NumPy's ``key`` picks (a view in NumPy): 0-d where NumPy gives a scalar."""
+        idx, shape = picks(self.shape, key)
+        return _gather(self, idx, shape)
 
     def __setitem__(self, key, value):
         s = _scalar(value)
         if isinstance(key, DeviceArray) and key.dtype == np.bool_ and key.shape == self.shape and s is not None:
             run_kernel("masked_fill", self.size, key.d, self.d, self.dtype.type(s))  # (masked_fill's forward)
-        elif key is not Ellipsis:
-            raise _unsupported("indexed assignment")
-        elif s is not None:
+        elif key is Ellipsis and s is not None:
             run_kernel("fill", self.size, self.d, self.dtype.type(s))
-        else:
+        elif key is Ellipsis:
             v = _on_device(value)
             run_kernel("copy", self.size, (v if v.size == self.size else broadcast_to(v, self.shape)).d, self.d)
+        else:
+            idx, shape = picks(self.shape, key)
+            if s is not None:
+                run_kernel("fill_at", _prod(shape), self.d, idx, self.dtype.type(s))
+            elif _prod(shape):
+                run_kernel("scatter", _prod(shape), broadcast_to(_on_device(value), shape).d, idx, self.d)
 
     def any(self, axis=None):
         """Whether any element is nonzero: a 0-d bool on the device."""
@@ -132,6 +140,8 @@ class DeviceArray:
         out = kwargs.pop("out", None)
         if ufunc is np.matmul and method == "__call__" and out is None and not kwargs:
             return matmul(*inputs)
+        if method == "at" and ufunc is np.add and out is None and not kwargs:
+            return _add_at(*inputs)
         if method == "reduce" and ufunc is np.add and out is None:
             return _sum(inputs[0], kwargs.get("axis", 0), kwargs.get("keepdims", False), kwargs.get("dtype"))
         if method != "__call__" or kwargs:
@@ -210,8 +220,8 @@ def zeros(shape, dtype):
 
 def to_device(v):
     """A host array's values on the device."""
-    v = np.ascontiguousarray(v)
-    return DeviceArray(runtime().to_device(v.reshape(-1)), v.shape)
+    v = np.asarray(v)  # (np.ascontiguousarray would make a 0-d value 1-d)
+    return DeviceArray(runtime().to_device(np.ascontiguousarray(v.reshape(-1))), v.shape)
 
 
 def run_kernel(name, n, *args):
@@ -347,11 +357,16 @@ _MAPS = {}
 
 def index_map(key, make):
     """The device copy of ``make()`` (an int64 host array made from shapes only), cached by ``key``."""
+    return shaped_map(key, make)[0]
+
+
+def shaped_map(key, make):
+    """(index_map's device copy of ``make()``, flat, and ``make()``'s shape)."""
     m = _MAPS.get(key)
     if m is None:
         if len(_MAPS) > 4096:  # ever-new shapes stay bounded
             _MAPS.clear()
-        m = _MAPS[key] = runtime().to_device(np.ascontiguousarray(make(), np.int64).reshape(-1))
+        m = _MAPS[key] = _per_call(make())
     return m
 
 
@@ -372,6 +387,94 @@ def transpose(v, axes=None):
     idx = index_map(("perm", v.shape, axes), lambda: np.transpose(np.arange(v.size).reshape(v.shape), axes))
     out = empty(shape, v.dtype)
     run_kernel("gather", out.size, v.d, idx, out.d)
+    return out
+
+
+def picks(shape, key):
+    """(the device map of the flat positions that NumPy's ``key`` picks from an array of ``shape``,
+    the shape picked). A key of ints, slices, None and Ellipsis makes a map cached by shape and key;
+    index arrays, whose values decide the map, one per call (a GPU index is read on the host)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    parts = tuple(p.get() if isinstance(p, DeviceArray) else np.asarray(p) if isinstance(p, list) else p
+                  for p in parts)
+    key = parts if isinstance(key, tuple) else parts[0]
+    make = lambda: np.arange(_prod(shape), dtype=np.int64).reshape(shape)[key]
+    if all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts):
+        hashable = tuple((p.start, p.stop, p.step) if isinstance(p, slice) else p for p in parts)
+        return shaped_map(("key", shape, hashable), make)
+    return _per_call(make())
+
+
+def _per_call(h):
+    """(the device copy of host map h, h's shape), not cached: h depends on index values."""
+    h = np.asarray(h, np.int64)  # (np.ascontiguousarray would make a 0-d map 1-d)
+    return runtime().to_device(np.ascontiguousarray(h.reshape(-1))), h.shape
+
+
+def _gather(v, idx, shape):
+    """v's elements at the flat positions of device map idx, as an array of ``shape``."""
+    out = empty(shape, v.dtype)
+    if out.size:
+        run_kernel("gather", out.size, v.d, idx, out.d)
+    return out
+
+
+def _add_at(a, key, b):
+    """np.add.at(a, key, b): atomics, as positions may repeat."""
+    idx, shape = picks(_on_device(a).shape, key)
+    if _prod(shape):
+        s = _scalar(b)
+        b = full(shape, a.dtype, s) if s is not None else broadcast_to(_on_device(b), shape)
+        run_kernel("scatter_add", b.size, b.d, idx, a.d, a.dtype.type(1))
+
+
+def take(v, indices, axis=None, out=None, mode="raise"):
+    indices = indices.get() if isinstance(indices, DeviceArray) else indices
+    return _gather(v, *_per_call(np.take(np.arange(v.size, dtype=np.int64).reshape(v.shape), indices, axis)))
+
+
+def tile(v, reps):
+    reps = tuple(reps) if isinstance(reps, (tuple, list)) else (reps,)
+    return _gather(v, *shaped_map(("tile", v.shape, reps), lambda: np.tile(np.arange(v.size).reshape(v.shape), reps)))
+
+
+def flip(v, axis=None):
+    axis = tuple(axis) if isinstance(axis, (tuple, list)) else axis
+    return _gather(v, *shaped_map(("flip", v.shape, axis), lambda: np.flip(np.arange(v.size).reshape(v.shape), axis)))
+
+
+def join_positions(shape, d, off, span):
+    """The flat positions, in an array of ``shape``, of positions off .. off + span - 1 of dim d
+    (where cat puts a piece, and reads its gradient back)."""
+    return index_map(("join", shape, d, off, span),
+                     lambda: np.arange(_prod(shape)).reshape(shape)[(slice(None),) * d + (slice(off, off + span),)])
+
+
+def concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
+    arrays = [_on_device(v) for v in arrays]
+    first = arrays[0]
+    d = axis % first.ndim
+    if any(v.dtype != first.dtype or v.ndim != first.ndim for v in arrays):
+        raise _unsupported("np.concatenate of mixed dtypes or ranks")
+    shape = first.shape[:d] + (sum(v.shape[d] for v in arrays),) + first.shape[d + 1:]
+    result, off = empty(shape, first.dtype), 0
+    for v in arrays:
+        if v.size:
+            run_kernel("scatter", v.size, v.d, join_positions(shape, d, off, v.shape[d]), result.d)
+        off += v.shape[d]
+    return result
+
+
+def stack(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
+    arrays = [_on_device(v) for v in arrays]
+    d = axis % (arrays[0].ndim + 1)
+    return concatenate([v.reshape(v.shape[:d] + (1,) + v.shape[d:]) for v in arrays], d)
+
+
+def add_run(a, b, off, lo, sign, shape):
+    """algebra.add_run's value: flat a placed at offset lo, plus sign times flat b placed at offset off."""
+    out = empty(shape, a.dtype)
+    run_kernel("add_run", out.size, a.d, b.d, out.d, off, lo, a.dtype.type(sign))
     return out
 
 
@@ -571,6 +674,8 @@ _FUNCTIONS = {
                                                     if n != 1 or axis is not None and k not in axis)),
     "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
 }
+_FUNCTIONS.update(take=take, tile=tile, flip=flip, concatenate=concatenate, stack=stack,
+                  shape=lambda v: v.shape, may_share_memory=_FUNCTIONS["shares_memory"])
 _FUNCTIONS.update({
     "where": where,
     "full_like": lambda v, fill_value, dtype=None, order="K", subok=True, shape=None:

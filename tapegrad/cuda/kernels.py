@@ -1,5 +1,5 @@
 """The hand-written CUDA kernels: fills, casts, the index-map gathers and scatters that broadcast,
-reduce and sum back broadcast gradients, and a plain matrix product. Every one is a grid-stride
+reduce, index, join and sum back gradients, and a plain matrix product. Every one is a grid-stride
 loop over flat C-ordered arrays, so any launch size covers any length. The elementwise rows'
 kernels are generated from the op table (_generated.py)."""
 import math
@@ -46,6 +46,41 @@ def scatter_add(src, idx, dst, scale):
     several i share one target)."""
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
         cuda.atomic.add(dst, idx[i], src[i] * scale)
+
+
+@cuda.jit
+def scatter(src, idx, dst):
+    """dst[idx[i]] = src[i]: an indexed assignment, or a piece placed into a join."""
+    for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
+        dst[idx[i]] = src[i]
+
+
+@cuda.jit
+def fill_at(dst, idx, v):
+    """dst[idx[i]] = v."""
+    for i in range(cuda.grid(1), idx.shape[0], cuda.gridsize(1)):
+        dst[idx[i]] = v
+
+
+@cuda.jit
+def add_scaled(src, dst, scale):
+    """dst[i] += src[i] * scale."""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] += src[i] * scale
+
+
+@cuda.jit
+def add_run(a, b, out, off, at, sign):
+    """out = a placed at flat offset at, plus sign times b placed at flat offset off (add_run's
+    forward): a alone gives a + 0, b alone 0 + b or 0 - b, neither 0, as the CPU's regions do."""
+    zero = sign - sign
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        v = a[i - at] if at <= i < at + a.shape[0] else zero
+        if off <= i < off + b.shape[0]:
+            v = v + b[i - off] if sign > 0 else v - b[i - off]
+        elif at <= i < at + a.shape[0]:
+            v = v + zero
+        out[i] = v
 
 
 @cuda.jit
@@ -538,3 +573,5 @@ KERNELS.update({"extreme_rows": extreme_rows, "cumsum_rows": cumsum_rows, "cumsu
                 "segment_norm": segment_norm, "segment_norm_adjoint": segment_norm_adjoint,
                 "segment_var": segment_var, "segment_var_adjoint": segment_var_adjoint,
                 "std_root_adjoint": std_root_adjoint})
+# indexing and joining
+KERNELS.update(scatter=scatter, fill_at=fill_at, add_scaled=add_scaled, add_run=add_run)

@@ -11,7 +11,7 @@ to the device when an adjoint reads it, and its gradient back to the host when i
 import numpy as np
 
 from .. import formula, ops
-from ..cuda import array, launch
+from ..cuda import array, launch, runtime
 from ..cuda.array import DeviceArray
 from ..ops.attrs import FloatBits, Mask, Perm
 from . import cpu_replay
@@ -33,41 +33,53 @@ def holds_gpu_values(tape, seeds):
 
 
 class Pass:
-    """One backward over one tape on the device (see cpu_replay.Pass): ``bufs`` by slot and
-    ``lbufs`` (for ``lslots``) are filled in by ``backward``, views into the arena (host copies for
-    host values). It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
+    """One backward over one tape on the device (see cpu_replay.Pass): the gradients of the needed
+    slots are views into one arena; ``bufs`` by slot and ``lbufs`` (for ``lslots``) are those to
+    deliver, on the device of their values (host copies for host values), read once the replay is
+    done. It leaves nothing unfreed for ``keep``: the driver's ``release`` frees the tape."""
 
     def __init__(self, tape, seeds, lslots, wanted, zeroed):
-        if zeroed:
-            raise NotImplementedError("hooks on non-leaf tensors, custom Functions and anomaly mode's NaN checks "
-                                      "are not supported on GPU tensors yet")
         self.tape = tape
         self.R, self.RF = tape.row_table()
         self.S = tape.raw_slots()
         self.seeds, self.lslots, self.wanted = seeds, lslots, wanted
         self.roots = np.fromiter(seeds, np.int64, len(seeds))
-        self.bufs, self.lbufs = {}, []
+        self.grads, self.run = {}, None
         self.host = {}  # slot -> its host value's device copy
+        self.maps = {}  # slot -> its index map's device copy
 
     def backward(self, on, release):
+        """The whole replay: (status, where, need, -1)."""
         engine = load()
         status, where, need = engine.plan(self.R, self.S, self.roots, on)
-        if status != engine.OK:
-            return status, where, need, -1
+        if status == engine.OK:
+            self.arena(need)
+            status, where, _ = self.replay(0, self.R.shape[0], False)
+        return status, where, need, -1
+
+    def arena(self, need):
+        """The gradients of the needed slots, zeroed by one launch, the seeds written in."""
         values = self.tape.values
-        run = need == engine.RUN
-        floats = [values[s].dtype for s in np.flatnonzero(need).tolist() if values[s] is not None]
+        self.run = need == load().RUN
+        slots = np.flatnonzero(need).tolist()
+        floats = [values[s].dtype for s in slots if values[s] is not None]
         T = np.dtype(np.float64) if any(d == np.float64 for d in floats) else np.dtype(np.float32)
         offsets, total = {}, 0
-        for s in np.flatnonzero(need).tolist():
+        for s in slots:
             offsets[s] = total
             total += values[s].size
-        arena = array.zeros((total,), T)  # every gradient of this backward, zeroed by one launch
-        grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape) for s, o in offsets.items()}
+        arena = array.zeros((total,), T)
+        grads = self.grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape)
+                              for s, o in offsets.items()}
         for s, seed in self.seeds.items():
             grads[s][...] = seed if seed.__class__ is DeviceArray else array.to_device(np.asarray(seed, T))
-        R, RF = self.R, self.RF
-        for e in range(R.shape[0] - 1, -1, -1):
+
+    def replay(self, lo, hi, check_nan):
+        """Rows hi-1 down to lo: (status, where, k). With ``check_nan`` (anomaly mode) it stops at the
+        first row that makes its k-th operand's gradient NaN (one already NaN before does not count),
+        reading each gradient on the host."""
+        engine, R, RF, run, grads = load(), self.R, self.RF, self.run, self.grads
+        for e in range(hi - 1, lo - 1, -1):
             o = int(R[e, 4])
             if not run[o]:
                 continue
@@ -76,10 +88,25 @@ class Pass:
             into = [grads[s] if s >= 0 and run[s] else None for s in ins]
             if all(g is None for g in into):
                 continue
+            before = [g is not None and _has_nan(g) for g in into] if check_nan else ()
             _adjoint(op, self, e, grads[o], ins, into, o, R[e], RF[e, 7])
-        self.bufs = {s: self._out(s, grads[s]) for s in list(self.seeds) + list(self.wanted) if s in grads}
-        self.lbufs = [self._out(s, grads[s]) if s in grads else None for s in self.lslots]
-        return status, where, need, -1
+            for k, was in enumerate(before):
+                if not was and into[k] is not None and _has_nan(into[k]):
+                    return engine.ERR_NAN, e, k
+        return engine.OK, -1, -1
+
+    def buffer(self, s):
+        """Slot s's gradient, a view into the arena."""
+        return self.grads[s]
+
+    @property
+    def bufs(self):
+        grads = self.grads
+        return {s: self._out(s, grads[s]) for s in list(self.seeds) + list(self.wanted) if s in grads}
+
+    @property
+    def lbufs(self):
+        return [self._out(s, self.grads[s]) if s in self.grads else None for s in self.lslots]
 
     def _out(self, s, g):
         """Slot s's gradient as delivered: on the device of its value."""
@@ -94,6 +121,19 @@ class Pass:
             if v is None:
                 v = self.host[s] = array.to_device(np.ascontiguousarray(self.tape.values[s]))
         return v if dtype is None or v.dtype == dtype else v.astype(dtype)
+
+    def index(self, s):
+        """Slot s's int64 index map on the device, flat (copied once a backward: the tape keeps it on
+        the host, where the op built it)."""
+        m = self.maps.get(s)
+        if m is None:
+            v = self.tape.values[s]
+            m = self.maps[s] = v.d if v.__class__ is DeviceArray else runtime().to_device(v.reshape(-1))
+        return m
+
+
+def _has_nan(g):
+    return bool(np.isnan(g.get()).any())
 
 
 def _adjoint(op, p, e, g, ins, into, o, r, f0):
@@ -344,6 +384,80 @@ _HAND.update({"adj_pow": _pow, "adj_rpow_scalar": _rpow_scalar, "adj_maximum": _
 _HAND.update({"adj_softmax": _softmax_family(False), "adj_log_softmax": _softmax_family(True), "adj_nll": _nll,
               "adj_amax": _extreme, "adj_prod": _prod, "adj_norm": _norm, "adj_var": _var, "adj_std_root": _std_root,
               "adj_cumsum": _cumsum, "adj_getitem": _getitem, "adj_bmm": _mm})
+
+
+def _getitem(p, g, ins, into, r, f0):
+    """Every row that picks elements of its input: g added at its index map's positions, or into the
+    run from flat offset i0."""
+    gx = into[0]
+    if ins[1] < 0:
+        off = int(r[5])
+        array.run_kernel("add_into", g.size, g.d, gx.d[off:off + g.size])
+    elif g.size:
+        array.run_kernel("scatter_add", g.size, g.d, p.index(ins[1]), gx.d, g.dtype.type(1))
+
+
+def _scatter_flat(p, g, ins, into, r, f0):
+    """The transpose of _getitem: g gathered at the index map (or from the run at flat offset i0)."""
+    gx = into[0]
+    if ins[1] < 0:
+        off = int(r[5])
+        array.run_kernel("add_into", gx.size, g.d[off:off + gx.size], gx.d)
+    elif gx.size:
+        array.run_kernel("gather_add", gx.size, g.d, p.index(ins[1]), gx.d, g.dtype.type(1))
+
+
+def _setitem(p, g, ins, into, r, f0):
+    """x[idx] = v: v gets g at the index map c, x gets g with zeros there."""
+    gx, gv = into[0], into[1]
+    idx = p.index(ins[2])
+    if gv is not None and gv.size:
+        array.run_kernel("gather_add", gv.size, g.d, idx, gv.d, g.dtype.type(1))
+    if gx is not None:
+        keep = g.copy()
+        array.run_kernel("fill_at", idx.shape[0], keep.d, idx, g.dtype.type(0))
+        array.run_kernel("add_into", g.size, keep.d, gx.d)
+
+
+def _scatter_add(p, g, ins, into, r, f0):
+    """x.scatter_add(dim, index, src): x gets g, src g at the index map c."""
+    gx, gs = into[0], into[1]
+    if gx is not None:
+        array.run_kernel("add_into", g.size, g.d, gx.d)
+    if gs is not None and gs.size:
+        array.run_kernel("gather_add", gs.size, g.d, p.index(ins[2]), gs.d, g.dtype.type(1))
+
+
+def _cat(p, g, ins, into, r, f0):
+    """cat and stack along dim i0: each piece gets its block of g."""
+    d, off = int(r[5]), 0
+    outer = int(np.prod(g.shape[:d]))
+    inner = int(np.prod(g.shape[d + 1:]))
+    for s, gs in zip(ins, into):
+        if s < 0 or not outer * inner:
+            break
+        span = p.tape.values[s].size // (outer * inner)
+        if gs is not None and gs.size:
+            idx = array.join_positions(g.shape, d, off, span)
+            array.run_kernel("gather_add", gs.size, g.d, idx, gs.d, g.dtype.type(1))
+        off += span
+
+
+def _add_run(p, g, ins, into, r, f0):
+    """a + f0 * (b at flat offset i0), a at flat offset i1 where it is smaller: a gets its run of g,
+    b f0 times its run."""
+    ga, gb = into[0], into[1]
+    if ga is not None:
+        lo = 0 if ga.size == g.size else int(r[6])
+        array.run_kernel("add_into", ga.size, g.d[lo:lo + ga.size], ga.d)
+    if gb is not None:
+        off = int(r[5])
+        array.run_kernel("add_scaled", gb.size, g.d[off:off + gb.size], gb.d, g.dtype.type(f0))
+
+
+# indexing and joining
+_HAND.update(adj_getitem=_getitem, adj_scatter_flat=_scatter_flat, adj_setitem=_setitem,
+             adj_scatter_add=_scatter_add, adj_cat=_cat, adj_add_run=_add_run)
 
 
 class CudaEngine:

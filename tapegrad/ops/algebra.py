@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ..cuda import array
+from ..cuda.array import DeviceArray
 from ..tape import _state, current_tape
 from ..tensor import leaf as _leaf
 from ._record import record_unary as _unary
@@ -79,7 +81,7 @@ def gather_row(name, grad_fn, reads=(), output=False, static_maps=True, gpu=None
     from each output element to its flat source index; or b = -1 for one contiguous run of a
     C-ordered input (x[1:], x[i] of a matrix) from flat offset i0: no map to build, and the adjoints
     copy a block. ``output``: one of several outputs of one call, its index in i1; ``static_maps``:
-    the map comes from a Python key and shapes, not from a tensor's values (spec.py)."""
+    the map comes from a Python key and shapes, not from a tensor's values; ``gpu``: spec.py's."""
     attrs = (Int("offset"), Int("output")) if output else (Int("offset"),)
     return row(name, grad_fn, 2, None, "adj_getitem", _gather_vjp, reads, attrs=attrs, inputs=1, static_maps=static_maps,
                replay=_gather_replay, gpu=gpu)
@@ -94,15 +96,15 @@ def _gather_replay(ins, i0, i1, f0, shape, dtype):
     return flat[i0:i0 + math.prod(shape)].reshape(shape).copy()
 
 
-INDEX = gather_row("index", "IndexBackward0", reads=(1,), static_maps=False)  # (torch saves the indices)
+INDEX = gather_row("index", "IndexBackward0", reads=(1,), static_maps=False, gpu=True)  # (torch saves the indices)
 # _gather_vjp's gradient, zeros with g at an index map's positions or at a run from flat offset i0
 SCATTER_FLAT = row("scatter_flat", "IndexPutBackward0", 2, None, "adj_scatter_flat", _scatter_vjp,
-                   attrs=(Int("offset"),), inputs=1)
+                   attrs=(Int("offset"),), inputs=1, gpu=True)
 
 
 def _gather_flat(g, idx, shape):
     """g.flatten()[idx] as a tensor of ``shape`` (differentiable in g)."""
-    value = np.ascontiguousarray(g._value.reshape(-1)[idx._value]).reshape(shape)
+    value = g._value.reshape(-1)[idx._value].reshape(shape)  # (a fresh C-ordered copy)
     return _unary_with_index(INDEX, g, value, idx._value) if g._rg and _state.grad_enabled else _leaf(value)
 
 
@@ -111,7 +113,7 @@ def _scatter_flat(g, idx, shape):
     n = 1
     for s in shape:
         n *= s
-    out = np.zeros(n, g._value.dtype)
+    out = np.zeros_like(g._value, shape=(n,))  # (on g's device)
     np.add.at(out, idx._value, g._value.reshape(-1))
     out = out.reshape(tuple(shape))
     return _unary_with_index(SCATTER_FLAT, g, out, idx._value) if g._rg and _state.grad_enabled else _leaf(out)
@@ -132,7 +134,7 @@ def _gather_run(g, off, shape):
 def _scatter_run(g, off, shape):
     """zeros(shape) with g written at flat positions off, off + 1, ... (differentiable in g)."""
     gv = g._value
-    out = np.empty(shape, gv.dtype)
+    out = np.empty_like(gv, shape=shape)  # (on g's device)
     flat, end = out.reshape(-1), off + gv.size
     flat[:off] = 0  # (zeroing only around the run: np.zeros and a copy would write it twice)
     flat[end:] = 0
@@ -154,7 +156,7 @@ def _add_run_vjp(g, i, o, r):
 # offset i1: the create_graph walk's sum of x's gradient and a Run (Run, add_run); shown as
 # the add it stands for
 ADD_RUN = row("add_run", "AddBackward0", 2, None, "adj_add_run", _add_run_vjp,
-              attrs=(Int("offset"), Int("base_offset"), Float("sign")))
+              attrs=(Int("offset"), Int("base_offset"), Float("sign")), gpu=True)
 
 
 def add_run(base, run):
@@ -167,6 +169,8 @@ def add_run(base, run):
     a, i1 = (base.g, base.off) if base.__class__ is Run else (base, 0)
     gv, av = g._value.reshape(-1), a._value.reshape(-1)  # (C order: a copy of a non-contiguous base)
     off, end, hi = run.off, run.off + gv.size, i1 + av.size
+    if gv.__class__ is DeviceArray:  # (slices of device arrays are copies: one kernel writes the regions)
+        return _add_run_result(a, g, array.add_run(av, gv, off, i1, sign, run.shape), off, i1, sign)
     lo, up = max(i1, off), min(hi, end)  # where both are
     # Each region in one pass, a region of one element (each end of W4's runs) as NumPy scalars: a
     # ufunc call costs about 1 us, and zeros then a copy then += wrote the base twice (9 us on W4).
@@ -187,6 +191,10 @@ def add_run(base, run):
             dst[l] = 0.0 + gv[l - off] if sign > 0 else 0.0 - gv[l - off]
         elif u > l:
             add(0.0, gv[l - off:u - off], out=dst[l:u])
+    return _add_run_result(a, g, out, off, i1, sign)
+
+
+def _add_run_result(a, g, out, off, i1, sign):
     if (a._rg or g._rg) and _state.grad_enabled:
         tape = current_tape()
         sa, sb = tape.slot_of(a), tape.slot_of(g)

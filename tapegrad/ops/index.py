@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 
 from .. import dtypes
+from ..cuda.array import DeviceArray
+from ..cuda.array import to_device as to_device_array
 from ..tape import LEAF, _contiguous, _state, counter, current_tape
 from ..tensor import Tensor, _dim
 from ..tensor import leaf as _leaf
@@ -27,10 +29,10 @@ ndarray = np.ndarray
 
 
 # getitem's rows (and algebra.INDEX): the grad_fn name follows the kind of key, as torch's does
-SELECT = gather_row("select", "SelectBackward0")
-SLICE = gather_row("slice", "SliceBackward0")
-ALIAS = gather_row("alias", "AliasBackward0")
-UNSQUEEZE_KEY = gather_row("index_unsqueeze", "UnsqueezeBackward0")
+SELECT = gather_row("select", "SelectBackward0", gpu=True)
+SLICE = gather_row("slice", "SliceBackward0", gpu=True)
+ALIAS = gather_row("alias", "AliasBackward0", gpu=True)
+UNSQUEEZE_KEY = gather_row("index_unsqueeze", "UnsqueezeBackward0", gpu=True)
 # VJPs that take a Negated gradient themselves (a Run carries its sign to where it is added)
 TAKES_NEGATED = frozenset({SELECT, SLICE, INDEX, ALIAS, UNSQUEEZE_KEY})
 
@@ -40,13 +42,18 @@ def _np_key(key):
     if isinstance(key, tuple):
         return tuple(_np_key(k) for k in key)
     if isinstance(key, Tensor):
-        v = key._value
+        v = _on_host(key._value)
         if v.dtype.kind not in "bi":
             raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
         return v
     if isinstance(key, list):
         return np.asarray(key)
     return key
+
+
+def _on_host(v):
+    """An index tensor's values on the host: a GPU one is copied, as its values decide the map."""
+    return v.get() if v.__class__ is DeviceArray else v
 
 
 def _key_kind(key):
@@ -101,7 +108,7 @@ def getitem(x, key):
             return _view(SLICE, x, value, i0=start * (xv.size // xv.shape[0]))
     k = _np_key(key)
     value = _index(xv, k)
-    if value.__class__ is not ndarray:  # an int for every dim: NumPy's scalar copy, where torch gives a 0-d view
+    if isinstance(value, np.generic):  # an int for every dim: NumPy's scalar copy, where torch gives a 0-d view
         value = xv[k + (Ellipsis,)] if isinstance(k, tuple) else xv[k, ...]
     kind = _key_kind(k)
     if x._rg and _state.grad_enabled:
@@ -109,17 +116,23 @@ def getitem(x, key):
                 and np.shares_memory(value, xv)):
             return _view(kind, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
         idx = _key_map(xv.shape, k, key)
-        if kind is INDEX or not np.shares_memory(value, xv):
+        if not _viewed(kind, value, xv):
             t = _unary_with_index(kind, x, value, idx)
             return t
         return _view(kind, x, value, b=idx)
     t = _leaf(value)
-    if kind is not INDEX and np.shares_memory(value, xv):
+    if _viewed(kind, value, xv):
         t._vc = counter(x)
         t._extra().base = x  # an in-place change to the view reaches x (``_update_base``)
     if _records.PROGRAMS:  # (a compiled program replays the pick by its map)
         _note_record(kind, x, _key_map(xv.shape, k, key), None, t, 0, 0, 0.0)
     return t
+
+
+def _viewed(kind, value, xv):
+    """Whether x[key] is a view of x: a GPU pick is a copy, yet recorded as the view torch makes, so
+    that a write into it is refused (setitem) rather than lost."""
+    return kind is not INDEX and (value.__class__ is DeviceArray or np.shares_memory(value, xv))
 
 
 _TENSOR = object()
@@ -151,10 +164,16 @@ def _key_map(shape, k, key):
 def setitem(x, key, v):
     _check_inplace(x)
     xv = x._value
+    root = _root(x)
+    if xv.__class__ is DeviceArray and root is not x and not np.shares_memory(xv, root._value):
+        raise NotImplementedError("indexing a GPU tensor copies its elements in tapegrad (no view yet), so a write "
+                                  "into the result would not reach the tensor it came from: write into that tensor "
+                                  "itself (x[i, j] = v, not x[i][j] = v)")
     k = _np_key(key)
     sel_shape = np.shape(_index(xv, k))
     if not isinstance(v, Tensor):
-        v = _constant(np.asarray(v, dtype=xv.dtype))
+        v = np.asarray(v, dtype=xv.dtype)
+        v = _constant(to_device_array(v) if xv.__class__ is DeviceArray else v)
     if v._value.dtype != xv.dtype:
         v = to_dtype(v, dtypes.from_numpy_dtype(xv.dtype))
     if v._value.shape != sel_shape:
@@ -221,15 +240,15 @@ def _setitem_shared(x, k, v):
 
 
 # -- index_select, gather, scatter_add ----------------------------------------------------------
-INDEX_SELECT = gather_row("index_select", "IndexSelectBackward0", reads=(1,), static_maps=False)
-GATHER = gather_row("gather", "GatherBackward0", reads=(0, 1), static_maps=False)
+INDEX_SELECT = gather_row("index_select", "IndexSelectBackward0", reads=(1,), static_maps=False, gpu=True)
+GATHER = gather_row("gather", "GatherBackward0", reads=(0, 1), static_maps=False, gpu=True)
 SCATTER_ADD = row("scatter_add", "ScatterAddBackward0", 3, None, "adj_scatter_add",
                   lambda g, i, o, r: (g, _gather_flat(g, i[2], tuple(i[1].shape)), None), reads={1: (2,)},
-                  replay=lambda ins, i0, i1, f0, shape, dtype: _scatter_add_value(ins[0], ins[1], ins[2]))
+                  replay=lambda ins, i0, i1, f0, shape, dtype: _scatter_add_value(ins[0], ins[1], ins[2]), gpu=True)
 
 
 def _index_tensor(index, name, allow_int32=True):
-    iv = index._value if isinstance(index, Tensor) else np.asarray(index)
+    iv = _on_host(index._value) if isinstance(index, Tensor) else np.asarray(index)
     if iv.dtype.kind not in "iu" or (not allow_int32 and iv.dtype != np.int64):
         raise RuntimeError(f"{name}(): Expected dtype int32/int64 for index" if allow_int32 else
                            f"{name}(): Expected dtype int64 for index")
@@ -240,7 +259,7 @@ def index_select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
     dim = _axis("index_select", dim, axis)
     _required("index_select", index=index)
     xv = x._value
-    iv = index._value if isinstance(index, Tensor) else np.asarray(index)
+    iv = _on_host(index._value) if isinstance(index, Tensor) else np.asarray(index)
     if iv.dtype.kind not in "iu":
         raise RuntimeError("index_select(): Expected dtype int32 or int64 for index")
     if iv.ndim > 1:
@@ -307,7 +326,7 @@ def gather(x, dim=_NO_DIM, index=_NO_DIM, sparse_grad=False, *, axis=None):
     iv = _index_tensor(index, "gather")
     d = _dim(dim, xv.ndim)
     pos = _scatter_positions(xv.shape, iv, d, "gather", [(xv.shape, "self")])
-    value = np.ascontiguousarray(xv).reshape(-1)[pos.reshape(-1)].reshape(iv.shape)
+    value = xv.reshape(-1)[pos.reshape(-1)].reshape(iv.shape)
     return _with_map(GATHER, x, value, pos, derive=_again(index, pos, gather, xv.shape, d))
 
 
@@ -372,14 +391,15 @@ def _stack_replay(ins, i0, i1, f0, shape, dtype):
     return np.stack(vs, axis=i0) if vs[0].ndim < len(shape) else np.concatenate(vs, axis=i0)
 
 
-CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_join_replay)
-STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_stack_replay)
-REPEAT = gather_row("repeat", "RepeatBackward0")
-FLIP = gather_row("flip", "FlipBackward0")
+CAT = row("cat", "CatBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_join_replay, gpu=True)
+STACK = row("stack", "StackBackward0", 3, None, "adj_cat", _cat_vjp, attrs=(Int("dim"),), replay=_stack_replay,
+            gpu=True)
+REPEAT = gather_row("repeat", "RepeatBackward0", gpu=True)
+FLIP = gather_row("flip", "FlipBackward0", gpu=True)
 
 
-SPLIT = gather_row("split", "SplitBackward0", output=True)
-UNBIND = gather_row("unbind", "UnbindBackward0", output=True)
+SPLIT = gather_row("split", "SplitBackward0", output=True, gpu=True)
+UNBIND = gather_row("unbind", "UnbindBackward0", output=True, gpu=True)
 # One call's outputs are one node in torch (the hooks of all of them run when it runs, None where no
 # gradient came): their rows are consecutive, each with its output index in i1 (engine.delivery.output_group).
 MULTI_OUTPUT = frozenset({SPLIT.code, UNBIND.code})
@@ -550,7 +570,7 @@ def select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
     value = xv[key]  # (the Ellipsis keeps a one-element result a view)
     if not (x._rg and _state.grad_enabled):
         return _view(SELECT, x, value)
-    if value.size and value.flags.c_contiguous and xv.flags.c_contiguous:
+    if value.size and value.flags.c_contiguous and xv.flags.c_contiguous and np.shares_memory(value, xv):
         return _view(SELECT, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
     return _view(SELECT, x, value, b=np.ascontiguousarray(_positions(x)[key]).reshape(-1))
 

@@ -158,9 +158,9 @@ def _put_replay(ins, i0, i1, f0, shape, dtype):
 
 # x with v written at the flat positions of index map c (torch's CopySlices, the node of its view function)
 SETITEM = row("index_put", "CopySlices", 3, None, "adj_setitem", _setitem_vjp, reads=("const",), inputs=2,
-              replay=_put_replay, static_maps=True)
+              replay=_put_replay, static_maps=True, gpu=True)
 INDEX_PUT = row("index_put_advanced", "IndexPutBackward0", 3, None, "adj_setitem", _setitem_vjp,
-                reads=(2,), inputs=2, replay=_put_replay)  # x[mask] = v
+                reads=(2,), inputs=2, replay=_put_replay, gpu=True)  # x[mask] = v
 
 
 def _index_put(g, idx, v):

@@ -50,7 +50,8 @@ NLL = row("nll_loss", "NllLossBackward0", 3, None, "adj_nll", _nll_vjp, reads=(0
           attrs=(Bool("reduced"), Int("sum"), Float("scale")), replay=_nll_replay, gpu=True)
 # (torch's node saves the target and weights, which this row holds in its gradient's scatter: 'const')
 NLL_BACKWARD = row("nll_loss_backward", "NllLossBackwardBackward0", 2, None, "adj_backward_op", _backward_op_vjp,
-                   reads=("const",), attrs=BACKWARD_OP_ATTRS, replay=lambda ins, i0, i1, f0, shape, dtype: ins[0])
+                   reads=("const",), attrs=BACKWARD_OP_ATTRS, replay=lambda ins, i0, i1, f0, shape, dtype: ins[0],
+                   gpu=True)
 
 
 def nll(logp2, target, weight=None, reduction="mean"):

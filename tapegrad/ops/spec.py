@@ -134,5 +134,7 @@ def elementwise(name, grad_fn, forward, d, vjp=None, kernel=None, reads=None, at
 
 # A custom autograd.Function (autograd/function.py): one row per differentiable output, a, b, c up
 # to three input slots (more rows for more inputs), i0 its grad_fn name id, i1 the output index.
-# Its backward is Python: the engine calls it once per call, between jitted segments (no vjp here).
-FUNCTION = row("function", "FunctionBackward", 3, None, "adj_function", None, attrs=(Int("name_id"), Int("output")))
+# Its backward is Python: the engine calls it once per call, between jitted segments (no vjp here),
+# on the GPU too.
+FUNCTION = row("function", "FunctionBackward", 3, None, "adj_function", None, attrs=(Int("name_id"), Int("output")),
+               gpu=True)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from .. import dtypes
-from ..tape import _state
+from ..tape import _contiguous, _state
 from ..tensor import leaf as _leaf
 from . import _record as _records
 from ._record import record_unary as _unary
@@ -187,7 +187,7 @@ def expand(x, *shape, _materialize=False):
         return x
     value = np.broadcast_to(xv, full)
     if _materialize:
-        value = np.ascontiguousarray(value)
+        value = _contiguous(value)  # (np.ascontiguousarray takes no GPU value)
         if x._rg and _state.grad_enabled or _records.PROGRAMS:  # (a compiled program records it untracked too)
             return _unary(EXPAND, x, value, i1=1)  # (implicit: grad_fn.next_functions looks through it)
         return _leaf(value)

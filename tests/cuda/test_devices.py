@@ -4,6 +4,7 @@ missing extra or driver, and a training loop on the GPU equal to the same loop o
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +73,23 @@ def test_an_op_without_a_cuda_kernel_is_named():
     x = tg.ones(3, device="cuda", requires_grad=True)
     with pytest.raises(NotImplementedError, match="'isnan' has no CUDA kernel"):
         x.isnan()  # (a ufunc call without a kernel)
+
+
+def test_indexing_with_gpu_and_cpu_keys_and_assignment():
+    h = tg.arange(0, 12, dtype=tg.float64).reshape(3, 4)
+    x = h.cuda()
+    idx, mask = tg.tensor([2, 0], device="cuda"), tg.tensor([True, False, True], device="cuda")
+    for key in ((1, 2), (slice(None), [3, 1]), (Ellipsis, None, slice(1, 3)), idx, (mask, 1), ([[0], [2]], idx)):
+        hkey = tuple(k.cpu() if isinstance(k, tg.Tensor) else k for k in key) if isinstance(key, tuple) else key.cpu()
+        assert x[key].is_cuda and x[key].tolist() == h[hkey].tolist()
+    assert idx[1:].tolist() == [0] and tg.cat([idx, idx]).is_cuda  # (integer tensors index and join too)
+    x[idx, 1:] = tg.tensor([-1.0, -2.0, -3.0], device="cuda")
+    x[mask, 0] = 7.0
+    assert x.tolist() == [[7.0, -1.0, -2.0, -3.0], [4.0, 5.0, 6.0, 7.0], [7.0, -1.0, -2.0, -3.0]]
+    with pytest.raises(NotImplementedError, match="indexing a GPU tensor copies its elements"):
+        x[0][1] = 3.0
+    x.view(12)[1] = 3.0  # (a reshape is a view on the GPU too)
+    assert x[0, 1].item() == 3.0
 
 
 def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
@@ -227,9 +245,45 @@ def test_asking_for_a_gpu_says_what_is_missing():
     assert "NUMBA_ENABLE_CUDASIM=1" in r.stderr
 
 
-def test_what_the_cuda_engine_does_not_replay_yet_says_so():
-    x = tg.ones(3, device="cuda", requires_grad=True)
+class _Cube(tg.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return g * 3.0 * x * x
+
+
+def _hooks_and_function(device):
+    x = tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64, device=device, requires_grad=True)
     y = x * 2.0
-    y.register_hook(lambda g: g)
-    with pytest.raises(NotImplementedError, match="hooks on non-leaf tensors, custom Functions and anomaly mode"):
-        y.sum().backward()
+    y.register_hook(lambda g: g * 3.0)
+    seen = []
+    z = _Cube.apply(y.tanh())
+    z.register_hook(lambda g: seen.append(("z", g.is_cuda, g.tolist())))
+    a, b = z.unbind(0)[:2]  # (a multi-output node: its outputs' hooks run together)
+    a.register_hook(lambda g: seen.append(("a", g.is_cuda, [g.item()])))
+    (z * tg.tensor([1.0, 2.0, 3.0], dtype=tg.float64, device=device) + a * b).sum().backward()
+    return x.grad, seen
+
+
+def test_hooks_on_non_leaves_and_custom_functions_replay_in_segments_on_the_gpu():
+    gpu, cpu = _hooks_and_function("cuda"), _hooks_and_function("cpu")
+    assert gpu[0].is_cuda
+    np.testing.assert_allclose(gpu[0].cpu().numpy(), cpu[0].numpy(), rtol=1e-13)
+    assert [s[:2] for s in gpu[1]] == [("a", True), ("z", True)] and [s[0] for s in cpu[1]] == ["a", "z"]
+    for g, c in zip(gpu[1], cpu[1]):
+        np.testing.assert_allclose(g[2], c[2], rtol=1e-13)
+
+
+def test_anomaly_mode_names_the_entry_that_made_a_nan_on_the_gpu():
+    x = tg.tensor([0.0, 1.0], device="cuda", requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):  # (the simulator's 0 / 0)
+        warnings.simplefilter("always")
+        with tg.autograd.detect_anomaly():
+            with pytest.raises(RuntimeError, match=r"^Function 'SqrtBackward0' returned nan values in its 0th output"):
+                (x.sqrt() * 0.0).sum().backward()
+    assert any(str(w.message).startswith("Error detected in SqrtBackward0.") for w in caught)

@@ -37,7 +37,7 @@ def types(name, T):
             "threshold": float64, "base": float64, "log_base": float64,
             "pos": int64[::1], "outer": int64, "inner": int64, "log": boolean,
             "weighted": boolean, "reduced": boolean, "seg": int64[::1], "largest": boolean, "order": T, "mode": int64,
-            "correction": T, "degenerate": boolean, "nb": int64}[name]
+            "correction": T, "degenerate": boolean, "nb": int64, "sign": T, "off": int64, "at": int64}[name]
 failed, count = [], 0
 for name, k in sorted(found.items()):
     for T in (float32, float64):
@@ -50,6 +50,10 @@ for name, k in sorted(found.items()):
 # casts: copy between the float dtypes and from int64
 for src, dst in ((float32, float64), (float64, float32), (int64, float32), (int64, float64)):
     cuda.compile_ptx(kernels.copy.py_func, (src[::1], dst[::1]), cc=(9, 0))
+    count += 1
+# indexing and joining integer tensors (index tensors themselves)
+for k in (kernels.gather, kernels.scatter):
+    cuda.compile_ptx(k.py_func, (int64[::1], int64[::1], int64[::1]), cc=(9, 0))
     count += 1
 print("COMPILED", count, len(found))
 for f in failed:
@@ -67,4 +71,4 @@ def test_every_kernel_compiles_to_ptx():
     lines = r.stdout.splitlines()
     assert not [ln for ln in lines if ln.startswith("FAILED")], r.stdout
     _, count, kernels = lines[0].split()
-    assert int(kernels) >= 50 and int(count) == 2 * int(kernels) + 4, r.stdout
+    assert int(kernels) >= 50 and int(count) == 2 * int(kernels) + 4 + 2, r.stdout
