@@ -45,8 +45,8 @@ from ..compiler import _checks_hold, _sources
 from ..compiler.program import CONST, DERIVED, GUARD, OP, PY, Recording, Unreplayable, python_forward
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
-from ..ops.results import _record
-from ..tape import _hot
+from ..ops.results import _noted_python, _record
+from ..tape import _hot, recording_program
 from ..tensor import Tensor, leaf
 from ._tree import flatten, unflatten
 
@@ -454,13 +454,13 @@ def replay(prog, args, n, taps=None):
                 it = iter(_array(v) for v in ins)
                 py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
                 v = np.asarray(fn(*py_args))
-                vals[out] = v if i0 == DERIVED else leaf(v)
+                vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else leaf(v)
                 continue
-            if i0 == DERIVED:
-                raise Unbatchable("an index map or mask is made from a batched tensor's values")
-            rank = len(prog.slots[out].shape)
-            it = iter(_pad(_array(vals[s]), batched[s], prog.slots[s].shape, rank, n) for s in a)
-            vals[out] = leaf(np.asarray(fn(*[next(it) if k is None else k for k in consts])))
+            if i0 == DERIVED:  # made when a row needs it: rules that read the tensors it comes from skip it
+                vals[out] = _PerSample(fn, [(vals[s], batched[s]) for s in a], n, prog.slots[out].shape)
+            else:
+                vals[out] = _batched_python(fn, consts, [(vals[s], batched[s], prog.slots[s].shape) for s in a],
+                                            prog.slots[out].shape, n)
             batched[out] = True
         else:
             raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
@@ -501,6 +501,98 @@ def _unbatched_row(op, ins, i0, i1, f0, out):
     return _record(op, np.ascontiguousarray(value), *ins, i0=i0, i1=i1, f0=f0)
 
 
+def _derive(value, fn, *inputs):
+    """value = fn(*inputs) for an index map or mask: while a tg.compile of the replay records (the
+    compiled batch step), its program derives value again from the same inputs at each replay
+    (ops.results._derived). Inputs are tensors or values so registered; a map derived from a
+    constant stays a constant."""
+    p = recording_program()
+    if p is not None and all(isinstance(x, Tensor) or id(x) in p.derived for x in inputs):
+        p.derive(value, fn, inputs)
+    return value
+
+
+def _per_sample(f, n, shape):
+    """f(b) for each sample b, stacked: each must have the shape recorded for one sample."""
+    out = [np.asarray(f(b)) for b in range(n)]
+    if any(o.shape != tuple(shape) for o in out):
+        raise Unbatchable("an index map or mask made from a batched tensor's values differs in shape between samples")
+    return np.stack(out) if out else np.zeros((0,) + tuple(shape))
+
+
+def _stacked(fn, flags, shape):
+    """fn (of one sample's values) over batched arrays (flags: which are): its results stacked."""
+    def f(*vs):
+        n = next(len(v) for v, b in zip(vs, flags) if b)
+        return _per_sample(lambda k: fn(*[v[k] if b else v for v, b in zip(vs, flags)]), n, shape)
+    return f
+
+
+class _PerSample:
+    """A map or mask that a derived row makes from batched values, per sample: made when a rule needs
+    it (``value``); rules that can read the tensors it comes from (``ins``) skip it."""
+    __slots__ = ("fn", "ins", "n", "shape", "_value")
+
+    def __init__(self, fn, ins, n, shape):
+        self.fn, self.ins, self.n, self.shape, self._value = fn, ins, n, tuple(shape), None
+
+    def value(self):
+        """(n, *one sample's map shape)."""
+        if self._value is None:
+            inputs = [v.value() if isinstance(v, _PerSample) else v for v, _ in self.ins]
+            f = _stacked(self.fn, [b for _, b in self.ins], self.shape)
+            self._value = _derive(f(*[_array(v) for v in inputs]), f, *inputs)
+        return self._value
+
+
+def _batched_python(fn, consts, ins, shape, n):
+    """A value Python computes from batched tensors (a comparison, max's indices): a ufunc on the
+    operands padded to its rank, another function per sample; noted as the eager op notes it."""
+    it = iter(v if not b else v.reshape((n,) + (1,) * (len(shape) - len(s)) + tuple(s)) if isinstance(fn, np.ufunc)
+              else v for v, b, s in ins)
+    operands = [next(it) if k is None else k for k in consts]
+    if not isinstance(fn, np.ufunc):
+        flags = iter(b for _, b, _ in ins)
+        fn = _stacked(fn, [next(flags) if k is None else False for k in consts], shape)
+    return _noted_python(fn, operands, leaf(np.asarray(fn(*[_array(o) for o in operands]))))
+
+
+def _batch_map(m, batched, n, stride):
+    """A row's map (flat positions in one sample; per sample where batched) as flat positions in the
+    batch, each sample's shifted to its own row."""
+    src = m.value() if batched else m
+
+    def shift(v):
+        per = v.reshape(n, -1) if batched else v.reshape(1, -1)
+        return np.ascontiguousarray(per + np.arange(n, dtype=np.int64)[:, None] * stride).reshape(-1)
+    return _derive(shift(src), shift, src)
+
+
+def _full_mask(arg, shape, n):
+    """A where or masked_fill condition (its row's: the mask tensor's values broadcast to the sample's
+    shape) over the batch, (n, *shape): from the mask tensor itself where it is batched."""
+    m, batched, _ = arg
+    rank = len(shape)
+    if batched:
+        src = m.ins[0] if len(m.ins) == 1 else None
+        if src is None or not isinstance(src[0], Tensor) or not src[1]:
+            return _broadcast_mask(m.value(), True, shape, shape, n)
+        mask = src[0]
+        full = _broadcast_mask(mask, True, tuple(mask.shape[1:]), shape, n)
+        if not np.array_equal(np.asarray(m.fn(mask._value[0])), full[0]):  # (its row broadcasts, as where's)
+            return _broadcast_mask(m.value(), True, shape, shape, n)
+        return full
+    return _broadcast_mask(m, False, np.shape(m), shape, n)
+
+
+def _broadcast_mask(m, batched, s, shape, n):
+    def full(v):
+        k = len(v) if batched else n
+        v = v.reshape((k,) + (1,) * (len(shape) - len(s)) + tuple(s)) if batched else v
+        return np.ascontiguousarray(np.broadcast_to(v, (k,) + tuple(shape)))
+    return _derive(full(_array(m)), full, m)
+
+
 _RULE_OF = {}  # op code -> its batching rule (None: none)
 
 
@@ -519,7 +611,7 @@ def _is_elementwise(op):
     return op.formula is not None or FWD_KIND[op.code] in (ELEMENTWISE, BINARY) or op.name in ELEMENTWISE_ROWS
 
 
-ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "where", "leaky_relu", "gelu", "softplus", "to", "clone",
+ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "leaky_relu", "gelu", "softplus", "to", "clone",
                     "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
 
 
@@ -597,23 +689,108 @@ def _mm(op, args, i0, i1, f0, shape, dtype, n):
 
 
 def _gather(op, args, i0, i1, f0, shape, dtype, n):
-    """A row that picks elements of its input by a flat map (or from an offset on): the same
-    picks from each sample."""
-    from ..creation import tensor
-    from ..ops import index_select
+    """A row that picks elements of its input by a flat map (or a run from an offset on): the row
+    over the batch, each sample's picks (its own where the map is batched) from its own row."""
     v, batched, s = args[0]
-    size = int(np.prod(shape))
-    if args[1] is None:
-        positions = i0 + np.arange(size)
+    if not isinstance(v, Tensor):
+        raise Unbatchable(f"row {op.name!r} picks from a constant")
+    if not batched:
+        v = v.unsqueeze(0).expand((n,) + tuple(s))
+    m, mb = (np.arange(i0, i0 + int(np.prod(shape)), dtype=np.int64), False) if args[1] is None else args[1][:2]
+    positions = _batch_map(m, mb, n, int(np.prod(s)))
+    value = python_forward(op)([v._value, positions], 0, i1, 0.0, (n,) + tuple(shape), dtype)
+    return _record(op, value, v, positions, i1=i1)
+
+
+def _scatter_add(op, args, i0, i1, f0, shape, dtype, n):
+    """x with src added at a flat map of x's places: each sample's adds into its own row."""
+    (x, xb, xs), (src, sb, ss), (m, mb, _) = args
+    if not isinstance(x, Tensor) or not isinstance(src, Tensor):
+        raise Unbatchable(f"row {op.name!r} of a constant")
+    x = x if xb else x.unsqueeze(0).expand((n,) + tuple(xs))
+    src = src if sb else src.unsqueeze(0).expand((n,) + tuple(ss))
+    positions = _batch_map(m, mb, n, int(np.prod(xs)))
+    value = python_forward(op)([x._value, src._value, positions], 0, 0, 0.0, (n,) + tuple(shape), dtype)
+    return _record(op, value, x, src, positions)
+
+
+def _padded(op, arg, rank, n):
+    v, batched, s = arg
+    if not isinstance(v, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    return v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched else v
+
+
+def _where(op, args, i0, i1, f0, shape, dtype, n):
+    x, y = _padded(op, args[0], len(shape), n), _padded(op, args[1], len(shape), n)
+    cond = _full_mask(args[2], shape, n)
+    return _record(op, np.where(cond, x._value, y._value), x, y, cond)
+
+
+def _masked_fill(op, args, i0, i1, f0, shape, dtype, n):
+    x, batched, s = args[0]
+    if not isinstance(x, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    x = x if batched else x.unsqueeze(0).expand((n,) + tuple(s))
+    mask = _full_mask(args[1], shape, n)
+    return _record(op, python_forward(op)([x._value, mask], 0, 0, f0, (n,) + tuple(shape), dtype), x, mask, f0=f0)
+
+
+def _over_dims(op, args, i0, i1, f0, shape, dtype, n):
+    """A reduction or scan over some of the sample's dims: the same op over those dims shifted by one
+    (a 0-d sample's over a dim of one)."""
+    from ..ops import amax, amin, cumsum, norm, prod, var
+    from ..ops.attrs import Mask
+    v, batched, s = args[0]
+    if not s:
+        v, s = v.unsqueeze(1), (1,)
+    if op.name == "cumsum":
+        return cumsum(v, i0 % len(s) + 1).reshape((n,) + tuple(shape))
+    dims = tuple(d + 1 for d in Mask.decode(i0, len(s)))
+    keep = bool(i1 & 1) and len(shape) == len(s)
+    if op.name in ("max", "amax"):
+        out = amax(v, dims, keep)
+    elif op.name in ("min", "amin"):
+        out = amin(v, dims, keep)
+    elif op.name == "norm":
+        out = norm(v, f0, dims, keep)
+    elif op.name == "var":
+        out = var(v, dims, keepdim=keep, correction=f0)
+    elif len(dims) == 1:  # prod_dim, or prod of one dim
+        out = prod(v, dims[0], keep)
     else:
-        m, mb, _ = args[1]
-        if mb or isinstance(m, Tensor) and m.requires_grad:
-            raise Unbatchable(f"row {op.name!r} picks by a map made from a batched tensor")
-        positions = np.asarray(_array(m)).reshape(-1)
-        if op.name == "index":
-            positions = positions + i0
-    flat = v.reshape(n, int(np.prod(s)) if s else 1)
-    return index_select(flat, 1, tensor(positions.astype(np.int64))).reshape((n,) + tuple(shape))
+        out = prod(v.reshape(n, -1), 1)
+    return out.reshape((n,) + tuple(shape))
+
+
+def _nll_loss(op, args, i0, i1, f0, shape, dtype, n):
+    """Each sample's negative log-likelihood: the row, unreduced, over the samples' (N, C)
+    log-probabilities stacked as one (n * N, C); then each sample's terms summed and scaled."""
+    from ..ops.loss import WEIGHTED_MEAN, _nll_value
+    (lp, lb, (rows, classes)), (pos, pb, _), w = args
+    if not isinstance(lp, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    lp = (lp if lb else lp.unsqueeze(0).expand((n, rows, classes))).reshape(n * rows, classes)
+    positions = _batch_map(pos, pb, n, rows * classes)
+    weights = None
+    if w is not None:
+        wv, wb, _ = w
+        src = wv.value() if wb else wv
+
+        def per_row(v):  # (a weighted mean: each sample's weights over their sum)
+            v = v.reshape(-1, rows) if wb else np.broadcast_to(v.reshape(1, rows), (n, rows))
+            if i0 and i1 == WEIGHTED_MEAN:
+                total = v.sum(axis=1, keepdims=True)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    v = v * np.where(total != 0, 1.0 / np.where(total != 0, total, 1.0), np.inf)
+            return np.ascontiguousarray(v, dtype=lp._value.dtype).reshape(-1)
+        weights = _derive(per_row(src), per_row, src)
+    terms = _record(op, _nll_value(lp._value, positions, weights, False, 1.0), lp, positions, weights)
+    terms = terms.reshape(n, rows)
+    if not i0:
+        return terms
+    total = terms.sum(1)
+    return total if i1 == WEIGHTED_MEAN else total * f0
 
 
 def _join(stack):
@@ -657,4 +834,9 @@ RULES = {
     "softmax": _softmax(False), "log_softmax": _softmax(True),
     "mm": _mm, "bmm": _bmm, "cat": _join(False), "stack": _join(True),
     "select": _gather, "slice": _gather, "alias": _gather, "index_unsqueeze": _gather, "index": _gather,
+    "index_select": _gather, "gather": _gather, "max_dim": _gather, "min_dim": _gather, "repeat": _gather,
+    "flip": _gather, "split": _gather, "unbind": _gather, "scatter_add": _scatter_add,
+    "where": _where, "masked_fill": _masked_fill, "nll_loss": _nll_loss,
+    "max": _over_dims, "min": _over_dims, "amax": _over_dims, "amin": _over_dims, "prod": _over_dims,
+    "prod_dim": _over_dims, "norm": _over_dims, "var": _over_dims, "cumsum": _over_dims,
 }

@@ -15,7 +15,9 @@ BATCHED = {"add", "sub", "mul", "div", "pow", "add_scalar", "rsub_scalar", "sub_
            "div_scalar", "pow_scalar", "rpow_scalar", "neg", "reciprocal", "exp", "log", "sin", "cos", "tanh",
            "sigmoid", "relu", "sqrt", "abs", "sum", "sum_dim", "mean", "mean_dim", "t", "transpose", "permute",
            "view", "unsqueeze", "squeeze", "mm", "softmax", "log_softmax", "select", "slice", "expand", "bmm",
-           "cat", "stack"}
+           "cat", "stack", "clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm",
+           "var", "std_root", "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather",
+           "scatter_add", "where", "masked_fill", "nll_loss"}
 
 
 def _samples(case, seed):
@@ -120,11 +122,26 @@ def test_batched_output_is_differentiable():
     np.testing.assert_allclose(w.grad.numpy(), ((x * w).cos() * x).sum(0).detach().numpy(), rtol=1e-12)
 
 
-def test_what_does_not_batch_loops_and_says_why():
-    vm = func.vmap(lambda r: tg.flip(r, [0]) * 2)
-    x = tg.randn(3, 2)
-    np.testing.assert_array_equal(vm(x).numpy(), tg.flip(x, [1]).numpy() * 2)
-    assert vm.looped == 1 and "flip" in vm.why
+@pytest.mark.parametrize("f, why", [
+    (lambda r: (r * 1).zero_() + r, "row 'zero' has no batching rule"),
+    (lambda r: tg.cat([r, r[r > 0]]).sum() + r[0], "differs in shape between samples"),
+    (lambda r: r + tg.rand(3), "it draws random numbers"),
+])
+def test_what_does_not_batch_loops_and_says_why(f, why):
+    x = tg.tensor([[1.0, -2.0, 3.0], [-1.0, -2.0, 3.0]])
+    vm = func.vmap(f, randomness="different")
+    out = vm(x)
+    if "random" not in why:
+        np.testing.assert_array_equal(out.numpy(), tg.stack([f(x[b]) for b in range(2)]).numpy())
+    assert vm.looped == 1 and why in vm.why
+
+
+def test_function_rows_loop_and_say_why():
+    from ..ops.cases import cube_function
+    g = func.vmap(func.grad(lambda r: cube_function(tg).apply(r).sum()))
+    x = tg.tensor([[1.0, -2.0, 3.0], [-1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(g(x).numpy(), 3 * x.numpy() ** 2)
+    assert g.looped == 1 and "'function'" in g.why
 
 
 def test_later_calls_replay_the_compiled_batch_step():
