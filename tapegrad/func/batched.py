@@ -45,7 +45,7 @@ from ..compiler import _checks_hold, _sources
 from ..compiler.program import CONST, DERIVED, GUARD, OP, PY, Recording, Unreplayable, python_forward
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
-from ..ops.results import _noted_python, _record
+from ..ops.results import _constant, _noted_python, _record
 from ..tape import _hot, recording_program
 from ..tensor import Tensor, leaf
 from ._tree import flatten, unflatten
@@ -446,14 +446,14 @@ def replay(prog, args, n, taps=None):
             if not passed.all():
                 raise _Split(passed)
         elif kind == CONST:
-            vals[out] = leaf(prog.slots[out].value.copy())
+            vals[out] = _constant(prog.slots[out].value.copy())
         elif kind == PY:
             fn, consts = op
             ins = [vals[s] for s in a]
             if not any(batched[s] for s in a):
                 it = iter(_array(v) for v in ins)
                 py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
-                v = np.asarray(fn(*py_args))
+                v = np.asarray(_unrecorded(fn, *py_args))
                 vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else leaf(v)
                 continue
             if i0 == DERIVED:  # made when a row needs it: rules that read the tensors it comes from skip it
@@ -512,9 +512,22 @@ def _derive(value, fn, *inputs):
     return value
 
 
+def _unrecorded(fn, *args):
+    """fn(*args) with no program noting the ops it runs (a derived map's function runs eager ops
+    that a tg.compile of the replay must not take for its own)."""
+    prog, _hot.prog = getattr(_hot, "prog", None), None
+    try:
+        return fn(*args)
+    finally:
+        _hot.prog = prog
+
+
 def _per_sample(f, n, shape):
     """f(b) for each sample b, stacked: each must have the shape recorded for one sample."""
-    out = [np.asarray(f(b)) for b in range(n)]
+    try:
+        out = [np.asarray(_unrecorded(f, b)) for b in range(n)]
+    except Exception as e:  # (a sample that its program does not fit: the loop runs it, or raises as eager does)
+        raise Unbatchable(f"an index map or mask made from a batched tensor's values fails for a sample: {e}") from None
     if any(o.shape != tuple(shape) for o in out):
         raise Unbatchable("an index map or mask made from a batched tensor's values differs in shape between samples")
     return np.stack(out) if out else np.zeros((0,) + tuple(shape))
@@ -579,7 +592,7 @@ def _full_mask(arg, shape, n):
             return _broadcast_mask(m.value(), True, shape, shape, n)
         mask = src[0]
         full = _broadcast_mask(mask, True, tuple(mask.shape[1:]), shape, n)
-        if not np.array_equal(np.asarray(m.fn(mask._value[0])), full[0]):  # (its row broadcasts, as where's)
+        if not np.array_equal(np.asarray(_unrecorded(m.fn, mask._value[0])), full[0]):  # (its row broadcasts, as where's)
             return _broadcast_mask(m.value(), True, shape, shape, n)
         return full
     return _broadcast_mask(m, False, np.shape(m), shape, n)
@@ -772,25 +785,33 @@ def _nll_loss(op, args, i0, i1, f0, shape, dtype, n):
         raise Unbatchable(f"row {op.name!r} reads a constant operand")
     lp = (lp if lb else lp.unsqueeze(0).expand((n, rows, classes))).reshape(n * rows, classes)
     positions = _batch_map(pos, pb, n, rows * classes)
-    weights = None
+    weights = empty = None
     if w is not None:
         wv, wb, _ = w
         src = wv.value() if wb else wv
+        weighted = i0 and i1 == WEIGHTED_MEAN
 
         def per_row(v):  # (a weighted mean: each sample's weights over their sum)
             v = v.reshape(-1, rows) if wb else np.broadcast_to(v.reshape(1, rows), (n, rows))
-            if i0 and i1 == WEIGHTED_MEAN:
+            if weighted:
                 total = v.sum(axis=1, keepdims=True)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    v = v * np.where(total != 0, 1.0 / np.where(total != 0, total, 1.0), np.inf)
+                v = v / np.where(total != 0, total, 1)
             return np.ascontiguousarray(v, dtype=lp._value.dtype).reshape(-1)
         weights = _derive(per_row(src), per_row, src)
+        if weighted:  # a sample with no weight: nan as torch's 0 / 0, and no gradient, as torch's backward gives
+            def none_kept(v):
+                return np.ascontiguousarray((v.reshape(-1, rows) if wb else v.reshape(1, rows)).sum(axis=1) == 0)
+            empty = _derive(none_kept(src), none_kept, src)
     terms = _record(op, _nll_value(lp._value, positions, weights, False, 1.0), lp, positions, weights)
     terms = terms.reshape(n, rows)
     if not i0:
         return terms
     total = terms.sum(1)
-    return total if i1 == WEIGHTED_MEAN else total * f0
+    if empty is None:
+        return total * f0
+    from ..ops.elementwise import MASKED_FILL
+    mask = _derive(np.broadcast_to(empty, (n,)).copy(), lambda e: np.broadcast_to(e, (n,)).copy(), empty)
+    return _record(MASKED_FILL, np.where(mask, np.nan, total._value), total, mask, f0=np.nan)
 
 
 def _join(stack):

@@ -214,3 +214,127 @@ def test_long_joins_against_a_loop():
     vm = func.vmap(f)
     np.testing.assert_allclose(vm(x).numpy(), tg.stack([f(x[b]) for b in range(4)]).numpy(), rtol=1e-12)
     assert vm.batched == 1, vm.why
+
+
+# rows that batch by the rules for reductions, scans, index maps, masks and nll_loss
+RULED = ["clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm", "var", "std_root",
+         "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather", "scatter_add", "where",
+         "masked_fill", "nll_loss"]
+
+
+def _per_sample_grads(lib, fn, arrays, in_dims, argnums):
+    F = func if lib is tg else lib.func
+    loss = lambda *xs: (fn(lib, *xs) ** 2).sum()  # noqa: E731
+    vg = F.vmap(F.grad(loss, argnums=argnums), in_dims=in_dims)
+    args = [lib.tensor(a) for a in arrays]
+    out = vg(*args)
+    return vg, [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.mark.parametrize("name", RULED)
+def test_per_sample_gradients_through_the_rules_batch_as_torch_func(name):
+    """vmap(grad(f)) through each rule batches (no call of f per sample), on this call and on the
+    compiled batch step's later ones with new values, and gives torch.func's per-sample gradients
+    (a loop's where torch is missing)."""
+    case = CASES[name].first
+    n = len(case.shapes)
+    in_dims = (0,) + (None,) * (n - 1) if n > 1 else 0
+    argnums = tuple(range(n)) if n > 1 else 0
+    for seed in (11, 12, 13):
+        rng = np.random.default_rng(seed)
+        arrays = [np.stack([case.sampler(rng, case.shapes[0]) for _ in range(4)])] + \
+            [case.sampler(rng, s) for s in case.shapes[1:]]
+        if seed == 11:
+            vg, got = _per_sample_grads(tg, case.fn, arrays, in_dims, argnums)
+            vg_tg = vg
+        else:
+            args = [tg.tensor(a) for a in arrays]
+            out = vg_tg(*args)
+            got = [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
+        try:
+            import torch
+            expect = _per_sample_grads(torch, case.fn, arrays, in_dims, argnums)[1]
+        except ImportError:
+            per = [func.grad(lambda *xs: (case.fn(tg, *xs) ** 2).sum(), argnums=argnums)(
+                tg.tensor(arrays[0][b]), *[tg.tensor(a) for a in arrays[1:]]) for b in range(4)]
+            per = [p if isinstance(p, tuple) else (p,) for p in per]
+            expect = [np.stack([p[0].numpy() for p in per])] + [np.stack([p[k].numpy() for p in per])
+                                                                  for k in range(1, n)]
+        for g, e in zip(got, expect):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+    assert vg_tg.batched == 3 and vg_tg.looped == 0, vg_tg.why
+
+
+def _compiled_replays(vm):
+    step = next(iter(vm._batched.signatures.values())).step
+    return tg.compiler.stats(step)["replay_count"]
+
+
+@pytest.mark.parametrize("mapped_index", [True, False])
+def test_index_tensors_mapped_and_not_against_a_loop(mapped_index):
+    """gather, index_select, x[index] and scatter_add with the index tensor mapped (each sample its
+    own) or shared; the compiled batch step derives the positions again from new indices."""
+    def f(x, i, j):
+        picked = x.gather(1, i) * x.index_select(0, j).sum() + x[j].sum(0).sum()
+        return tg.zeros(2, 3, dtype=x.dtype).scatter_add(1, i, picked.exp()) + x
+    rng = np.random.default_rng(4)
+    vm = func.vmap(f, in_dims=(0, 0 if mapped_index else None, 0 if mapped_index else None))
+    vg = func.vmap(func.grad(lambda *a: (f(*a) ** 2).sum()), in_dims=vm._batched.func and
+                   (0, 0 if mapped_index else None, 0 if mapped_index else None))
+    for _ in range(3):
+        x = tg.tensor(rng.standard_normal((5, 2, 3)))
+        shape = ((5,) if mapped_index else ())
+        i = tg.tensor(rng.integers(0, 3, shape + (2, 2)))
+        j = tg.tensor(rng.integers(0, 2, shape + (3,)))
+        pick = (lambda b: (i[b], j[b])) if mapped_index else (lambda b: (i, j))
+        np.testing.assert_allclose(vm(x, i, j).numpy(), tg.stack([f(x[b], *pick(b)) for b in range(5)]).numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(vg(x, i, j).numpy(), tg.stack([
+            func.grad(lambda *a: (f(*a) ** 2).sum())(x[b], *pick(b)) for b in range(5)]).numpy(), rtol=1e-12)
+    assert vm.batched == 3 and vg.batched == 3, (vm.why, vg.why)
+    assert _compiled_replays(vm) == 1 and _compiled_replays(vg) == 1  # (the second call records the step)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_per_sample_gradients_of_a_classifier_as_torch_func(weighted):
+    """Per-sample gradients of cross_entropy (log_softmax and nll_loss rows; with class weights and
+    an ignored class), each sample's target mapped: batched, on the compiled batch step's calls too,
+    and torch.func's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    W, b = rng.standard_normal((4, 6)), rng.standard_normal(4)
+    weight = np.array([0.5, 2.0, 1.0, 1.5]) if weighted else None
+
+    def loss(lib, W, b, x, y):
+        logits = (W @ x + b)[None]
+        w = None if weight is None else lib.tensor(weight)
+        return lib.nn.functional.cross_entropy(logits, y[None], weight=w, ignore_index=3 if weighted else -100) + \
+            lib.nn.functional.cross_entropy(logits * 2, y[None], reduction="sum")
+
+    vgs = [(lib, (func if lib is tg else lib.func)) for lib in (tg, torch)]
+    vgs = [(lib, F.vmap(F.grad(lambda *a, lib=lib: loss(lib, *a), argnums=(0, 1)), in_dims=(None, None, 0, 0)))
+           for lib, F in vgs]
+    for _ in range(3):
+        xs, ys = rng.standard_normal((8, 6)), rng.integers(0, 4, 8)
+        mine, theirs = [vg(lib.tensor(W), lib.tensor(b), lib.tensor(xs), lib.tensor(ys)) for lib, vg in vgs]
+        for m, t in zip(mine, theirs):
+            np.testing.assert_allclose(m.numpy(), t.numpy(), rtol=1e-10, atol=1e-12)
+    assert vgs[0][1].batched == 3, vgs[0][1].why
+    assert _compiled_replays(vgs[0][1]) == 1
+
+
+def test_masks_from_batched_values_against_a_loop():
+    """where and masked_fill with masks computed from each sample's values, mask and values each
+    mapped or not."""
+    def f(x, y):
+        return tg.where(x > y.mean(), x * y, y.exp()).masked_fill(y < 0.2, 1.5).sum(0) + x.clamp(-0.5, 0.5)
+
+    rng = np.random.default_rng(6)
+    for dims in ((0, 0), (0, None), (None, 0), (1, 0)):
+        x = tg.tensor(rng.standard_normal((4, 3) if dims[0] != 1 else (3, 4)))
+        y = tg.tensor(rng.standard_normal((4, 3)))
+        vm = func.vmap(f, in_dims=dims)
+        pick = lambda t, d, b: t if d is None else t.select(d, b)  # noqa: E731
+        np.testing.assert_allclose(vm(x, y).numpy(), tg.stack([f(pick(x, dims[0], b), pick(y, dims[1], b))
+                                                               for b in range(4)]).numpy(), rtol=1e-12)
+        assert vm.batched == 1, vm.why
