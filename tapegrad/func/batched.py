@@ -7,20 +7,29 @@ tensor with the samples along a leading axis. A row whose operands are all unbat
 recorded; otherwise its batching rule (``RULES``) runs it on the batch as tapegrad ops, so the
 batched tensors carry the tape and a backward runs over all samples at once:
 
-- elementwise rows (and comparisons): the batched operands padded to the row's rank after the
-  batch axis; NumPy broadcasts the unbatched ones against them;
+- elementwise rows (and comparisons, clamp, std's root): the batched operands padded to the row's
+  rank after the batch axis; NumPy broadcasts the unbatched ones against them;
 - view, reshape, squeeze, unsqueeze, expand: the sample shape behind the batch axis;
-- sum, mean (over all or some dims), softmax, log_softmax, t, transpose, permute: the dims shifted
-  by one;
+- sum, mean, max, min, amax, amin, prod, norm, var (over all or some dims), cumsum, softmax,
+  log_softmax, t, transpose, permute: the dims shifted by one (a 0-d sample's over a dim of one);
 - mm with one operand shared: one GEMM over all samples' rows (or columns); both batched: bmm;
 - bmm: the samples' batches as one; cat and stack: along the dim after the batch axis;
-- select, slice and the other rows that pick elements by a flat map: the map applied to each
-  sample's row of the batch (index_select).
+- select, slice, flip, repeat, split, unbind, index_select, gather, x[index], max and min along a
+  dim, and the other rows that pick elements by a flat map, and scatter_add, which adds at one:
+  the row over the batch, each sample's map shifted to its own row of the batch;
+- where and masked_fill: the mask at the batch's shape;
+- nll_loss: the samples' (N, C) log-probabilities as one, unreduced, then each sample's sum scaled.
 
-Other rows (max, min, prod, norm, var, cumsum, flip, repeat, split, unbind, gather and scatter
-with tensor indices, masks made from batched values, in-place writes, random draws, custom
-Functions, backward inside ``func``) have no rule: such a program makes vmap call ``func`` once
-per sample (``why`` says which row).
+A map or mask made from tensors' values (an index tensor's, max's positions, a mask, nll_loss's
+targets and weights: a derived row) is made once for all samples where its tensors are unbatched;
+from batched ones, its function runs on each sample in NumPy when a rule needs it (a mask's rule
+reads the batched mask itself), and a sample whose map has another shape, or fails, makes vmap
+loop. While the compiled batch step records, these maps are registered as derived
+(ops.results._derived), so its replays make them again from the new values.
+
+Other rows (in-place writes, random draws, custom Functions, backward inside ``func``, and the
+gradient rows threshold_backward, leaky_relu_backward and nll_loss_backward) have no rule: such a
+program makes vmap call ``func`` once per sample (``why`` says which row).
 
 Guards: a value Python read out of a tensor during the recording is compared per sample; the
 samples whose values differ run another variant of the program, recorded on the first of them,
@@ -42,7 +51,7 @@ import numpy as np
 
 from ..autograd.api import grad as _autograd_grad
 from ..compiler import _checks_hold, _sources
-from ..compiler.program import CONST, DERIVED, GUARD, OP, PY, Recording, Unreplayable, python_forward
+from ..compiler.program import CONST, DERIVED, EXT, GUARD, OP, PY, WRITE, Recording, Unreplayable, python_forward
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
 from ..ops.results import _constant, _noted_python, _record
@@ -162,7 +171,8 @@ class _Run:
         """The program of func's inner function on sample b."""
         args = []
         for k, (x, d) in enumerate(zip(self.leaves, self.dims)):
-            v = x if self.batched[k] is None else self.batched[k][b].contiguous()
+            # (a copy: func may write into its argument, and the loop after a failed recording must see it unchanged)
+            v = x if self.batched[k] is None else self.batched[k][b].detach().clone()
             if k in self.diff:
                 v = v.detach().requires_grad_()  # (as grad records it)
             elif isinstance(v, Tensor) and self.batched[k] is not None:
@@ -462,6 +472,12 @@ def replay(prog, args, n, taps=None):
                 vals[out] = _batched_python(fn, consts, [(vals[s], batched[s], prog.slots[s].shape) for s in a],
                                             prog.slots[out].shape, n)
             batched[out] = True
+        elif kind == WRITE:  # (the rows after it read the written tensor at src's slot)
+            if prog.slots[a].kind == EXT:
+                raise Unbatchable("it writes in place into an argument or a tensor read from outside")
+            if any(r[0] == OP and r[1].fwd == "fwd_view" and r[2] == a for r in prog.rows):
+                raise Unbatchable("it writes in place into a tensor that a view shares")
+            vals[a], batched[a] = vals[b], batched[b]
         else:
             raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
     outs = []
@@ -561,12 +577,16 @@ class _PerSample:
 def _batched_python(fn, consts, ins, shape, n):
     """A value Python computes from batched tensors (a comparison, max's indices): a ufunc on the
     operands padded to its rank, another function per sample; noted as the eager op notes it."""
-    it = iter(v if not b else v.reshape((n,) + (1,) * (len(shape) - len(s)) + tuple(s)) if isinstance(fn, np.ufunc)
-              else v for v, b, s in ins)
-    operands = [next(it) if k is None else k for k in consts]
-    if not isinstance(fn, np.ufunc):
-        flags = iter(b for _, b, _ in ins)
-        fn = _stacked(fn, [next(flags) if k is None else False for k in consts], shape)
+    ufunc = isinstance(fn, np.ufunc)
+    tensors = iter((v.reshape((n,) + (1,) * (len(shape) - len(s)) + tuple(s)) if ufunc and b else v, b)
+                   for v, b, s in ins)
+    operands, flags = [], []
+    for k in consts:
+        v, b = next(tensors) if k is None else (k, False)
+        operands.append(v)
+        flags.append(b)
+    if not ufunc:
+        fn = _stacked(fn, flags, shape)
     return _noted_python(fn, operands, leaf(np.asarray(fn(*[_array(o) for o in operands]))))
 
 
@@ -624,7 +644,7 @@ def _is_elementwise(op):
     return op.formula is not None or FWD_KIND[op.code] in (ELEMENTWISE, BINARY) or op.name in ELEMENTWISE_ROWS
 
 
-ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "leaky_relu", "gelu", "softplus", "to", "clone",
+ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "copy", "leaky_relu", "gelu", "softplus", "to", "clone",
                     "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
 
 
@@ -715,8 +735,9 @@ def _gather(op, args, i0, i1, f0, shape, dtype, n):
     return _record(op, value, v, positions, i1=i1)
 
 
-def _scatter_add(op, args, i0, i1, f0, shape, dtype, n):
-    """x with src added at a flat map of x's places: each sample's adds into its own row."""
+def _scatter(op, args, i0, i1, f0, shape, dtype, n):
+    """x with src added (scatter_add) or written (setitem) at a flat map of x's places: each
+    sample's into its own row of the batch."""
     (x, xb, xs), (src, sb, ss), (m, mb, _) = args
     if not isinstance(x, Tensor) or not isinstance(src, Tensor):
         raise Unbatchable(f"row {op.name!r} of a constant")
@@ -856,7 +877,8 @@ RULES = {
     "mm": _mm, "bmm": _bmm, "cat": _join(False), "stack": _join(True),
     "select": _gather, "slice": _gather, "alias": _gather, "index_unsqueeze": _gather, "index": _gather,
     "index_select": _gather, "gather": _gather, "max_dim": _gather, "min_dim": _gather, "repeat": _gather,
-    "flip": _gather, "split": _gather, "unbind": _gather, "scatter_add": _scatter_add,
+    "flip": _gather, "split": _gather, "unbind": _gather, "scatter_add": _scatter,
+    "index_put": _scatter, "index_put_advanced": _scatter,
     "where": _where, "masked_fill": _masked_fill, "nll_loss": _nll_loss,
     "max": _over_dims, "min": _over_dims, "amax": _over_dims, "amin": _over_dims, "prod": _over_dims,
     "prod_dim": _over_dims, "norm": _over_dims, "var": _over_dims, "cumsum": _over_dims,

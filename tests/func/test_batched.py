@@ -17,7 +17,7 @@ BATCHED = {"add", "sub", "mul", "div", "pow", "add_scalar", "rsub_scalar", "sub_
            "view", "unsqueeze", "squeeze", "mm", "softmax", "log_softmax", "select", "slice", "expand", "bmm",
            "cat", "stack", "clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm",
            "var", "std_root", "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather",
-           "scatter_add", "where", "masked_fill", "nll_loss"}
+           "scatter_add", "where", "masked_fill", "nll_loss", "copy", "zero", "fill", "index_put"}
 
 
 def _samples(case, seed):
@@ -122,8 +122,15 @@ def test_batched_output_is_differentiable():
     np.testing.assert_allclose(w.grad.numpy(), ((x * w).cos() * x).sum(0).detach().numpy(), rtol=1e-12)
 
 
+def _write_under_a_view(r):
+    z = r * 1
+    v = z.view(3, 1)
+    z.zero_()
+    return v + r
+
+
 @pytest.mark.parametrize("f, why", [
-    (lambda r: (r * 1).zero_() + r, "row 'zero' has no batching rule"),
+    (_write_under_a_view, "it writes in place into a tensor that a view shares"),
     (lambda r: tg.cat([r, r[r > 0]]).sum() + r[0], "differs in shape between samples"),
     (lambda r: r + tg.rand(3), "it draws random numbers"),
 ])
@@ -219,7 +226,7 @@ def test_long_joins_against_a_loop():
 # rows that batch by the rules for reductions, scans, index maps, masks and nll_loss
 RULED = ["clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm", "var", "std_root",
          "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather", "scatter_add", "where",
-         "masked_fill", "nll_loss"]
+         "masked_fill", "nll_loss", "copy", "zero", "fill", "index_put"]
 
 
 def _per_sample_grads(lib, fn, arrays, in_dims, argnums):
@@ -338,3 +345,30 @@ def test_masks_from_batched_values_against_a_loop():
         np.testing.assert_allclose(vm(x, y).numpy(), tg.stack([f(pick(x, dims[0], b), pick(y, dims[1], b))
                                                                for b in range(4)]).numpy(), rtol=1e-12)
         assert vm.batched == 1, vm.why
+
+
+def test_in_place_writes_against_a_loop():
+    """Writes into tensors func makes (setitem with a basic key or an index tensor, copy_,
+    masked_fill_, clamp_) batch; a write into an argument loops."""
+    def f(x, i):
+        z = x * 2
+        z[1:] = x[:2].exp()
+        z[i] = x[0]
+        z.masked_fill_(x > 1.0, 0.5)
+        w = tg.zeros(3, dtype=x.dtype)
+        w.copy_(z.flip(0))
+        w.clamp_(min=0.0)
+        return w * z
+
+    rng = np.random.default_rng(7)
+    x, i = tg.tensor(rng.standard_normal((5, 3))), tg.tensor(rng.integers(0, 3, (5, 1)))
+    for fn in (f, func.grad(lambda x, i: f(x, i).sum())):
+        vm = func.vmap(fn)
+        for _ in range(2):
+            np.testing.assert_allclose(vm(x, i).numpy(), tg.stack([fn(x[b], i[b]) for b in range(5)]).numpy(),
+                                       rtol=1e-12)
+        assert vm.batched == 2, vm.why
+    vm, y = func.vmap(lambda x: x.mul_(2).sum()), x.clone()
+    np.testing.assert_allclose(vm(y).numpy(), 2 * x.numpy().sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(y.numpy(), 2 * x.numpy())  # (as torch.func writes into the batch)
+    assert vm.looped == 1 and "argument" in vm.why
