@@ -27,9 +27,15 @@ reads the batched mask itself), and a sample whose map has another shape, or fai
 loop. While the compiled batch step records, these maps are registered as derived
 (ops.results._derived), so its replays make them again from the new values.
 
-Other rows (in-place writes, random draws, custom Functions, backward inside ``func``, and the
-gradient rows threshold_backward, leaky_relu_backward and nll_loss_backward) have no rule: such a
-program makes vmap call ``func`` once per sample (``why`` says which row).
+In-place writes into tensors ``func`` makes (setitem, copy_, zero_, fill_, masked_fill_...): the
+write's row by its rule, the write itself a rebinding (the rows after it read the new value); a
+write into an argument or a tensor read from outside, or into a tensor that a view shares, loops.
+Random draws, as torch.func's randomness: 'same' draws once for all samples (the values a loop
+gives, the recording's draws undone), 'different' once per sample; 'error' loops, which raises.
+
+Other rows (custom Functions, backward inside ``func``, and the gradient rows threshold_backward,
+leaky_relu_backward and nll_loss_backward, which only a backward inside ``func`` records) have no
+rule: such a program makes vmap call ``func`` once per sample (``why`` says which row).
 
 Guards: a value Python read out of a tensor during the recording is compared per sample; the
 samples whose values differ run another variant of the program, recorded on the first of them,
@@ -51,7 +57,7 @@ import numpy as np
 
 from ..autograd.api import grad as _autograd_grad
 from ..compiler import _checks_hold, _sources
-from ..compiler.program import CONST, DERIVED, EXT, GUARD, OP, PY, WRITE, Recording, Unreplayable, python_forward
+from ..compiler.program import CONST, DERIVED, EXT, GUARD, OP, PY, RAND, WRITE, Recording, Unreplayable, python_forward
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
 from ..ops.results import _constant, _noted_python, _record
@@ -86,8 +92,8 @@ class BatchedFunction:
     """The batched replays of one vmapped function, by signature (the sample's shapes, dtypes,
     requires_grad, mapped dims and non-tensor arguments)."""
 
-    def __init__(self, func):
-        self.func = func
+    def __init__(self, func, randomness="error"):
+        self.func, self.randomness = func, randomness
         grad_of = getattr(func, "_grad_of", None)  # vmap(grad(f)): replay f, differentiate the batch
         self.inner, self.argnums, has_aux = grad_of if grad_of else (func, None, False)
         self.enabled = not has_aux
@@ -199,8 +205,9 @@ class _Run:
             raise Unbatchable(str(e)) from None
         if program is None:
             raise Unbatchable(rec.bad)
-        if program.has_rand:
-            raise Unbatchable("it draws random numbers (the loop applies the randomness mode)")
+        if program.has_rand and self.fn.randomness == "error":
+            raise Unbatchable("it draws random numbers (the loop raises randomness='error''s error)")
+        program.randomness = self.fn.randomness
         program.ospec = ospec
         positions = [k for k, v in enumerate(args) if isinstance(v, Tensor)]
         program.arg_slot = {s: positions[program.slots[s].arg] for s in program.ext if program.slots[s].arg >= 0}
@@ -221,7 +228,12 @@ class _Run:
             if v == len(variants):
                 if len(variants) >= MAX_VARIANTS:
                     raise Unbatchable(f"more than {MAX_VARIANTS} branch variants")
+                from ..creation import _rng
+                gen = _rng[0]  # (inside an outer vmap's loop in randomness='error' mode: its stand-in)
+                state = gen.bit_generator.state if isinstance(gen, np.random.Generator) else None
                 variants.append(self._record(int(idx[0])))
+                if variants[-1].has_rand and state is not None:  # (the replay draws what the recording drew)
+                    gen.bit_generator.state = state
             try:
                 pieces.append((idx, self._replay(variants[v], idx)))
             except _Split as s:
@@ -457,6 +469,9 @@ def replay(prog, args, n, taps=None):
                 raise _Split(passed)
         elif kind == CONST:
             vals[out] = _constant(prog.slots[out].value.copy())
+        elif kind == RAND:  # (torch.func's randomness: one draw for all samples, or one per sample)
+            draw = op if prog.randomness == "same" else _draws(op, n)
+            vals[out], batched[out] = _drawn(draw), prog.randomness != "same"
         elif kind == PY:
             fn, consts = op
             ins = [vals[s] for s in a]
@@ -526,6 +541,20 @@ def _derive(value, fn, *inputs):
     if p is not None and all(isinstance(x, Tensor) or id(x) in p.derived for x in inputs):
         p.derive(value, fn, inputs)
     return value
+
+
+def _draws(draw, n):
+    return lambda: np.stack([draw() for _ in range(n)])
+
+
+def _drawn(draw):
+    """A random tensor of draw(), noted as a draw where a tg.compile of the replay records (its
+    replays draw afresh)."""
+    t = leaf(draw())
+    p = recording_program()
+    if p is not None:
+        p.note_created(t, draw)
+    return t
 
 
 def _unrecorded(fn, *args):
