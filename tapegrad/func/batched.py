@@ -482,7 +482,7 @@ def replay(prog, args, n, taps=None):
                 vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else leaf(v)
                 continue
             if i0 == DERIVED:  # made when a row needs it: rules that read the tensors it comes from skip it
-                vals[out] = _PerSample(fn, [(vals[s], batched[s]) for s in a], n, prog.slots[out].shape)
+                vals[out] = _PerSample(fn, [(vals[s], batched[s]) for s in a], prog.slots[out].shape)
             else:
                 vals[out] = _batched_python(fn, consts, [(vals[s], batched[s], prog.slots[s].shape) for s in a],
                                             prog.slots[out].shape, n)
@@ -544,6 +544,7 @@ def _derive(value, fn, *inputs):
 
 
 def _draws(draw, n):
+    """One draw per sample, stacked."""
     return lambda: np.stack([draw() for _ in range(n)])
 
 
@@ -575,7 +576,7 @@ def _per_sample(f, n, shape):
         raise Unbatchable(f"an index map or mask made from a batched tensor's values fails for a sample: {e}") from None
     if any(o.shape != tuple(shape) for o in out):
         raise Unbatchable("an index map or mask made from a batched tensor's values differs in shape between samples")
-    return np.stack(out) if out else np.zeros((0,) + tuple(shape))
+    return np.stack(out)
 
 
 def _stacked(fn, flags, shape):
@@ -589,10 +590,10 @@ def _stacked(fn, flags, shape):
 class _PerSample:
     """A map or mask that a derived row makes from batched values, per sample: made when a rule needs
     it (``value``); rules that can read the tensors it comes from (``ins``) skip it."""
-    __slots__ = ("fn", "ins", "n", "shape", "_value")
+    __slots__ = ("fn", "ins", "shape", "_value")
 
-    def __init__(self, fn, ins, n, shape):
-        self.fn, self.ins, self.n, self.shape, self._value = fn, ins, n, tuple(shape), None
+    def __init__(self, fn, ins, shape):
+        self.fn, self.ins, self.shape, self._value = fn, ins, tuple(shape), None
 
     def value(self):
         """(n, *one sample's map shape)."""
@@ -634,14 +635,13 @@ def _full_mask(arg, shape, n):
     """A where or masked_fill condition (its row's: the mask tensor's values broadcast to the sample's
     shape) over the batch, (n, *shape): from the mask tensor itself where it is batched."""
     m, batched, _ = arg
-    rank = len(shape)
     if batched:
         src = m.ins[0] if len(m.ins) == 1 else None
         if src is None or not isinstance(src[0], Tensor) or not src[1]:
             return _broadcast_mask(m.value(), True, shape, shape, n)
         mask = src[0]
         full = _broadcast_mask(mask, True, tuple(mask.shape[1:]), shape, n)
-        if not np.array_equal(np.asarray(_unrecorded(m.fn, mask._value[0])), full[0]):  # (its row broadcasts, as where's)
+        if not np.array_equal(np.asarray(_unrecorded(m.fn, mask._value[0])), full[0]):  # (its row broadcasts)
             return _broadcast_mask(m.value(), True, shape, shape, n)
         return full
     return _broadcast_mask(m, False, np.shape(m), shape, n)
@@ -673,8 +673,8 @@ def _is_elementwise(op):
     return op.formula is not None or FWD_KIND[op.code] in (ELEMENTWISE, BINARY) or op.name in ELEMENTWISE_ROWS
 
 
-ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "copy", "leaky_relu", "gelu", "softplus", "to", "clone",
-                    "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
+ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "copy", "leaky_relu", "gelu",
+                    "softplus", "to", "clone", "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
 
 
 def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
