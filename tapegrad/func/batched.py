@@ -574,9 +574,10 @@ def _per_sample(f, n, shape):
         out = [np.asarray(_unrecorded(f, b)) for b in range(n)]
     except Exception as e:  # (a sample that its program does not fit: the loop runs it, or raises as eager does)
         raise Unbatchable(f"an index map or mask made from a batched tensor's values fails for a sample: {e}") from None
-    if any(o.shape != tuple(shape) for o in out):
+    size = int(np.prod(shape))
+    if any(o.size != size for o in out):
         raise Unbatchable("an index map or mask made from a batched tensor's values differs in shape between samples")
-    return np.stack(out)
+    return np.stack([o.reshape(shape) for o in out])  # (NumPy makes some 0-d maps 1-d)
 
 
 def _stacked(fn, flags, shape):
@@ -641,7 +642,8 @@ def _full_mask(arg, shape, n):
             return _broadcast_mask(m.value(), True, shape, shape, n)
         mask = src[0]
         full = _broadcast_mask(mask, True, tuple(mask.shape[1:]), shape, n)
-        if not np.array_equal(np.asarray(_unrecorded(m.fn, mask._value[0])), full[0]):  # (its row broadcasts)
+        first = np.asarray(_unrecorded(m.fn, mask._value[0]))
+        if first.size != full[0].size or not np.array_equal(first.reshape(full[0].shape), full[0]):  # (it broadcasts)
             return _broadcast_mask(m.value(), True, shape, shape, n)
         return full
     return _broadcast_mask(m, False, np.shape(m), shape, n)
@@ -805,11 +807,12 @@ def _over_dims(op, args, i0, i1, f0, shape, dtype, n):
     from ..ops import amax, amin, cumsum, norm, prod, var
     from ..ops.attrs import Mask
     v, batched, s = args[0]
-    if not s:
+    scalar = not s
+    if scalar:
         v, s = v.unsqueeze(1), (1,)
     if op.name == "cumsum":
-        return cumsum(v, i0 % len(s) + 1).reshape((n,) + tuple(shape))
-    dims = tuple(d + 1 for d in Mask.decode(i0, len(s)))
+        return cumsum(v, 1 if scalar else i0 % len(s) + 1).reshape((n,) + tuple(shape))
+    dims = (1,) if scalar else tuple(d + 1 for d in Mask.decode(i0, len(s)))
     keep = bool(i1 & 1) and len(shape) == len(s)
     if op.name in ("max", "amax"):
         out = amax(v, dims, keep)

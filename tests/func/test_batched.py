@@ -393,3 +393,24 @@ def test_random_draws_batch_in_torch_funcs_modes():
                 assert not np.array_equal(got, seen[-1])  # (fresh draws, unseeded)
             np.testing.assert_array_equal(seen[0], seen[2])  # (seeded: the same draws)
             assert vm.batched == 6 and vm.looped == 0, vm.why
+
+
+SCALAR_SAMPLES = {
+    "max": lambda r: r.max(), "amin": lambda r: r.amin(keepdim=True), "prod": lambda r: r.prod(),
+    "prod_dim": lambda r: r.prod(0), "norm": lambda r: r.norm(p=3), "var": lambda r: r.var(correction=0) + r,
+    "std": lambda r: r.std(0, correction=0) + r, "cumsum": lambda r: r.cumsum(0), "max_dim": lambda r: r.max(0).values,
+    "indices": lambda r: r.max(0, keepdim=True).indices * r, "repeat": lambda r: r.repeat(3),
+    "gather": lambda r: r[None].gather(0, tg.tensor([0, 0])), "where": lambda r: tg.where(r > 0, r, -r),
+    "masked_fill": lambda r: r.masked_fill(r > 1, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_SAMPLES))
+def test_scalar_samples_against_a_loop(name):
+    """0-d samples: reductions over a dim of one after the batch axis; maps and masks of one element."""
+    f = SCALAR_SAMPLES[name]
+    x = tg.tensor([1.5, -2.0, 0.5, 3.0])
+    for fn in (f, func.grad(lambda r: (f(r) ** 2).sum())):
+        vm = func.vmap(fn)
+        np.testing.assert_allclose(vm(x).numpy(), tg.stack([fn(x[b]) for b in range(4)]).numpy(), rtol=1e-12)
+        assert vm.batched == 1, vm.why
