@@ -476,10 +476,10 @@ def replay(prog, args, n, taps=None):
             fn, consts = op
             ins = [vals[s] for s in a]
             if not any(batched[s] for s in a):
-                it = iter(_array(v) for v in ins)
-                py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
-                v = np.asarray(_unrecorded(fn, *py_args))
-                vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else leaf(v)
+                it = iter(ins)
+                operands = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
+                v = np.asarray(_unrecorded(fn, *[_array(o) for o in operands]))
+                vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else _noted_python(fn, operands, leaf(v))
                 continue
             if i0 == DERIVED:  # made when a row needs it: rules that read the tensors it comes from skip it
                 vals[out] = _PerSample(fn, [(vals[s], batched[s]) for s in a], prog.slots[out].shape)

@@ -274,27 +274,30 @@ def _compiled_replays(vm):
     return tg.compiler.stats(step)["replay_count"]
 
 
-@pytest.mark.parametrize("mapped_index", [True, False])
-def test_index_tensors_mapped_and_not_against_a_loop(mapped_index):
-    """gather, index_select, x[index] and scatter_add with the index tensor mapped (each sample its
-    own) or shared; the compiled batch step derives the positions again from new indices."""
+@pytest.mark.parametrize("dims", [(0, 0, 0), (0, None, None), (None, 0, 0)])
+def test_index_tensors_mapped_and_not_against_a_loop(dims):
+    """gather, index_select, x[index], max along a dim, scatter_add, where and masked_fill with the
+    index tensors mapped (each sample its own) or shared, and x mapped or shared; the compiled batch
+    step derives the positions again from new indices."""
     def f(x, i, j):
-        picked = x.gather(1, i) * x.index_select(0, j).sum() + x[j].sum(0).sum()
-        return tg.zeros(2, 3, dtype=x.dtype).scatter_add(1, i, picked.exp()) + x
+        picked = x.gather(1, i) * x.index_select(0, j).sum() + x[j].sum(0).sum() + x.max(1).values.sum()
+        return tg.zeros(2, 3, dtype=x.dtype).scatter_add(1, i, picked.exp()) + \
+            tg.where(x > 0.3, x, 0.0).masked_fill(x < -1.0, 2.0)
+
+    def loss(*a):
+        return (f(*a) ** 2).sum()
+
     rng = np.random.default_rng(4)
-    vm = func.vmap(f, in_dims=(0, 0 if mapped_index else None, 0 if mapped_index else None))
-    vg = func.vmap(func.grad(lambda *a: (f(*a) ** 2).sum()), in_dims=vm._batched.func and
-                   (0, 0 if mapped_index else None, 0 if mapped_index else None))
+    vm, vg = func.vmap(f, in_dims=dims), func.vmap(func.grad(loss), in_dims=dims)
     for _ in range(3):
-        x = tg.tensor(rng.standard_normal((5, 2, 3)))
-        shape = ((5,) if mapped_index else ())
+        x = tg.tensor(rng.standard_normal((5, 2, 3) if dims[0] == 0 else (2, 3)))
+        shape = (5,) if dims[1] == 0 else ()
         i = tg.tensor(rng.integers(0, 3, shape + (2, 2)))
         j = tg.tensor(rng.integers(0, 2, shape + (3,)))
-        pick = (lambda b: (i[b], j[b])) if mapped_index else (lambda b: (i, j))
-        np.testing.assert_allclose(vm(x, i, j).numpy(), tg.stack([f(x[b], *pick(b)) for b in range(5)]).numpy(),
+        args = lambda b: [t if d is None else t[b] for t, d in zip((x, i, j), dims)]  # noqa: E731
+        np.testing.assert_allclose(vm(x, i, j).numpy(), tg.stack([f(*args(b)) for b in range(5)]).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(vg(x, i, j).numpy(), tg.stack([func.grad(loss)(*args(b)) for b in range(5)]).numpy(),
                                    rtol=1e-12)
-        np.testing.assert_allclose(vg(x, i, j).numpy(), tg.stack([
-            func.grad(lambda *a: (f(*a) ** 2).sum())(x[b], *pick(b)) for b in range(5)]).numpy(), rtol=1e-12)
     assert vm.batched == 3 and vg.batched == 3, (vm.why, vg.why)
     assert _compiled_replays(vm) == 1 and _compiled_replays(vg) == 1  # (the second call records the step)
 
