@@ -477,7 +477,7 @@ def replay(prog, args, n, taps=None):
             ins = [vals[s] for s in a]
             if not any(batched[s] for s in a):
                 it = iter(ins)
-                operands = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
+                operands = [next(it) if i0 == DERIVED or k is None else k for k in consts]
                 v = np.asarray(_unrecorded(fn, *[_array(o) for o in operands]))
                 vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else _noted_python(fn, operands, leaf(v))
                 continue
@@ -676,7 +676,8 @@ def _is_elementwise(op):
 
 
 ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "copy", "leaky_relu", "gelu",
-                    "softplus", "to", "clone", "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
+                    "softplus", "to", "clone", "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar",
+                    "rpow_scalar", "atan2", "hypot"}
 
 
 def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
