@@ -206,7 +206,7 @@ class _Run:
         if program is None:
             raise Unbatchable(rec.bad)
         if program.has_rand and self.fn.randomness == "error":
-            raise Unbatchable("it draws random numbers (the loop raises randomness='error''s error)")
+            raise Unbatchable("it draws random numbers in randomness='error' mode (the loop raises torch's error)")
         program.randomness = self.fn.randomness
         program.ospec = ospec
         positions = [k for k, v in enumerate(args) if isinstance(v, Tensor)]
@@ -516,13 +516,6 @@ def _array(v):
     return v._value if isinstance(v, Tensor) else v
 
 
-def _pad(v, batched, shape, rank, n):
-    """A batched array (n, *shape) as (n, 1.., *shape) of rank 1 + rank; an unbatched one as it is."""
-    if not batched:
-        return v
-    return v.reshape((n,) + (1,) * (rank - len(shape)) + tuple(shape))
-
-
 def _unbatched_row(op, ins, i0, i1, f0, out):
     """A row whose operands are the same for every sample: run once, as recorded."""
     arrays = [None if v is None else _array(v) for v in ins]
@@ -680,17 +673,16 @@ ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "
                     "rpow_scalar", "atan2", "hypot"}
 
 
+def _padded(op, arg, rank, n):
+    """A batched operand padded to the row's rank after the batch axis; an unbatched one as it is."""
+    v, batched, s = arg
+    if not isinstance(v, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    return v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v
+
+
 def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
-    rank = len(shape)
-    padded = []
-    for arg in args:
-        if arg is None:
-            padded.append(None)
-            continue
-        v, batched, s = arg
-        if not isinstance(v, Tensor):
-            raise Unbatchable(f"row {op.name!r} reads a constant operand")
-        padded.append(v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v)
+    padded = [None if arg is None else _padded(op, arg, len(shape), n) for arg in args]
     arrays = [None if p is None else p._value for p in padded]
     value = python_forward(op)(arrays, i0, i1, f0, (n,) + tuple(shape), dtype)
     if value.__class__ is tuple:
@@ -778,13 +770,6 @@ def _scatter(op, args, i0, i1, f0, shape, dtype, n):
     positions = _batch_map(m, mb, n, int(np.prod(xs)))
     value = python_forward(op)([x._value, src._value, positions], 0, 0, 0.0, (n,) + tuple(shape), dtype)
     return _record(op, value, x, src, positions)
-
-
-def _padded(op, arg, rank, n):
-    v, batched, s = arg
-    if not isinstance(v, Tensor):
-        raise Unbatchable(f"row {op.name!r} reads a constant operand")
-    return v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched else v
 
 
 def _where(op, args, i0, i1, f0, shape, dtype, n):
