@@ -220,53 +220,50 @@ def test_long_joins_against_a_loop():
     assert vm.batched == 1, vm.why
 
 
-# rows that batch by the rules for reductions, scans, index maps, masks and nll_loss
+# rows that batch by the rules for reductions, scans, index maps, masks, nll_loss and in-place writes
 RULED = ["clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm", "var", "std_root",
          "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather", "scatter_add", "where",
          "masked_fill", "nll_loss", "copy", "zero", "fill", "index_put"]
 
 
-def _per_sample_grads(lib, fn, arrays, in_dims, argnums):
+def _per_sample_grads(lib, fn, argnums, in_dims):
     F = func if lib is tg else lib.func
-    loss = lambda *xs: (fn(lib, *xs) ** 2).sum()  # noqa: E731
-    vg = F.vmap(F.grad(loss, argnums=argnums), in_dims=in_dims)
-    args = [lib.tensor(a) for a in arrays]
-    out = vg(*args)
-    return vg, [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
+    return F.vmap(F.grad(lambda *xs: (fn(lib, *xs) ** 2).sum(), argnums=argnums), in_dims=in_dims)
+
+
+def _arrays(out):
+    return [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
 
 
 @pytest.mark.parametrize("name", RULED)
 def test_per_sample_gradients_through_the_rules_batch_as_torch_func(name):
-    """vmap(grad(f)) through each rule batches (no call of f per sample), on this call and on the
-    compiled batch step's later ones with new values, and gives torch.func's per-sample gradients
-    (a loop's where torch is missing)."""
+    """vmap(grad(f)) through each rule batches (no call of f per sample), on the first call and on
+    the compiled batch step's later ones with new values, and gives torch.func's per-sample
+    gradients (a loop's where torch is missing)."""
     case = CASES[name].first
     n = len(case.shapes)
-    in_dims = (0,) + (None,) * (n - 1) if n > 1 else 0
+    in_dims = (0,) + (None,) * (n - 1) if n > 1 else 0  # (the first input mapped, the others shared)
     argnums = tuple(range(n)) if n > 1 else 0
+    mine = _per_sample_grads(tg, case.fn, argnums, in_dims)
+    try:
+        import torch
+        theirs = _per_sample_grads(torch, case.fn, argnums, in_dims)
+    except ImportError:
+        torch = None
     for seed in (11, 12, 13):
         rng = np.random.default_rng(seed)
         arrays = [np.stack([case.sampler(rng, case.shapes[0]) for _ in range(4)])] + \
             [case.sampler(rng, s) for s in case.shapes[1:]]
-        if seed == 11:
-            vg, got = _per_sample_grads(tg, case.fn, arrays, in_dims, argnums)
-            vg_tg = vg
+        got = _arrays(mine(*[tg.tensor(a) for a in arrays]))
+        if torch is not None:
+            expect = _arrays(theirs(*[torch.tensor(a) for a in arrays]))
         else:
-            args = [tg.tensor(a) for a in arrays]
-            out = vg_tg(*args)
-            got = [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
-        try:
-            import torch
-            expect = _per_sample_grads(torch, case.fn, arrays, in_dims, argnums)[1]
-        except ImportError:
-            per = [func.grad(lambda *xs: (case.fn(tg, *xs) ** 2).sum(), argnums=argnums)(
-                tg.tensor(arrays[0][b]), *[tg.tensor(a) for a in arrays[1:]]) for b in range(4)]
-            per = [p if isinstance(p, tuple) else (p,) for p in per]
-            expect = [np.stack([p[0].numpy() for p in per])] + [np.stack([p[k].numpy() for p in per])
-                                                                  for k in range(1, n)]
+            grad = func.grad(lambda *xs: (case.fn(tg, *xs) ** 2).sum(), argnums=argnums)
+            per = [_arrays(grad(tg.tensor(arrays[0][b]), *[tg.tensor(a) for a in arrays[1:]])) for b in range(4)]
+            expect = [np.stack(column) for column in zip(*per)]
         for g, e in zip(got, expect):
             np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
-    assert vg_tg.batched == 3 and vg_tg.looped == 0, vg_tg.why
+    assert mine.batched == 3 and mine.looped == 0, mine.why
 
 
 def _compiled_replays(vm):
