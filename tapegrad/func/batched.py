@@ -823,7 +823,9 @@ def _nll_loss(op, args, i0, i1, f0, shape, dtype, n):
     if not isinstance(lp, Tensor):
         raise Unbatchable(f"row {op.name!r} reads a constant operand")
     lp = (lp if lb else lp.unsqueeze(0).expand((n, rows, classes))).reshape(n * rows, classes)
-    positions = _batch_map(pos, pb, n, rows * classes)
+    positions = _target_places(pos, n, rows, classes) if pb else None
+    if positions is None:
+        positions = _batch_map(pos, pb, n, rows * classes)
     weights = empty = None
     if w is not None:
         wv, wb, _ = w
@@ -851,6 +853,26 @@ def _nll_loss(op, args, i0, i1, f0, shape, dtype, n):
     from ..ops.elementwise import MASKED_FILL
     mask = _derive(np.broadcast_to(empty, (n,)).copy(), lambda e: np.broadcast_to(e, (n,)).copy(), empty)
     return _record(MASKED_FILL, np.where(mask, np.nan, total._value), total, mask, f0=np.nan)
+
+
+def _target_places(m, n, rows, classes):
+    """nll_loss's positions over the batch straight from the batched targets, where its map is their
+    places in each sample's (N, C) (i * C + target: cross_entropy's common case); None otherwise."""
+    if len(m.ins) != 1 or not isinstance(m.ins[0][0], Tensor) or not m.ins[0][1]:
+        return None
+    target = m.ins[0][0]
+
+    def places(t):
+        t = t.reshape(-1).astype(np.int64, copy=False)
+        if t.size and (t.min() < 0 or t.max() >= classes):
+            raise Unbatchable("a target out of range: cross_entropy takes its general path per sample")
+        return np.ascontiguousarray(np.arange(t.size, dtype=np.int64) * classes + t)
+    first = target._value[:1]
+    try:
+        ok = np.array_equal(np.asarray(_unrecorded(m.fn, first[0])).reshape(-1), places(first))
+    except Exception:  # (its function refuses the first sample: the map per sample says why)
+        ok = False
+    return _derive(places(target._value), places, target) if ok else None
 
 
 def _join(stack):
