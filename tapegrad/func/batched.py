@@ -22,9 +22,9 @@ batched tensors carry the tape and a backward runs over all samples at once:
 
 A map or mask made from tensors' values (an index tensor's, max's positions, a mask, nll_loss's
 targets and weights: a derived row) is made once for all samples where its tensors are unbatched;
-from batched ones, its function runs on each sample in NumPy when a rule needs it (a mask's rule
-reads the batched mask itself), and a sample whose map has another shape, or fails, makes vmap
-loop. While the compiled batch step records, these maps are registered as derived
+from batched ones, its function runs on each sample in NumPy when a rule needs it (where's and
+masked_fill's rules read the batched mask itself, nll_loss's the batched targets where its map is
+their places), and a sample whose map has another shape, or fails, makes vmap loop. While the compiled batch step records, these maps are registered as derived
 (ops.results._derived), so its replays make them again from the new values.
 
 In-place writes into tensors ``func`` makes (setitem, copy_, zero_, fill_, masked_fill_...): the
