@@ -7,20 +7,35 @@ tensor with the samples along a leading axis. A row whose operands are all unbat
 recorded; otherwise its batching rule (``RULES``) runs it on the batch as tapegrad ops, so the
 batched tensors carry the tape and a backward runs over all samples at once:
 
-- elementwise rows (and comparisons): the batched operands padded to the row's rank after the
-  batch axis; NumPy broadcasts the unbatched ones against them;
+- elementwise rows (and comparisons, clamp, std's root): the batched operands padded to the row's
+  rank after the batch axis; NumPy broadcasts the unbatched ones against them;
 - view, reshape, squeeze, unsqueeze, expand: the sample shape behind the batch axis;
-- sum, mean (over all or some dims), softmax, log_softmax, t, transpose, permute: the dims shifted
-  by one;
+- sum, mean, max, min, amax, amin, prod, norm, var (over all or some dims), cumsum, softmax,
+  log_softmax, t, transpose, permute: the dims shifted by one (a 0-d sample's over a dim of one);
 - mm with one operand shared: one GEMM over all samples' rows (or columns); both batched: bmm;
 - bmm: the samples' batches as one; cat and stack: along the dim after the batch axis;
-- select, slice and the other rows that pick elements by a flat map: the map applied to each
-  sample's row of the batch (index_select).
+- select, slice, flip, repeat, split, unbind, index_select, gather, x[index], max and min along a
+  dim, and the other rows that pick elements by a flat map, and scatter_add, which adds at one:
+  the row over the batch, each sample's map shifted to its own row of the batch;
+- where and masked_fill: the mask at the batch's shape;
+- nll_loss: the samples' (N, C) log-probabilities as one, unreduced, then each sample's sum scaled.
 
-Other rows (max, min, prod, norm, var, cumsum, flip, repeat, split, unbind, gather and scatter
-with tensor indices, masks made from batched values, in-place writes, random draws, custom
-Functions, backward inside ``func``) have no rule: such a program makes vmap call ``func`` once
-per sample (``why`` says which row).
+A map or mask made from tensors' values (an index tensor's, max's positions, a mask, nll_loss's
+targets and weights: a derived row) is made once for all samples where its tensors are unbatched;
+from batched ones, its function runs on each sample in NumPy when a rule needs it (where's and
+masked_fill's rules read the batched mask itself, nll_loss's the batched targets where its map is
+their places), and a sample whose map has another shape, or fails, makes vmap loop. While the compiled batch step records, these maps are registered as derived
+(ops.results._derived), so its replays make them again from the new values.
+
+In-place writes into tensors ``func`` makes (setitem, copy_, zero_, fill_, masked_fill_...): the
+write's row by its rule, the write itself a rebinding (the rows after it read the new value); a
+write into an argument or a tensor read from outside, or into a tensor that a view shares, loops.
+Random draws, as torch.func's randomness: 'same' draws once for all samples (the values a loop
+gives, the recording's draws undone), 'different' once per sample; 'error' loops, which raises.
+
+Other rows (custom Functions, backward inside ``func``, and the gradient rows threshold_backward,
+leaky_relu_backward and nll_loss_backward, which only a backward inside ``func`` records) have no
+rule: such a program makes vmap call ``func`` once per sample (``why`` says which row).
 
 Guards: a value Python read out of a tensor during the recording is compared per sample; the
 samples whose values differ run another variant of the program, recorded on the first of them,
@@ -42,11 +57,11 @@ import numpy as np
 
 from ..autograd.api import grad as _autograd_grad
 from ..compiler import _checks_hold, _sources
-from ..compiler.program import CONST, DERIVED, GUARD, OP, PY, Recording, Unreplayable, python_forward
+from ..compiler.program import CONST, DERIVED, EXT, GUARD, OP, PY, RAND, WRITE, Recording, Unreplayable, python_forward
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
-from ..ops.results import _record
-from ..tape import _hot
+from ..ops.results import _constant, _noted_python, _record
+from ..tape import _hot, recording_program
 from ..tensor import Tensor, leaf
 from ._tree import flatten, unflatten
 
@@ -77,8 +92,8 @@ class BatchedFunction:
     """The batched replays of one vmapped function, by signature (the sample's shapes, dtypes,
     requires_grad, mapped dims and non-tensor arguments)."""
 
-    def __init__(self, func):
-        self.func = func
+    def __init__(self, func, randomness="error"):
+        self.func, self.randomness = func, randomness
         grad_of = getattr(func, "_grad_of", None)  # vmap(grad(f)): replay f, differentiate the batch
         self.inner, self.argnums, has_aux = grad_of if grad_of else (func, None, False)
         self.enabled = not has_aux
@@ -162,7 +177,8 @@ class _Run:
         """The program of func's inner function on sample b."""
         args = []
         for k, (x, d) in enumerate(zip(self.leaves, self.dims)):
-            v = x if self.batched[k] is None else self.batched[k][b].contiguous()
+            # (a copy: func may write into its argument, and the loop after a failed recording must see it unchanged)
+            v = x if self.batched[k] is None else self.batched[k][b].detach().clone()
             if k in self.diff:
                 v = v.detach().requires_grad_()  # (as grad records it)
             elif isinstance(v, Tensor) and self.batched[k] is not None:
@@ -189,8 +205,9 @@ class _Run:
             raise Unbatchable(str(e)) from None
         if program is None:
             raise Unbatchable(rec.bad)
-        if program.has_rand:
-            raise Unbatchable("it draws random numbers (the loop applies the randomness mode)")
+        if program.has_rand and self.fn.randomness == "error":
+            raise Unbatchable("it draws random numbers in randomness='error' mode (the loop raises torch's error)")
+        program.randomness = self.fn.randomness
         program.ospec = ospec
         positions = [k for k, v in enumerate(args) if isinstance(v, Tensor)]
         program.arg_slot = {s: positions[program.slots[s].arg] for s in program.ext if program.slots[s].arg >= 0}
@@ -211,7 +228,12 @@ class _Run:
             if v == len(variants):
                 if len(variants) >= MAX_VARIANTS:
                     raise Unbatchable(f"more than {MAX_VARIANTS} branch variants")
+                from ..creation import _rng
+                gen = _rng[0]  # (inside an outer vmap's loop in randomness='error' mode: its stand-in)
+                state = gen.bit_generator.state if isinstance(gen, np.random.Generator) else None
                 variants.append(self._record(int(idx[0])))
+                if variants[-1].has_rand and state is not None:  # (the replay draws what the recording drew)
+                    gen.bit_generator.state = state
             try:
                 pieces.append((idx, self._replay(variants[v], idx)))
             except _Split as s:
@@ -446,22 +468,31 @@ def replay(prog, args, n, taps=None):
             if not passed.all():
                 raise _Split(passed)
         elif kind == CONST:
-            vals[out] = leaf(prog.slots[out].value.copy())
+            vals[out] = _constant(prog.slots[out].value.copy())
+        elif kind == RAND:  # (torch.func's randomness: one draw for all samples, or one per sample)
+            draw = op if prog.randomness == "same" else _draws(op, n)
+            vals[out], batched[out] = _drawn(draw), prog.randomness != "same"
         elif kind == PY:
             fn, consts = op
             ins = [vals[s] for s in a]
             if not any(batched[s] for s in a):
-                it = iter(_array(v) for v in ins)
-                py_args = [next(it) for _ in consts] if i0 == DERIVED else [next(it) if k is None else k for k in consts]
-                v = np.asarray(fn(*py_args))
-                vals[out] = v if i0 == DERIVED else leaf(v)
+                it = iter(ins)
+                operands = [next(it) if i0 == DERIVED or k is None else k for k in consts]
+                v = np.asarray(_unrecorded(fn, *[_array(o) for o in operands]))
+                vals[out] = _derive(v, fn, *ins) if i0 == DERIVED else _noted_python(fn, operands, leaf(v))
                 continue
-            if i0 == DERIVED:
-                raise Unbatchable("an index map or mask is made from a batched tensor's values")
-            rank = len(prog.slots[out].shape)
-            it = iter(_pad(_array(vals[s]), batched[s], prog.slots[s].shape, rank, n) for s in a)
-            vals[out] = leaf(np.asarray(fn(*[next(it) if k is None else k for k in consts])))
+            if i0 == DERIVED:  # made when a row needs it: rules that read the tensors it comes from skip it
+                vals[out] = _PerSample(fn, [(vals[s], batched[s]) for s in a], prog.slots[out].shape)
+            else:
+                vals[out] = _batched_python(fn, consts, [(vals[s], batched[s], prog.slots[s].shape) for s in a],
+                                            prog.slots[out].shape, n)
             batched[out] = True
+        elif kind == WRITE:  # (the rows after it read the written tensor at src's slot)
+            if prog.slots[a].kind == EXT:
+                raise Unbatchable("it writes in place into an argument or a tensor read from outside")
+            if any(r[0] == OP and r[1].fwd == "fwd_view" and r[2] == a for r in prog.rows):
+                raise Unbatchable("it writes in place into a tensor that a view shares")
+            vals[a], batched[a] = vals[b], batched[b]
         else:
             raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
     outs = []
@@ -485,13 +516,6 @@ def _array(v):
     return v._value if isinstance(v, Tensor) else v
 
 
-def _pad(v, batched, shape, rank, n):
-    """A batched array (n, *shape) as (n, 1.., *shape) of rank 1 + rank; an unbatched one as it is."""
-    if not batched:
-        return v
-    return v.reshape((n,) + (1,) * (rank - len(shape)) + tuple(shape))
-
-
 def _unbatched_row(op, ins, i0, i1, f0, out):
     """A row whose operands are the same for every sample: run once, as recorded."""
     arrays = [None if v is None else _array(v) for v in ins]
@@ -499,6 +523,131 @@ def _unbatched_row(op, ins, i0, i1, f0, out):
     if value.__class__ is tuple:  # (value, the row's f0 at this call)
         value, f0 = value
     return _record(op, np.ascontiguousarray(value), *ins, i0=i0, i1=i1, f0=f0)
+
+
+def _derive(value, fn, *inputs):
+    """value = fn(*inputs) for an index map or mask: while a tg.compile of the replay records (the
+    compiled batch step), its program derives value again from the same inputs at each replay
+    (ops.results._derived). Inputs are tensors or values so registered; a map derived from a
+    constant stays a constant."""
+    p = recording_program()
+    if p is not None and all(isinstance(x, Tensor) or id(x) in p.derived for x in inputs):
+        p.derive(value, fn, inputs)
+    return value
+
+
+def _draws(draw, n):
+    """One draw per sample, stacked."""
+    return lambda: np.stack([draw() for _ in range(n)])
+
+
+def _drawn(draw):
+    """A random tensor of draw(), noted as a draw where a tg.compile of the replay records (its
+    replays draw afresh)."""
+    t = leaf(draw())
+    p = recording_program()
+    if p is not None:
+        p.note_created(t, draw)
+    return t
+
+
+def _unrecorded(fn, *args):
+    """fn(*args) with no program noting the ops it runs (a derived map's function runs eager ops
+    that a tg.compile of the replay must not take for its own)."""
+    prog, _hot.prog = getattr(_hot, "prog", None), None
+    try:
+        return fn(*args)
+    finally:
+        _hot.prog = prog
+
+
+def _per_sample(f, n, shape):
+    """f(b) for each sample b, stacked: each must have the shape recorded for one sample."""
+    try:
+        out = [np.asarray(_unrecorded(f, b)) for b in range(n)]
+    except Exception as e:  # (a sample that its program does not fit: the loop runs it, or raises as eager does)
+        raise Unbatchable(f"an index map or mask made from a batched tensor's values fails for a sample: {e}") from None
+    size = int(np.prod(shape))
+    if any(o.size != size for o in out):
+        raise Unbatchable("an index map or mask made from a batched tensor's values differs in shape between samples")
+    return np.stack([o.reshape(shape) for o in out])  # (NumPy makes some 0-d maps 1-d)
+
+
+def _stacked(fn, flags, shape):
+    """fn (of one sample's values) over batched arrays (flags: which are): its results stacked."""
+    def f(*vs):
+        n = next(len(v) for v, b in zip(vs, flags) if b)
+        return _per_sample(lambda k: fn(*[v[k] if b else v for v, b in zip(vs, flags)]), n, shape)
+    return f
+
+
+class _PerSample:
+    """A map or mask that a derived row makes from batched values, per sample: made when a rule needs
+    it (``value``); rules that can read the tensors it comes from (``ins``) skip it."""
+    __slots__ = ("fn", "ins", "shape", "_value")
+
+    def __init__(self, fn, ins, shape):
+        self.fn, self.ins, self.shape, self._value = fn, ins, tuple(shape), None
+
+    def value(self):
+        """(n, *one sample's map shape)."""
+        if self._value is None:
+            inputs = [v.value() if isinstance(v, _PerSample) else v for v, _ in self.ins]
+            f = _stacked(self.fn, [b for _, b in self.ins], self.shape)
+            self._value = _derive(f(*[_array(v) for v in inputs]), f, *inputs)
+        return self._value
+
+
+def _batched_python(fn, consts, ins, shape, n):
+    """A value Python computes from batched tensors (a comparison, max's indices): a ufunc on the
+    operands padded to its rank, another function per sample; noted as the eager op notes it."""
+    ufunc = isinstance(fn, np.ufunc)
+    tensors = iter((v.reshape((n,) + (1,) * (len(shape) - len(s)) + tuple(s)) if ufunc and b else v, b)
+                   for v, b, s in ins)
+    operands, flags = [], []
+    for k in consts:
+        v, b = next(tensors) if k is None else (k, False)
+        operands.append(v)
+        flags.append(b)
+    if not ufunc:
+        fn = _stacked(fn, flags, shape)
+    return _noted_python(fn, operands, leaf(np.asarray(fn(*[_array(o) for o in operands]))))
+
+
+def _batch_map(m, batched, n, stride):
+    """A row's map (flat positions in one sample; per sample where batched) as flat positions in the
+    batch, each sample's shifted to its own row."""
+    src = m.value() if batched else m
+
+    def shift(v):
+        per = v.reshape(n, -1) if batched else v.reshape(1, -1)
+        return np.ascontiguousarray(per + np.arange(n, dtype=np.int64)[:, None] * stride).reshape(-1)
+    return _derive(shift(src), shift, src)
+
+
+def _full_mask(arg, shape, n):
+    """A where or masked_fill condition (its row's: the mask tensor's values broadcast to the sample's
+    shape) over the batch, (n, *shape): from the mask tensor itself where it is batched."""
+    m, batched, _ = arg
+    if batched:
+        src = m.ins[0] if len(m.ins) == 1 else None
+        if src is None or not isinstance(src[0], Tensor) or not src[1]:
+            return _broadcast_mask(m.value(), True, shape, shape, n)
+        mask = src[0]
+        full = _broadcast_mask(mask, True, tuple(mask.shape[1:]), shape, n)
+        first = np.asarray(_unrecorded(m.fn, mask._value[0]))
+        if first.size != full[0].size or not np.array_equal(first.reshape(full[0].shape), full[0]):  # (it broadcasts)
+            return _broadcast_mask(m.value(), True, shape, shape, n)
+        return full
+    return _broadcast_mask(m, False, np.shape(m), shape, n)
+
+
+def _broadcast_mask(m, batched, s, shape, n):
+    def full(v):
+        k = len(v) if batched else n
+        v = v.reshape((k,) + (1,) * (len(shape) - len(s)) + tuple(s)) if batched else v
+        return np.ascontiguousarray(np.broadcast_to(v, (k,) + tuple(shape)))
+    return _derive(full(_array(m)), full, m)
 
 
 _RULE_OF = {}  # op code -> its batching rule (None: none)
@@ -519,21 +668,21 @@ def _is_elementwise(op):
     return op.formula is not None or FWD_KIND[op.code] in (ELEMENTWISE, BINARY) or op.name in ELEMENTWISE_ROWS
 
 
-ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "where", "leaky_relu", "gelu", "softplus", "to", "clone",
-                    "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar", "rpow_scalar", "atan2", "hypot"}
+ELEMENTWISE_ROWS = {"clamp", "maximum", "minimum", "std_root", "zero", "fill", "copy", "leaky_relu", "gelu",
+                    "softplus", "to", "clone", "threshold_backward", "leaky_relu_backward", "pow", "pow_scalar",
+                    "rpow_scalar", "atan2", "hypot"}
+
+
+def _padded(op, arg, rank, n):
+    """A batched operand padded to the row's rank after the batch axis; an unbatched one as it is."""
+    v, batched, s = arg
+    if not isinstance(v, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    return v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v
 
 
 def _elementwise(op, args, i0, i1, f0, shape, dtype, n):
-    rank = len(shape)
-    padded = []
-    for arg in args:
-        if arg is None:
-            padded.append(None)
-            continue
-        v, batched, s = arg
-        if not isinstance(v, Tensor):
-            raise Unbatchable(f"row {op.name!r} reads a constant operand")
-        padded.append(v.reshape((n,) + (1,) * (rank - len(s)) + tuple(s)) if batched and len(s) < rank else v)
+    padded = [None if arg is None else _padded(op, arg, len(shape), n) for arg in args]
     arrays = [None if p is None else p._value for p in padded]
     value = python_forward(op)(arrays, i0, i1, f0, (n,) + tuple(shape), dtype)
     if value.__class__ is tuple:
@@ -597,23 +746,133 @@ def _mm(op, args, i0, i1, f0, shape, dtype, n):
 
 
 def _gather(op, args, i0, i1, f0, shape, dtype, n):
-    """A row that picks elements of its input by a flat map (or from an offset on): the same
-    picks from each sample."""
-    from ..creation import tensor
-    from ..ops import index_select
+    """A row that picks elements of its input by a flat map (or a run from an offset on): the row
+    over the batch, each sample's picks (its own where the map is batched) from its own row."""
     v, batched, s = args[0]
-    size = int(np.prod(shape))
-    if args[1] is None:
-        positions = i0 + np.arange(size)
+    if not isinstance(v, Tensor):
+        raise Unbatchable(f"row {op.name!r} picks from a constant")
+    if not batched:
+        v = v.unsqueeze(0).expand((n,) + tuple(s))
+    m, mb = (np.arange(i0, i0 + int(np.prod(shape)), dtype=np.int64), False) if args[1] is None else args[1][:2]
+    positions = _batch_map(m, mb, n, int(np.prod(s)))
+    value = python_forward(op)([v._value, positions], 0, i1, 0.0, (n,) + tuple(shape), dtype)
+    return _record(op, value, v, positions, i1=i1)
+
+
+def _scatter(op, args, i0, i1, f0, shape, dtype, n):
+    """x with src added (scatter_add) or written (setitem) at a flat map of x's places: each
+    sample's into its own row of the batch."""
+    (x, xb, xs), (src, sb, ss), (m, mb, _) = args
+    if not isinstance(x, Tensor) or not isinstance(src, Tensor):
+        raise Unbatchable(f"row {op.name!r} of a constant")
+    x = x if xb else x.unsqueeze(0).expand((n,) + tuple(xs))
+    src = src if sb else src.unsqueeze(0).expand((n,) + tuple(ss))
+    positions = _batch_map(m, mb, n, int(np.prod(xs)))
+    value = python_forward(op)([x._value, src._value, positions], 0, 0, 0.0, (n,) + tuple(shape), dtype)
+    return _record(op, value, x, src, positions)
+
+
+def _where(op, args, i0, i1, f0, shape, dtype, n):
+    x, y = _padded(op, args[0], len(shape), n), _padded(op, args[1], len(shape), n)
+    cond = _full_mask(args[2], shape, n)
+    return _record(op, np.where(cond, x._value, y._value), x, y, cond)
+
+
+def _masked_fill(op, args, i0, i1, f0, shape, dtype, n):
+    x, batched, s = args[0]
+    if not isinstance(x, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    x = x if batched else x.unsqueeze(0).expand((n,) + tuple(s))
+    mask = _full_mask(args[1], shape, n)
+    return _record(op, python_forward(op)([x._value, mask], 0, 0, f0, (n,) + tuple(shape), dtype), x, mask, f0=f0)
+
+
+def _over_dims(op, args, i0, i1, f0, shape, dtype, n):
+    """A reduction or scan over some of the sample's dims: the same op over those dims shifted by one
+    (a 0-d sample's over a dim of one)."""
+    from ..ops import amax, amin, cumsum, norm, prod, var
+    from ..ops.attrs import Mask
+    v, batched, s = args[0]
+    scalar = not s
+    if scalar:
+        v, s = v.unsqueeze(1), (1,)
+    if op.name == "cumsum":
+        return cumsum(v, 1 if scalar else i0 % len(s) + 1).reshape((n,) + tuple(shape))
+    dims = (1,) if scalar else tuple(d + 1 for d in Mask.decode(i0, len(s)))
+    keep = bool(i1 & 1) and len(shape) == len(s)
+    if op.name in ("max", "amax"):
+        out = amax(v, dims, keep)
+    elif op.name in ("min", "amin"):
+        out = amin(v, dims, keep)
+    elif op.name == "norm":
+        out = norm(v, f0, dims, keep)
+    elif op.name == "var":
+        out = var(v, dims, keepdim=keep, correction=f0)
+    elif len(dims) == 1:  # prod_dim, or prod of one dim
+        out = prod(v, dims[0], keep)
     else:
-        m, mb, _ = args[1]
-        if mb or isinstance(m, Tensor) and m.requires_grad:
-            raise Unbatchable(f"row {op.name!r} picks by a map made from a batched tensor")
-        positions = np.asarray(_array(m)).reshape(-1)
-        if op.name == "index":
-            positions = positions + i0
-    flat = v.reshape(n, int(np.prod(s)) if s else 1)
-    return index_select(flat, 1, tensor(positions.astype(np.int64))).reshape((n,) + tuple(shape))
+        out = prod(v.reshape(n, -1), 1)
+    return out.reshape((n,) + tuple(shape))
+
+
+def _nll_loss(op, args, i0, i1, f0, shape, dtype, n):
+    """Each sample's negative log-likelihood: the row, unreduced, over the samples' (N, C)
+    log-probabilities stacked as one (n * N, C); then each sample's terms summed and scaled."""
+    from ..ops.loss import WEIGHTED_MEAN, _nll_value
+    (lp, lb, (rows, classes)), (pos, pb, _), w = args
+    if not isinstance(lp, Tensor):
+        raise Unbatchable(f"row {op.name!r} reads a constant operand")
+    lp = (lp if lb else lp.unsqueeze(0).expand((n, rows, classes))).reshape(n * rows, classes)
+    positions = _target_places(pos, n, rows, classes) if pb else None
+    if positions is None:
+        positions = _batch_map(pos, pb, n, rows * classes)
+    weights = empty = None
+    if w is not None:
+        wv, wb, _ = w
+        src = wv.value() if wb else wv
+        weighted = i0 and i1 == WEIGHTED_MEAN
+
+        def per_row(v):  # (a weighted mean: each sample's weights over their sum)
+            v = v.reshape(-1, rows) if wb else np.broadcast_to(v.reshape(1, rows), (n, rows))
+            if weighted:
+                total = v.sum(axis=1, keepdims=True)
+                v = v / np.where(total != 0, total, 1)
+            return np.ascontiguousarray(v, dtype=lp._value.dtype).reshape(-1)
+        weights = _derive(per_row(src), per_row, src)
+        if weighted:  # a sample with no weight: nan as torch's 0 / 0, and no gradient, as torch's backward gives
+            def none_kept(v):
+                return np.ascontiguousarray((v.reshape(-1, rows) if wb else v.reshape(1, rows)).sum(axis=1) == 0)
+            empty = _derive(none_kept(src), none_kept, src)
+    terms = _record(op, _nll_value(lp._value, positions, weights, False, 1.0), lp, positions, weights)
+    terms = terms.reshape(n, rows)
+    if not i0:
+        return terms
+    total = terms.sum(1)
+    if empty is None:
+        return total * f0
+    from ..ops.elementwise import MASKED_FILL
+    mask = _derive(np.broadcast_to(empty, (n,)).copy(), lambda e: np.broadcast_to(e, (n,)).copy(), empty)
+    return _record(MASKED_FILL, np.where(mask, np.nan, total._value), total, mask, f0=np.nan)
+
+
+def _target_places(m, n, rows, classes):
+    """nll_loss's positions over the batch straight from the batched targets, where its map is their
+    places in each sample's (N, C) (i * C + target: cross_entropy's common case); None otherwise."""
+    if len(m.ins) != 1 or not isinstance(m.ins[0][0], Tensor) or not m.ins[0][1]:
+        return None
+    target = m.ins[0][0]
+
+    def places(t):
+        t = t.reshape(-1).astype(np.int64, copy=False)
+        if t.size and (t.min() < 0 or t.max() >= classes):
+            raise Unbatchable("a target out of range: cross_entropy takes its general path per sample")
+        return np.ascontiguousarray(np.arange(t.size, dtype=np.int64) * classes + t)
+    first = target._value[:1]
+    try:
+        ok = np.array_equal(np.asarray(_unrecorded(m.fn, first[0])).reshape(-1), places(first))
+    except Exception:  # (its function refuses the first sample: the map per sample says why)
+        ok = False
+    return _derive(places(target._value), places, target) if ok else None
 
 
 def _join(stack):
@@ -657,4 +916,10 @@ RULES = {
     "softmax": _softmax(False), "log_softmax": _softmax(True),
     "mm": _mm, "bmm": _bmm, "cat": _join(False), "stack": _join(True),
     "select": _gather, "slice": _gather, "alias": _gather, "index_unsqueeze": _gather, "index": _gather,
+    "index_select": _gather, "gather": _gather, "max_dim": _gather, "min_dim": _gather, "repeat": _gather,
+    "flip": _gather, "split": _gather, "unbind": _gather, "scatter_add": _scatter,
+    "index_put": _scatter, "index_put_advanced": _scatter,
+    "where": _where, "masked_fill": _masked_fill, "nll_loss": _nll_loss,
+    "max": _over_dims, "min": _over_dims, "amax": _over_dims, "amin": _over_dims, "prod": _over_dims,
+    "prod_dim": _over_dims, "norm": _over_dims, "var": _over_dims, "cumsum": _over_dims,
 }

@@ -30,8 +30,8 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     (batched.py says which rows batch and how); ``vmap(grad(f))`` batches ``f`` and differentiates
     the batch, so per-sample gradients come out of one backward. A sample whose recorded guards
     fail (a value read into Python) runs the program variant of its own branch, the samples of one
-    variant batched together. Programs with rows that do not batch, random ops, or transforms
-    other than grad inside run ``func`` once per sample: the returned function counts its
+    variant batched together. Programs with rows that do not batch, random ops in randomness='error'
+    mode, or transforms other than grad inside run ``func`` once per sample: the returned function counts its
     ``batched`` and ``looped`` calls, and ``why`` says why the last call looped. ``chunk_size``
     is checked; the batched replay runs the batch whole."""
     if randomness not in RANDOMNESS:
@@ -39,17 +39,13 @@ def vmap(func, in_dims=0, out_dims=0, randomness="error", *, chunk_size=None):
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"vmap: chunk_size should be None or greater than 0. (got {chunk_size})")
     from .batched import BatchedFunction
-    batched = BatchedFunction(func)
+    batched = BatchedFunction(func, randomness)
 
     @functools.wraps(func, updated=())  # (not func.__dict__: a transform's marks are its own)
     def wrapper(*args, **kwargs):
         leaves, spec, dims, size = _mapped_inputs(func, in_dims, args)
-        result = None
-        if randomness != "same":  # (a program with random draws loops: the loop applies the mode)
-            result = batched(leaves, spec, dims, size, kwargs)
-            wrapper.why = batched.why
-        else:
-            wrapper.why = "randomness='same'"
+        result = batched(leaves, spec, dims, size, kwargs)
+        wrapper.why = batched.why
         if result is None:
             wrapper.looped += 1
             result = _loop(func, leaves, spec, dims, size, kwargs, randomness)

@@ -15,7 +15,9 @@ BATCHED = {"add", "sub", "mul", "div", "pow", "add_scalar", "rsub_scalar", "sub_
            "div_scalar", "pow_scalar", "rpow_scalar", "neg", "reciprocal", "exp", "log", "sin", "cos", "tanh",
            "sigmoid", "relu", "sqrt", "abs", "sum", "sum_dim", "mean", "mean_dim", "t", "transpose", "permute",
            "view", "unsqueeze", "squeeze", "mm", "softmax", "log_softmax", "select", "slice", "expand", "bmm",
-           "cat", "stack"}
+           "cat", "stack", "clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm",
+           "var", "std_root", "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather",
+           "scatter_add", "where", "masked_fill", "nll_loss", "copy", "zero", "fill", "index_put"}
 
 
 def _samples(case, seed):
@@ -120,11 +122,30 @@ def test_batched_output_is_differentiable():
     np.testing.assert_allclose(w.grad.numpy(), ((x * w).cos() * x).sum(0).detach().numpy(), rtol=1e-12)
 
 
-def test_what_does_not_batch_loops_and_says_why():
-    vm = func.vmap(lambda r: tg.flip(r, [0]) * 2)
-    x = tg.randn(3, 2)
-    np.testing.assert_array_equal(vm(x).numpy(), tg.flip(x, [1]).numpy() * 2)
-    assert vm.looped == 1 and "flip" in vm.why
+def _write_under_a_view(r):
+    z = r * 1
+    v = z.view(3, 1)
+    z.zero_()
+    return v + r
+
+
+@pytest.mark.parametrize("f, why", [
+    (_write_under_a_view, "it writes in place into a tensor that a view shares"),
+    (lambda r: tg.cat([r, r[r > 0]]).sum() + r[0], "differs in shape between samples"),
+])
+def test_what_does_not_batch_loops_and_says_why(f, why):
+    x = tg.tensor([[1.0, -2.0, 3.0], [-1.0, -2.0, 3.0]])
+    vm = func.vmap(f, randomness="different")
+    np.testing.assert_array_equal(vm(x).numpy(), tg.stack([f(x[b]) for b in range(2)]).numpy())
+    assert vm.looped == 1 and why in vm.why
+
+
+def test_function_rows_loop_and_say_why():
+    from ..ops.cases import cube_function
+    g = func.vmap(func.grad(lambda r: cube_function(tg).apply(r).sum()))
+    x = tg.tensor([[1.0, -2.0, 3.0], [-1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(g(x).numpy(), 3 * x.numpy() ** 2)
+    assert g.looped == 1 and "'function'" in g.why
 
 
 def test_later_calls_replay_the_compiled_batch_step():
@@ -197,3 +218,199 @@ def test_long_joins_against_a_loop():
     vm = func.vmap(f)
     np.testing.assert_allclose(vm(x).numpy(), tg.stack([f(x[b]) for b in range(4)]).numpy(), rtol=1e-12)
     assert vm.batched == 1, vm.why
+
+
+# rows that batch by the rules for reductions, scans, index maps, masks, nll_loss and in-place writes
+RULED = ["clamp", "max", "min", "amax", "amin", "max_dim", "min_dim", "prod", "prod_dim", "norm", "var", "std_root",
+         "cumsum", "flip", "repeat", "split", "unbind", "index", "index_select", "gather", "scatter_add", "where",
+         "masked_fill", "nll_loss", "copy", "zero", "fill", "index_put"]
+
+
+def _per_sample_grads(lib, fn, argnums, in_dims):
+    F = func if lib is tg else lib.func
+    return F.vmap(F.grad(lambda *xs: (fn(lib, *xs) ** 2).sum(), argnums=argnums), in_dims=in_dims)
+
+
+def _arrays(out):
+    return [g.numpy() for g in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.mark.parametrize("name", RULED)
+def test_per_sample_gradients_through_the_rules_batch_as_torch_func(name):
+    """vmap(grad(f)) through each rule batches (no call of f per sample), on the first call and on
+    the compiled batch step's later ones with new values, and gives torch.func's per-sample
+    gradients (a loop's where torch is missing)."""
+    case = CASES[name].first
+    n = len(case.shapes)
+    in_dims = (0,) + (None,) * (n - 1) if n > 1 else 0  # (the first input mapped, the others shared)
+    argnums = tuple(range(n)) if n > 1 else 0
+    mine = _per_sample_grads(tg, case.fn, argnums, in_dims)
+    try:
+        import torch
+        theirs = _per_sample_grads(torch, case.fn, argnums, in_dims)
+    except ImportError:
+        torch = None
+    for seed in (11, 12, 13):
+        rng = np.random.default_rng(seed)
+        arrays = [np.stack([case.sampler(rng, case.shapes[0]) for _ in range(4)])] + \
+            [case.sampler(rng, s) for s in case.shapes[1:]]
+        got = _arrays(mine(*[tg.tensor(a) for a in arrays]))
+        if torch is not None:
+            expect = _arrays(theirs(*[torch.tensor(a) for a in arrays]))
+        else:
+            grad = func.grad(lambda *xs: (case.fn(tg, *xs) ** 2).sum(), argnums=argnums)
+            per = [_arrays(grad(tg.tensor(arrays[0][b]), *[tg.tensor(a) for a in arrays[1:]])) for b in range(4)]
+            expect = [np.stack(column) for column in zip(*per)]
+        for g, e in zip(got, expect):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+    assert mine.batched == 3 and mine.looped == 0, mine.why
+
+
+def _compiled_replays(vm):
+    step = next(iter(vm._batched.signatures.values())).step
+    return tg.compiler.stats(step)["replay_count"]
+
+
+@pytest.mark.parametrize("dims", [(0, 0, 0), (0, None, None), (None, 0, 0)])
+def test_index_tensors_mapped_and_not_against_a_loop(dims):
+    """gather, index_select, x[index], max along a dim, scatter_add, where and masked_fill with the
+    index tensors mapped (each sample its own) or shared, and x mapped or shared; the compiled batch
+    step derives the positions again from new indices."""
+    def f(x, i, j):
+        picked = x.gather(1, i) * x.index_select(0, j).sum() + x[j].sum(0).sum() + x.max(1).values.sum()
+        return tg.zeros(2, 3, dtype=x.dtype).scatter_add(1, i, picked.exp()) + \
+            tg.where(x > 0.3, x, 0.0).masked_fill(x < -1.0, 2.0)
+
+    def loss(*a):
+        return (f(*a) ** 2).sum()
+
+    rng = np.random.default_rng(4)
+    vm, vg = func.vmap(f, in_dims=dims), func.vmap(func.grad(loss), in_dims=dims)
+    for _ in range(3):
+        x = tg.tensor(rng.standard_normal((5, 2, 3) if dims[0] == 0 else (2, 3)))
+        shape = (5,) if dims[1] == 0 else ()
+        i = tg.tensor(rng.integers(0, 3, shape + (2, 2)))
+        j = tg.tensor(rng.integers(0, 2, shape + (3,)))
+        args = lambda b: [t if d is None else t[b] for t, d in zip((x, i, j), dims)]  # noqa: E731
+        np.testing.assert_allclose(vm(x, i, j).numpy(), tg.stack([f(*args(b)) for b in range(5)]).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(vg(x, i, j).numpy(), tg.stack([func.grad(loss)(*args(b)) for b in range(5)]).numpy(),
+                                   rtol=1e-12)
+    assert vm.batched == 3 and vg.batched == 3, (vm.why, vg.why)
+    assert _compiled_replays(vm) == 1 and _compiled_replays(vg) == 1  # (the second call records the step)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_per_sample_gradients_of_a_classifier_as_torch_func(weighted):
+    """Per-sample gradients of cross_entropy (log_softmax and nll_loss rows; with class weights and
+    an ignored class), each sample's target mapped: batched, on the compiled batch step's calls too,
+    and torch.func's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    W, b = rng.standard_normal((4, 6)), rng.standard_normal(4)
+    weight = np.array([0.5, 2.0, 1.0, 1.5]) if weighted else None
+
+    def loss(lib, W, b, x, y):
+        logits = (W @ x + b)[None]
+        w = None if weight is None else lib.tensor(weight)
+        return lib.nn.functional.cross_entropy(logits, y[None], weight=w, ignore_index=3 if weighted else -100) + \
+            lib.nn.functional.cross_entropy(logits * 2, y[None], reduction="sum")
+
+    vgs = [(lib, (func if lib is tg else lib.func)) for lib in (tg, torch)]
+    vgs = [(lib, F.vmap(F.grad(lambda *a, lib=lib: loss(lib, *a), argnums=(0, 1)), in_dims=(None, None, 0, 0)))
+           for lib, F in vgs]
+    for _ in range(3):
+        xs, ys = rng.standard_normal((8, 6)), rng.integers(0, 4, 8)
+        mine, theirs = [vg(lib.tensor(W), lib.tensor(b), lib.tensor(xs), lib.tensor(ys)) for lib, vg in vgs]
+        for m, t in zip(mine, theirs):
+            np.testing.assert_allclose(m.numpy(), t.numpy(), rtol=1e-10, atol=1e-12)
+    assert vgs[0][1].batched == 3, vgs[0][1].why
+    assert _compiled_replays(vgs[0][1]) == 1
+
+
+def test_masks_from_batched_values_against_a_loop():
+    """where and masked_fill with masks computed from each sample's values, mask and values each
+    mapped or not."""
+    def f(x, y):
+        return tg.where(x > y.mean(), x * y, y.exp()).masked_fill(y < 0.2, 1.5).sum(0) + x.clamp(-0.5, 0.5)
+
+    rng = np.random.default_rng(6)
+    for dims in ((0, 0), (0, None), (None, 0), (1, 0)):
+        x = tg.tensor(rng.standard_normal((4, 3) if dims[0] != 1 else (3, 4)))
+        y = tg.tensor(rng.standard_normal((4, 3)))
+        vm = func.vmap(f, in_dims=dims)
+        pick = lambda t, d, b: t if d is None else t.select(d, b)  # noqa: E731
+        np.testing.assert_allclose(vm(x, y).numpy(), tg.stack([f(pick(x, dims[0], b), pick(y, dims[1], b))
+                                                               for b in range(4)]).numpy(), rtol=1e-12)
+        assert vm.batched == 1, vm.why
+
+
+def test_in_place_writes_against_a_loop():
+    """Writes into tensors func makes (setitem with a basic key or an index tensor, copy_,
+    masked_fill_, clamp_) batch; a write into an argument loops."""
+    def f(x, i):
+        z = x * 2
+        z[1:] = x[:2].exp()
+        z[i] = x[0]
+        z.masked_fill_(x > 1.0, 0.5)
+        w = tg.zeros(3, dtype=x.dtype)
+        w.copy_(z.flip(0))
+        w.clamp_(min=0.0)
+        return w * z
+
+    rng = np.random.default_rng(7)
+    x, i = tg.tensor(rng.standard_normal((5, 3))), tg.tensor(rng.integers(0, 3, (5, 1)))
+    for fn in (f, func.grad(lambda x, i: f(x, i).sum())):
+        vm = func.vmap(fn)
+        for _ in range(2):
+            np.testing.assert_allclose(vm(x, i).numpy(), tg.stack([fn(x[b], i[b]) for b in range(5)]).numpy(),
+                                       rtol=1e-12)
+        assert vm.batched == 2, vm.why
+    vm, y = func.vmap(lambda x: x.mul_(2).sum()), x.clone()
+    np.testing.assert_allclose(vm(y).numpy(), 2 * x.numpy().sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(y.numpy(), 2 * x.numpy())  # (as torch.func writes into the batch)
+    assert vm.looped == 1 and "argument" in vm.why
+
+
+def test_random_draws_batch_in_torch_funcs_modes():
+    """randomness='same': one draw for all samples, the loop's values; 'different': one per sample;
+    both batched, per-sample gradients too, and the compiled batch step draws afresh."""
+    f = lambda w, r: ((w * r).sum() * tg.rand(()) + tg.randn(2).sum()) * r.sum()  # noqa: E731
+    w, xs = tg.tensor([1.0, -2.0, 0.5]), tg.tensor(np.random.default_rng(8).standard_normal((6, 3)))
+    for mode in ("same", "different"):
+        for fn in (f, func.grad(f)):
+            vm = func.vmap(fn, in_dims=(None, 0), randomness=mode)
+            seen = []
+            for _ in range(3):
+                tg.manual_seed(5)
+                got = vm(w, xs).numpy().reshape(6, -1)
+                if mode == "same":  # (a loop whose every sample draws what the first drew)
+                    loop = [(tg.manual_seed(5), fn(w, xs[b]))[1].numpy().reshape(-1) for b in range(6)]
+                    np.testing.assert_allclose(got, np.stack(loop), rtol=1e-12)
+                else:
+                    assert len(set(got[:, 0].tolist())) == 6
+                seen.append(got)
+                got = vm(w, xs).numpy().reshape(6, -1)
+                assert not np.array_equal(got, seen[-1])  # (fresh draws, unseeded)
+            np.testing.assert_array_equal(seen[0], seen[2])  # (seeded: the same draws)
+            assert vm.batched == 6 and vm.looped == 0, vm.why
+
+
+SCALAR_SAMPLES = {
+    "max": lambda r: r.max(), "amin": lambda r: r.amin(keepdim=True), "prod": lambda r: r.prod(),
+    "prod_dim": lambda r: r.prod(0), "norm": lambda r: r.norm(p=3), "var": lambda r: r.var(correction=0) + r,
+    "std": lambda r: r.std(0, correction=0) + r, "cumsum": lambda r: r.cumsum(0), "max_dim": lambda r: r.max(0).values,
+    "indices": lambda r: r.max(0, keepdim=True).indices * r, "repeat": lambda r: r.repeat(3),
+    "gather": lambda r: r[None].gather(0, tg.tensor([0, 0])), "where": lambda r: tg.where(r > 0, r, -r),
+    "masked_fill": lambda r: r.masked_fill(r > 1, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCALAR_SAMPLES))
+def test_scalar_samples_against_a_loop(name):
+    """0-d samples: reductions over a dim of one after the batch axis; maps and masks of one element."""
+    f = SCALAR_SAMPLES[name]
+    x = tg.tensor([1.5, -2.0, 0.5, 3.0])
+    for fn in (f, func.grad(lambda r: (f(r) ** 2).sum())):
+        vm = func.vmap(fn)
+        np.testing.assert_allclose(vm(x).numpy(), tg.stack([fn(x[b]) for b in range(4)]).numpy(), rtol=1e-12)
+        assert vm.batched == 1, vm.why
