@@ -306,10 +306,11 @@ def _scatter_positions(shape, iv, d, name, limits):
                                    f"larger than {what} {list(lim)} apart from dimension {d}" if what != "src" else
                                    f"Expected index {list(iv.shape)} to be no larger than self {list(shape)} apart "
                                    f"from dimension {d} and to be no larger size than src {list(lim)}")
+    size = shape[d] if shape else 1  # (a 0-d tensor is one element along its dim 0, as torch's)
     if iv.size:
-        bad = (iv < 0) | (iv >= shape[d])
+        bad = (iv < 0) | (iv >= size)
         if bad.any():
-            raise RuntimeError(f"index {int(iv[bad][0])} is out of bounds for dimension {d} with size {shape[d]}")
+            raise RuntimeError(f"index {int(iv[bad][0])} is out of bounds for dimension {d} with size {size}")
     strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
     pos = np.zeros(iv.shape, np.int64)
     for k in range(iv.ndim):
@@ -417,7 +418,10 @@ def flip(x, *dims):
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     xv = x._value
-    axes = _axes(dims, xv.ndim) if xv.ndim else ()
+    if not xv.ndim:  # (np.flip of a 0-d array gives a NumPy scalar, no array)
+        _axes(dims, 1)
+        return _with_map(FLIP, x, xv.copy(), _positions(x))
+    axes = _axes(dims, xv.ndim)
     return _with_map(FLIP, x, np.flip(xv, axes).copy(), np.flip(_positions(x), axes))
 
 

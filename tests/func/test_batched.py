@@ -401,7 +401,7 @@ SCALAR_SAMPLES = {
     "std": lambda r: r.std(0, correction=0) + r, "cumsum": lambda r: r.cumsum(0), "max_dim": lambda r: r.max(0).values,
     "indices": lambda r: r.max(0, keepdim=True).indices * r, "repeat": lambda r: r.repeat(3),
     "gather": lambda r: r[None].gather(0, tg.tensor([0, 0])), "where": lambda r: tg.where(r > 0, r, -r),
-    "masked_fill": lambda r: r.masked_fill(r > 1, 0.0),
+    "masked_fill": lambda r: r.masked_fill(r > 1, 0.0), "flip": lambda r: r.flip(0) * r,
 }
 
 

@@ -38,6 +38,11 @@ CASES = {
     "add_row": (lambda lib, x, y: x + y, [(2, 3), (3,)], normal),
     "add_col_row": (lambda lib, x, y: x + y, [(2, 1), (1, 3)], normal),
     "add_0d": (lambda lib, x, y: x + y, [(), (2, 3)], normal),
+    # 0-d inputs of ops that pick along a dim: one element along dim 0, as torch's (np.flip of a 0-d
+    # array is a NumPy scalar, which the engine cannot read as an array)
+    "flip_0d": (lambda lib, x: x.flip(0) * x.flip(-1), [()], normal),
+    "gather_0d": (lambda lib, x: x.gather(0, ix(lib, 0)) ** 2, [()], normal),
+    "scatter_add_0d": (lambda lib, x, y: x.scatter_add(0, ix(lib, 0), y) * y, [(), ()], normal),
     "sub_lead": (lambda lib, x, y: x - y, [(4, 1, 3), (2, 3)], normal),
     "mul_inner": (lambda lib, x, y: x * y, [(2, 3, 4), (3, 1)], normal),
     "mul_same_object": (lambda lib, x: x * x[0], [(2, 3)], normal),
