@@ -289,9 +289,9 @@ def _elementwise(name, inputs, out):
 
 
 # The hand-written kernels of ufunc calls that no row's formula is, by (ufunc name, operands).
-_HAND_FORWARD = {("power", "xc"): "power", ("maximum", "xc"): "maximum_scalar"}
-_HAND_FORWARD.update({("maximum", "ab"): "maximum", ("minimum", "ab"): "minimum", ("minimum", "xc"): "minimum_scalar",
-                      ("logaddexp", "cx"): "logaddexp_scalar"})
+_HAND_FORWARD = {("power", "xc"): "power", ("maximum", "xc"): "maximum_scalar", ("maximum", "ab"): "maximum",
+                 ("minimum", "ab"): "minimum", ("minimum", "xc"): "minimum_scalar",
+                 ("logaddexp", "cx"): "logaddexp_scalar"}
 
 # Comparisons (bool results), by their code in the compare kernels; c (op) x is x (flipped op) c.
 COMPARISONS = {"less": 0, "less_equal": 1, "greater": 2, "greater_equal": 3, "equal": 4, "not_equal": 5}
@@ -658,6 +658,17 @@ def _unsupported(what):
                                "tensors to the CPU with .cpu() for it")
 
 
+def _copyto(dst, src, where):
+    """np.copyto, as in-place ops write their result into a tensor's own array."""
+    if where is not True:
+        raise _unsupported("np.copyto with where=")
+    dst[...] = src
+
+
+def _shares_memory(a, b, max_work=None):
+    return isinstance(b, DeviceArray) and a.d is b.d
+
+
 _FUNCTIONS = {
     "broadcast_to": broadcast_to,
     "ascontiguousarray": lambda v, dtype=None: v if dtype is None else v.astype(dtype, copy=False),
@@ -666,30 +677,23 @@ _FUNCTIONS = {
                                                                                v.dtype if dtype is None else dtype, 0),
     "ones_like": lambda v, dtype=None, order="K", subok=True, shape=None: full(v.shape if shape is None else shape,
                                                                               v.dtype if dtype is None else dtype, 1),
-    "copy": lambda v, order="K", subok=False: v.copy(),
-    "reshape": lambda v, shape, order="C": v.reshape(shape),
-    "shares_memory": lambda a, b, max_work=None: isinstance(b, DeviceArray) and a.d is b.d,
-    "expand_dims": lambda v, axis: v.reshape(v.shape[:axis] + (1,) + v.shape[axis:]),
-    "squeeze": lambda v, axis=None: v.reshape(tuple(n for k, n in enumerate(v.shape)
-                                                    if n != 1 or axis is not None and k not in axis)),
-    "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
-}
-_FUNCTIONS.update(take=take, tile=tile, flip=flip, concatenate=concatenate, stack=stack,
-                  shape=lambda v: v.shape, may_share_memory=_FUNCTIONS["shares_memory"])
-_FUNCTIONS.update({
-    "where": where,
     "full_like": lambda v, fill_value, dtype=None, order="K", subok=True, shape=None:
         full(v.shape if shape is None else shape, v.dtype if dtype is None else dtype, fill_value),
     "empty_like": lambda v, dtype=None, order="K", subok=True, shape=None:
         empty(v.shape if shape is None else shape, v.dtype if dtype is None else dtype),
+    "copy": lambda v, order="K", subok=False: v.copy(),
     "copyto": lambda dst, src, casting="same_kind", where=True: _copyto(dst, src, where),
-})
-
-
-def _copyto(dst, src, where):
-    """np.copyto, as in-place ops write their result into a tensor's own array."""
-    if where is not True:
-        raise _unsupported("np.copyto with where=")
-    dst[...] = src
-_FUNCTIONS.update({"max": _extreme_function(True), "min": _extreme_function(False), "prod": _prod_function,
-                   "cumsum": cumsum})
+    "reshape": lambda v, shape, order="C": v.reshape(shape),
+    "shape": lambda v: v.shape,
+    "shares_memory": _shares_memory,
+    "may_share_memory": _shares_memory,
+    "expand_dims": lambda v, axis: v.reshape(v.shape[:axis] + (1,) + v.shape[axis:]),
+    "squeeze": lambda v, axis=None: v.reshape(tuple(n for k, n in enumerate(v.shape)
+                                                    if n != 1 or axis is not None and k not in axis)),
+    "where": where,
+    # reductions and scans
+    "sum": lambda v, axis=None, dtype=None, out=None, keepdims=False: _sum(v, axis, keepdims, dtype),
+    "max": _extreme_function(True), "min": _extreme_function(False), "prod": _prod_function, "cumsum": cumsum,
+    # picks and joins
+    "take": take, "tile": tile, "flip": flip, "concatenate": concatenate, "stack": stack,
+}

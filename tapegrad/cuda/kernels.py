@@ -1,7 +1,9 @@
 """The hand-written CUDA kernels: fills, casts, the index-map gathers and scatters that broadcast,
-reduce, index, join and sum back gradients, and a plain matrix product. Every one is a grid-stride
-loop over flat C-ordered arrays, so any launch size covers any length. The elementwise rows'
-kernels are generated from the op table (_generated.py)."""
+reduce, index, join and sum back gradients, a plain matrix product, the elementwise forwards and
+adjoints that no formula generates (comparisons, where, clamp, gelu...), and softmax, nll_loss, the
+reductions and scans (one thread per output element over its inputs in order). Every one is a
+grid-stride loop over flat C-ordered arrays, so any launch size covers any length. The other
+elementwise rows' kernels are generated from the op table (_generated.py)."""
 import math
 
 from numba import cuda
@@ -555,23 +557,26 @@ def std_root_adjoint(g, y, gx):
             gx[i] += g[i] / (2 * y[i])
 
 
-KERNELS = {"fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
-           "scatter_add": scatter_add, "power": power, "power_adjoint": power_adjoint,
-           "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint, "matmul": matmul}
-KERNELS.update({"compare": compare, "compare_scalar": compare_scalar, "logical": logical, "logical_not": logical_not,
-                "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
-                "minimum_scalar": minimum_scalar, "logaddexp_scalar": logaddexp_scalar,
-                "where_adjoint": where_adjoint, "maximum_adjoint": maximum_adjoint,
-                "leaky_relu_adjoint": leaky_relu_adjoint, "clamp_adjoint": clamp_adjoint,
-                "gelu_adjoint": gelu_adjoint, "softplus_adjoint": softplus_adjoint, "pow_adjoint_a": pow_adjoint_a,
-                "pow_adjoint_b": pow_adjoint_b, "rpow_adjoint": rpow_adjoint})
-KERNELS.update({"softmax_rows": softmax_rows, "softmax_adjoint": softmax_adjoint, "nll_forward": nll_forward,
-                "nll_adjoint": nll_adjoint})
-KERNELS.update({"extreme_rows": extreme_rows, "cumsum_rows": cumsum_rows, "cumsum_adjoint": cumsum_adjoint,
-                "segment_extreme": segment_extreme, "segment_extreme_adjoint": segment_extreme_adjoint,
-                "segment_prod": segment_prod, "segment_prod_adjoint": segment_prod_adjoint,
-                "segment_norm": segment_norm, "segment_norm_adjoint": segment_norm_adjoint,
-                "segment_var": segment_var, "segment_var_adjoint": segment_var_adjoint,
-                "std_root_adjoint": std_root_adjoint})
-# indexing and joining
-KERNELS.update(scatter=scatter, fill_at=fill_at, add_scaled=add_scaled, add_run=add_run)
+KERNELS = {
+    # fills, casts, maps and products
+    "fill": fill, "copy": copy, "add_into": add_into, "gather": gather, "gather_add": gather_add,
+    "scatter_add": scatter_add, "matmul": matmul,
+    # elementwise forwards and adjoints that no formula generates
+    "power": power, "power_adjoint": power_adjoint, "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint,
+    "compare": compare, "compare_scalar": compare_scalar, "logical": logical, "logical_not": logical_not,
+    "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
+    "minimum_scalar": minimum_scalar, "logaddexp_scalar": logaddexp_scalar, "where_adjoint": where_adjoint,
+    "maximum_adjoint": maximum_adjoint, "leaky_relu_adjoint": leaky_relu_adjoint, "clamp_adjoint": clamp_adjoint,
+    "gelu_adjoint": gelu_adjoint, "softplus_adjoint": softplus_adjoint, "pow_adjoint_a": pow_adjoint_a,
+    "pow_adjoint_b": pow_adjoint_b, "rpow_adjoint": rpow_adjoint,
+    # softmax, nll_loss, reductions and scans
+    "softmax_rows": softmax_rows, "softmax_adjoint": softmax_adjoint, "nll_forward": nll_forward,
+    "nll_adjoint": nll_adjoint, "extreme_rows": extreme_rows, "cumsum_rows": cumsum_rows,
+    "cumsum_adjoint": cumsum_adjoint, "segment_extreme": segment_extreme,
+    "segment_extreme_adjoint": segment_extreme_adjoint, "segment_prod": segment_prod,
+    "segment_prod_adjoint": segment_prod_adjoint, "segment_norm": segment_norm,
+    "segment_norm_adjoint": segment_norm_adjoint, "segment_var": segment_var,
+    "segment_var_adjoint": segment_var_adjoint, "std_root_adjoint": std_root_adjoint,
+    # indexing and joining
+    "scatter": scatter, "fill_at": fill_at, "add_scaled": add_scaled, "add_run": add_run,
+}

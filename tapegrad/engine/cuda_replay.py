@@ -368,25 +368,6 @@ def _cumsum(p, g, ins, into, r, f0):
 
 
 def _getitem(p, g, ins, into, r, f0):
-    """max_dim and min_dim: g added at its extremes' flat positions (b, an index map: distinct)."""
-    pos = p.value(ins[1], np.dtype(np.int64))
-    array.run_kernel("scatter_add", g.size, g.d, pos.d, into[0].d, g.dtype.type(1))
-
-
-# The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
-# every GPU row has one here or in the generated kernels).
-_HAND = {"adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
-         "adj_permute": _permute, "adj_mm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
-         "adj_relu": _relu}
-_HAND.update({"adj_pow": _pow, "adj_rpow_scalar": _rpow_scalar, "adj_maximum": _maximum, "adj_where": _where,
-              "adj_masked_fill": _masked_fill, "adj_leaky_relu": _leaky_relu, "adj_clamp": _clamp,
-              "adj_gelu": _gelu, "adj_softplus": _softplus, "adj_backward_op": _backward_op, "adj_copy": _copy})
-_HAND.update({"adj_softmax": _softmax_family(False), "adj_log_softmax": _softmax_family(True), "adj_nll": _nll,
-              "adj_amax": _extreme, "adj_prod": _prod, "adj_norm": _norm, "adj_var": _var, "adj_std_root": _std_root,
-              "adj_cumsum": _cumsum, "adj_getitem": _getitem, "adj_bmm": _mm})
-
-
-def _getitem(p, g, ins, into, r, f0):
     """Every row that picks elements of its input: g added at its index map's positions, or into the
     run from flat offset i0."""
     gx = into[0]
@@ -456,8 +437,19 @@ def _add_run(p, g, ins, into, r, f0):
 
 
 # indexing and joining
-_HAND.update(adj_getitem=_getitem, adj_scatter_flat=_scatter_flat, adj_setitem=_setitem,
-             adj_scatter_add=_scatter_add, adj_cat=_cat, adj_add_run=_add_run)
+# The GPU rows without formulas: their adjoints by the row's kernel name (a table test checks that
+# every GPU row has one here or in the generated kernels).
+_HAND = {
+    "adj_identity": _identity, "adj_cast": _identity, "adj_sum": _sum, "adj_expand": _expand,
+    "adj_permute": _permute, "adj_mm": _mm, "adj_bmm": _mm, "adj_zero": _zero, "adj_pow_scalar": _pow_scalar,
+    "adj_relu": _relu, "adj_pow": _pow, "adj_rpow_scalar": _rpow_scalar, "adj_maximum": _maximum,
+    "adj_where": _where, "adj_masked_fill": _masked_fill, "adj_leaky_relu": _leaky_relu, "adj_clamp": _clamp,
+    "adj_gelu": _gelu, "adj_softplus": _softplus, "adj_backward_op": _backward_op, "adj_copy": _copy,
+    "adj_softmax": _softmax_family(False), "adj_log_softmax": _softmax_family(True), "adj_nll": _nll,
+    "adj_amax": _extreme, "adj_prod": _prod, "adj_norm": _norm, "adj_var": _var, "adj_std_root": _std_root,
+    "adj_cumsum": _cumsum, "adj_getitem": _getitem, "adj_scatter_flat": _scatter_flat, "adj_setitem": _setitem,
+    "adj_scatter_add": _scatter_add, "adj_cat": _cat, "adj_add_run": _add_run,
+}
 
 
 class CudaEngine:

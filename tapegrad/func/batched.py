@@ -57,7 +57,8 @@ import numpy as np
 
 from ..autograd.api import grad as _autograd_grad
 from ..compiler import _checks_hold, _sources
-from ..compiler.program import CONST, DERIVED, EXT, GUARD, OP, PY, RAND, WRITE, Recording, Unreplayable, python_forward
+from ..compiler.program import (CONST, DERIVED, EXT, FUNC, GUARD, OP, PY, RAND, WRITE, Recording, Unreplayable,
+                                python_forward)
 from ..grad_mode import enable_grad, is_grad_enabled
 from ..ops import _record as _records
 from ..ops.results import _constant, _noted_python, _record
@@ -493,8 +494,10 @@ def replay(prog, args, n, taps=None):
             if any(r[0] == OP and r[1].fwd == "fwd_view" and r[2] == a for r in prog.rows):
                 raise Unbatchable("it writes in place into a tensor that a view shares")
             vals[a], batched[a] = vals[b], batched[b]
+        elif kind == FUNC:
+            raise Unbatchable(f"row 'function' ({op[0].__name__}, a custom autograd.Function) has no batching rule")
         else:
-            raise Unbatchable(f"a {kind} row (a write, a random draw, backward() or a call inside func)")
+            raise Unbatchable(f"a {kind} row (backward() or a call inside func)")
     outs = []
     for s in prog.outs:
         t = vals[s]

@@ -11,6 +11,8 @@ import pytest
 
 import tapegrad as tg
 
+from ..ops.cases import cube_function
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -245,24 +247,12 @@ def test_asking_for_a_gpu_says_what_is_missing():
     assert "NUMBA_ENABLE_CUDASIM=1" in r.stderr
 
 
-class _Cube(tg.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x * x
-
-    @staticmethod
-    def backward(ctx, g):
-        x, = ctx.saved_tensors
-        return g * 3.0 * x * x
-
-
 def _hooks_and_function(device):
     x = tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64, device=device, requires_grad=True)
     y = x * 2.0
     y.register_hook(lambda g: g * 3.0)
     seen = []
-    z = _Cube.apply(y.tanh())
+    z = cube_function(tg).apply(y.tanh())
     z.register_hook(lambda g: seen.append(("z", g.is_cuda, g.tolist())))
     a, b = z.unbind(0)[:2]  # (a multi-output node: its outputs' hooks run together)
     a.register_hook(lambda g: seen.append(("a", g.is_cuda, [g.item()])))

@@ -12,6 +12,8 @@ from tapegrad.engine import cuda_replay
 from tapegrad.nn import functional as F
 from tapegrad.ops.elementwise import leaky_relu_backward, threshold_backward
 
+from ..ops.cases import cube_function
+
 GPU_ROWS = sorted(op.name for op in ops.TABLE if op.gpu)
 
 
@@ -162,20 +164,8 @@ def _index(device):
     return tg.tensor([2, 0, 2], device=device)
 
 
-class Cube(tg.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x * x
-
-    @staticmethod
-    def backward(ctx, g):
-        x, = ctx.saved_tensors
-        return g * 3.0 * x * x
-
-
 CASES.update({
-    "function": (lambda x: Cube.apply(x.tanh()) * x, [(2, 3)], normal),
+    "function": (lambda x: cube_function(tg).apply(x.tanh()) * x, [(2, 3)], normal),
     "index": (lambda x: x[_index(x.device), 1:] + x[[True, False, True]][[1, 0, 1], 1:], [(3, 4)], normal),
     "select": (lambda x: x[1] + x.select(1, 2)[:, None], [(3, 4)], normal),
     "slice": (lambda x: (x[1:] * x[:-1])[:, 1:3], [(3, 4)], normal),
