@@ -148,6 +148,8 @@ class DeviceArray:
             raise _unsupported(f"np.{ufunc.__name__}.{method}" if method != "__call__" else f"np.{ufunc.__name__}")
         if out is None and ufunc.__name__ in COMPARISONS:
             return _compare(COMPARISONS[ufunc.__name__], inputs)
+        if out is None and ufunc.__name__ in _CLASSES:
+            return _classify(ufunc.__name__, *inputs)
         if out is None and ufunc.__name__ in _LOGICAL:
             return _logical(ufunc.__name__, inputs)
         return _elementwise(ufunc.__name__, inputs, out[0] if out else None)
@@ -299,6 +301,9 @@ _FLIPPED = (2, 3, 0, 1, 4, 5)
 # Logical ops of bool arrays (the bitwise ones are the same there), by their code in the logical kernel.
 _LOGICAL = {"logical_and": 0, "bitwise_and": 0, "logical_or": 1, "bitwise_or": 1, "logical_not": -1, "invert": -1}
 
+# Tests of each float's class, by their code in the classify kernel; what they answer for other dtypes.
+_CLASSES = {"isnan": (0, False), "isinf": (1, False), "isfinite": (2, True)}
+
 
 def _compare(op, inputs):
     a, b = inputs
@@ -319,8 +324,21 @@ def _compare(op, inputs):
     return out
 
 
+def _classify(name, v):
+    """np.isnan, np.isinf, np.isfinite of a device array (bools)."""
+    op, other = _CLASSES[name]
+    v = _on_device(v)
+    if v.dtype.kind != "f":  # (integers and bools are finite numbers)
+        return full(v.shape, np.bool_, other)
+    out = empty(v.shape, np.bool_)
+    run_kernel("classify", out.size, v.d, out.d, op)
+    return out
+
+
 def _logical(name, inputs):
     arrays = [_on_device(v) for v in inputs]
+    if name == "logical_not" and arrays[0].dtype != np.bool_:  # (of numbers: whether each is zero)
+        return _compare(COMPARISONS["equal"], (arrays[0], 0))
     if any(v.dtype != np.bool_ for v in arrays):
         raise _unsupported(f"np.{name} of " + ", ".join(str(v.dtype) for v in arrays))
     shape = tuple(np.broadcast_shapes(*(v.shape for v in arrays)))

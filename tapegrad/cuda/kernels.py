@@ -154,6 +154,14 @@ def compare_scalar(x, mask, c, op):
 
 
 @cuda.jit
+def classify(x, mask, op):
+    """mask = isnan(x) (op 0), isinf(x) (op 1), isfinite(x) (op 2) of floats (a NaN compares false)."""
+    for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
+        u = abs(x[i])
+        mask[i] = u != u if op == 0 else u == math.inf if op == 1 else u < math.inf
+
+
+@cuda.jit
 def logical(p, q, mask, op):
     """mask = p and q (op 0), p or q (op 1), of bools."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
@@ -563,7 +571,7 @@ KERNELS = {
     "scatter_add": scatter_add, "matmul": matmul,
     # elementwise forwards and adjoints that no formula generates
     "power": power, "power_adjoint": power_adjoint, "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint,
-    "compare": compare, "compare_scalar": compare_scalar, "logical": logical, "logical_not": logical_not,
+    "compare": compare, "compare_scalar": compare_scalar, "classify": classify, "logical": logical, "logical_not": logical_not,
     "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
     "minimum_scalar": minimum_scalar, "logaddexp_scalar": logaddexp_scalar, "where_adjoint": where_adjoint,
     "maximum_adjoint": maximum_adjoint, "leaky_relu_adjoint": leaky_relu_adjoint, "clamp_adjoint": clamp_adjoint,

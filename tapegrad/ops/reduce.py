@@ -373,7 +373,7 @@ def logsumexp(x, dim=_NO_DIM, keepdim=False, *, axis=None, keepdims=None):
     x = _float_input(x)
     xv = x._value
     axes = _axes(dim, xv.ndim)
-    m = np.max(xv, axis=axes, keepdims=True) if xv.size else np.zeros((1,) * xv.ndim, xv.dtype)
+    m = np.max(xv, axis=axes, keepdims=True) if xv.size else np.zeros_like(xv, shape=(1,) * xv.ndim)
     m = np.where(np.isfinite(m), m, 0).astype(xv.dtype)  # a shift that keeps exp finite
     shift = _leaf(m)
     out = log(sum(exp(x - shift), axes, keepdim=True)) + shift

@@ -73,8 +73,19 @@ def test_mixing_devices_names_both():
 
 def test_an_op_without_a_cuda_kernel_is_named():
     x = tg.ones(3, device="cuda", requires_grad=True)
-    with pytest.raises(NotImplementedError, match="'isnan' has no CUDA kernel"):
-        x.isnan()  # (a ufunc call without a kernel)
+    with pytest.raises(NotImplementedError, match="'argmax' has no CUDA kernel"):
+        x.argmax()  # (a NumPy function without a kernel)
+
+
+def test_float_tests_give_bools_on_the_gpu():
+    values = [[1.5, float("nan"), -float("inf")], [float("inf"), 0.0, -2.0]]
+    x, h = tg.tensor(values, device="cuda", requires_grad=True), tg.tensor(values)
+    n, nh = tg.tensor([0, 3], device="cuda"), tg.tensor([0, 3])
+    for f in (tg.isnan, tg.isinf, tg.isfinite, tg.logical_not):
+        for a, b in ((x, h), (x.float(), h.float()), (n, nh), (x > 0, h > 0)):
+            out = f(a)
+            assert out.is_cuda and out.dtype == tg.bool and not out.requires_grad
+            assert out.tolist() == f(b).tolist()
 
 
 def test_indexing_with_gpu_and_cpu_keys_and_assignment():
