@@ -10,7 +10,7 @@ from . import _record as _records
 from ._record import record_unary as _unary
 from .algebra import _gather_flat
 from .attrs import Float
-from .cast import _torch_type_name, clone, to_dtype, zeros_like
+from .cast import _torch_type_name, clone, to_device, to_dtype, zeros_like
 from .promote import broadcast_shapes
 from .results import _constant, _record, _result, _view_positions
 from .shape import reshape
@@ -191,6 +191,7 @@ def fresh_grad(g):
 def copy_(x, src, non_blocking=False):
     if not isinstance(src, Tensor):
         src = _constant(np.asarray(src))
+    src = to_device(src, x.device)  # (torch copies across devices: src's gradient goes back to src's)
     broadcast_shapes(x._value.shape, src._value.shape)
     value = _copy_value(src._value, x._value.shape, x._value.dtype)
     return _inplace(x, _record(COPY, value, x, src))

@@ -137,6 +137,22 @@ def test_masks_and_in_place_writes_on_the_gpu():
         np.testing.assert_array_equal(out.cpu().numpy(), f(h).numpy())
 
 
+@pytest.mark.parametrize("x_device, src_device", [("cuda", "cpu"), ("cpu", "cuda")])
+def test_copy_across_devices_sends_each_gradient_to_its_tensors_device(x_device, src_device):
+    def program(xd, sd):
+        w = tg.tensor([1.0, 2.0, 3.0], device=xd, requires_grad=True)
+        s = tg.tensor([0.5, -1.0, 2.0], device=sd, requires_grad=True)
+        x = (w * 2).view(1, 3).expand(2, 3).clone()
+        x.copy_(s * 3)
+        (x * x * tg.tensor([[1.0], [2.0]], device=xd)).sum().backward()
+        return x.detach(), w.grad, s.grad
+    (x, gw, gs), want = program(x_device, src_device), program("cpu", "cpu")
+    assert x.device == x_device and gw.device == x_device and gs.device == src_device
+    for a, b in zip((x, gw, gs), want):
+        np.testing.assert_array_equal(a.cpu().numpy(), b.numpy())
+    assert tg.zeros(2, device=x_device).copy_(tg.ones(2, device=src_device)).tolist() == [1.0, 1.0]
+
+
 def test_a_create_graph_backward_leaves_a_differentiable_grad_on_the_gpu():
     x = tg.tensor([0.5, -1.0, 2.0], dtype=tg.float64, device="cuda", requires_grad=True)
     (x.sigmoid() * x).sum().backward(create_graph=True)
