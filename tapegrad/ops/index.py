@@ -164,11 +164,6 @@ def _key_map(shape, k, key):
 def setitem(x, key, v):
     _check_inplace(x)
     xv = x._value
-    root = _root(x)
-    if xv.__class__ is DeviceArray and root is not x and not np.shares_memory(xv, root._value):
-        raise NotImplementedError("indexing a GPU tensor copies its elements in tapegrad (no view yet), so a write "
-                                  "into the result would not reach the tensor it came from: write into that tensor "
-                                  "itself (x[i, j] = v, not x[i][j] = v)")
     k = _np_key(key)
     sel_shape = np.shape(_index(xv, k))
     if not isinstance(v, Tensor):

@@ -4,7 +4,7 @@ places repeat. Also the in-place ops of their own (zero_, fill_, copy_)."""
 import numpy as np
 
 from ..tape import LEAF, SLOT, _contiguous, _state, counter, current_tape, recording_program
-from ..tensor import Tensor, _read
+from ..tensor import DeviceArray, Tensor, _read
 from ..tensor import leaf as _leaf
 from . import _record as _records
 from ._record import record_unary as _unary
@@ -33,6 +33,10 @@ def _check_inplace(x):
     root = _root(x)
     if root is not x and _state.grad_enabled and root._rg and root._tape is None:
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+    if root is not x and x._value.__class__ is DeviceArray and not np.shares_memory(x._value, root._value):
+        raise NotImplementedError("indexing or expanding a GPU tensor copies its elements in tapegrad (no view yet), "
+                                  "so an in-place write into the result would not reach the tensor it came from: "
+                                  "write into that tensor itself (x[i, j] = v, not x[i][j] = v)")
 
 
 def _inplace(x, result, where=True, overlap_ok=False):

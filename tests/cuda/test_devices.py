@@ -99,10 +99,25 @@ def test_indexing_with_gpu_and_cpu_keys_and_assignment():
     x[idx, 1:] = tg.tensor([-1.0, -2.0, -3.0], device="cuda")
     x[mask, 0] = 7.0
     assert x.tolist() == [[7.0, -1.0, -2.0, -3.0], [4.0, 5.0, 6.0, 7.0], [7.0, -1.0, -2.0, -3.0]]
-    with pytest.raises(NotImplementedError, match="indexing a GPU tensor copies its elements"):
+    with pytest.raises(NotImplementedError, match="indexing or expanding a GPU tensor copies its elements"):
         x[0][1] = 3.0
     x.view(12)[1] = 3.0  # (a reshape is a view on the GPU too)
     assert x[0, 1].item() == 3.0
+
+
+@pytest.mark.parametrize("write", [
+    lambda x: x[0].mul_(2.0), lambda x: x.t().zero_(), lambda x: x[:, 1:].fill_(1.0),
+    lambda x: x[0].expand(2, 3).masked_fill_(tg.tensor([True, False, True], device="cuda"), 5.0),
+], ids=["index", "transpose", "slice", "masked_fill_expand"])
+def test_an_in_place_write_into_a_copied_gpu_view_is_refused_not_lost(write):
+    """Indexing, transposing and expanding copy on the GPU: a write into the copy would leave the
+    tensor it came from unchanged, where torch's changes it."""
+    x = tg.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], device="cuda")
+    with pytest.raises(NotImplementedError, match="indexing or expanding a GPU tensor copies its elements"):
+        write(x)
+    assert x.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    x.view(6).mul_(2.0)  # (a reshape shares the memory: its writes reach x)
+    assert x.tolist() == [[2.0, 4.0, 6.0], [8.0, 10.0, 12.0]]
 
 
 def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
