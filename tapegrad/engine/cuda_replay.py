@@ -71,8 +71,9 @@ class Pass:
         arena = array.zeros((total,), T)
         grads = self.grads = {s: DeviceArray(arena.d[o:o + values[s].size], values[s].shape)
                               for s, o in offsets.items()}
-        for s, seed in self.seeds.items():
-            grads[s][...] = seed if seed.__class__ is DeviceArray else array.to_device(np.asarray(seed, T))
+        for s, seed in self.seeds.items():  # (a 0-d seed, backward()'s 1, is a fill: no copy to the device)
+            grads[s][...] = seed if seed.__class__ is DeviceArray or np.ndim(seed) == 0 else \
+                array.to_device(np.asarray(seed, T))
 
     def replay(self, lo, hi, check_nan):
         """Rows hi-1 down to lo: (status, where, k). With ``check_nan`` (anomaly mode) it stops at the
@@ -123,8 +124,8 @@ class Pass:
         return v if dtype is None or v.dtype == dtype else v.astype(dtype)
 
     def index(self, s):
-        """Slot s's int64 index map on the device, flat (copied once a backward: the tape keeps it on
-        the host, where the op built it)."""
+        """Slot s's int64 index map on the device, flat: the device map the forward's pick read where
+        the tape keeps that (indexing, views), else copied once a backward from the host."""
         m = self.maps.get(s)
         if m is None:
             v = self.tape.values[s]

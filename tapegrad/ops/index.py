@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from .. import dtypes
+from ..cuda import array as cuda_array
 from ..cuda.array import DeviceArray
 from ..cuda.array import to_device as to_device_array
 from ..tape import LEAF, _contiguous, _state, counter, current_tape
@@ -115,7 +116,7 @@ def getitem(x, key):
         if (kind is not INDEX and value.size and value.flags.c_contiguous and xv.flags.c_contiguous
                 and np.shares_memory(value, xv)):
             return _view(kind, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
-        idx = _key_map(xv.shape, k, key)
+        idx = _key_map(xv, k, key)
         if not _viewed(kind, value, xv):
             t = _unary_with_index(kind, x, value, idx)
             return t
@@ -125,8 +126,23 @@ def getitem(x, key):
         t._vc = counter(x)
         t._extra().base = x  # an in-place change to the view reaches x (``_update_base``)
     if _records.PROGRAMS:  # (a compiled program replays the pick by its map)
-        _note_record(kind, x, _key_map(xv.shape, k, key), None, t, 0, 0, 0.0)
+        _note_record(kind, x, _key_map(xv, k, key), None, t, 0, 0, 0.0)
     return t
+
+
+def _device_picks(xv, k):
+    """The device map that GPU value xv[k] read, flat (cached by shape and key where k is shape-only)."""
+    m, _ = cuda_array.picks(xv.shape, k)
+    return DeviceArray(m, (m.shape[0],))
+
+
+def _picked(x, key, pos):
+    """The flat positions in x of x's value[key] (a view's index map), from x's positions ``pos``;
+    for a GPU value, the device map that pick read."""
+    xv = x._value
+    if xv.__class__ is DeviceArray and not _records.PROGRAMS:
+        return _device_picks(xv, key)
+    return np.ascontiguousarray(pos[key]).reshape(-1)
 
 
 def _viewed(kind, value, xv):
@@ -138,9 +154,13 @@ def _viewed(kind, value, xv):
 _TENSOR = object()
 
 
-def _key_map(shape, k, key):
-    """The flat positions that NumPy key k picks from an array of ``shape``; ``key``, the user's key,
-    may hold tensors, whose values a compiled program reads again at each replay (_derived)."""
+def _key_map(xv, k, key):
+    """The flat positions that NumPy key k picks from xv; ``key``, the user's key, may hold tensors,
+    whose values a compiled program reads again at each replay (_derived). For a GPU value, the
+    device map that xv[k] read (cached where the key is shape-only), so a backward copies no map."""
+    if xv.__class__ is DeviceArray and not _records.PROGRAMS:
+        return _device_picks(xv, k)
+    shape = xv.shape
     idx = np.ascontiguousarray(np.arange(math.prod(shape), dtype=np.int64).reshape(shape)[k]).reshape(-1)
     if _records.PROGRAMS:
         parts = key if isinstance(key, tuple) else (key,)
@@ -191,10 +211,10 @@ def setitem(x, key, v):
         tape = current_tape()
         a = tape.slot_of(x)
         b = tape.slot_of(v)
-        c = tape.new_slot(_key_map(xv.shape, k, key), LEAF, [0])
+        c = tape.new_slot(_key_map(xv, k, key), LEAF, [0])
     elif _records.PROGRAMS:  # an untracked write: a compiled program records it as the row and a write
-        result = _leaf(_put_value(xv, v._value, _key_map(xv.shape, k, key)))
-        _note_record(op, x, v, _key_map(xv.shape, k, key), result, 0, 0, 0.0)
+        result = _leaf(_put_value(xv, v._value, _key_map(xv, k, key)))
+        _note_record(op, x, v, _key_map(xv, k, key), result, 0, 0, 0.0)
     _write_target(xv, True)[k] = v._value
     x._bump_version()
     if record:
@@ -513,7 +533,7 @@ def split(x, split_size_or_sections, dim=0):
         key = (slice(None),) * d + (slice(off, off + s),)
         value = xv[key]
         if pos is not None:
-            out.append(_view(SPLIT, x, value, i1=len(out), b=np.ascontiguousarray(pos[key]).reshape(-1)))
+            out.append(_view(SPLIT, x, value, i1=len(out), b=_picked(x, key, pos)))
         else:
             out.append(_view(SPLIT, x, value))
         off += s
@@ -546,7 +566,7 @@ def unbind(x, dim=0, *, axis=None):
         return tuple(_view(UNBIND, x, xv[i, ...], i0=i * step, i1=i) for i in range(n))
     pos = _positions(x)
     keys = [(slice(None),) * d + (i, ...) for i in range(n)]
-    return tuple(_view(UNBIND, x, xv[k], i1=i, b=np.ascontiguousarray(pos[k]).reshape(-1))
+    return tuple(_view(UNBIND, x, xv[k], i1=i, b=_picked(x, k, pos))
                  for i, k in enumerate(keys))
 
 
@@ -571,7 +591,7 @@ def select(x, dim=_NO_DIM, index=_NO_DIM, *, axis=None):
         return _view(SELECT, x, value)
     if value.size and value.flags.c_contiguous and xv.flags.c_contiguous and np.shares_memory(value, xv):
         return _view(SELECT, x, value, i0=(value.ctypes.data - xv.ctypes.data) // xv.itemsize)
-    return _view(SELECT, x, value, b=np.ascontiguousarray(_positions(x)[key]).reshape(-1))
+    return _view(SELECT, x, value, b=_picked(x, key, _positions(x)))
 
 
 def narrow(x, dim=_NO_DIM, start=_NO_DIM, length=_NO_DIM, *, axis=None):

@@ -319,3 +319,29 @@ def test_anomaly_mode_names_the_entry_that_made_a_nan_on_the_gpu():
             with pytest.raises(RuntimeError, match=r"^Function 'SqrtBackward0' returned nan values in its 0th output"):
                 (x.sqrt() * 0.0).sum().backward()
     assert any(str(w.message).startswith("Error detected in SqrtBackward0.") for w in caught)
+
+
+def _views_and_picks(x):
+    z = x.clone()
+    z[1, 1:3] = x[0, :2] * 3
+    a, b = z.split([1, 3], 1)
+    return ((x[1:, ::2] * 2).sum() + x[None, ..., 1].sum() + x.select(1, 2).sum() + (x.unbind(1)[3] * a[:, 0]).sum()
+            + (b * b).sum())
+
+
+def test_a_backward_through_views_and_indexing_copies_nothing_to_the_device(monkeypatch):
+    """The index maps of shape-only keys are the device maps the forward's picks read (cached by
+    shape and key), kept on the tape: the backward copies none of them from the host again."""
+    from tapegrad.cuda import runtime
+    cuda = runtime()
+    h = tg.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 1.0, 2.0, 3.0]], requires_grad=True)
+    x = h.detach().cuda().requires_grad_()
+    y = _views_and_picks(x)
+    copies = []
+    to_device = cuda.to_device
+    monkeypatch.setattr(cuda, "to_device", lambda *args, **kw: (copies.append(1), to_device(*args, **kw))[1])
+    y.backward()
+    monkeypatch.undo()
+    assert copies == []
+    _views_and_picks(h).backward()
+    np.testing.assert_array_equal(x.grad.cpu().numpy(), h.grad.numpy())
