@@ -451,14 +451,28 @@ def take(v, indices, axis=None, out=None, mode="raise"):
     return _gather(v, *_per_call(np.take(np.arange(v.size, dtype=np.int64).reshape(v.shape), indices, axis)))
 
 
-def tile(v, reps):
+def tile_positions(shape, reps):
+    """np.tile's device map of an array of ``shape`` (cached): repeat's index map is the one its forward read."""
     reps = tuple(reps) if isinstance(reps, (tuple, list)) else (reps,)
-    return _gather(v, *shaped_map(("tile", v.shape, reps), lambda: np.tile(np.arange(v.size).reshape(v.shape), reps)))
+    make = lambda: np.tile(np.arange(_prod(shape)).reshape(shape), reps)
+    return DeviceArray(*shaped_map(("tile", shape, reps), make))
+
+
+def flip_positions(shape, axis):
+    """np.flip's device map of an array of ``shape`` (cached), as tile_positions."""
+    axis = tuple(axis) if isinstance(axis, (tuple, list)) else axis
+    make = lambda: np.flip(np.arange(_prod(shape)).reshape(shape), axis)
+    return DeviceArray(*shaped_map(("flip", shape, axis), make))
+
+
+def tile(v, reps):
+    p = tile_positions(v.shape, reps)
+    return _gather(v, p.d, p.shape)
 
 
 def flip(v, axis=None):
-    axis = tuple(axis) if isinstance(axis, (tuple, list)) else axis
-    return _gather(v, *shaped_map(("flip", v.shape, axis), lambda: np.flip(np.arange(v.size).reshape(v.shape), axis)))
+    p = flip_positions(v.shape, axis)
+    return _gather(v, p.d, p.shape)
 
 
 def join_positions(shape, d, off, span):

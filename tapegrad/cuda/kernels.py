@@ -571,8 +571,8 @@ KERNELS = {
     "scatter_add": scatter_add, "matmul": matmul,
     # elementwise forwards and adjoints that no formula generates
     "power": power, "power_adjoint": power_adjoint, "maximum_scalar": maximum_scalar, "relu_adjoint": relu_adjoint,
-    "compare": compare, "compare_scalar": compare_scalar, "classify": classify, "logical": logical, "logical_not": logical_not,
-    "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
+    "compare": compare, "compare_scalar": compare_scalar, "classify": classify, "logical": logical,
+    "logical_not": logical_not, "where": where, "masked_fill": masked_fill, "maximum": maximum, "minimum": minimum,
     "minimum_scalar": minimum_scalar, "logaddexp_scalar": logaddexp_scalar, "where_adjoint": where_adjoint,
     "maximum_adjoint": maximum_adjoint, "leaky_relu_adjoint": leaky_relu_adjoint, "clamp_adjoint": clamp_adjoint,
     "gelu_adjoint": gelu_adjoint, "softplus_adjoint": softplus_adjoint, "pow_adjoint_a": pow_adjoint_a,

@@ -426,7 +426,9 @@ def repeat(x, *sizes):
     xv = x._value
     if len(sizes) < xv.ndim:
         raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of dimensions of tensor")
-    return _with_map(REPEAT, x, np.tile(xv, sizes), np.tile(_positions(x), sizes))
+    gpu = xv.__class__ is DeviceArray and not _records.PROGRAMS  # (the device map the forward read)
+    return _with_map(REPEAT, x, np.tile(xv, sizes),
+                     cuda_array.tile_positions(xv.shape, sizes) if gpu else np.tile(_positions(x), sizes))
 
 
 def flip(x, *dims):
@@ -437,7 +439,9 @@ def flip(x, *dims):
         _axes(dims, 1)
         return _with_map(FLIP, x, xv.copy(), _positions(x))
     axes = _axes(dims, xv.ndim)
-    return _with_map(FLIP, x, np.flip(xv, axes).copy(), np.flip(_positions(x), axes))
+    gpu = xv.__class__ is DeviceArray and not _records.PROGRAMS  # (the device map the forward read)
+    return _with_map(FLIP, x, np.flip(xv, axes).copy(),
+                     cuda_array.flip_positions(xv.shape, axes) if gpu else np.flip(_positions(x), axes))
 
 
 def _seq(tensors, name):

@@ -326,10 +326,10 @@ def _views_and_picks(x):
     z[1, 1:3] = x[0, :2] * 3
     a, b = z.split([1, 3], 1)
     return ((x[1:, ::2] * 2).sum() + x[None, ..., 1].sum() + x.select(1, 2).sum() + (x.unbind(1)[3] * a[:, 0]).sum()
-            + (b * b).sum())
+            + (b * b).sum() + (x.flip(1).repeat(2, 1) ** 2).sum())
 
 
-def test_a_backward_through_views_and_indexing_copies_nothing_to_the_device(monkeypatch):
+def test_a_backward_through_views_and_picks_copies_nothing_to_the_device(monkeypatch):
     """The index maps of shape-only keys are the device maps the forward's picks read (cached by
     shape and key), kept on the tape: the backward copies none of them from the host again."""
     from tapegrad.cuda import runtime
