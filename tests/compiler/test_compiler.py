@@ -754,11 +754,18 @@ def test_replay_reuses_its_arrays_only_when_nothing_holds_them():
     prog = cf._variants[next(iter(cf._variants))][0].program
 
     def arrays():
-        return [id(a) for run in prog._pool.__dict__.values() for a in run]
+        return [id(a) for arrays, _ in prog._pool.__dict__.values() for a in arrays]
     cf(xs[0])
     before = arrays()
     cf(xs[1])
     assert arrays() == before
+    r = cf(xs[2])  # taken back whole: the last replay's arrays, none held
+    assert arrays() == before
+    mid = cf(xs[3])  # r is held: a fresh array for it, the others taken back
+    after = arrays()
+    assert after != before and len(set(after) & set(before)) == len(before) - 1
+    np.testing.assert_array_equal(r.numpy(), f(xs[2]).numpy())
+    np.testing.assert_array_equal(mid.numpy(), f(xs[3]).numpy())
     x = tg.tensor(xs[0].numpy(), requires_grad=True)
     g = tg.compile(lambda x: (x.sin() * x).exp().sum())
     losses = [g(x) for _ in range(3)]  # three tapes alive at once: each its own saved values
