@@ -8,7 +8,7 @@ import numpy as np
 from . import ops
 from .grad_mode import enable_grad
 from .nn.modules import _zero_grad
-from .tape import program_step
+from .tape import Global, counter, program_step
 from .tensor import Tensor
 
 
@@ -127,6 +127,7 @@ def _plain_sgd(params, lr):
     """x -= lr * grad for each parameter with a gradient: the C-ordered float ones in one jitted call
     per dtype (the same steps as NumPy's, so the same bits), the others in NumPy."""
     pairs = {}
+    changed = False
     for p in params:
         g = p._grad
         if g is None:
@@ -142,7 +143,10 @@ def _plain_sgd(params, lr):
             pair[1].append(id(gv))
         else:
             x -= lr * gv
-        p._bump_version()
+        (p._vc if p._vc is not None else counter(p))[0] += 1  # p._bump_version, with one Global.bump for all
+        changed = True
+    if changed:
+        Global.bump()
     if pairs:
         from .jit.updates import sgd
         from .engine.cpu_replay import array_header

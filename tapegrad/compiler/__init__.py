@@ -62,9 +62,9 @@ class CompiledFunction:
     def __call__(self, *args, **kwargs):
         if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
             return self._fn(*args, **kwargs)
-        tensors = []
-        key = (_keys(args, tensors), _key(kwargs, tensors) if kwargs else None, is_grad_enabled())
-        key += (_aliases(tensors),)
+        tensors, roots = [], []
+        key = (_keys(args, tensors, roots), _key(kwargs, tensors, roots) if kwargs else None, is_grad_enabled(),
+               None if len(roots) < 2 or len(set(roots)) == len(roots) else _aliases(roots))
         for v in self._variants.get(key, ()):
             if not _checks_hold(v.checks):
                 continue
@@ -145,19 +145,21 @@ class CompiledFunction:
 
 
 # -- keys and guards -----------------------------------------------------------------------------
-def _key(v, tensors):
-    """A hashable description of an argument; its tensors are appended to ``tensors``."""
+def _key(v, tensors, roots):
+    """A hashable description of an argument; its tensors are appended to ``tensors``, the ids
+    of their storage to ``roots``."""
     if isinstance(v, Tensor):
         tensors.append(v)
         a = v._value
+        roots.append(id(a) if a.__class__ is ndarray and a.base is None else _root(a))
         return ("T", a.shape, a.dtype, v._rg)
     c = v.__class__
     if c in _SCALARS:
         return (c, v) if c is not float or v == v else (c, "nan")
     if c is tuple or c is list:
-        return (c, _keys(v, tensors))
+        return (c, _keys(v, tensors, roots))
     if c is dict:
-        return (c, tuple((k, _key(x, tensors)) for k, x in v.items()))
+        return (c, tuple((k, _key(x, tensors, roots)) for k, x in v.items()))
     try:
         hash(v)
     except TypeError:
@@ -167,37 +169,37 @@ def _key(v, tensors):
     return ("obj", c, id(v))
 
 
-def _keys(items, tensors):
+def _keys(items, tensors, roots):
     """_key of each item, a tensor's inline: a call's arguments are mostly tensors, and guard
-    checking is paid on every replay."""
+    checking is paid on every replay (the aliasing too: a fresh array is its own root)."""
     out = []
     for v in items:
         if isinstance(v, Tensor):
             tensors.append(v)
             a = v._value
+            roots.append(id(a) if a.__class__ is ndarray and a.base is None else _root(a))
             out.append(("T", a.shape, a.dtype, v._rg))
         else:
-            out.append(_key(v, tensors))
+            out.append(_key(v, tensors, roots))
     return tuple(out)
 
 
-def _aliases(tensors):
-    """Which tensor arguments are one tensor, or share storage (the first index of each root)."""
-    if len(tensors) < 2:
-        return None
-    roots = {}
-    out = []
-    for i, t in enumerate(tensors):
-        v = t._value
-        if v.__class__ is not ndarray:  # a GPU value: its device buffer (its views share it)
-            out.append(roots.setdefault(id(v.d), i))
-            continue
+def _root(v):
+    """The id of the storage a tensor's value views."""
+    if v.__class__ is not ndarray:  # a GPU value: its device buffer (its views share it)
+        return id(v.d)
+    b = v.base
+    while b.__class__ is ndarray:  # (a base that is no array, a buffer, ends the walk)
+        v = b
         b = v.base
-        while b.__class__ is ndarray:  # (a base that is no array, a buffer, ends the walk)
-            v = b
-            b = v.base
-        out.append(roots.setdefault(id(v), i))
-    return tuple(out)
+    return id(v)
+
+
+def _aliases(roots):
+    """Which tensor arguments are one tensor, or share storage (the first index of each root);
+    the key holds None where none do."""
+    first = {}
+    return tuple(first.setdefault(r, i) for i, r in enumerate(roots))
 
 
 def _describe_key(key):

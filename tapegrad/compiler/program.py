@@ -518,6 +518,10 @@ class Program:
         self.outs = outs
         self.reads = rec.reads
         self.ext = [s for s, sl in enumerate(self.slots) if sl.kind == EXT]
+        self._ext_src = [(s, self.slots[s].arg, self.slots[s].tensor if self.slots[s].arg < 0 else None)
+                         for s in self.ext]
+        # a module's parameters: their ids written at once (a few: one by one is cheaper)
+        self._ext_at = np.array(self.ext, np.int64) if len(self.ext) > 4 else None
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
         self.has_rand = any(r[0] == RAND for r in self.rows)
         self.refresh = self._refreshes()
@@ -581,8 +585,10 @@ class Program:
         return dt
 
     def _plan(self):
-        """Steps: ("jit", lo, hi, witness, allocs, their slots) for a run of jittable rows (allocs: each
-        output's slot, shape, dtype, and the slot it views or -1), ("row", e) for one row."""
+        """Steps: ("jit", lo, hi, witness, owned, views, owned's slots as a list and as an array) for
+        a run of jittable rows (owned: each output that has its own array, by slot, shape, dtype;
+        views: each output that views its input, by slot, shape, its input's slot), ("row", e) for
+        one row."""
         from ..engine.cpu._forward import FWD_KIND
         from ..engine.cpu.forwards import MATMUL, TRANSPOSE, VIEW
         # a matrix's transpose -> the matrix: a product in NumPy reads the view, as eager's did
@@ -608,11 +614,15 @@ class Program:
                 if d is None or d != dt:  # (not d == dt: NumPy reads None as float64)
                     break
                 e += 1
-            allocs = []
+            owned, views = [], []
             for r in self.rows[lo:e]:  # each output's array, made before the run (a view: of its input)
                 sl = self.slots[r[5]]
-                allocs.append((r[5], sl.shape, sl.dtype, r[2] if FWD_KIND[r[1].code] == VIEW else -1))
-            plan.append(("jit", lo, e, np.empty(0, dt), allocs, np.array([a[0] for a in allocs], np.int64)))
+                if FWD_KIND[r[1].code] == VIEW:
+                    views.append((r[5], sl.shape, r[2]))
+                else:
+                    owned.append((r[5], sl.shape, sl.dtype))
+            plan.append(("jit", lo, e, np.empty(0, dt), owned, views, [a[0] for a in owned],
+                         np.array([a[0] for a in owned], np.int64)))
         return plan
 
     def _tape_plan(self):
@@ -675,12 +685,15 @@ class Program:
         vals = [None] * len(self.slots)
         O = np.zeros(len(self.slots), np.int64)
         slots = self.slots
-        for s in self.ext:
-            sl = slots[s]
-            t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
-            v = _contiguous(t._value)
-            vals[s] = v
-            O[s] = id(v)
+        if self._ext_at is None:
+            for s, a, t in self._ext_src:
+                v = vals[s] = _contiguous((tensors[a] if a >= 0 else t)._value)
+                O[s] = id(v)
+        else:
+            ext = [_contiguous((tensors[a] if a >= 0 else t)._value) for _, a, t in self._ext_src]
+            for s, v in zip(self.ext, ext):
+                vals[s] = v
+            O[self._ext_at] = np.fromiter(map(id, ext), np.int64, len(ext))
         for s in self.constants:
             vals[s] = slots[s].value
             O[s] = id(slots[s].value)
@@ -711,21 +724,19 @@ class Program:
         try:
             for step in self.plan:
                 if step[0] == "jit":
-                    _, lo, hi, w, allocs, outs = step
-                    ids = []
-                    kept = pool.get(lo)
-                    if kept is None:
-                        kept = pool[lo] = [None] * len(allocs)
-                    for i, (out, shape, dtype, src) in enumerate(allocs):
-                        if src >= 0:
-                            v = vals[src].reshape(shape)
-                        else:
-                            v = kept[i]
-                            if v is None or getrefcount(v) > 3:  # (the pool, v, the call): held elsewhere too
-                                v = kept[i] = np.empty(shape, dtype)
-                        vals[out] = v
-                        ids.append(id(v))
-                    O[outs] = ids
+                    _, lo, hi, w, owned, views, outs, at = step
+                    if owned:
+                        kept = pool.get(lo)
+                        # (the pool's list and the call's argument): nothing else holds an array
+                        if kept is None or max(map(getrefcount, kept[0])) > 2:
+                            kept = pool[lo] = _take_back(kept, owned)
+                        arrays, ids = kept
+                        for s, v in zip(outs, arrays):
+                            vals[s] = v
+                        O[at] = ids
+                    for out, shape, src in views:
+                        v = vals[out] = vals[src].reshape(shape)
+                        O[out] = id(v)
                     status = _jit_run(self, O, lo, hi, w)
                     if status != -1:
                         raise RuntimeError(f"compiled replay: row {rows[status][1].name} has no jitted kernel")
@@ -970,6 +981,17 @@ def _row_table(rows):
         R[at, :7] = np.array([(r[1].code, r[2], r[3], r[4], r[5], r[6], r[7]) for _, r in ops_], np.int64)
         R[at, 7] = np.array([r[8] for _, r in ops_], np.float64).view(np.int64)
     return R
+
+
+def _take_back(kept, owned):
+    """(arrays, their ids) for a jitted run's outputs: the last replay's where nothing else holds
+    one (a result, a view, a tape of a backward still to come), fresh ones for the others."""
+    arrays = kept[0] if kept is not None else [None] * len(owned)
+    for i, (_, shape, dtype) in enumerate(owned):
+        v = arrays[i]
+        if v is None or getrefcount(v) > 3:  # (the list, v, the call): held elsewhere too
+            arrays[i] = np.empty(shape, dtype)
+    return arrays, np.fromiter(map(id, arrays), np.int64, len(arrays))
 
 
 _JIT = []
