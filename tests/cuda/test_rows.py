@@ -213,8 +213,13 @@ def run(name, device, dtype):
 @pytest.mark.parametrize("dtype", [tg.float32, tg.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", GPU_ROWS)
 def test_row_on_the_gpu_matches_the_cpu(name, dtype):
-    out, grads = run(name, "cuda", dtype)
-    ref, ref_grads = run(name, "cpu", dtype)
+    assert_gpu_matches_cpu(run(name, "cuda", dtype), run(name, "cpu", dtype), dtype)
+
+
+def assert_gpu_matches_cpu(gpu, cpu, dtype):
+    """(value, gradients) on the GPU against the CPU's: devices, dtypes, shapes, and values within
+    the dtype's tolerance."""
+    (out, grads), (ref, ref_grads) = gpu, cpu
     assert out.is_cuda and all(g.is_cuda for g in grads)
     tol = dict(rtol=2e-6, atol=2e-6) if dtype == tg.float32 else dict(rtol=1e-13, atol=1e-13)
     assert out.dtype == ref.dtype and out.shape == ref.shape

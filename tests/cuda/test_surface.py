@@ -2,12 +2,12 @@
 indexing key, einsum forms, shape ops, float32) on GPU tensors: each program's value and gradients
 on the device against the CPU's. The programs make their constants with ``lib.tensor``; here that
 puts them on the GPU, as a torch program on CUDA tensors would."""
-import numpy as np
 import pytest
 
 import tapegrad as tg
 
 from ..ops import test_surface as surface
+from .test_rows import assert_gpu_matches_cpu
 
 
 class _Device:
@@ -36,12 +36,4 @@ RUNS = [pytest.param(name, tg.float64, id=f"{name}-float64") for name in sorted(
 
 @pytest.mark.parametrize("name, dtype", RUNS)
 def test_surface_on_the_gpu_matches_the_cpu(name, dtype):
-    out, grads = run(name, _Device(), dtype)
-    ref, ref_grads = run(name, tg, dtype)
-    assert out.is_cuda and all(g.is_cuda for g in grads)
-    tol = dict(rtol=2e-6, atol=2e-6) if dtype == tg.float32 else dict(rtol=1e-13, atol=1e-13)
-    assert out.dtype == ref.dtype and out.shape == ref.shape
-    np.testing.assert_allclose(out.cpu().detach().numpy(), ref.detach().numpy(), **tol)
-    for g, r in zip(grads, ref_grads):
-        assert g.dtype == r.dtype and g.shape == r.shape
-        np.testing.assert_allclose(g.cpu().numpy(), r.numpy(), **tol)
+    assert_gpu_matches_cpu(run(name, _Device(), dtype), run(name, tg, dtype), dtype)
