@@ -9,22 +9,14 @@ from .ops import (ADD_SCALAR, DIV_SCALAR, METHODS, MUL_SCALAR, SUB_SCALAR, _SCAL
                   logsumexp, lt, masked_fill, masked_fill_, matmul, max_, maximum, mean, min_, minimum, mm, mul, mul_,
                   mv, narrow, ne, neg, nonzero, norm, outer, permute, pow, pow_, prod, reciprocal, relu, repeat,
                   repeat_interleave, reshape, rsqrt, scatter_add, scatter_add_, select, setitem, sigmoid, sign, sin,
-                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_device, to_dtype, transpose,
+                  softmax, split, sqrt, square, squeeze, std, sub, sum, t, tan, tanh, to_args, to_device, to_dtype, transpose,
                   unbind, unflatten, unsqueeze, var, vdot, view, where, zero_)
 from .ops._record import recorder
 from .tensor import Tensor
 
 
 def _to(x, *args, **kwargs):
-    dt = kwargs.pop("dtype", None)
-    device = kwargs.pop("device", None)
-    for a in args:
-        if isinstance(a, dtypes.dtype):
-            dt = a
-        elif isinstance(a, Tensor):
-            dt, device = a.dtype, a.device
-        else:
-            device = a
+    dt, device = to_args(args, kwargs)
     x = to_dtype(x, dt) if dt is not None else x
     return to_device(x, device) if device is not None else x
 

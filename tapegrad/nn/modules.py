@@ -197,14 +197,7 @@ class Module:
         dtype)``, ``to(tensor)``; only floating parameters change dtype. Each stays the same Parameter
         (an optimizer holding it sees the change), its version bumped so that a graph that saved the
         old value refuses to backward through it; a .grad moves with it."""
-        dt, device = kwargs.get("dtype"), kwargs.get("device")
-        for a in args:
-            if isinstance(a, dtypes.dtype):
-                dt = a
-            elif isinstance(a, Tensor):
-                dt, device = a.dtype, a.device
-            elif a is not None:
-                device = a
+        dt, device = ops.to_args(args, kwargs)
         for p in self.parameters():
             v = _moved(p._value, dt, device)
             if v is not p._value:

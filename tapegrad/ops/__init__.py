@@ -24,7 +24,7 @@ imports below is the table's order (tools/generate.py derives the engine's dispa
 from ._record import record_unary as _unary  # noqa: F401
 from .spec import FUNCTION, TABLE  # noqa: F401
 from .results import _leaf, _result, shown_as  # noqa: F401
-from .cast import clone, contiguous, to_device, to_dtype  # noqa: F401
+from .cast import clone, contiguous, to_args, to_device, to_dtype  # noqa: F401
 from .promote import _SCALARS, _as_tensor  # noqa: F401
 from .shape import flatten, permute, reshape, squeeze, t, transpose, unflatten, unsqueeze, view  # noqa: F401
 from .compare import (_invert, all_, any_, argmax, argmin, bitwise_and, bitwise_or, bitwise_xor, eq, ge, gt,

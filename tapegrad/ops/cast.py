@@ -1,9 +1,9 @@
-"""Casting and copying: to_dtype, to_device, clone, contiguous, zeros_like."""
+"""Casting and copying: to_dtype, to_device (and the arguments of .to), clone, contiguous, zeros_like."""
 import numpy as np
 
 from .. import dtypes
 from ..tape import note_op
-from ..tensor import DeviceArray, Device
+from ..tensor import Device, DeviceArray, Tensor
 from ..tensor import leaf as _leaf
 from . import _record as _records
 from ._record import record_unary as _unary
@@ -31,6 +31,20 @@ def to_dtype(x, dt):
     if _records.PROGRAMS:
         note_op(CAST.code, x, None, t, 0, 0, 0.0)
     return t
+
+
+def to_args(args, kwargs):
+    """(dtype, device) of a ``.to(...)`` call, as torch reads it (a tensor's or a module's): a dtype,
+    a device or its name, a tensor (its dtype and device), or the keywords; None where not given."""
+    dt, device = kwargs.get("dtype"), kwargs.get("device")
+    for a in args:
+        if isinstance(a, dtypes.dtype):
+            dt = a
+        elif isinstance(a, Tensor):
+            dt, device = a.dtype, a.device
+        elif a is not None:
+            device = a
+    return dt, device
 
 
 def to_device(x, device):
