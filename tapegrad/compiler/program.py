@@ -518,8 +518,7 @@ class Program:
         self.outs = outs
         self.reads = rec.reads
         self.ext = [s for s, sl in enumerate(self.slots) if sl.kind == EXT]
-        self._ext_src = [(s, self.slots[s].arg, self.slots[s].tensor if self.slots[s].arg < 0 else None)
-                         for s in self.ext]
+        self._ext_src = [(s,) + self._source(s) for s in self.ext]
         # a module's parameters: their ids written at once (a few: one by one is cheaper)
         self._ext_at = np.array(self.ext, np.int64) if len(self.ext) > 4 else None
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
@@ -532,6 +531,12 @@ class Program:
         self._pool = threading.local()
 
     # -- planning --------------------------------------------------------------------------------
+    def _source(self, s):
+        """(argument index, captured tensor) of external slot s: a replay reads tensors[index] when
+        the index is not -1, else the tensor."""
+        sl = self.slots[s]
+        return sl.arg, sl.tensor if sl.arg < 0 else None
+
     def _refreshes(self):
         """CALL row -> the external slots whose values it changes in place and that a later row
         reads: a replay reads those again after the call (an optimizer step at the end of a
@@ -669,7 +674,7 @@ class Program:
         used = sorted(used)
         ext = [s for s in used if slots[s].kind == EXT]
         seg.ext_slots = np.array(ext, np.int64)
-        seg.ext = [(slots[s].arg, slots[s].tensor if slots[s].arg < 0 else None) for s in ext]
+        seg.ext = [self._source(s) for s in ext]
         # slots that need grad and come from another tape (an earlier segment's, a Function's) link there
         seg.linked = [s for s in used if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
         linked = set(seg.linked)
