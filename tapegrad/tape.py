@@ -101,6 +101,14 @@ class Tape:
         self.slots = self.slots + _FRESH_SLOT * self.cap
         self.cap *= 2
 
+    def reserve(self, n):
+        """Room for ``n`` slots (and rows) in all, in one allocation: a compiled replay knows its
+        tape's size before it writes it, where doubling would copy the buffers again and again."""
+        if n > self.cap:
+            self.rows = self.rows + bytearray(ROW.size * (n - self.cap))
+            self.slots = self.slots + _FRESH_SLOT * (n - self.cap)
+            self.cap = n
+
     def push_row(self, op, a, b, c, out, i0, i1, f0):
         """Append a row whose output slot exists already (a custom Function with over three inputs
         that need grad gets one such row per further three, so the planner reaches them all)."""

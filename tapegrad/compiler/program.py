@@ -35,6 +35,7 @@ tensors are held back until every guard has passed, so a failing guard leaves no
 The rows that need grad are written to fresh tapes, so backward (and create_graph) runs on
 replayed outputs as on eager ones."""
 import threading
+from operator import itemgetter
 from math import prod
 from sys import getrefcount
 
@@ -884,6 +885,9 @@ class Program:
         """A fresh tape holding segment seg's rows that need grad, on this replay's values (and
         f0s: the rows whose f0 this replay computed)."""
         tape = Tape()
+        internal = seg.internal
+        k = len(internal)
+        tape.reserve(len(seg.ext) + len(seg.linked) + k)
         remap = np.full(len(self.slots) + 1, -1, np.int64)  # (index -1 maps to -1)
         ts = [tensors[a] if a >= 0 else t for a, t in seg.ext]
         if all(t._tape is None for t in ts):  # (leaves, as parameters are: one registration for all)
@@ -894,29 +898,29 @@ class Program:
                 remap[s] = tape.slot_of(t)
         for s in seg.linked:
             remap[s] = tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made))
-        internal = seg.internal
         # the other slots in one go: flags, version 0, dtype code -1 (the engine reads it from the value)
-        k = len(internal)
         lo = tape.ns
-        while tape.cap < lo + k:
-            tape._grow()
+        tape.reserve(lo + k)
         S = np.frombuffer(tape.slots, np.int64).reshape(-1, 4)
         S[lo:lo + k, 0] = 0
         S[lo:lo + k, 1] = seg.flags
         S[lo:lo + k, 2] = 0
         S[lo:lo + k, 3] = -1
         del S
-        tape.values.extend([vals[s] for s in internal])
+        if k:
+            got = itemgetter(*internal)(vals)
+            tape.values.extend(got if k > 1 else (got,))
         remap[internal] = np.arange(lo, lo + k)
         tape.ns = lo + k
-        R = seg.R.copy()
-        R[:, 1:5] = remap[R[:, 1:5]]
+        n = seg.R.shape[0]
+        R = np.frombuffer(tape.rows, np.int64, n * 8).reshape(n, 8)  # the rows written in place
+        R[:] = seg.R
+        R[:, 1:5] = remap[seg.R[:, 1:5]]
         for e, f0 in f0s.items():
             i = seg.index.get(e)
             if i is not None:
                 R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
-        n = R.shape[0]
-        tape.rows[:n * 64] = R.tobytes()
+        del R  # (a view into the bytearray would block its resizing)
         tape.n = n
         return tape, remap
 
