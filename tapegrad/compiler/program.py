@@ -503,8 +503,9 @@ class _Segment:
     """The rows between two backward() or custom Function rows that need grad: rows (program row
     indices), index (row -> its place), the slots they use: ext_slots (external; ext: each one's
     argument index, or its captured tensor), linked (those that need grad and another tape holds)
-    and internal (the others; flags: theirs), R (their row table)."""
-    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "flags", "R")
+    and internal (the others; take: them as a slice where consecutive; flags: theirs), R (their row
+    table)."""
+    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "take", "flags", "R")
 
 
 class Program:
@@ -527,8 +528,11 @@ class Program:
         self.refresh = self._refreshes()
         self.R = _row_table(self.rows)  # (the engine's layout, for the jitted runs and the replayed tapes)
         self.RF = self.R.view(np.float64)
-        self.plan = self._plan()
-        self._tape_plan()
+        # (what planning reads of every row and slot, as arrays)
+        isop = np.fromiter((r[0] == OP for r in self.rows), bool, len(self.rows))
+        rg = np.fromiter((sl.rg for sl in self.slots), bool, len(self.slots))
+        self.plan = self._plan(isop)
+        self._tape_plan(isop, rg)
         self._pool = threading.local()
 
     # -- planning --------------------------------------------------------------------------------
@@ -590,20 +594,56 @@ class Program:
             return None  # (x @ x.t(): NumPy's syrk, replayed on the views as eager ran it)
         return dt
 
-    def _plan(self):
-        """Steps: ("jit", lo, hi, witness, owned, views, owned's slots as a list and as an array) for
+    def _row_kinds(self, kinds, isop):
+        """Each row's forward kind (forwards.py), 0 for rows that are no op (isop: which are)."""
+        return np.where(isop, kinds[self.R[:, 0]], 0)
+
+    def _run_dtypes(self, kinds, kind):
+        """Each row's _jittable (``kind``: each row's forward kind, 0 for rows that are no op): the
+        common rows (same-size or scalar operands) decided over the row table at once, the others one
+        by one."""
+        from ..engine.cpu.forwards import BINARY, ELEMENTWISE, FULL
+        rows, slots, R = self.rows, self.slots, self.R
+        size = np.fromiter((prod(sl.shape) for sl in slots), np.int64, len(slots))
+        dcode = np.fromiter((_RUN_DTYPES.get(sl.dtype, -1) for sl in slots), np.int64, len(slots))
+        code, a, b, c, out = R[:, 0], R[:, 1], R[:, 2], R[:, 3], R[:, 4]
+        d, n, na, nb = dcode[out], size[out], size[a], size[b]  # (slot -1 reads the last: masked below)
+        fast = d >= 0
+        for x in (a, b, c):
+            fast &= (x < 0) | (dcode[x] == d)
+        fast &= ((kind == ELEMENTWISE) & (a >= 0) & (na == n) |
+                 (kind == BINARY) & (a >= 0) & (b >= 0) & ((na == n) & ((nb == n) | (nb == 1)) | (nb == n) & (na == 1)) |
+                 (kind == FULL) & (a >= 0) & (n == 1) & (na != 0))
+        named = list(_RUN_DTYPES)
+        at = np.flatnonzero(fast & _has_exact()[code])  # fwd_exact asked once per (code, dtype, size)
+        if at.size:
+            keys, which = np.unique((code[at] * 2 + d[at]) << 40 | n[at], return_inverse=True)
+            exact = np.array([ops.TABLE[k >> 41].fwd_exact(named[k >> 40 & 1], k & (1 << 40) - 1)
+                              for k in keys.tolist()], bool)
+            fast[at] = exact[which.ravel()]
+        out_dts = []
+        for e, (f, k, dc) in enumerate(zip(fast.tolist(), kind.tolist(), d.tolist())):
+            out_dts.append(named[dc] if f else self._jittable(rows[e], kinds) if k else None)
+        return out_dts
+
+    def _plan(self, isop):
+        """Steps: ("jit", lo, hi, witness, owned, views, owned's slots (a slice where consecutive, else a
+        list) and as an array) for
         a run of jittable rows (owned: each output that has its own array, by slot, shape, dtype;
         views: each output that views its input, by slot, shape, its input's slot), ("row", e) for
         one row."""
         from ..engine.cpu._forward import FWD_KIND
         from ..engine.cpu.forwards import MATMUL, TRANSPOSE, VIEW
+        rows = self.rows
+        kind = self._row_kinds(FWD_KIND, isop)
+        kind_of = kind.tolist()
         # a matrix's transpose -> the matrix: a product in NumPy reads the view, as eager's did
-        self.transposes = {r[5]: r[2] for r in self.rows if r[0] == OP and FWD_KIND[r[1].code] == TRANSPOSE and
+        self.transposes = {r[5]: r[2] for r, k in zip(rows, kind_of) if k == TRANSPOSE and
                            len(self.slots[r[2]].shape) == 2 and Perm.decode(r[6], 2) == (1, 0)}
-        self.reads_views = {e for e, r in enumerate(self.rows) if r[0] == OP and FWD_KIND[r[1].code] == MATMUL and
+        self.reads_views = {e for e, (r, k) in enumerate(zip(rows, kind_of)) if k == MATMUL and
                             (r[2] in self.transposes or r[3] in self.transposes)}
         self._exact = {}  # (code, dtype, size) -> the row's fwd_exact there
-        dts = [self._jittable(r, FWD_KIND) for r in self.rows]
+        dts = self._run_dtypes(FWD_KIND, kind)
         del self._exact
         plan = []
         e = 0
@@ -621,67 +661,70 @@ class Program:
                     break
                 e += 1
             owned, views = [], []
-            for r in self.rows[lo:e]:  # each output's array, made before the run (a view: of its input)
+            for r, k in zip(rows[lo:e], kind_of[lo:e]):  # each output's array, made before the run (a view: of its input)
                 sl = self.slots[r[5]]
-                if FWD_KIND[r[1].code] == VIEW:
+                if k == VIEW:
                     views.append((r[5], sl.shape, r[2]))
                 else:
                     owned.append((r[5], sl.shape, sl.dtype))
-            plan.append(("jit", lo, e, np.empty(0, dt), owned, views, [a[0] for a in owned],
-                         np.array([a[0] for a in owned], np.int64)))
+            outs = [a[0] for a in owned]
+            plan.append(("jit", lo, e, np.empty(0, dt), owned, views, _slice_or_list(outs), np.array(outs, np.int64)))
         return plan
 
-    def _tape_plan(self):
+    def _tape_plan(self, isop, rg):
         """Which rows and slots a replay writes to its tapes (those that need grad): one tape per
         segment of rows that a backward() row ends (the eager backward closes its tape; later ops
         record on another), the last one ending with the program."""
-        cuts = [e for e, r in enumerate(self.rows) if r[0] in (BACKWARD, FUNC)]
-        self.seg_of = {}  # slot -> the segment whose tape holds it
+        rows, slots = self.rows, self.slots
+        cuts = [e for e, r in enumerate(rows) if r[0] in (BACKWARD, FUNC)] if not isop.all() else []
+        taped = np.flatnonzero(isop & rg[self.R[:, 4]])  # the rows that need grad
+        self.seg_of = np.full(len(slots), -1, np.int64)  # slot -> the segment whose tape holds it (-1: none)
         self.segments = []
-        for lo, hi in zip([0] + [c + 1 for c in cuts], cuts + [len(self.rows)]):
-            self.segments.append(self._segment(lo, hi, len(self.segments)))
+        for lo, hi in zip([0] + [c + 1 for c in cuts], cuts + [len(rows)]):
+            seg_rows = taped[np.searchsorted(taped, lo):np.searchsorted(taped, hi)]
+            self.segments.append(self._segment(seg_rows, len(self.segments), rg))
         # a custom Function's call also ends a segment: its apply records on the thread's tape, which
         # links to the tape before it; a backward() ends an epoch, whose values it frees
-        epoch, born = 0, {}  # slot that needs grad -> the epoch that makes it
+        epoch = 0
+        born = np.full(len(slots), -1, np.int64)  # slot that needs grad -> the epoch that makes it (-1: none)
         for k, seg in enumerate(self.segments):
-            for e in seg.rows:
-                born[self.rows[e][5]] = epoch
-            end = self.rows[cuts[k]] if k < len(cuts) else None
-            made_here = seg.rows + ([cuts[k]] if end is not None and end[0] == FUNC else [])
-            for e in made_here:
-                r = self.rows[e]
-                ins = r[2] if r[0] == FUNC else r[2:5]
-                if any(s >= 0 and born.get(s, epoch) != epoch for s in ins):
-                    raise Unreplayable("it records ops that need grad on values from before its backward()")
+            R = seg.R
+            born[R[:, 4]] = epoch
+            ins = R[:, 1:4][R[:, 1:4] >= 0]
+            end = rows[cuts[k]] if k < len(cuts) else None
+            if end is not None and end[0] == FUNC:
+                ins = np.concatenate([ins, np.array([s for s in end[2] if s >= 0], np.int64)])
+            if ((born[ins] >= 0) & (born[ins] != epoch)).any():
+                raise Unreplayable("it records ops that need grad on values from before its backward()")
             if end is None:
                 continue
             if end[0] == FUNC:
-                born.update((s, epoch) for s in end[1][3] if self.slots[s].rg)
+                born[[s for s in end[1][3] if slots[s].rg]] = epoch
             else:
-                if any(self.slots[s].kind != EXT and born.get(s) != epoch for s in end[1][0]):
+                if any(slots[s].kind != EXT and born[s] != epoch for s in end[1][0]):
                     raise Unreplayable("it calls backward() on a value from before an earlier backward()")
                 epoch += 1
 
-    def _segment(self, lo, hi, k):
+    def _segment(self, seg_rows, k, rg):
         seg = _Segment()
-        seg.rows = [e for e in range(lo, hi) if self.rows[e][0] == OP and self.slots[self.rows[e][5]].rg]
-        seg.index = {e: i for i, e in enumerate(seg.rows)}
-        used = set()
-        for e in seg.rows:
-            r = self.rows[e]
-            used.update(s for s in (r[2], r[3], r[4], r[5]) if s >= 0)
-            self.seg_of[r[5]] = k
+        seg.rows = seg_rows.tolist()
+        seg.index = dict(zip(seg.rows, range(len(seg.rows))))
+        seg.R = self.R[seg_rows]
+        self.seg_of[seg.R[:, 4]] = k
+        used = np.unique(seg.R[:, 1:5])
+        used = used[used >= 0]
         slots = self.slots
-        used = sorted(used)
-        ext = [s for s in used if slots[s].kind == EXT]
+        isext = np.fromiter((slots[s].kind == EXT for s in used.tolist()), bool, used.size)
+        ext = used[isext].tolist()
         seg.ext_slots = np.array(ext, np.int64)
         seg.ext = [self._source(s) for s in ext]
         # slots that need grad and come from another tape (an earlier segment's, a Function's) link there
-        seg.linked = [s for s in used if slots[s].kind != EXT and slots[s].rg and self.seg_of.get(s) != k]
-        linked = set(seg.linked)
-        seg.internal = [s for s in used if slots[s].kind != EXT and s not in linked]
-        seg.flags = np.array([REQUIRES_GRAD if slots[s].rg else LEAF for s in seg.internal], np.int64)
-        seg.R = self.R[seg.rows]
+        others = used[~isext]
+        link = rg[others] & (self.seg_of[others] != k)
+        seg.linked = others[link].tolist()
+        seg.internal = others[~link].tolist()
+        seg.take = _slice_or_list(seg.internal)
+        seg.flags = np.where(rg[seg.internal], REQUIRES_GRAD, LEAF).astype(np.int64)
         return seg
 
     # -- replay ----------------------------------------------------------------------------------
@@ -737,8 +780,11 @@ class Program:
                         if kept is None or max(map(getrefcount, kept[0])) > 2:
                             kept = pool[lo] = _take_back(kept, owned)
                         arrays, ids = kept
-                        for s, v in zip(outs, arrays):
-                            vals[s] = v
+                        if outs.__class__ is slice:
+                            vals[outs] = arrays
+                        else:
+                            for s, v in zip(outs, arrays):
+                                vals[s] = v
                         O[at] = ids
                     for out, shape, src in views:
                         v = vals[out] = vals[src].reshape(shape)
@@ -871,7 +917,7 @@ class Program:
             if sl.kind == EXT:
                 t = tensors[sl.arg] if sl.arg >= 0 else sl.tensor
             elif sl.rg:
-                k = self.seg_of[s]
+                k = int(self.seg_of[s])
                 if k not in tapes:
                     tapes[k] = self._tape(tensors, vals, f0s, self.segments[k], tapes, made)
                 tape, tslot = tapes[k]
@@ -907,8 +953,11 @@ class Program:
         S[lo:lo + k, 2] = 0
         S[lo:lo + k, 3] = -1
         del S
-        if k:
-            got = itemgetter(*internal)(vals)
+        take = seg.take
+        if take.__class__ is slice:
+            tape.values.extend(vals[take])
+        elif k:
+            got = itemgetter(*take)(vals)
             tape.values.extend(got if k > 1 else (got,))
         remap[internal] = np.arange(lo, lo + k)
         tape.ns = lo + k
@@ -971,6 +1020,23 @@ class Program:
 
 
 _PY_CACHE = {}
+_RUN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}  # the dtypes a jitted run takes, by code
+_HAS_EXACT = []
+
+
+def _has_exact():
+    """op code -> whether the row declares a fwd_exact (its kernel is exact only somewhere)."""
+    if not _HAS_EXACT:
+        _HAS_EXACT.append(np.array([op.fwd_exact is not None for op in ops.TABLE], bool))
+    return _HAS_EXACT[0]
+
+
+def _slice_or_list(slots):
+    """Slots as a slice where they are consecutive and ascending (one C-level copy in a replay), else
+    as they are."""
+    if slots and slots == list(range(slots[0], slots[0] + len(slots))):
+        return slice(slots[0], slots[-1] + 1)
+    return slots
 
 
 def _trailing(small, big):

@@ -103,6 +103,35 @@ def test_which_rows_these_programs_record():
         assert name in names, (name, sorted(names))
 
 
+def _planned_as_row_by_row(cf):
+    from tapegrad.engine.cpu._forward import FWD_KIND
+    for variants in cf._variants.values():
+        for v in variants:
+            p = v.program
+            p._exact = {}
+            isop = np.array([r[0] == "op" for r in p.rows], bool)
+            assert p._run_dtypes(FWD_KIND, p._row_kinds(FWD_KIND, isop)) == [p._jittable(r, FWD_KIND) for r in p.rows]
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_the_planner_picks_the_rows_the_row_rule_picks(dtype):
+    """The planner decides most rows' jitted runs over the row table at once: on every row's
+    program, and on broadcasts and mixed dtypes, it picks what the row-by-row rule picks."""
+    for name, prog in PROGRAMS:
+        cf = tg.compile(lambda *xs, p=prog: p.fn(tg, *xs))
+        cf(*_tensors(prog.inputs(0), dtype, True))
+        _planned_as_row_by_row(cf)
+
+    def mixed(x, y, z, i, col):
+        return ((x * y + z).sum(0) + (x.double() * 2.0).float() + (y - x) / (z + 3.0) + i * x + x * col,
+                (x @ x.t()).mean())
+
+    cf = tg.compile(mixed)
+    cf(tg.randn(4, 3, dtype=dtype, requires_grad=True), tg.randn(3, dtype=dtype), tg.randn(1, dtype=dtype),
+       tg.tensor([1, 2, 3]), tg.randn(4, 1, dtype=dtype))
+    _planned_as_row_by_row(cf)
+
+
 # -- operands made from tensors' values: derived again at each replay ------------------------------
 def _eager_and_compiled(f, calls):
     """Run f and tg.compile(f) on each argument tuple; values (and the first input's gradient,
