@@ -35,6 +35,7 @@ tensors are held back until every guard has passed, so a failing guard leaves no
 The rows that need grad are written to fresh tapes, so backward (and create_graph) runs on
 replayed outputs as on eager ones."""
 import threading
+from itertools import chain
 from operator import itemgetter
 from math import prod
 from sys import getrefcount
@@ -251,27 +252,40 @@ class Recording:
         return p
 
     def _copy_rows(self, tape, lo, hi):
-        R = tape.row_table()[0][lo:hi].tolist()
-        F = tape.row_table()[1][lo:hi, 7].tolist()
+        ints, floats = tape.row_table()
+        R = ints[lo:hi].tolist()
+        F = floats[lo:hi, 7].tolist()
+        tid, tmap, stale, values = id(tape), self.tmap, self.stale, tape.values
+        slots, rows, table = self.slots, self.rows, ops.TABLE
         for r, f0 in zip(R, F):
-            op = ops.TABLE[r[0]]
-            if op is ops.FUNCTION or r[4] < tape.ns and (id(tape), r[4]) in self.tmap:
+            op = table[r[0]]
+            if op is ops.FUNCTION or r[4] < tape.ns and (tid, r[4]) in tmap:
                 self.fail(f"row {op.name!r} (a custom autograd.Function or a multi-row op) does not replay")
-            ins = []
-            for k in (1, 2, 3):
-                s = r[k]
+            ins = [-1, -1, -1]
+            for k in (0, 1, 2):
+                s = r[k + 1]
                 if s < 0:
-                    ins.append(-1)
                     continue
-                p = self._tape_slot(tape, s)
-                if p == -2:
-                    p = self._operand(tape.values[s], op)
-                    self.tmap[(id(tape), s)] = p
-                ins.append(self._fresh(p))
-            value = tape.values[r[4]]
-            out = self._new(VALUE, value, True)
-            self.tmap[(id(tape), r[4])] = out
-            self._row(OP, op, ins, out, r[5], r[6], f0)
+                p = tmap.get((tid, s))  # (_tape_slot's first step, inlined: nearly every operand)
+                if p is None:
+                    p = self._tape_slot(tape, s)
+                    if p == -2:
+                        p = self._operand(values[s], op)
+                        tmap[(tid, s)] = p
+                if p in stale:
+                    self._fresh(p)
+                ins[k] = p
+            value = values[r[4]]
+            if value.__class__ is DeviceArray:
+                out = self._new(VALUE, value, True)  # (fails the recording)
+            else:
+                out = len(slots)
+                slots.append(Slot(VALUE, value.shape, value.dtype, True))
+            tmap[(tid, r[4])] = out
+            if op.fwd == "fwd_view":
+                self._row(OP, op, ins, out, r[5], r[6], f0)
+            else:
+                rows.append((OP, op, ins[0], ins[1], ins[2], out, r[5], r[6], f0))
             if op.kernel == "adj_getitem" and tape.vcs:
                 self._viewing(tape.vcs.get(r[4]), out)
 
@@ -1053,8 +1067,9 @@ def _row_table(rows):
     ops_ = [(e, r) for e, r in enumerate(rows) if r[0] == OP]
     if ops_:
         at = np.fromiter((e for e, _ in ops_), np.int64, len(ops_))
-        R[at, :7] = np.array([(r[1].code, r[2], r[3], r[4], r[5], r[6], r[7]) for _, r in ops_], np.int64)
-        R[at, 7] = np.array([r[8] for _, r in ops_], np.float64).view(np.int64)
+        R[at, :7] = np.fromiter(chain.from_iterable((r[1].code, r[2], r[3], r[4], r[5], r[6], r[7]) for _, r in ops_),
+                                np.int64, 7 * len(ops_)).reshape(-1, 7)
+        R[at, 7] = np.fromiter((r[8] for _, r in ops_), np.float64, len(ops_)).view(np.int64)
     return R
 
 
