@@ -24,6 +24,7 @@ from .ops import (all_ as all, amax, amin, any_ as any, argmax, argmin, bmm, cat
                   ne, nonzero, norm, outer, prod, repeat_interleave, rsqrt, scatter_add, softmax, split, square,
                   select, stack, std, tan, unbind, unflatten, var, vdot, where)
 from .printing import set_printoptions  # noqa: F401
+from .parallel import get_num_threads, set_num_threads  # noqa: F401
 from .autograd.anomaly_mode import is_anomaly_check_nan_enabled, is_anomaly_enabled, set_anomaly_enabled  # noqa: F401
 from .ops import FUNCTIONS as _FUNCTIONS
 

@@ -95,6 +95,7 @@ RETURNS = {
     "register_hook": "_RemovableHandle", "split": "tuple[Tensor, ...]", "chunk": "tuple[Tensor, ...]",
     "unbind": "tuple[Tensor, ...]", "max": "Any", "min": "Any", "nonzero": "Any",
     "manual_seed": "Any", "set_default_dtype": "None", "get_default_dtype": "_dtype",
+    "get_num_threads": "_b.int", "set_num_threads": "None",
     "is_grad_enabled": "_b.bool", "is_inference_mode_enabled": "_b.bool", "set_printoptions": "None",
     "dump": "_b.str", "to_dot": "_b.str", "__len__": "_b.int", "__iter__": "Iterator[Tensor]", "__bool__": "_b.bool",
     "__float__": "_b.float", "__int__": "_b.int", "__hash__": "_b.int", "__repr__": "_b.str", "__str__": "_b.str",

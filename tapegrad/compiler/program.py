@@ -42,7 +42,7 @@ from sys import getrefcount
 
 import numpy as np
 
-from .. import ops
+from .. import ops, parallel
 from ..operands import operand
 from ..ops.attrs import Operand, Perm
 from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
@@ -612,13 +612,12 @@ class Program:
         """Each row's forward kind (forwards.py), 0 for rows that are no op (isop: which are)."""
         return np.where(isop, kinds[self.R[:, 0]], 0)
 
-    def _run_dtypes(self, kinds, kind):
-        """Each row's _jittable (``kind``: each row's forward kind, 0 for rows that are no op): the
-        common rows (same-size or scalar operands) decided over the row table at once, the others one
-        by one."""
+    def _run_dtypes(self, kinds, kind, size):
+        """Each row's _jittable (``kind``: each row's forward kind, 0 for rows that are no op; size:
+        each slot's): the common rows (same-size or scalar operands) decided over the row table at
+        once, the others one by one."""
         from ..engine.cpu.forwards import BINARY, ELEMENTWISE, FULL
         rows, slots, R = self.rows, self.slots, self.R
-        size = np.fromiter((prod(sl.shape) for sl in slots), np.int64, len(slots))
         dcode = np.fromiter((_RUN_DTYPES.get(sl.dtype, -1) for sl in slots), np.int64, len(slots))
         code, a, b, c, out = R[:, 0], R[:, 1], R[:, 2], R[:, 3], R[:, 4]
         d, n, na, nb = dcode[out], size[out], size[a], size[b]  # (slot -1 reads the last: masked below)
@@ -642,10 +641,10 @@ class Program:
 
     def _plan(self, isop):
         """Steps: ("jit", lo, hi, witness, owned, views, owned's slots (a slice where consecutive, else a
-        list) and as an array) for
-        a run of jittable rows (owned: each output that has its own array, by slot, shape, dtype;
-        views: each output that views its input, by slot, shape, its input's slot), ("row", e) for
-        one row."""
+        list) and as an array, chunks) for a run of jittable rows (owned: each output that has its
+        own array, by slot, shape, dtype; views: each output that views its input, by slot, shape,
+        its input's slot; chunks: None, or how a large elementwise run splits, _chunking), ("row", e)
+        for one row."""
         from ..engine.cpu._forward import FWD_KIND
         from ..engine.cpu.forwards import MATMUL, TRANSPOSE, VIEW
         rows = self.rows
@@ -657,8 +656,10 @@ class Program:
         self.reads_views = {e for e, (r, k) in enumerate(zip(rows, kind_of)) if k == MATMUL and
                             (r[2] in self.transposes or r[3] in self.transposes)}
         self._exact = {}  # (code, dtype, size) -> the row's fwd_exact there
-        dts = self._run_dtypes(FWD_KIND, kind)
+        size = np.fromiter((prod(sl.shape) for sl in self.slots), np.int64, len(self.slots))
+        dts = self._run_dtypes(FWD_KIND, kind, size)
         del self._exact
+        chunked = self._chunked_rows(kind, size)
         plan = []
         e = 0
         n = len(self.rows)
@@ -669,9 +670,10 @@ class Program:
                 e += 1
                 continue
             lo = e
+            big = chunked[e]  # a run is chunked all through or not at all
             while e < n:
                 d = dts[e]
-                if d is None or d != dt:  # (not d == dt: NumPy reads None as float64)
+                if d is None or d != dt or chunked[e] != big:  # (not d == dt: NumPy reads None as float64)
                     break
                 e += 1
             owned, views = [], []
@@ -682,8 +684,31 @@ class Program:
                 else:
                     owned.append((r[5], sl.shape, sl.dtype))
             outs = [a[0] for a in owned]
-            plan.append(("jit", lo, e, np.empty(0, dt), owned, views, _slice_or_list(outs), np.array(outs, np.int64)))
+            plan.append(("jit", lo, e, np.empty(0, dt), owned, views, _slice_or_list(outs), np.array(outs, np.int64),
+                         self._chunking(lo, e, big, size, dt) if big else None))
         return plan
+
+    def _chunked_rows(self, kind, size):
+        """Each row's size where a replay may split it into chunks over threads (an elementwise row
+        over CHUNK_MIN or more elements whose operands all have that size, or one element), else 0."""
+        from ..engine.cpu.forwards import BINARY, ELEMENTWISE, VIEW, WHOLE
+        R = self.R
+        a, b, c, out = R[:, 1], R[:, 2], R[:, 3], R[:, 4]
+        n = size[out]
+        ok = (n >= CHUNK_MIN) & np.isin(kind, (ELEMENTWISE, BINARY, VIEW))
+        for x in (a, b, c):
+            nx = size[x]
+            ok &= (x < 0) | (nx == n) | (kind == BINARY) & (nx == 1)
+        whole = np.array([r[0] == OP and r[1].fwd in WHOLE for r in self.rows], bool) if ok.any() else ok
+        return np.where(ok & ~whole, n, 0).tolist()
+
+    def _chunking(self, lo, hi, n, size, dt):
+        """(n, chunk length, the run's slots of n elements as a list and an array): what a replay
+        slices into chunks (the others, one element, every chunk reads whole)."""
+        used = np.unique(self.R[lo:hi, 1:5])
+        big = used[(used >= 0) & (size[np.maximum(used, 0)] == n)]
+        length = max(1, min(n, CHUNK_BYTES // (np.dtype(dt).itemsize * len(big))))
+        return n, int(length), big.tolist(), big
 
     def _tape_plan(self, isop, rg):
         """Which rows and slots a replay writes to its tapes (those that need grad): one tape per
@@ -787,7 +812,7 @@ class Program:
         try:
             for step in self.plan:
                 if step[0] == "jit":
-                    _, lo, hi, w, owned, views, outs, at = step
+                    _, lo, hi, w, owned, views, outs, at, chunks = step
                     if owned:
                         kept = pool.get(lo)
                         # (the pool's list and the call's argument): nothing else holds an array
@@ -803,7 +828,7 @@ class Program:
                     for out, shape, src in views:
                         v = vals[out] = vals[src].reshape(shape)
                         O[out] = id(v)
-                    status = _jit_run(self, O, lo, hi, w)
+                    status = _jit_run(self, O, lo, hi, w) if chunks is None else _chunked_run(self, O, vals, lo, hi, w, chunks)
                     if status != -1:
                         raise RuntimeError(f"compiled replay: row {rows[status][1].name} has no jitted kernel")
                     continue
@@ -1085,6 +1110,24 @@ def _take_back(kept, owned):
 
 
 _JIT = []
+CHUNK_MIN = 1 << 16  # elements: a smaller run's arrays sit in cache, and threads cost more than they save
+CHUNK_BYTES = 1 << 19  # a chunk's slices of all the run's arrays together: half the L2 cache
+
+
+def _chunked_run(prog, O, vals, lo, hi, w, chunks):
+    """A run of elementwise rows, chunk by chunk (every row on one chunk, while its arrays sit in
+    cache), the chunks spread over threads: each chunk's row table reads views of its elements."""
+    n, length, big, at = chunks
+    flat = [vals[s].reshape(-1) for s in big]
+    tables, held = [], []
+    for c0 in range(0, n, length):
+        part = [v[c0:c0 + length] for v in flat]
+        Oc = O.copy()
+        Oc[at] = np.fromiter(map(id, part), np.int64, len(part))
+        tables.append(Oc)
+        held.append(part)
+    status = parallel.run_each(lambda Oc: _jit_run(prog, Oc, lo, hi, w), tables)
+    return next((s for s in status if s != -1), -1)
 
 
 def _jit_run(prog, O, lo, hi, w):
@@ -1092,6 +1135,6 @@ def _jit_run(prog, O, lo, hi, w):
         from ..engine.cpu._forward import FWD_KERNEL
         from ..engine.cpu.forward_replay import run
         from ..engine.cpu_replay import array_header
-        _JIT.extend((run, FWD_KERNEL, array_header()))
-    run, fk, hoff = _JIT
+        _JIT[:] = [(run, FWD_KERNEL, array_header())]  # (one assignment: threads may race here)
+    run, fk, hoff = _JIT[0]
     return run(prog.R, prog.RF, fk, O, lo, hi, hoff, w)

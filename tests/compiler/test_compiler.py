@@ -667,6 +667,85 @@ def test_two_threads_replay_one_function():
     assert not errors and cf.replay_count == 400
 
 
+# -- large elementwise runs: chunks over threads -----------------------------------------------------
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunked runs at test sizes: from 64 elements, chunks of 4 KiB over all of a run's arrays."""
+    from tapegrad.compiler import program
+    monkeypatch.setattr(program, "CHUNK_MIN", 64)
+    monkeypatch.setattr(program, "CHUNK_BYTES", 4096)
+    yield
+    tg.set_num_threads(tg.get_num_threads())
+
+
+def _chunk_program(x, w, s):
+    """Elementwise rows over x's elements (chunked), with one-element operands, a view, a row that
+    must see the whole array (sin), a reduction and a broadcast of a trailing block (unchunked)."""
+    h = ((x * w - 1.5) * s).exp() + (x / 3.0).tanh()
+    v = h.reshape(-1, 10).unsqueeze(0)
+    return ((v * 2.0 + x.reshape(1, -1, 10)).sin() + v.neg() * s).sum() + (v + w.reshape(-1, 10)[0]).sum()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_chunked_runs_replay_with_eager_bits(small_chunks, dtype, threads):
+    tg.set_num_threads(threads)
+    cf = tg.compile(_chunk_program)
+    for seed in range(3):
+        g = np.random.default_rng(seed)
+        args = [tg.tensor(g.standard_normal(s), dtype=dtype, requires_grad=True) for s in ((1010,), (1010,), (1,))]
+        outs = []
+        for fn in (_chunk_program, cf):
+            xs = [a.detach().requires_grad_() for a in args]
+            y = fn(*xs)
+            y.backward()
+            outs.append([y.detach().numpy()] + [a.grad.numpy() for a in xs])
+        for got, want in zip(*outs):
+            assert same(got, want)
+    assert cf.replay_count == 2
+    prog = next(iter(cf._variants.values()))[0].program
+    chunked = [st for st in prog.plan if st[0] == "jit" and st[-1] is not None]
+    assert chunked, "no chunked run"
+    names = {prog.rows[e][1].name for st in chunked for e in range(st[1], st[2])}
+    assert "sin" not in names and "sum" not in names and {"exp", "tanh", "mul", "neg"} <= names
+    assert all(st[-1][1] < 1010 for st in chunked)  # several chunks each
+
+
+def test_chunked_runs_from_two_threads(small_chunks):
+    tg.set_num_threads(2)
+    cf = tg.compile(lambda x: (x * 2.0 + 1.0).exp().sum())
+    cf(tg.ones(5000))
+    errors = []
+
+    def work(v):
+        try:
+            for _ in range(50):
+                x = tg.full((5000,), v)
+                assert same(cf(x).numpy(), (x * 2.0 + 1.0).exp().sum().numpy())
+        except Exception as e:  # pragma: no cover (reported below)
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(v,)) for v in (0.1, 0.2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and cf.replay_count == 100
+
+
+def test_num_threads():
+    n = tg.get_num_threads()
+    assert n >= 1
+    tg.set_num_threads(1)
+    assert tg.get_num_threads() == 1
+    for bad in (0, -1):
+        with pytest.raises(RuntimeError, match="positive integer"):
+            tg.set_num_threads(bad)
+    with pytest.raises(TypeError, match="must be int"):
+        tg.set_num_threads(1.5)
+    tg.set_num_threads(n)
+
+
 # -- the rows' replay kernels: the gap stays visible --------------------------------------------------
 def test_which_rows_replay_how():
     from tapegrad.engine.cpu._forward import FWD_KERNEL

@@ -110,7 +110,8 @@ def _planned_as_row_by_row(cf):
             p = v.program
             p._exact = {}
             isop = np.array([r[0] == "op" for r in p.rows], bool)
-            assert p._run_dtypes(FWD_KIND, p._row_kinds(FWD_KIND, isop)) == [p._jittable(r, FWD_KIND) for r in p.rows]
+            size = np.array([int(np.prod(sl.shape)) for sl in p.slots], np.int64)
+            assert p._run_dtypes(FWD_KIND, p._row_kinds(FWD_KIND, isop), size) == [p._jittable(r, FWD_KIND) for r in p.rows]
 
 
 @pytest.mark.parametrize("dtype", [tg.float32, tg.float64])

@@ -10,7 +10,7 @@ from ._forward import forward_dispatch
 OK = -1  # every row ran; else the status is the row that stopped the run
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # (a chunked run spreads over threads)
 def run(R, RF, FK, O, lo, hi, hoff, w):
     """Rows lo..hi-1 of the program (R its int rows, RF their float view). Returns OK, or the
     first row that has no forward kernel."""

@@ -23,6 +23,7 @@ from ...jit.ufuncs import unary
 ELEMENTWISE, BINARY, FULL, VIEW, TRANSPOSE, MATMUL = 1, 2, 3, 4, 5, 6
 DECLARED = {}  # kernel name -> kind
 STATUS = set()  # the kernels that return whether they ran
+WHOLE = set()  # elementwise kernels whose result depends on the whole array (its size, a range check)
 
 # The ufuncs whose loops the hand kernels call, first in the loop table (the generated UFUNCS
 # appends the rows' own): U_EXP is the table index of numpy.exp.
@@ -30,11 +31,15 @@ LOOPS = ("numpy.exp", "numpy.sin", "numpy.cos")
 U_EXP, U_SIN, U_COS = range(len(LOOPS))
 
 
-def forward(kind, status=False):
+def forward(kind, status=False, whole=False):
+    """Declare a kernel of ``kind``; ``whole``: an elementwise kernel that must see the whole array,
+    which a chunked replay (compiler/program.py) then leaves unsplit."""
     def declare(f):
         DECLARED[f.__name__] = kind
         if status:
             STATUS.add(f.__name__)
+        if whole:
+            WHOLE.add(f.__name__)
         return njit(cache=True, inline="always")(f)
     return declare
 
@@ -219,11 +224,11 @@ def _trig(e, R, O, hoff, w, quarter):
     return True
 
 
-@forward(ELEMENTWISE, status=True)
+@forward(ELEMENTWISE, status=True, whole=True)
 def fwd_sin(e, R, RF, O, hoff, w):
     return _trig(e, R, O, hoff, w, 0)
 
 
-@forward(ELEMENTWISE, status=True)
+@forward(ELEMENTWISE, status=True, whole=True)
 def fwd_cos(e, R, RF, O, hoff, w):
     return _trig(e, R, O, hoff, w, 1)
