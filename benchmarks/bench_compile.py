@@ -200,6 +200,39 @@ class C5Deep(_CompiledStep):
         return deep_loss(ps), (w5.batch(lib),), [p for wb in ps for p in wb]
 
 
+class C3ChunkedRun:
+    """C3's compiled forward with its large elementwise run replayed whole, in cache-sized chunks on
+    one thread, and in chunks on two (tapegrad.set_num_threads): what the chunked replay buys."""
+    params = ["whole", "chunks-1-thread", "chunks-2-threads"]
+    param_names = ["run"]
+    number = 2
+    repeat = 10
+    warmup_time = 0
+
+    def setup(self, run):
+        from tapegrad.compiler import program
+        self.tg = tg = load("tapegrad")
+        chunk_min = program.CHUNK_MIN
+        if run == "whole":
+            program.CHUNK_MIN = 1 << 62
+        try:
+            loss, (self.x,), _ = C3Elementwise.make(tg)
+            self.fn = tg.compile(loss)
+            self.fn(self.x)  # records: the program keeps the plan it made
+        finally:
+            program.CHUNK_MIN = chunk_min
+        self.threads = 2 if run == "chunks-2-threads" else 1
+        self.time_forward(run)
+
+    def time_forward(self, run):
+        threads = self.tg.get_num_threads()
+        self.tg.set_num_threads(self.threads)
+        try:
+            self.fn(self.x)
+        finally:
+            self.tg.set_num_threads(threads)
+
+
 class S5TrainingStep:
     """W5 as a whole training step compiled: zero_grad, forward, backward, SGD step. torch runs
     it eagerly (torch.compile breaks its graph at backward and step)."""
