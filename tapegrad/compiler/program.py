@@ -538,8 +538,9 @@ class Program:
         # a module's parameters: their ids written at once (a few: one by one is cheaper)
         self._ext_at = np.array(self.ext, np.int64) if len(self.ext) > 4 else None
         self.constants = [s for s, sl in enumerate(self.slots) if sl.kind == CONSTANT]
-        self.has_rand = any(r[0] == RAND for r in self.rows)
-        self.refresh = self._refreshes()
+        kinds = set(map(itemgetter(0), self.rows))
+        self.has_rand = RAND in kinds
+        self.refresh = self._refreshes() if CALL in kinds else {}
         self.R = _row_table(self.rows)  # (the engine's layout, for the jitted runs and the replayed tapes)
         self.RF = self.R.view(np.float64)
         # (what planning reads of every row and slot, as arrays)
