@@ -10,7 +10,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Lowest first. A module not listed takes the floor of the nearest package listed above it.
 FLOORS = [
     ["tapegrad.dtypes", "tapegrad.blas", "tapegrad.printing", "tapegrad.formula", "tapegrad.operands",
-     "tapegrad.malloc", "tapegrad.jit", "tapegrad.cuda"],  # (cuda: numba.cuda and GPU values, no tapes)
+     "tapegrad.malloc", "tapegrad.jit", "tapegrad.parallel",
+     "tapegrad.cuda"],  # (parallel: the thread count and its pool; cuda: numba.cuda and GPU values, no tapes)
     ["tapegrad.engine.cpu"],  # the jitted engine: Numba and floor 0 only (its dispatch is generated)
     ["tapegrad.tape", "tapegrad.grad_mode"],
     ["tapegrad.engine.cpu_replay"],  # the CPU engine behind the driver's interface: tapes, no Tensors or ops
