@@ -585,6 +585,8 @@ class Program:
             if s >= 0 and sl[s].dtype != dt:
                 return None
         n = prod(sl[out].shape)
+        if op.fwd_f0 is not None and not op.fwd_f0(f0):
+            return None
         if op.fwd_exact is not None:
             key = (op.code, dt, n)
             exact = self._exact.get(key)
@@ -622,7 +624,7 @@ class Program:
         dcode = np.fromiter((_RUN_DTYPES.get(sl.dtype, -1) for sl in slots), np.int64, len(slots))
         code, a, b, c, out = R[:, 0], R[:, 1], R[:, 2], R[:, 3], R[:, 4]
         d, n, na, nb = dcode[out], size[out], size[a], size[b]  # (slot -1 reads the last: masked below)
-        fast = d >= 0
+        fast = (d >= 0) & ~_has_f0()[code]  # (rows exact for some scalars only: one by one)
         for x in (a, b, c):
             fast &= (x < 0) | (dcode[x] == d)
         fast &= ((kind == ELEMENTWISE) & (a >= 0) & (na == n) |
@@ -1062,6 +1064,14 @@ class Program:
 _PY_CACHE = {}
 _RUN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}  # the dtypes a jitted run takes, by code
 _HAS_EXACT = []
+_HAS_F0 = []
+
+
+def _has_f0():
+    """op code -> whether the row declares a fwd_f0 (its kernel is exact for some scalars only)."""
+    if not _HAS_F0:
+        _HAS_F0.append(np.array([op.fwd_f0 is not None for op in ops.TABLE], bool))
+    return _HAS_F0[0]
 
 
 def _has_exact():

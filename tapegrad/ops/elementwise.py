@@ -205,6 +205,9 @@ def _pow_scalar_vjp(g, i, o, r):
     return (g * shown_as(p * float(c), "MulBackward1", p),)
 
 
+_POW_FORMULAS = (2, 3, 0.5, -1, -0.5, -2, 1, 0)  # the exponents _pow_value computes by a formula
+
+
 def _pow_value(x, c):
     """x ** c as torch computes it: its special exponents are other formulas than pow(), which
     differ from it in the last bit (x * x * x, 1 / sqrt) or at -0.0 and -inf (sqrt)."""
@@ -241,7 +244,7 @@ def _rpow_scalar_vjp(g, i, o, r):
 
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,),
-                 attrs=(None, None, Operand()), gpu=True)
+                 attrs=(None, None, Operand()), fwd="fwd_pow_scalar", fwd_f0=lambda c: c in _POW_FORMULAS, gpu=True)
 RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
                   _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)), gpu="pow(c, x)")
 

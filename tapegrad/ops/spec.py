@@ -30,7 +30,7 @@ b"``, ``"x * c"``), whose loop tools/generate.py writes, or the name of a hand-w
 one unary ufunc call (``"ufunc:numpy.tanh"``): the replay calls the ufunc's own inner loop
 (jit/ufuncs.py), exact wherever the loop is found; ``fwd_exact(dtype, size)`` says where that kernel
 gives the bits of the NumPy forward the eager path runs (libm and NumPy's SIMD loops round
-differently; None: always);
+differently; None: always), ``fwd_f0(f0)`` for which of the row's scalars it does (None: all);
 ``replay(ins, i0, i1, f0, shape, dtype)`` is the NumPy forward for rows whose ``forward`` alone
 cannot replay (it returns the value, or (value, f0) where f0 comes from values, nll_loss's weighted
 mean: the replayed tape's row takes that f0); ``static_maps``: its index maps come from Python keys
@@ -65,10 +65,11 @@ def loop_ready(name):
 
 class Op:
     __slots__ = ("code", "name", "grad_fn", "arity", "forward", "kernel", "vjp", "reads", "formula", "sign_through",
-                 "attrs", "inputs", "fwd", "fwd_exact", "replay", "static_maps", "gpu")
+                 "attrs", "inputs", "fwd", "fwd_exact", "fwd_f0", "replay", "static_maps", "gpu")
 
     def __init__(self, code, name, grad_fn, arity, forward, kernel, vjp, reads, formula=None, sign_through=False,
-                 attrs=(), inputs=None, fwd=None, fwd_exact=None, replay=None, static_maps=False, gpu=None):
+                 attrs=(), inputs=None, fwd=None, fwd_exact=None, fwd_f0=None, replay=None, static_maps=False,
+                 gpu=None):
         self.code, self.name, self.grad_fn, self.arity = code, name, grad_fn, arity
         self.forward, self.kernel, self.vjp = forward, kernel, vjp
         self.reads = tuple(reads.get(k, ()) for k in range(3)) if isinstance(reads, dict) else (tuple(reads),) * 3
@@ -81,6 +82,7 @@ class Op:
         elif fwd is not None and not fwd.startswith("fwd_"):
             _parse(fwd)  # (a formula row's forward: checked here, not at generation)
         self.fwd, self.fwd_exact, self.replay, self.static_maps = fwd, fwd_exact, replay, static_maps
+        self.fwd_f0 = fwd_f0
         self.gpu = gpu
 
     def gpu_forward(self):
@@ -110,7 +112,7 @@ TABLE = []
 
 def row(name, grad_fn, arity, forward, kernel, vjp, reads=(), sign_through=False, attrs=(), inputs=None, formula=None,
         **replay):
-    """A row; ``replay``: its fwd, fwd_exact, replay, static_maps and gpu (above). ``formula``: the
+    """A row; ``replay``: its fwd, fwd_exact, fwd_f0, replay, static_maps and gpu (above). ``formula``: the
     derivative of an elementwise row whose CPU adjoint ``kernel`` is hand-written (its CUDA adjoint
     is generated from it)."""
     op = Op(len(TABLE), name, grad_fn, arity, forward, kernel, vjp, reads, formula, sign_through=sign_through,

@@ -760,14 +760,14 @@ def test_which_rows_replay_how():
 
 
 JITTED = ["abs", "add", "add_scalar", "clone", "cos", "div", "div_scalar", "erf", "exp", "expm1", "log", "log1p",
-          "mean", "mm", "mul", "mul_scalar", "neg", "permute", "reciprocal", "relu", "rsqrt", "rsub_scalar", "scale",
+          "mean", "mm", "mul", "mul_scalar", "neg", "permute", "pow_scalar", "reciprocal", "relu", "rsqrt", "rsub_scalar", "scale",
           "sigmoid", "sign", "sin", "sqrt", "squeeze", "sub", "sub_scalar", "sum", "t", "tan", "tanh", "transpose",
           "unsafe_view", "unsqueeze", "view"]
 NUMPY_ONLY = ["alias", "amax", "amin", "atan2", "bmm", "cat", "clamp", "copy", "cumsum", "expand", "fill", "flip",
               "gather", "gelu", "hypot", "index", "index_put", "index_put_advanced", "index_select",
               "index_unsqueeze", "leaky_relu", "leaky_relu_backward", "log_softmax", "masked_fill", "max", "max_dim",
               "maximum", "mean_dim", "min", "min_dim", "minimum", "nll_loss", "nll_loss_backward", "norm", "pow",
-              "pow_scalar", "prod", "prod_dim", "repeat", "rpow_scalar", "scatter_add", "select", "slice", "softmax",
+              "prod", "prod_dim", "repeat", "rpow_scalar", "scatter_add", "select", "slice", "softmax",
               "softplus", "split", "stack", "std_root", "sum_dim", "threshold_backward", "to", "unbind", "var",
               "where", "zero"]
 # a custom autograd.Function (its forward is Python), two rows that only the create_graph walk records,
@@ -793,6 +793,26 @@ def test_sin_cos_replay_jitted_as_eager_chooses(dtype):
     assert f"sin(%0)  [5] {dtype.np.name}  [jitted]" in small and f"cos(%0)  [5] {dtype.np.name}  [jitted]" in small
     assert f"sin(%0)  [5000] {dtype.np.name}  [jitted]" in large and f"cos(%0)  [5000] {dtype.np.name}  [jitted]" in large
     assert cf.replay_count == 4
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_powers_replay_jitted_where_eager_has_a_formula(dtype):
+    """x ** c replays jitted for the exponents eager computes by a formula (x * x * x, 1 / sqrt, ...)
+    with its bits, zeros and infinities included; any other exponent stays on NumPy's pow."""
+    formulas, others = (2, 3, 0.5, -1, -0.5, -2, 1, 0), (2.5, -3, 4)
+    f = lambda x: [x ** c for c in formulas + others]
+    cf = tg.compile(f)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        v = rng.standard_normal(2000) * 3.0
+        v[:6] = [0.0, -0.0, np.inf, -np.inf, 1e-30, -2.0]
+        x = tg.tensor(v, dtype=dtype)
+        for got, want in zip(cf(x), f(x)):
+            assert same(got.numpy(), want.numpy())
+    assert cf.replay_count == 2
+    rows = [line for line in tg.dump(cf).splitlines() if " = pow_scalar(" in line]
+    assert len(rows) == len(formulas + others)
+    assert [("[jitted]" in line) for line in rows] == [True] * len(formulas) + [False] * len(others), rows
 
 
 @pytest.mark.parametrize("dtype", [tg.float32, tg.float64])

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...jit import njit, ufuncs
 from .forwards import (BINARY, ELEMENTWISE, arr, forward, scalar, ufunc, fwd_sum, fwd_mean, fwd_view,
-                       fwd_transpose, fwd_mm, fwd_copy, fwd_relu, fwd_sigmoid, fwd_sin, fwd_cos)
+                       fwd_transpose, fwd_mm, fwd_copy, fwd_pow_scalar, fwd_relu, fwd_sigmoid, fwd_sin, fwd_cos)
 
 
 @forward(ELEMENTWISE)
@@ -278,53 +278,54 @@ UFUNCS = ("numpy.exp", "numpy.sin", "numpy.cos", "numpy.log", "numpy.tanh", "num
           "numpy.expm1", "numpy.tan", "scipy.special.erf", "numpy.sign")
 ufuncs.install(UFUNCS)
 
-FORWARDS = ("fwd_sum", "fwd_mean", "fwd_view", "fwd_transpose", "fwd_mm", "fwd_copy", "fwd_relu", "fwd_sigmoid",
-            "fwd_sin", "fwd_cos", "fwd_neg", "fwd_add", "fwd_sub", "fwd_mul", "fwd_div", "fwd_add_scalar",
-            "fwd_sub_scalar", "fwd_rsub_scalar", "fwd_mul_scalar", "fwd_div_scalar", "fwd_reciprocal",
-            "fwd_sqrt", "fwd_rsqrt", "fwd_exp", "fwd_log", "fwd_tanh", "fwd_abs", "fwd_log1p", "fwd_expm1",
-            "fwd_tan", "fwd_erf", "fwd_sign")
+FORWARDS = ("fwd_sum", "fwd_mean", "fwd_view", "fwd_transpose", "fwd_mm", "fwd_copy", "fwd_pow_scalar",
+            "fwd_relu", "fwd_sigmoid", "fwd_sin", "fwd_cos", "fwd_neg", "fwd_add", "fwd_sub", "fwd_mul",
+            "fwd_div", "fwd_add_scalar", "fwd_sub_scalar", "fwd_rsub_scalar", "fwd_mul_scalar",
+            "fwd_div_scalar", "fwd_reciprocal", "fwd_sqrt", "fwd_rsqrt", "fwd_exp", "fwd_log", "fwd_tanh",
+            "fwd_abs", "fwd_log1p", "fwd_expm1", "fwd_tan", "fwd_erf", "fwd_sign")
 F_SUM = 0
 F_MEAN = 1
 F_VIEW = 2
 F_TRANSPOSE = 3
 F_MM = 4
 F_COPY = 5
-F_RELU = 6
-F_SIGMOID = 7
-F_SIN = 8
-F_COS = 9
-F_NEG = 10
-F_ADD = 11
-F_SUB = 12
-F_MUL = 13
-F_DIV = 14
-F_ADD_SCALAR = 15
-F_SUB_SCALAR = 16
-F_RSUB_SCALAR = 17
-F_MUL_SCALAR = 18
-F_DIV_SCALAR = 19
-F_RECIPROCAL = 20
-F_SQRT = 21
-F_RSQRT = 22
-F_EXP = 23
-F_LOG = 24
-F_TANH = 25
-F_ABS = 26
-F_LOG1P = 27
-F_EXPM1 = 28
-F_TAN = 29
-F_ERF = 30
-F_SIGN = 31
+F_POW_SCALAR = 6
+F_RELU = 7
+F_SIGMOID = 8
+F_SIN = 9
+F_COS = 10
+F_NEG = 11
+F_ADD = 12
+F_SUB = 13
+F_MUL = 14
+F_DIV = 15
+F_ADD_SCALAR = 16
+F_SUB_SCALAR = 17
+F_RSUB_SCALAR = 18
+F_MUL_SCALAR = 19
+F_DIV_SCALAR = 20
+F_RECIPROCAL = 21
+F_SQRT = 22
+F_RSQRT = 23
+F_EXP = 24
+F_LOG = 25
+F_TANH = 26
+F_ABS = 27
+F_LOG1P = 28
+F_EXPM1 = 29
+F_TAN = 30
+F_ERF = 31
+F_SIGN = 32
 
 # The forward kernel of each row of ops.TABLE, by opcode (-1: none).
-FWD_KERNEL = np.array([-1, -1, 5, -1, 2, 2, 2, 3, 3, 3, 2, 0, -1, 1, -1, -1, 10, -1, -1, -1, -1, -1, -1, -1, -1,
-                       11, 12, 13, 14, -1, 15, 16, 17, 18, 18, 19, -1, -1, 20, 23, 24, 8, 9, 25, 7, 6, 21, 26,
-                       -1, -1, 22, 27, 28, 29, 30, -1, -1, -1, -1, 31, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+FWD_KERNEL = np.array([-1, -1, 5, -1, 2, 2, 2, 3, 3, 3, 2, 0, -1, 1, -1, -1, 11, -1, -1, -1, -1, -1, -1, -1, -1,
+                       12, 13, 14, 15, -1, 16, 17, 18, 19, 19, 20, 6, -1, 21, 24, 25, 9, 10, 26, 8, 7, 22, 27,
+                       -1, -1, 23, 28, 29, 30, 31, -1, -1, -1, -1, 32, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                        -1, 4, -1, -1, -1], np.int64)
 # Its kind (forwards.ELEMENTWISE, BINARY, FULL, VIEW), by opcode (0: none).
 FWD_KIND = np.array([0, 0, 1, 0, 4, 4, 4, 5, 5, 5, 4, 3, 0, 3, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 0,
-                     1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
+                     1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
                      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                      0, 0, 0, 6, 0, 0, 0], np.int64)
 
@@ -344,6 +345,8 @@ def forward_dispatch(k, e, R, RF, O, hoff, w):
         fwd_mm(e, R, RF, O, hoff, w)
     elif k == F_COPY:
         fwd_copy(e, R, RF, O, hoff, w)
+    elif k == F_POW_SCALAR:
+        fwd_pow_scalar(e, R, RF, O, hoff, w)
     elif k == F_RELU:
         fwd_relu(e, R, RF, O, hoff, w)
     elif k == F_SIGMOID:

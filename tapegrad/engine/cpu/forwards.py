@@ -181,6 +181,34 @@ def fwd_copy(e, R, RF, O, hoff, w):
 
 
 @forward(ELEMENTWISE)
+def fwd_pow_scalar(e, R, RF, O, hoff, w):
+    """ops' _pow_value for the exponents it computes by a formula (the row's fwd_f0: the planner
+    leaves the others, np.power's, to NumPy), step for step in the dtype."""
+    a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
+    c = RF[e, 7]
+    one = scalar(1.0, w)
+    for i in range(out.size):
+        x = a[i]
+        if c == 2:
+            y = x * x
+        elif c == 3:
+            y = x * x * x
+        elif c == 0.5:
+            y = np.sqrt(x)
+        elif c == -1:
+            y = one / x
+        elif c == -0.5:
+            y = one / np.sqrt(x)
+        elif c == -2:
+            y = one / (x * x)
+        elif c == 1:
+            y = x
+        else:
+            y = one
+        out[i] = y
+
+
+@forward(ELEMENTWISE)
 def fwd_relu(e, R, RF, O, hoff, w):
     a, out = arr(O, R[e, 1], hoff, w), arr(O, R[e, 4], hoff, w)
     z = scalar(0.0, w)
