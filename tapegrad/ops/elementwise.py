@@ -139,6 +139,23 @@ DIV = row("div", "DivBackward0", 2, np.true_divide, "adj_div",
           reads={0: (1,), 1: (0, 1)}, fwd="a / b", formula=("g / b", "-g * ((a / b) / b)"), gpu=True)
 
 
+def _rounded_once(f):
+    """The NumPy function f, float32 operands computed in float64 and rounded once: NumPy's float32
+    pow and atan2 loops (its AVX-512 ones) are an ulp off where torch's are not, and its 0-d path
+    takes another loop than its arrays (one sample would differ from its batch)."""
+    def rounded(*xs):
+        if all(x.__class__ in _ROUNDED_ONCE_TYPES or isinstance(x, np.generic) for x in xs) \
+                and np.result_type(*xs) == np.float32:
+            return f(*(x.astype(np.float64) if x.__class__ is not float and x.__class__ is not int else x
+                       for x in xs)).astype(np.float32)
+        return f(*xs)
+    return rounded
+
+
+_ROUNDED_ONCE_TYPES = (np.ndarray, float, int)
+_power = _rounded_once(np.power)
+
+
 def _pow_vjp(g, i, o, r):
     # torch's pow_backward_self and pow_backward_exponent: a zero exponent has gradient 0 in x (not
     # 0 * x**-1), and a zero base with a non-negative exponent gradient 0 in y (not result * log(0))
@@ -152,7 +169,7 @@ def _pow_vjp(g, i, o, r):
     return _fit((gx, gy), i)
 
 
-POW = row("pow", "PowBackward1", 2, np.power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")},
+POW = row("pow", "PowBackward1", 2, _power, "adj_pow", _pow_vjp, reads={0: (0, 1), 1: (0, 1, "out")},
           gpu="pow(a, b)")
 # x (op) c for a Python scalar c, kept in f0
 ADD_SCALAR = row("add_scalar", "AddBackward0", 1, np.add, "adj_identity", lambda g, i, o, r: (g,),
@@ -216,7 +233,7 @@ def _pow_value(x, c):
     if x.dtype.kind != "f":
         if c < 0:
             raise RuntimeError("Integers to negative integer powers are not allowed.")
-        return np.power(x, c)
+        return _power(x, c)
     if c == 0.5:
         return np.sqrt(x)
     if c == -1:
@@ -231,7 +248,7 @@ def _pow_value(x, c):
         return x.copy()
     if c == 0:
         return np.ones_like(x)
-    return np.power(x, c)
+    return _power(x, c)
 
 
 def _rpow_scalar_vjp(g, i, o, r):
@@ -245,7 +262,7 @@ def _rpow_scalar_vjp(g, i, o, r):
 
 POW_SCALAR = row("pow_scalar", "PowBackward0", 1, _pow_value, "adj_pow_scalar", _pow_scalar_vjp, reads=(0,),
                  attrs=(None, None, Operand()), fwd="fwd_pow_scalar", fwd_f0=lambda c: c in _POW_FORMULAS, gpu=True)
-RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: np.power(c, x), "adj_rpow_scalar",
+RPOW_SCALAR = row("rpow_scalar", "PowBackward2", 1, lambda x, c: _power(c, x), "adj_rpow_scalar",
                   _rpow_scalar_vjp, reads=(0, "out"), attrs=(None, None, Operand(left=True)), gpu="pow(c, x)")
 
 
@@ -374,7 +391,7 @@ def _where_vjp(g, i, o, r):
     return _fit((where(c, g, zero), where(c, zero, g)), i[:2]) + (None,)
 
 
-ATAN2 = binary_elementwise("atan2", "Atan2Backward0", np.arctan2, "g * b * (1 / (a * a + b * b))",
+ATAN2 = binary_elementwise("atan2", "Atan2Backward0", _rounded_once(np.arctan2), "g * b * (1 / (a * a + b * b))",
                            "g * -a * (1 / (a * a + b * b))", aliases=("arctan2",), gpu="atan2(a, b)")
 HYPOT = binary_elementwise("hypot", "HypotBackward0", np.hypot, "g * a / y", "g * b / y", integers=False,
                            gpu="hypot(a, b)")

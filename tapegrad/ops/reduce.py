@@ -13,7 +13,7 @@ from ._record import record_unary as _unary
 from .algebra import gather_row
 from .attrs import Bool, Float, Int, Mask
 from .cast import _float_input, _torch_type_name, to_dtype, zeros_like
-from .elementwise import abs, exp, log, masked_fill, maximum, minimum, sign, where
+from .elementwise import _power, abs, exp, log, masked_fill, maximum, minimum, sign, where
 from .index import flip, stack
 from .results import _const_like, _noted_python, _with_map, shown_as
 from .shape import _NO_DIM, _axes, _axis, permute, reshape, squeeze
@@ -317,7 +317,7 @@ def _norm_value(xv, p, axes, keepdim):
         elif p == 2:
             value = np.sqrt(np.sum(xv * xv, axis=axes, keepdims=keepdim))
         else:
-            value = np.sum(a ** p, axis=axes, keepdims=keepdim) ** (1 / p)
+            value = _power(np.sum(_power(a, p), axis=axes, keepdims=keepdim), 1 / p)
     return np.asarray(value, dtype=xv.dtype)
 
 
