@@ -45,7 +45,7 @@ class CompiledFunction:
         self._fn = fn
         self._fullgraph = fullgraph
         self._variants = {}  # key -> [_Variant]
-        self._last = None  # (key, variants) of the last replay of a plain key: checked first, without building a key
+        self._last = None  # (argument keys, grad mode, key, variants) of the last replay of a plain key: checked first
         self._count = 0
         self._warned = False
         self._lock = threading.Lock()
@@ -67,9 +67,10 @@ class CompiledFunction:
         if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
             return self._fn(*args, **kwargs)
         last = self._last
-        if last is not None and not kwargs and last[0][2] == is_grad_enabled() and _same_key(args, last[0][0]):
-            key, variants, tensors = last[0], last[1], args
+        if last is not None and not kwargs and last[1] == is_grad_enabled() and _same_key(args, last[0]):
+            key, variants, tensors = last[2], last[3], args
         else:
+            last = None
             tensors, roots = [], []
             key = (_keys(args, tensors, roots), _key(kwargs, tensors, roots) if kwargs else None, is_grad_enabled(),
                    None if len(roots) < 2 or len(set(roots)) == len(roots) else _aliases(roots))
@@ -85,8 +86,8 @@ class CompiledFunction:
             except GuardFailed:  # a value Python read differs: try the next variant, or record one
                 continue
             self.replay_count += 1
-            if v.plain:
-                self._last = (key, variants)
+            if last is None and v.plain:
+                self._last = (key[0], key[2], key, variants)
             for i, c in enumerate(v.program.consts):
                 if c is not None:
                     outs[i] = c
