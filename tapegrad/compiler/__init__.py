@@ -4,10 +4,11 @@
 whose first call with a new signature runs ``fn`` eagerly and records a program (program.py);
 later calls whose guards hold replay that program. The guards, in the order they are checked:
 the key (each tensor argument's shape, dtype, device and requires_grad, which arguments share
-storage, every other argument by type and value, and grad mode), then per variant the Python
-values ``fn`` read from its closure cells and globals (by value), the tensors it read from its
-closure, globals and module (by identity: replacing one is a new signature), and inside the
-replay the values Python read out of tensors. Up to ``cache_size_limit`` variants per
+storage, every other argument by type and value, and grad mode; a call of tensors only is first
+compared with the last replayed key of tensors only, without building its own), then per
+variant the Python values ``fn`` read from its closure cells and globals (by value), the
+tensors it read from its closure, globals and module (by identity: replacing one is a new
+signature), and inside the replay the values Python read out of tensors. Up to ``cache_size_limit`` variants per
 function; past that it runs eagerly with one warning, as torch's recompile limit does."""
 import gc
 import threading
@@ -30,10 +31,11 @@ _SCALARS = (int, float, bool, str, bytes, complex, type(None))
 
 
 class _Variant:
-    __slots__ = ("program", "why", "checks")
+    __slots__ = ("program", "why", "checks", "plain")
 
-    def __init__(self, program, why, checks):
+    def __init__(self, program, why, checks, plain):
         self.program, self.why, self.checks = program, why, checks
+        self.plain = plain  # its key is of tensor arguments only, none sharing storage: _same_key can check it
 
 
 class CompiledFunction:
@@ -43,6 +45,7 @@ class CompiledFunction:
         self._fn = fn
         self._fullgraph = fullgraph
         self._variants = {}  # key -> [_Variant]
+        self._last = None  # (argument keys, grad mode, key, variants) of the last replay of a plain key: checked first
         self._count = 0
         self._warned = False
         self._lock = threading.Lock()
@@ -63,11 +66,17 @@ class CompiledFunction:
     def __call__(self, *args, **kwargs):
         if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
             return self._fn(*args, **kwargs)
-        tensors, roots = [], []
-        key = (_keys(args, tensors, roots), _key(kwargs, tensors, roots) if kwargs else None, is_grad_enabled(),
-               None if len(roots) < 2 or len(set(roots)) == len(roots) else _aliases(roots))
-        for v in self._variants.get(key, ()):
-            if not _checks_hold(v.checks):
+        last = self._last
+        if last is not None and not kwargs and last[1] == is_grad_enabled() and _same_key(args, last[0]):
+            key, variants, tensors = last[2], last[3], args
+        else:
+            last = None
+            tensors, roots = [], []
+            key = (_keys(args, tensors, roots), _key(kwargs, tensors, roots) if kwargs else None, is_grad_enabled(),
+                   None if len(roots) < 2 or len(set(roots)) == len(roots) else _aliases(roots))
+            variants = self._variants.get(key, ())
+        for v in variants:
+            if v.checks and not _checks_hold(v.checks):
                 continue
             if v.program is None:  # this signature cannot replay (stats says why)
                 self.eager_count += 1
@@ -77,6 +86,8 @@ class CompiledFunction:
             except GuardFailed:  # a value Python read differs: try the next variant, or record one
                 continue
             self.replay_count += 1
+            if last is None and v.plain:
+                self._last = (key[0], key[2], key, variants)
             for i, c in enumerate(v.program.consts):
                 if c is not None:
                     outs[i] = c
@@ -123,7 +134,8 @@ class CompiledFunction:
         if program is not None:
             program.structure = structure
             program.consts = [None if isinstance(t, Tensor) else t for t in outputs]
-        self._variants.setdefault(key, []).append(_Variant(program, why, checks))
+        plain = key[1] is None and key[3] is None and all(k[0] == "T" for k in key[0])
+        self._variants.setdefault(key, []).append(_Variant(program, why, checks, plain))
         return result
 
     # -- introspection -----------------------------------------------------------------------
@@ -145,6 +157,7 @@ class CompiledFunction:
 
     def _reset(self):
         self._variants.clear()
+        self._last = None
         self._count = 0
         self._warned = False
         self.trace_count = self.replay_count = self.eager_count = 0
@@ -190,6 +203,25 @@ def _keys(items, tensors, roots):
         else:
             out.append(_key(v, tensors, roots))
     return tuple(out)
+
+
+def _same_key(args, keys):
+    """Whether tensor arguments ``args`` have the argument key ``keys`` (all tensors) and share no
+    storage, i.e. a plain key's; as _keys and _aliases would find, without building a key."""
+    if len(args) != len(keys):
+        return False
+    roots = set()
+    try:
+        for v, (_, shape, dtype, rg) in zip(args, keys):
+            if v.__class__ is not Tensor and not isinstance(v, Tensor) or v._rg is not rg:
+                return False
+            a = v._value
+            if a.shape != shape or a.dtype is not dtype and a.dtype != dtype:
+                return False
+            roots.add(id(a) if a.base is None else _root(a))
+    except AttributeError:  # a GPU value has no base: the full key describes it
+        return False
+    return len(roots) == len(keys)
 
 
 def _root(v):

@@ -160,6 +160,66 @@ def test_argument_guards():
     assert cf.trace_count == 7 and cf.replay_count == 1
 
 
+def test_each_argument_guard_holds_on_a_replayed_tensor_signature():
+    """Calls with tensor arguments only are first checked against the last replayed key without
+    building one: at the last of ten arguments, each guard must still record a new variant whose
+    result is eager's (aliasing: the write into xs[0] is seen by its alias)."""
+    def f(*xs):
+        xs[0].add_(1.0)
+        out = xs[0] * 1.0
+        for i, x in enumerate(xs[1:]):
+            out = out + x * float(i + 2)
+        return out
+
+    def plain():
+        return [tg.zeros(3) for _ in range(10)]
+
+    def last(t):
+        return lambda: plain()[:9] + [t()]
+
+    def aliased():
+        xs = plain()
+        return xs[:9] + [xs[0]]
+
+    def detached():
+        xs = plain()
+        return xs[:9] + [xs[0].detach()]
+
+    def views():
+        xs, base = plain(), tg.zeros(2, 3)
+        return [base[0]] + xs[1:9] + [base[0]]
+
+    class NotATensor:  # a tensor's attributes, but keyed by identity
+        _value, _rg = np.zeros(3, np.float32), False
+
+        def __mul__(self, c):
+            return tg.zeros(3)
+
+    other = NotATensor()
+    cf = tg.compile(f)
+    cases = [
+        (plain, 1),
+        (lambda: [tg.zeros(2, 3)[0] for _ in range(10)], 1),  # views of distinct arrays: no aliasing
+        (aliased, 2),
+        (detached, 2),  # another tensor on the same array: the same aliasing
+        (views, 2),
+        (last(lambda: tg.zeros(3, dtype=tg.float64)), 3),
+        (last(lambda: tg.zeros(3, requires_grad=True)), 4),
+        (last(lambda: tg.zeros(1)), 5),
+        (last(lambda: 0.0), 6),
+        (last(lambda: other), 7),
+        (plain, 7),
+    ]
+    for make, traces in cases:
+        for _ in range(2):
+            cf(*plain())  # the key checked first
+            assert same(cf(*make()).detach().numpy(), f(*make()).detach().numpy())
+        assert cf.trace_count == traces
+    with tg.no_grad():
+        cf(*plain())
+    assert cf.trace_count == 8
+
+
 SCALE = 2.0
 
 
