@@ -358,14 +358,20 @@ class _Tap:
     __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign")
 
     def gradient(self, g, other, n):
-        # (an outer product per sample where x is a row or y a column: einsum writes it faster than
-        # a broadcast product, and np.matmul runs one tiny GEMM per sample)
+        # (an outer product per sample where x is a row or y a column: a jitted loop writes it faster
+        # than einsum or a broadcast product, and np.matmul runs one tiny GEMM per sample)
         if self.kind == "mm_right":  # out = x @ u: du = x^T g
-            d = np.einsum("nk,nq->nkq", other[:, 0], g[:, 0]) if other.shape[1] == 1 else \
-                np.matmul(other.swapaxes(1, 2), g)
+            if other.shape[1] == 1:
+                from ..jit.outer import outer
+                d = outer(other[:, 0], g[:, 0])
+            else:
+                d = np.matmul(other.swapaxes(1, 2), g)
         elif self.kind == "mm_left":  # out = u @ y: du = g y^T
-            d = np.einsum("np,nk->npk", g[:, :, 0], other[:, :, 0]) if g.shape[2] == 1 else \
-                np.matmul(g, other.swapaxes(1, 2))
+            if g.shape[2] == 1:
+                from ..jit.outer import outer
+                d = outer(g[:, :, 0], other[:, :, 0])
+            else:
+                d = np.matmul(g, other.swapaxes(1, 2))
         else:  # out = x +- u (u broadcast): g summed over u's broadcast axes
             d = g
             extra = d.ndim - 1 - len(self.u_shape)

@@ -197,6 +197,29 @@ def test_shared_parameters_per_sample_gradients_by_taps(dtype):
     assert [t.kind for t in sig.taps] == ["mm_left", "add", "mm_right", "add"]
 
 
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_per_sample_outer_products_of_taps_against_a_loop(dtype):
+    """A shared weight's per-sample gradient from a tap on W @ x (x a column) or x @ W (x a row) is
+    an outer product per sample. Small integers keep every sum exact in any order, so the batch
+    (any size, one sample too) gives a loop's bits."""
+    rng = np.random.default_rng(4)
+    w1, w2 = (tg.tensor(rng.integers(-3, 4, s), dtype=dtype) for s in ((5, 3), (5, 5)))
+
+    def loss(w1, w2, x):
+        h = w1 @ x  # mm_left: g x^T
+        return ((h[None] @ w2) ** 2).sum()  # mm_right, w2 square: x^T g
+
+    vg = func.vmap(func.grad(loss, argnums=(0, 1)), in_dims=(None, None, 0))
+    for size in (1, 1, 4, 1, 7):
+        xs = tg.tensor(rng.integers(-3, 4, (size, 3)), dtype=dtype)
+        got = vg(w1, w2, xs)
+        expect = [func.grad(loss, argnums=(0, 1))(w1, w2, xs[b]) for b in range(size)]
+        for j in range(2):
+            assert np.array_equal(got[j].numpy(), np.stack([e[j].numpy() for e in expect])), (size, j)
+    sig = next(iter(vg._batched.signatures.values()))
+    assert [t.kind for t in sig.taps] == ["mm_left", "mm_right"]
+
+
 def test_nested_vmap_of_grad_and_jacrev_of_grad_against_a_loop():
     """A transform's marks stay its own: vmap(vmap(grad(f))) and vmap(jacrev(grad(f))) are not
     taken for vmap(grad(f))."""
