@@ -173,7 +173,7 @@ def _key(v, tensors, roots):
         tensors.append(v)
         a = v._value
         roots.append(id(a) if a.__class__ is ndarray and a.base is None else _root(a))
-        return ("T", a.shape, a.dtype, v._rg)
+        return _tensor_key(v, a)
     c = v.__class__
     if c in _SCALARS:
         return (c, v) if c is not float or v == v else (c, "nan")
@@ -199,7 +199,7 @@ def _keys(items, tensors, roots):
             tensors.append(v)
             a = v._value
             roots.append(id(a) if a.__class__ is ndarray and a.base is None else _root(a))
-            out.append(("T", a.shape, a.dtype, v._rg))
+            out.append(("T", a.shape, a.dtype, v._rg) if a.__class__ is ndarray else _tensor_key(v, a))
         else:
             out.append(_key(v, tensors, roots))
     return tuple(out)
@@ -211,17 +211,22 @@ def _same_key(args, keys):
     if len(args) != len(keys):
         return False
     roots = set()
-    try:
-        for v, (_, shape, dtype, rg) in zip(args, keys):
-            if v.__class__ is not Tensor and not isinstance(v, Tensor) or v._rg is not rg:
-                return False
-            a = v._value
-            if a.shape != shape or a.dtype is not dtype and a.dtype != dtype:
-                return False
-            roots.add(id(a) if a.base is None else _root(a))
-    except AttributeError:  # a GPU value has no base: the full key describes it
-        return False
+    for v, (_, shape, dtype, rg) in zip(args, keys):
+        if v.__class__ is not Tensor and not isinstance(v, Tensor) or v._rg is not rg:
+            return False
+        a = v._value
+        if a.__class__ is not ndarray or a.shape != shape or a.dtype is not dtype and a.dtype != dtype:
+            return False  # (a GPU value: its own key, with its device)
+        roots.add(id(a) if a.base is None else _root(a))
     return len(roots) == len(keys)
+
+
+def _tensor_key(v, a):
+    """A tensor argument's key: "T" on the CPU, "G" with its device on a GPU (a program recorded
+    on one device never replays on another)."""
+    if a.__class__ is ndarray:
+        return ("T", a.shape, a.dtype, v._rg)
+    return ("G", a.shape, a.dtype, v._rg, str(v.device))
 
 
 def _root(v):
@@ -249,6 +254,8 @@ def _describe_key(key):
     def walk(k):
         if k[0] == "T":
             return f"Tensor(shape={list(k[1])}, dtype={k[2]}, requires_grad={k[3]})"
+        if k[0] == "G":
+            return f"Tensor(shape={list(k[1])}, dtype={k[2]}, requires_grad={k[3]}, device='{k[4]}')"
         if k[0] in (tuple, list):
             return "(" + ", ".join(walk(x) for x in k[1]) + ")"
         if k[0] is dict:

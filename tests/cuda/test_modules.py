@@ -74,6 +74,22 @@ def test_a_compiled_function_of_gpu_arguments_runs_eagerly():
     assert st["eager_count"] == 2 and "GPU tensors" in st["unreplayable"][0], st
 
 
+def test_a_program_recorded_on_one_device_never_replays_on_the_other():
+    """The key of a tensor argument holds its device: a CPU call's program, replayed (and checked
+    first, as the last replayed key), is not a GPU call's of the same shape and dtype."""
+    f = lambda x: (x * 2.0).sin()  # noqa: E731
+    cf = tg.compile(f)
+    xs = np.linspace(-1.0, 1.0, 4, dtype=np.float32)
+    for device in ("cpu", "cpu", "cuda", "cuda", "cpu", "cuda"):
+        x = tg.tensor(xs, device=device)
+        y = cf(x)
+        assert y.device == x.device
+        np.testing.assert_allclose(y.cpu().numpy(), f(tg.tensor(xs)).numpy(), rtol=1e-6)
+    st = tg.compiler.stats(cf)
+    assert (st["trace_count"], st["replay_count"]) == (2, 2), st
+    assert "device='cuda:0'" in tg.dump(cf)
+
+
 def test_state_dict_loads_across_devices():
     gpu, cpu = _model().cuda(), _model()
     with tg.no_grad():
