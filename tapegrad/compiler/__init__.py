@@ -199,7 +199,7 @@ def _keys(items, tensors, roots):
             tensors.append(v)
             a = v._value
             roots.append(id(a) if a.__class__ is ndarray and a.base is None else _root(a))
-            out.append(("T", a.shape, a.dtype, v._rg) if a.__class__ is ndarray else _tensor_key(v, a))
+            out.append(_tensor_key(v, a))
         else:
             out.append(_key(v, tensors, roots))
     return tuple(out)

@@ -624,14 +624,14 @@ class Program:
         dcode = np.fromiter((_RUN_DTYPES.get(sl.dtype, -1) for sl in slots), np.int64, len(slots))
         code, a, b, c, out = R[:, 0], R[:, 1], R[:, 2], R[:, 3], R[:, 4]
         d, n, na, nb = dcode[out], size[out], size[a], size[b]  # (slot -1 reads the last: masked below)
-        fast = (d >= 0) & ~_has_f0()[code]  # (rows exact for some scalars only: one by one)
+        fast = (d >= 0) & ~_declares("fwd_f0")[code]  # (rows exact for some scalars only: one by one)
         for x in (a, b, c):
             fast &= (x < 0) | (dcode[x] == d)
         fast &= ((kind == ELEMENTWISE) & (a >= 0) & (na == n) |
                  (kind == BINARY) & (a >= 0) & (b >= 0) & ((na == n) & ((nb == n) | (nb == 1)) | (nb == n) & (na == 1)) |
                  (kind == FULL) & (a >= 0) & (n == 1) & (na != 0))
         named = list(_RUN_DTYPES)
-        at = np.flatnonzero(fast & _has_exact()[code])  # fwd_exact asked once per (code, dtype, size)
+        at = np.flatnonzero(fast & _declares("fwd_exact")[code])  # fwd_exact asked once per (code, dtype, size)
         if at.size:
             keys, which = np.unique((code[at] * 2 + d[at]) << 40 | n[at], return_inverse=True)
             exact = np.array([ops.TABLE[k >> 41].fwd_exact(named[k >> 40 & 1], k & (1 << 40) - 1)
@@ -1063,22 +1063,16 @@ class Program:
 
 _PY_CACHE = {}
 _RUN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}  # the dtypes a jitted run takes, by code
-_HAS_EXACT = []
-_HAS_F0 = []
+_DECLARES = {}
 
 
-def _has_f0():
-    """op code -> whether the row declares a fwd_f0 (its kernel is exact for some scalars only)."""
-    if not _HAS_F0:
-        _HAS_F0.append(np.array([op.fwd_f0 is not None for op in ops.TABLE], bool))
-    return _HAS_F0[0]
-
-
-def _has_exact():
-    """op code -> whether the row declares a fwd_exact (its kernel is exact only somewhere)."""
-    if not _HAS_EXACT:
-        _HAS_EXACT.append(np.array([op.fwd_exact is not None for op in ops.TABLE], bool))
-    return _HAS_EXACT[0]
+def _declares(attr):
+    """op code -> whether the row declares ``attr``: fwd_exact (its kernel is exact only somewhere)
+    or fwd_f0 (only for some of its scalars)."""
+    has = _DECLARES.get(attr)
+    if has is None:
+        has = _DECLARES[attr] = np.array([getattr(op, attr) is not None for op in ops.TABLE], bool)
+    return has
 
 
 def _slice_or_list(slots):
