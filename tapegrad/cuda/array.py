@@ -538,7 +538,8 @@ def _sum(v, axis, keepdims, dtype):
 
 def matmul(a, b):
     """a @ b for 2-D operands, or 3-D ones with one batch size (bmm): NumPy on host copies under the
-    simulator (where a kernel costs 2 us a multiply-add), the matmul kernel on a GPU."""
+    simulator (where a kernel costs 2 us a multiply-add), cuBLAS on a GPU (the matmul kernel without
+    nvmath-python)."""
     if not isinstance(a, DeviceArray) or not isinstance(b, DeviceArray):
         raise RuntimeError(MIXED_MSG)
     if a.ndim != b.ndim or a.ndim not in (2, 3) or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype \
@@ -561,6 +562,9 @@ def mm_into(a, b, out, ta, tb, beta):
         if beta:
             r = r + out.get() * beta
         out.d.copy_to_device(np.ascontiguousarray(r, out.dtype).reshape(-1))
+        return
+    from .blas import gemm
+    if gemm(a, b, out, ta, tb, beta):
         return
     nb = out.shape[0] if out.ndim == 3 else 1
     run_kernel("matmul", out.size, a.d, b.d, out.d, nb, m, k, n, ta, tb, out.dtype.type(beta))

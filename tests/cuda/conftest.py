@@ -1,6 +1,9 @@
 """The GPU tests run on Numba's CUDA simulator: numba.cuda is imported here, once, with
 NUMBA_ENABLE_CUDASIM=1 set for that import only, so that the variable reaches no other test nor
-any subprocess (the CPU jit never reads it). Where numba-cuda is missing the GPU tests skip."""
+any subprocess (the CPU jit never reads it). Where numba-cuda is missing the GPU tests skip.
+
+With TAPEGRAD_TEST_GPU=1 they run on the real GPU instead (tools/device_check.sh), and so do the
+tests marked ``gpu_only`` (what the simulator cannot run: cuBLAS, real launch sizes)."""
 import os
 import sys
 
@@ -25,17 +28,29 @@ def _import_simulator():
     return cuda
 
 
+ON_GPU = os.environ.get("TAPEGRAD_TEST_GPU") == "1"
+
 try:
     import numba_cuda  # noqa: F401
-    CUDA = _import_simulator()
+    if ON_GPU:
+        from numba import cuda as CUDA
+    else:
+        CUDA = _import_simulator()
 except ImportError:
     CUDA = None
 
 
 @pytest.fixture(autouse=True)
-def _simulator():
+def _simulator(request):
     if CUDA is None:
         pytest.skip("numba-cuda is not installed (pip install tapegrad[test])")
     from tapegrad import cuda
-    if not cuda.simulated(CUDA):
-        pytest.skip("numba.cuda was imported without the simulator before these tests")
+    if cuda.simulated(CUDA) == ON_GPU:
+        pytest.skip("TAPEGRAD_TEST_GPU=1 found the simulator" if ON_GPU else
+                    "numba.cuda was imported without the simulator before these tests")
+    if request.node.get_closest_marker("gpu_only") and not ON_GPU:
+        pytest.skip("needs a real GPU: run with TAPEGRAD_TEST_GPU=1 there")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu_only: runs on a real GPU alone (TAPEGRAD_TEST_GPU=1)")
