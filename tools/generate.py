@@ -629,7 +629,7 @@ ADJOINT = {{{adjoint}}}
 
 CUDA_FORWARD = '''
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_{name}(x, y, c):
     """{name}: {fwd}"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -638,7 +638,7 @@ def fwd_{name}(x, y, c):
 
 CUDA_ADJOINT = '''
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_{name}(g, x, y, gx, c):
     """{name}: {d}"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
@@ -647,7 +647,7 @@ def adj_{name}(g, x, y, gx, c):
 
 CUDA_BINARY_FORWARD = '''
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_{name}(a, b, y):
     """{name}: {fwd}"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -656,14 +656,14 @@ def fwd_{name}(a, b, y):
 
 CUDA_BINARY_ADJOINT = '''
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_{name}_a(g, a, b, y, ga):
     """{name}, its first input: {da}"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += {daexpr}
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_{name}_b(g, a, b, y, gb):
     """{name}, its second input: {db}"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):

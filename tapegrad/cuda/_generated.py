@@ -11,427 +11,427 @@ import math  # noqa: F401  (formulas call libdevice through math)
 from numba import cuda
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_neg(x, y, c):
     """neg: -x"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = -x[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_neg(g, x, y, gx, c):
     """neg: -g"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += -g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_add(a, b, y):
     """add: a + b"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = a[i] + b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_add_a(g, a, b, y, ga):
     """add, its first input: g"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_add_b(g, a, b, y, gb):
     """add, its second input: g"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_sub(a, b, y):
     """sub: a - b"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = a[i] - b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sub_a(g, a, b, y, ga):
     """sub, its first input: g"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sub_b(g, a, b, y, gb):
     """sub, its second input: -g"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += -g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_mul(a, b, y):
     """mul: a * b"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = a[i] * b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_mul_a(g, a, b, y, ga):
     """mul, its first input: g * b"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += g[i] * b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_mul_b(g, a, b, y, gb):
     """mul, its second input: g * a"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += g[i] * a[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_div(a, b, y):
     """div: a / b"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = a[i] / b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_div_a(g, a, b, y, ga):
     """div, its first input: g / b"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += g[i] / b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_div_b(g, a, b, y, gb):
     """div, its second input: -g * ((a / b) / b)"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += -g[i] * ((a[i] / b[i]) / b[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_pow(a, b, y):
     """pow: pow(a, b)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = (a[i]) ** (b[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_add_scalar(x, y, c):
     """add_scalar: x + c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] + c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_add_scalar(g, x, y, gx, c):
     """add_scalar: g"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_sub_scalar(x, y, c):
     """sub_scalar: x - c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] - c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sub_scalar(g, x, y, gx, c):
     """sub_scalar: g"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_rsub_scalar(x, y, c):
     """rsub_scalar: c - x"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = c - x[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_rsub_scalar(g, x, y, gx, c):
     """rsub_scalar: -g"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += -g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_mul_scalar(x, y, c):
     """mul_scalar: x * c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] * c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_mul_scalar(g, x, y, gx, c):
     """mul_scalar: g * c"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_scale(x, y, c):
     """scale: x * c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] * c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_scale(g, x, y, gx, c):
     """scale: g * c"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_div_scalar(x, y, c):
     """div_scalar: x / c"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] / c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_div_scalar(g, x, y, gx, c):
     """div_scalar: g / c"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] / c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_rpow_scalar(x, y, c):
     """rpow_scalar: pow(c, x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = (c) ** (x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_reciprocal(x, y, c):
     """reciprocal: c / x"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = c / x[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_reciprocal(g, x, y, gx, c):
     """reciprocal: -g * (y * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += -g[i] * (y[i] * y[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_exp(x, y, c):
     """exp: exp(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.exp(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_exp(g, x, y, gx, c):
     """exp: g * y"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * y[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_log(x, y, c):
     """log: log(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.log(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_log(g, x, y, gx, c):
     """log: g / x"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] / x[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_sin(x, y, c):
     """sin: sin(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.sin(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sin(g, x, y, gx, c):
     """sin: g * cos(x)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * math.cos(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_cos(x, y, c):
     """cos: cos(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.cos(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_cos(g, x, y, gx, c):
     """cos: g * -sin(x)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * -math.sin(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_tanh(x, y, c):
     """tanh: tanh(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.tanh(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_tanh(g, x, y, gx, c):
     """tanh: g * (1 - y * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (1 - (y[i] * y[i]))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sigmoid(g, x, y, gx, c):
     """sigmoid: g * ((1 - y) * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * ((1 - y[i]) * y[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_sqrt(x, y, c):
     """sqrt: sqrt(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.sqrt(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_sqrt(g, x, y, gx, c):
     """sqrt: g / (2 * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] / (2 * y[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_abs(x, y, c):
     """abs: abs(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = abs(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_abs(g, x, y, gx, c):
     """abs: g * sign(x)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (1.0 if (x[i]) > 0 else -1.0 if (x[i]) < 0 else (x[i]) * 0.0)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_atan2(a, b, y):
     """atan2: atan2(a, b)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.atan2(a[i], b[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_atan2_a(g, a, b, y, ga):
     """atan2, its first input: g * b * (1 / (a * a + b * b))"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += (g[i] * b[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_atan2_b(g, a, b, y, gb):
     """atan2, its second input: g * -a * (1 / (a * a + b * b))"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += (g[i] * -a[i]) * (1 / ((a[i] * a[i]) + (b[i] * b[i])))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_hypot(a, b, y):
     """hypot: hypot(a, b)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.hypot(a[i], b[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_hypot_a(g, a, b, y, ga):
     """hypot, its first input: g * a / y"""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
         ga[i] += (g[i] * a[i]) / y[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_hypot_b(g, a, b, y, gb):
     """hypot, its second input: g * b / y"""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
         gb[i] += (g[i] * b[i]) / y[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_rsqrt(g, x, y, gx, c):
     """rsqrt: -0.5 * g * (y * y * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += (-0.5 * g[i]) * ((y[i] * y[i]) * y[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_log1p(x, y, c):
     """log1p: log1p(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.log1p(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_log1p(g, x, y, gx, c):
     """log1p: g / (x + 1)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] / (x[i] + 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_expm1(x, y, c):
     """expm1: expm1(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.expm1(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_expm1(g, x, y, gx, c):
     """expm1: g * (y + 1)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (y[i] + 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_tan(x, y, c):
     """tan: tan(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.tan(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_tan(g, x, y, gx, c):
     """tan: g * (1 + y * y)"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (1 + (y[i] * y[i]))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_erf(x, y, c):
     """erf: erf(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = math.erf(x[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def adj_erf(g, x, y, gx, c):
     """erf: 1.1283791670955126 * exp(-(x * x)) * g"""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += (1.1283791670955126 * math.exp(-(x[i] * x[i]))) * g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fwd_sign(x, y, c):
     """sign: sign(x)"""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):

@@ -9,40 +9,40 @@ import math
 from numba import cuda
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill(x, v):
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         x[i] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def copy(src, dst):
     """dst = src, cast to dst's dtype."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_into(src, dst):
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] += src[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gather(src, idx, dst):
     """dst[i] = src[idx[i]]: a broadcast, or any other pick."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] = src[idx[i]]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gather_add(src, idx, dst, scale):
     """dst[i] += src[idx[i]] * scale: a sum's or mean's gradient spread over its input."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] += src[idx[i]] * scale
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter_add(src, idx, dst, scale):
     """dst[idx[i]] += src[i] * scale: a reduction, or a broadcast gradient summed back (atomics:
     several i share one target)."""
@@ -50,28 +50,28 @@ def scatter_add(src, idx, dst, scale):
         cuda.atomic.add(dst, idx[i], src[i] * scale)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def scatter(src, idx, dst):
     """dst[idx[i]] = src[i]: an indexed assignment, or a piece placed into a join."""
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):
         dst[idx[i]] = src[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def fill_at(dst, idx, v):
     """dst[idx[i]] = v."""
     for i in range(cuda.grid(1), idx.shape[0], cuda.gridsize(1)):
         dst[idx[i]] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_scaled(src, dst, scale):
     """dst[i] += src[i] * scale."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] += src[i] * scale
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def add_run(a, b, out, off, at, sign):
     """out = a placed at flat offset at, plus sign times b placed at flat offset off (add_run's
     forward): a alone gives a + 0, b alone 0 + b or 0 - b, neither 0, as the CPU's regions do."""
@@ -85,21 +85,21 @@ def add_run(a, b, out, off, at, sign):
         out[i] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def power(x, y, c):
     """y = x ** c (pow_scalar's forward where no cheaper formula serves)."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         y[i] = x[i] ** c
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def power_adjoint(g, x, gx, c):
     """pow_scalar's gradient, torch's g * (c * x ** (c - 1)) (c != 0: for 0 it adds nothing)."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] * (c * x[i] ** (c - 1))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def maximum_scalar(x, y, c):
     """y = np.maximum(x, c) (relu's forward): NaN stays NaN."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -107,7 +107,7 @@ def maximum_scalar(x, y, c):
         y[i] = c if v < c else v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def relu_adjoint(g, y, gx):
     """torch's threshold_backward at the result: g unless y <= 0 (a NaN result passes g)."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
@@ -115,7 +115,7 @@ def relu_adjoint(g, y, gx):
             gx[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def matmul(a, b, out, nb, m, k, n, ta, tb, beta):
     """out[nb, m, n] = beta * out + op(a) @ op(b) for each of nb matrices, op transposing where ta
     (a is [nb, k, m]) or tb (b is [nb, n, k]): one thread per output element. (On a GPU, cuBLAS is
@@ -135,7 +135,7 @@ def matmul(a, b, out, nb, m, k, n, ta, tb, beta):
 
 # -- comparisons, where, and the forwards and adjoints of rows that pick or clamp -------------------
 # Comparison ops by code: less, less_equal, greater, greater_equal, equal, not_equal (array.COMPARISONS).
-@cuda.jit
+@cuda.jit(cache=True)
 def compare(a, b, mask, op):
     """mask = a (op) b: a NaN compares false, but for not_equal."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
@@ -144,7 +144,7 @@ def compare(a, b, mask, op):
                   else u == v if op == 4 else u != v)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def compare_scalar(x, mask, c, op):
     """mask = x (op) c."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
@@ -153,7 +153,7 @@ def compare_scalar(x, mask, c, op):
                   else u == c if op == 4 else u != c)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def classify(x, mask, op):
     """mask = isnan(x) (op 0), isinf(x) (op 1), isfinite(x) (op 2) of floats (a NaN compares false)."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
@@ -161,26 +161,26 @@ def classify(x, mask, op):
         mask[i] = u != u if op == 0 else u == math.inf if op == 1 else u < math.inf
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def logical(p, q, mask, op):
     """mask = p and q (op 0), p or q (op 1), of bools."""
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
         mask[i] = (p[i] and q[i]) if op == 0 else (p[i] or q[i])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def logical_not(p, mask):
     for i in range(cuda.grid(1), mask.shape[0], cuda.gridsize(1)):
         mask[i] = not p[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def where(cond, a, b, out):
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
         out[i] = a[i] if cond[i] else b[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def masked_fill(cond, out, v):
     """out[cond] = v."""
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
@@ -188,7 +188,7 @@ def masked_fill(cond, out, v):
             out[i] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def maximum(a, b, y):
     """np.maximum: a NaN on either side is the result."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -196,14 +196,14 @@ def maximum(a, b, y):
         y[i] = u if u >= v or u != u else v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def minimum(a, b, y):
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
         u, v = a[i], b[i]
         y[i] = u if u <= v or u != u else v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def minimum_scalar(x, y, c):
     """y = np.minimum(x, c) (clamp's upper bound): NaN stays NaN."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -211,7 +211,7 @@ def minimum_scalar(x, y, c):
         y[i] = c if v > c else v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def logaddexp_scalar(x, y, c):
     """y = np.logaddexp(c, x) as NumPy computes it (softplus's log(1 + exp(z)) is logaddexp(0, z))."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -226,7 +226,7 @@ def logaddexp_scalar(x, y, c):
             y[i] = c - v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def where_adjoint(g, cond, grad, want):
     """where's and masked_fill's gradient: grad += g where cond is ``want``."""
     for i in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
@@ -234,7 +234,7 @@ def where_adjoint(g, cond, grad, want):
             grad[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def maximum_adjoint(g, a, b, grad, sgn):
     """maximum's (sgn 1) and minimum's (sgn -1) gradient in a, or, with sgn negated, in b: g where
     the input wins, halves at ties (torch's)."""
@@ -245,21 +245,21 @@ def maximum_adjoint(g, a, b, grad, sgn):
             grad[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def leaky_relu_adjoint(g, x, gx, slope):
     """leaky_relu's gradient at its input, and leaky_relu_backward's: g where x > 0, else g * slope."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         gx[i] += g[i] if x[i] > 0 else g[i] * slope
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def clamp_adjoint(g, x, gx, lo, hi):
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
         if x[i] >= lo and x[i] <= hi:
             gx[i] += g[i]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def gelu_adjoint(g, x, gx, approximate):
     """gelu's gradient, in the CPU engine's formulas: x * Phi(x), or torch's tanh approximation."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
@@ -274,7 +274,7 @@ def gelu_adjoint(g, x, gx, approximate):
             gx[i] += g[i] * (0.5 * (1 + th) + 0.5 * xi * dright)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softplus_adjoint(g, x, gx, factor, threshold):
     """softplus's gradient, its beta the factor."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
@@ -286,7 +286,7 @@ def softplus_adjoint(g, x, gx, factor, threshold):
             gx[i] += g[i] * ez / (ez + 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def pow_adjoint_a(g, a, b, ga):
     """pow's gradient in the base: torch's 0 where the exponent is 0."""
     for i in range(cuda.grid(1), ga.shape[0], cuda.gridsize(1)):
@@ -294,7 +294,7 @@ def pow_adjoint_a(g, a, b, ga):
             ga[i] += g[i] * (b[i] * a[i] ** (b[i] - 1))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def pow_adjoint_b(g, a, b, y, gb):
     """pow's gradient in the exponent: torch's g * 0 where the base is 0 and the exponent not negative."""
     for i in range(cuda.grid(1), gb.shape[0], cuda.gridsize(1)):
@@ -304,7 +304,7 @@ def pow_adjoint_b(g, a, b, y, gb):
             gb[i] += g[i] * (y[i] * math.log(a[i]))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def rpow_adjoint(g, x, y, gx, base, log_base):
     """c ** x's gradient, torch's g * (y * log(c)); a zero base: g * 0 where x >= 0."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
@@ -315,7 +315,7 @@ def rpow_adjoint(g, x, y, gx, base, log_base):
 # -- reductions and scans: one thread per output element, looping over the elements it reduces in
 # a fixed order (deterministic, no atomics). A single axis d is addressed as [outer, n, inner]; any
 # set of axes through a segment map ``seg``, seg[j * m + k] the k-th of output element j's m inputs.
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_rows(x, y, outer, n, inner, log):
     """y = softmax of x along the middle axis (log: log_softmax), the exponentials summed in float64
     as the CPU's jitted pass sums them."""
@@ -335,7 +335,7 @@ def softmax_rows(x, y, outer, n, inner, log):
             y[i] = x[i] - shift if log else math.exp(x[i] - m) / s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def softmax_adjoint(g, y, gx, outer, n, inner, log):
     """gx += y * (g - sum(g * y)) (log: g - exp(y) * sum(g)) along the middle axis."""
     for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
@@ -349,7 +349,7 @@ def softmax_adjoint(g, y, gx, outer, n, inner, log):
             gx[i] += g[i] - math.exp(y[i]) * s if log else y[i] * (g[i] - s)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def nll_forward(x, pos, w, y, weighted, reduced, scale):
     """y = -x[pos] (times w where weighted), or reduced, their sum times scale (one thread: in order)."""
     if reduced:
@@ -363,7 +363,7 @@ def nll_forward(x, pos, w, y, weighted, reduced, scale):
         y[i] = -(x[pos[i]] * w[i]) if weighted else -x[pos[i]]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def nll_adjoint(g, pos, w, gx, weighted, reduced, scale):
     """gx[pos[i]] -= g (g[0] * scale when reduced) times w[i]: each sample's target its own element."""
     for i in range(cuda.grid(1), pos.shape[0], cuda.gridsize(1)):
@@ -371,7 +371,7 @@ def nll_adjoint(g, pos, w, gx, weighted, reduced, scale):
         gx[pos[i]] -= gi * w[i] if weighted else gi
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def extreme_rows(x, y, idx, pos, outer, n, inner, largest):
     """max_dim (largest) and min_dim along the middle axis: the value, its index along the axis and
     its flat position in x; the first of tied extremes, and the first NaN, as NumPy's argmax."""
@@ -387,7 +387,7 @@ def extreme_rows(x, y, idx, pos, outer, n, inner, largest):
         pos[t] = base + best * inner
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def cumsum_rows(x, y, outer, n, inner):
     """The cumulative sum along the middle axis, in order (np.cumsum's)."""
     for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
@@ -399,7 +399,7 @@ def cumsum_rows(x, y, outer, n, inner):
             y[base + k * inner] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def cumsum_adjoint(g, gx, outer, n, inner):
     """gx += the reversed cumulative sum of g along the middle axis (in float64, as the CPU's)."""
     for t in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
@@ -411,7 +411,7 @@ def cumsum_adjoint(g, gx, outer, n, inner):
             gx[i] += acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_extreme(x, seg, y, m, largest):
     """y[j] = the max (largest) or min of output element j's inputs; NaN wins, as in NumPy."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -423,7 +423,7 @@ def segment_extreme(x, seg, y, m, largest):
         y[j] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_extreme_adjoint(g, x, y, seg, gx, m):
     """gx += g shared evenly by the inputs equal to their extreme y."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -437,7 +437,7 @@ def segment_extreme_adjoint(g, x, y, seg, gx, m):
                 gx[i] += g[j] / count
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_prod(x, seg, y, m):
     """y[j] = the product of output element j's inputs, in x's dtype."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -447,7 +447,7 @@ def segment_prod(x, seg, y, m):
         y[j] = v
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_prod_adjoint(g, x, y, seg, gx, m):
     """gx += g * y / x, or where a group holds one zero, the product of the others at the zero."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -466,7 +466,7 @@ def segment_prod_adjoint(g, x, y, seg, gx, m):
                 gx[i] += g[j] * others
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_norm(x, seg, y, m, order, mode):
     """The norm of order ``order`` of output element j's inputs; mode (array.norm_mode): 0 the count
     of nonzeros, 1 sum |x|, 2 sqrt(sum x * x), 3 max |x|, 4 min |x|, 5 and 6 (sum |x| ** order) **
@@ -494,7 +494,7 @@ def segment_norm(x, seg, y, m, order, mode):
         y[j] = math.sqrt(s) if mode == 2 else s ** (1 / order) if mode >= 5 else s
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_norm_adjoint(g, x, y, seg, gx, m, order, mode):
     """The norm's gradient, torch's formulas (mode as segment_norm's, 5: order < 1, 6: order > 1);
     zero where the norm is zero."""
@@ -524,7 +524,7 @@ def segment_norm_adjoint(g, x, y, seg, gx, m, order, mode):
                 gx[i] += scaled * (g[j] / y[j] ** (order - 1))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_var(x, seg, y, m, correction):
     """The variance of output element j's inputs, with ``correction`` degrees of freedom less."""
     for j in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
@@ -540,7 +540,7 @@ def segment_var(x, seg, y, m, correction):
         y[j] = q / dof if dof > 0 else q * math.inf  # (NumPy's q / 0: inf, or NaN for 0)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def segment_var_adjoint(g, x, seg, gx, m, scale, degenerate):
     """torch's var_backward: gx += (g * scale) * (x - mean), scale = 2 / dof; ``degenerate`` (no dim
     given and dof <= 0): g * (NaN where x is the mean, else inf)."""
@@ -557,7 +557,7 @@ def segment_var_adjoint(g, x, seg, gx, m, scale, degenerate):
                 gx[i] += (g[j] * scale) * (x[i] - mu)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def std_root_adjoint(g, y, gx):
     """std as the root of its var: gx += g / (2 * y), nothing where y is 0."""
     for i in range(cuda.grid(1), gx.shape[0], cuda.gridsize(1)):
