@@ -31,6 +31,8 @@ def runtime():
         if not count:
             raise RuntimeError("GPU tensors need an NVIDIA GPU: the driver found none (set "
                                "NUMBA_ENABLE_CUDASIM=1 to run the GPU path on Numba's simulator)")
+        from . import pool
+        pool.install(cuda)
     _CUDA.append(cuda)
     return cuda
 
@@ -55,6 +57,15 @@ def device_count():
 
 def synchronize(device=None):
     runtime().synchronize()
+
+
+def empty_cache():
+    """Frees the device memory cached for reuse (torch.cuda.empty_cache); arrays in use keep theirs."""
+    if is_available() and not simulated():
+        from . import pool
+        mm = pool.current()
+        if mm is not None:
+            mm.empty_cache()
 
 
 def launch(n):
