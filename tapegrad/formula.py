@@ -8,6 +8,7 @@ binary row's operands, each broadcast to the output's shape), ``y`` (the output)
 float attribute), number literals, ``+ - * /``, unary ``-`` and the functions in FUNCTIONS.
 """
 import ast
+import functools
 
 # name in a formula -> (its spelling in a jitted kernel, in a VJP, in a CUDA kernel). A VJP calls the
 # Tensor method, the same function as tapegrad's op, so that it needs no names where the row is
@@ -113,9 +114,10 @@ def vjp_expr(d):
                    {k: v[1] for k, v in FUNCTIONS.items()})
 
 
+@functools.lru_cache(maxsize=None)
 def uses(d):
-    """The variables the formula reads."""
-    return {node.id for node in ast.walk(parse(d)) if isinstance(node, ast.Name) and node.id in VARIABLES}
+    """The variables the formula reads (cached: the CUDA engine asks at every adjoint launch)."""
+    return frozenset(node.id for node in ast.walk(parse(d)) if isinstance(node, ast.Name) and node.id in VARIABLES)
 
 
 def reads(*ds):
