@@ -246,7 +246,7 @@ class _Run:
             prog = self.sig.variants[0]
             if self.fn.argnums is not None:
                 shared = {s: k for s, k in prog.arg_slot.items() if k in self.diff and self.dims[k] is None}
-                batched = {s for s, k in prog.arg_slot.items() if self.dims[k] is not None or k in self.diff}
+                batched = {s for s, k in prog.arg_slot.items() if self.dims[k] is not None}
                 self.sig.taps = _tap_plan(prog, batched, shared) if shared else None
             self.sig.step = _compiled_step(prog, self.fn.argnums is not None, self.sig.taps)
         if self.fn.argnums is None:

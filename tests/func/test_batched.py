@@ -198,6 +198,73 @@ def test_shared_parameters_per_sample_gradients_by_taps(dtype):
 
 
 @pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
+def test_linear_layers_per_sample_gradients_by_taps_through_the_transpose(dtype):
+    """nn.Linear multiplies by weight.t(): the tap on that mm gives the transpose's gradient, and
+    the chain of views leads it back to the weight's shape."""
+    rng = np.random.default_rng(5)
+    model = tg.nn.Sequential(tg.nn.Linear(5, 7), tg.nn.Tanh(), tg.nn.Linear(7, 3), tg.nn.Tanh(), tg.nn.Linear(3, 1))
+    params = {k: v.detach().to(dtype) for k, v in model.named_parameters()}
+
+    def loss(p, x, y):
+        return ((func.functional_call(model, p, (x.unsqueeze(0),)) - y) ** 2).mean()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0, 0))
+    for size in (6, 6, 2):
+        xs, ys = (tg.tensor(rng.standard_normal(s), dtype=dtype) for s in ((size, 5), (size, 1)))
+        got = vg(params, xs, ys)
+        expect = [func.grad(loss)(params, xs[b], ys[b]) for b in range(size)]
+        for k in params:
+            np.testing.assert_allclose(got[k].numpy(), np.stack([e[k].numpy() for e in expect]),
+                                       rtol=1e-5 if dtype == tg.float32 else 1e-12, atol=1e-7)
+    sig = next(iter(vg._batched.signatures.values()))
+    assert [t.kind for t in sig.taps] == ["mm_right", "add"] * 3
+    assert [[name for name, *_ in t.chain] for t in sig.taps] == [["t"], []] * 3
+
+
+def test_taps_through_each_view_of_a_shared_parameter_against_a_loop():
+    """Views between a shared parameter and the row it meets the samples in: transpose, permute,
+    view, unsqueeze and squeeze, alone and chained; each tap's gradient goes back through them."""
+    rng = np.random.default_rng(6)
+    shapes = ((4, 3), (3, 1, 4), (12,), (1, 4), (4,))
+    params = tuple(tg.tensor(rng.standard_normal(s), dtype=tg.float64) for s in shapes)
+
+    def loss(params, x):
+        a, b, c, d, e = params
+        h = (a.t() @ x[:, None]).squeeze(1)  # t, then mm_left
+        h = h + b.permute(2, 0, 1).reshape(4, 3).transpose(0, 1) @ x  # permute, view, transpose
+        h = h[None] @ c.view(3, 4) + d  # view (mm_right), then add of a (1, 4)
+        h = h.squeeze(0) - e.unsqueeze(0).squeeze(0)  # sub through unsqueeze and squeeze
+        return (h.tanh() ** 2).sum()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0))
+    for _ in range(3):
+        xs = tg.tensor(rng.standard_normal((5, 4)), dtype=tg.float64)
+        got = vg(params, xs)
+        expect = [func.grad(loss)(params, xs[i]) for i in range(5)]
+        for j, g in enumerate(got):
+            np.testing.assert_allclose(g.numpy(), np.stack([e[j].numpy() for e in expect]), rtol=1e-12, atol=1e-14)
+    sig = next(iter(vg._batched.signatures.values()))
+    assert sig.taps is not None and len(sig.taps) == 5
+
+
+def test_a_shared_parameter_also_used_apart_from_views_is_copied_per_sample():
+    """A weight read by an elementwise row as well (weight decay here) has no tap: the parameters
+    are copied per sample, with the same result as a loop."""
+    rng = np.random.default_rng(7)
+    w = tg.tensor(rng.standard_normal((3, 4)), dtype=tg.float64)
+
+    def loss(w, x):
+        return ((w @ x).tanh() ** 2).sum() + 0.1 * (w ** 2).sum()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0))
+    for _ in range(2):
+        xs = tg.tensor(rng.standard_normal((5, 4)), dtype=tg.float64)
+        np.testing.assert_allclose(vg(w, xs).numpy(), np.stack([func.grad(loss)(w, xs[i]).numpy() for i in range(5)]),
+                                   rtol=1e-12)
+    assert next(iter(vg._batched.signatures.values())).taps is None
+
+
+@pytest.mark.parametrize("dtype", [tg.float32, tg.float64])
 def test_per_sample_outer_products_of_taps_against_a_loop(dtype):
     """A shared weight's per-sample gradient from a tap on W @ x (x a column) or x @ W (x a row) is
     an outer product per sample. Small integers keep every sum exact in any order, so the batch
