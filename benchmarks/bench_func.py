@@ -2,6 +2,8 @@
 
 - P6a: an MLP 16-64-64-1 (tanh, MSE), batch 512, float32: the parameters shared (in_dims None),
   one sample and target per row.
+- P6a with modules: the same MLP as torch.func's tutorial writes it, nn.Linear layers and
+  functional_call over their parameters (each layer multiplies by weight.t()).
 - P6b: a damped oscillator x'' = -k x - c x' integrated by 50 explicit Euler steps of size dt
   (k, c, dt the three parameters; about 350 scalar ops per sample), loss x(T)^2 + v(T)^2; batch
   256 initial states, float64.
@@ -49,6 +51,22 @@ def p6a(name):
     y = lib.tensor(rng.standard_normal((512, 1)).astype(np.float32))
     F = _func(lib)
     return F.vmap(F.grad(mlp_loss(lib)), in_dims=(None, 0, 0)), (params, x, y)
+
+
+def p6a_modules(name):
+    """(per-sample-gradient call, its arguments) for P6a written with nn.Linear and functional_call."""
+    lib = load(name)
+    nn, F = lib.nn, _func(lib)
+    model = nn.Sequential(*[m for a, b in zip(MLP, MLP[1:]) for m in (nn.Linear(a, b), nn.Tanh())][:-1])
+    rng = np.random.default_rng(0)
+    params = {k: lib.tensor((rng.standard_normal(tuple(v.shape)) / np.sqrt(v.shape[-1])).astype(np.float32))
+              for k, v in model.named_parameters()}
+    x = lib.tensor(rng.standard_normal((512, MLP[0])).astype(np.float32))
+    y = lib.tensor(rng.standard_normal((512, 1)).astype(np.float32))
+
+    def loss(p, x, y):
+        return ((F.functional_call(model, p, (x.unsqueeze(0),)) - y) ** 2).mean()
+    return F.vmap(F.grad(loss), in_dims=(None, 0, 0)), (params, x, y)
 
 
 def p6b(name):
@@ -105,6 +123,9 @@ class RatioToTorchFunc:
 
     def track_p6a(self):
         return self._ratio(p6a, k=10)
+
+    def track_p6a_modules(self):
+        return self._ratio(p6a_modules, k=10)
 
     def track_p6b(self):
         return self._ratio(p6b, k=5)
