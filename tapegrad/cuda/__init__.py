@@ -63,7 +63,7 @@ def empty_cache():
     """Frees the device memory cached for reuse (torch.cuda.empty_cache); arrays in use keep theirs."""
     if is_available() and not simulated():
         from . import pool
-        mm = pool.current()
+        mm = pool.current(runtime())
         if mm is not None:
             mm.empty_cache()
 

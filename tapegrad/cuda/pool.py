@@ -114,8 +114,7 @@ def install(cuda):
         cuda.set_memory_manager(plugin())
 
 
-def current():
+def current(cuda):
     """The current context's memory manager when it is the cache, else None."""
-    from . import runtime
-    mm = runtime().current_context().memory_manager
+    mm = cuda.current_context().memory_manager
     return mm if hasattr(mm, "cache") else None

@@ -28,8 +28,8 @@ def test_drain_gives_up_every_cached_block_once():
 @pytest.mark.gpu_only
 def test_a_training_loop_allocates_nothing_after_its_first_steps():
     import tapegrad as tg
-    from tapegrad.cuda import pool
-    mm = pool.current()
+    from tapegrad.cuda import pool, runtime
+    mm = pool.current(runtime())
     assert mm is not None, "the caching allocator is not installed"
     rng = np.random.default_rng(0)
     model = tg.nn.Sequential(tg.nn.Linear(16, 32), tg.nn.Tanh(), tg.nn.Linear(32, 1)).cuda()
@@ -52,8 +52,8 @@ def test_a_training_loop_allocates_nothing_after_its_first_steps():
 def test_live_arrays_never_share_a_block_and_a_reused_one_holds_its_new_values():
     import gc
 
-    from tapegrad.cuda import array, pool
-    mm = pool.current()
+    from tapegrad.cuda import array, pool, runtime
+    mm = pool.current(runtime())
     live = [array.full((100,), np.float64, k) for k in range(20)]
     pointers = {v.d.__cuda_array_interface__["data"][0] for v in live}
     assert len(pointers) == 20
@@ -76,8 +76,8 @@ def test_a_view_keeps_its_block_after_the_array_it_was_cut_from_dies():
     return to the cache while a view is alive."""
     import gc
 
-    from tapegrad.cuda import array, pool
-    mm = pool.current()
+    from tapegrad.cuda import array, pool, runtime
+    mm = pool.current(runtime())
     base = array.full((256,), np.float64, 7.0)
     view = base.d[128:256]
     del base
