@@ -348,6 +348,13 @@ def _compiled_step(prog, grads, taps):
 
 
 _VIEWS = {"t", "transpose", "permute", "view", "unsafe_view", "unsqueeze", "squeeze"}
+_TRANSPOSES = ("t", "transpose", "permute")
+
+
+def _perm(view):
+    """The axes permutation of a transposing view in a tap's chain, as a list."""
+    from ..ops.attrs import Perm
+    return list(Perm.decode(view[1], len(view[3])))
 
 
 class _Tap:
@@ -360,18 +367,24 @@ class _Tap:
     def gradient(self, g, other, n):
         # (an outer product per sample where x is a row or y a column: a jitted loop writes it faster
         # than einsum or a broadcast product, and np.matmul runs one tiny GEMM per sample)
-        if self.kind == "mm_right":  # out = x @ u: du = x^T g
+        from ..jit.outer import outer
+        chain = self.chain
+        # u = w^T (nn.Linear's weight.t()): w's gradient is du^T, the product with its operands swapped,
+        # written in w's layout instead of transposing a copy of du
+        flip = self.kind != "add" and bool(chain) and chain[-1][0] in _TRANSPOSES and len(chain[-1][3]) == 2 \
+            and _perm(chain[-1]) == [1, 0]
+        if flip:
+            chain = chain[:-1]
+        if self.kind == "mm_right":  # out = x @ u: du = x^T g (du^T = g^T x)
             if other.shape[1] == 1:
-                from ..jit.outer import outer
-                d = outer(other[:, 0], g[:, 0])
+                d = outer(g[:, 0], other[:, 0]) if flip else outer(other[:, 0], g[:, 0])
             else:
-                d = np.matmul(other.swapaxes(1, 2), g)
-        elif self.kind == "mm_left":  # out = u @ y: du = g y^T
+                d = np.matmul(g.swapaxes(1, 2), other) if flip else np.matmul(other.swapaxes(1, 2), g)
+        elif self.kind == "mm_left":  # out = u @ y: du = g y^T (du^T = y g^T)
             if g.shape[2] == 1:
-                from ..jit.outer import outer
-                d = outer(g[:, :, 0], other[:, :, 0])
+                d = outer(other[:, :, 0], g[:, :, 0]) if flip else outer(g[:, :, 0], other[:, :, 0])
             else:
-                d = np.matmul(g, other.swapaxes(1, 2))
+                d = np.matmul(other, g.swapaxes(1, 2)) if flip else np.matmul(g, other.swapaxes(1, 2))
         else:  # out = x +- u (u broadcast): g summed over u's broadcast axes
             d = g
             extra = d.ndim - 1 - len(self.u_shape)
@@ -381,10 +394,10 @@ class _Tap:
             if axes:
                 d = d.sum(axis=axes, keepdims=True)
             d = d * self.sign
-        for name, i0, in_shape, out_shape in reversed(self.chain):  # back through the views to the parameter
-            if name in ("t", "transpose", "permute"):
-                from ..ops.attrs import Perm
-                perm = Perm.decode(i0, len(out_shape))
+        for view in reversed(chain):  # back through the views to the parameter
+            name, i0, in_shape, out_shape = view
+            if name in _TRANSPOSES:
+                perm = _perm(view)
                 d = d.transpose([0] + [1 + perm.index(j) for j in range(len(perm))])
             else:
                 d = d.reshape((n,) + tuple(in_shape))

@@ -225,16 +225,18 @@ def test_taps_through_each_view_of_a_shared_parameter_against_a_loop():
     """Views between a shared parameter and the row it meets the samples in: transpose, permute,
     view, unsqueeze and squeeze, alone and chained; each tap's gradient goes back through them."""
     rng = np.random.default_rng(6)
-    shapes = ((4, 3), (3, 1, 4), (12,), (1, 4), (4,))
+    shapes = ((4, 3), (3, 1, 4), (12,), (1, 4), (4,), (3, 2), (2, 3))
     params = tuple(tg.tensor(rng.standard_normal(s), dtype=tg.float64) for s in shapes)
 
     def loss(params, x):
-        a, b, c, d, e = params
+        a, b, c, d, e, f, k = params
         h = (a.t() @ x[:, None]).squeeze(1)  # t, then mm_left
         h = h + b.permute(2, 0, 1).reshape(4, 3).transpose(0, 1) @ x  # permute, view, transpose
         h = h[None] @ c.view(3, 4) + d  # view (mm_right), then add of a (1, 4)
         h = h.squeeze(0) - e.unsqueeze(0).squeeze(0)  # sub through unsqueeze and squeeze
-        return (h.tanh() ** 2).sum()
+        m = x.reshape(2, 2)
+        r = ((m @ f.t()).tanh() ** 2).sum() + ((k.t() @ m).tanh() ** 2).sum()  # t into mm of matrices, each side
+        return (h.tanh() ** 2).sum() + r
 
     vg = func.vmap(func.grad(loss), in_dims=(None, 0))
     for _ in range(3):
@@ -244,7 +246,7 @@ def test_taps_through_each_view_of_a_shared_parameter_against_a_loop():
         for j, g in enumerate(got):
             np.testing.assert_allclose(g.numpy(), np.stack([e[j].numpy() for e in expect]), rtol=1e-12, atol=1e-14)
     sig = next(iter(vg._batched.signatures.values()))
-    assert sig.taps is not None and len(sig.taps) == 5
+    assert sig.taps is not None and len(sig.taps) == 7
 
 
 def test_a_shared_parameter_also_used_apart_from_views_is_copied_per_sample():
