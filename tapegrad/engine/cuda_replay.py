@@ -153,14 +153,25 @@ def _adjoint(op, p, e, g, ins, into, o, r, f0):
         a = array.broadcast_to(p.value(ins[0], dt), shape) if "a" in uses else g
         b = array.broadcast_to(p.value(ins[1], dt), shape) if "b" in uses else g
         for k in (0, 1):
-            if into[k] is not None:
-                _summed(into[k], shape, lambda t: kernels[k][blocks, threads](g.d, a.d, b.d, y.d, t.d))
+            gk = into[k]
+            if gk is None:
+                continue
+            sign = _PASSED.get(op.formula[k])
+            if sign is not None and gk.shape != shape:  # (g itself, summed over the broadcast straight into gk)
+                array.run_kernel("scatter_add", g.size, g.d, _broadcast_map(gk.shape, shape), gk.d, dt.type(sign))
+            else:
+                _summed(gk, shape, lambda t: kernels[k][blocks, threads](g.d, a.d, b.d, y.d, t.d))
         return
     adjoint = _HAND.get(op.kernel) if op.gpu else None
     if adjoint is None:
         raise NotImplementedError(f"'{op.name}' has no CUDA adjoint in tapegrad yet: backward through it on GPU "
                                   "tensors needs the tensors on the CPU (.cpu())")
     adjoint(p, g, ins, into, r, f0)
+
+
+# An input's derivative formula that passes g on unchanged (or negated): its gradient needs no kernel
+# of its own, only the sum over a broadcast.
+_PASSED = {"g": 1, "-g": -1}
 
 
 def _summed(gk, shape, launch):
@@ -171,9 +182,13 @@ def _summed(gk, shape, launch):
         return
     full = array.zeros(shape, gk.dtype)
     launch(full)
-    idx = array.index_map(("bcast", gk.shape, shape),
-                          lambda: np.broadcast_to(np.arange(gk.size).reshape(gk.shape), shape))
-    array.run_kernel("scatter_add", full.size, full.d, idx, gk.d, gk.dtype.type(1))
+    array.run_kernel("scatter_add", full.size, full.d, _broadcast_map(gk.shape, shape), gk.d, gk.dtype.type(1))
+
+
+def _broadcast_map(small, shape):
+    """Where each element of ``shape`` comes from in an operand of shape ``small`` broadcast to it."""
+    return array.index_map(("bcast", small, shape),
+                           lambda: np.broadcast_to(np.arange(int(np.prod(small))).reshape(small), shape))
 
 
 def _identity(p, g, ins, into, r, f0):
