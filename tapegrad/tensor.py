@@ -198,7 +198,7 @@ class Tensor:
         if self._rg and not force and _state.grad_enabled:  # (with grad mode off, torch hands out the storage)
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         _read(self)
-        return self._value
+        return self._value.view()  # (its storage, in a new array object: setting its shape leaves the tensor be)
 
     def __array__(self, dtype=None, copy=None):
         v = self.numpy()  # np.asarray(t) follows numpy()'s rule, as in torch

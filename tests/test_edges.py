@@ -432,3 +432,16 @@ def test_mean_var_std_of_empty_groups(lib):
         same(s, NAN)
         (g,) = lib.autograd.grad(v.sum() + s, x, create_graph=True)
         assert g.shape == (2, 0)
+
+
+def test_numpy_shares_the_storage_not_the_array_object():
+    """As torch's: writes through .numpy() reach the tensor, but setting the array's shape leaves
+    the tensor's own (compiled calls rely on a tensor's array keeping its shape)."""
+    t = tg.zeros(2, 3)
+    a = t.numpy()
+    a[0, 1] = 5.0
+    assert t[0, 1].item() == 5.0 and np.shares_memory(a, np.asarray(t))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        a.shape = (3, 2)
+    assert tuple(t.shape) == (2, 3) and t.numpy().shape == (2, 3)
