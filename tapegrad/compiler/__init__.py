@@ -45,7 +45,9 @@ class CompiledFunction:
         self._fn = fn
         self._fullgraph = fullgraph
         self._variants = {}  # key -> [_Variant]
-        self._last = None  # (argument keys, grad mode, key, variants) of the last replay of a plain key: checked first
+        # (argument keys, grad mode, key, variants, seen: _same_key's memo) of the last replay of a plain
+        # key: checked first
+        self._last = None
         self._count = 0
         self._warned = False
         self._lock = threading.Lock()
@@ -67,7 +69,7 @@ class CompiledFunction:
         if getattr(_hot, "prog", None) is not None:  # called while a program records: part of that one
             return self._fn(*args, **kwargs)
         last = self._last
-        if last is not None and not kwargs and last[1] == is_grad_enabled() and _same_key(args, last[0]):
+        if last is not None and not kwargs and last[1] == is_grad_enabled() and _same_key(args, last[0], last[4]):
             key, variants, tensors = last[2], last[3], args
         else:
             last = None
@@ -87,7 +89,7 @@ class CompiledFunction:
                 continue
             self.replay_count += 1
             if last is None and v.plain:
-                self._last = (key[0], key[2], key, variants)
+                self._last = (key[0], key[2], key, variants, [_UNSEEN] * len(key[0]))
             for i, c in enumerate(v.program.consts):
                 if c is not None:
                     outs[i] = c
@@ -205,20 +207,34 @@ def _keys(items, tensors, roots):
     return tuple(out)
 
 
-def _same_key(args, keys):
+def _same_key(args, keys, seen):
     """Whether tensor arguments ``args`` have the argument key ``keys`` (all tensors) and share no
-    storage, i.e. a plain key's; as _keys and _aliases would find, without building a key."""
+    storage, i.e. a plain key's; as _keys and _aliases would find, without building a key.
+
+    ``seen`` holds for each argument a weak reference to the last array found to fit its key, and
+    that array's storage: the same array again fits without a look at its shape and dtype (an
+    array's shape, dtype and base stay as they are: a tensor hands out views, never its array).
+    Each entry is replaced whole, so threads sharing ``seen`` see one array's entry or another's."""
     if len(args) != len(keys):
         return False
     roots = set()
-    for v, (_, shape, dtype, rg) in zip(args, keys):
-        if v.__class__ is not Tensor and not isinstance(v, Tensor) or v._rg is not rg:
+    i = 0
+    for v, key, (ref, root) in zip(args, keys, seen):
+        if v.__class__ is not Tensor and not isinstance(v, Tensor) or v._rg is not key[3]:
             return False
         a = v._value
-        if a.__class__ is not ndarray or a.shape != shape or a.dtype is not dtype and a.dtype != dtype:
-            return False  # (a GPU value: its own key, with its device)
-        roots.add(id(a) if a.base is None else _root(a))
+        if ref() is not a:
+            _, shape, dtype, _ = key
+            if a.__class__ is not ndarray or a.shape != shape or a.dtype is not dtype and a.dtype != dtype:
+                return False  # (a GPU value: its own key, with its device)
+            root = id(a) if a.base is None else _root(a)
+            seen[i] = (weakref.ref(a), root)
+        roots.add(root)
+        i += 1
     return len(roots) == len(keys)
+
+
+_UNSEEN = (lambda: None, 0)  # a ``seen`` entry before any array
 
 
 def _tensor_key(v, a):

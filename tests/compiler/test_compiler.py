@@ -220,6 +220,50 @@ def test_each_argument_guard_holds_on_a_replayed_tensor_signature():
     assert cf.trace_count == 8
 
 
+def test_the_same_arrays_again_skip_their_shape_checks_and_nothing_else():
+    """A call passing the very arrays that a replay was checked on passes on identity; a changed
+    value (another array, of another shape), requires_grad, an alias or a dead array's successor
+    at any position is checked again and gets eager's result."""
+    def f(*xs):
+        out = xs[0] * 1.0
+        for i, x in enumerate(xs[1:]):
+            out = out + x * float(i + 2)
+        xs[1].add_(1.0)  # (an alias of xs[1] among the arguments sees the write)
+        return out
+
+    def check(args, traces):
+        want = f(*[a.detach().clone().requires_grad_(a.requires_grad) for a in args])
+        got = cf(*args)
+        assert same(got.detach().numpy(), want.detach().numpy()) and cf.trace_count == traces
+
+    cf = tg.compile(f)
+    xs = [tg.full((3,), float(k)) for k in range(10)]
+    for _ in range(3):
+        check(xs, 1)
+    assert cf.replay_count == 2
+    check(xs[:9] + [xs[1]], 2)  # an alias: another variant
+    check(xs, 2)
+    for n, k in enumerate((0, 5, 9)):
+        ys = list(xs)
+        ys[k] = xs[k].detach().requires_grad_()  # the same array, requires_grad
+        check(ys, 3 + n)
+        check(xs, 3 + n)
+    xs[7].data = tg.full((4,), 7.0)  # the same tensor, a value of another shape
+    with pytest.raises(RuntimeError):
+        f(*[x.detach().clone() for x in xs])
+    with pytest.raises(RuntimeError):
+        cf(*xs)
+    xs[7].data = tg.full((3,), 7.0)
+    check(xs, 5)
+    for _ in range(3):  # arrays dying and new ones in their place (ids reused)
+        xs = [tg.full((3,), float(k)) for k in range(10)]
+        check(xs, 5)
+    dead = weakref.ref(xs[3]._value)
+    del xs
+    gc.collect()
+    assert dead() is None  # the compiled function holds no argument's array
+
+
 SCALE = 2.0
 
 
