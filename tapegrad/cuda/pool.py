@@ -109,8 +109,10 @@ def install(cuda):
     chose a memory manager (NUMBA_CUDA_MEMORY_MANAGER)."""
     from numba.core import config
     from numba.cuda.cudadrv import driver as drv
-    # (numba sets its manager when it makes its first context: none set, no context yet)
-    if drv._memory_manager is None and getattr(config, "CUDA_MEMORY_MANAGER", "default") == "default":
+    # (numba sets its manager when it makes its first context: none set, no context yet; a numba-cuda
+    # without that attribute keeps its own manager)
+    chosen = getattr(config, "CUDA_MEMORY_MANAGER", "default") != "default"
+    if getattr(drv, "_memory_manager", False) is None and not chosen:
         cuda.set_memory_manager(plugin())
 
 
