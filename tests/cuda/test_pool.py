@@ -87,3 +87,14 @@ def test_a_view_keeps_its_block_after_the_array_it_was_cut_from_dies():
     others = [array.full((256,), np.float64, -1.0) for _ in range(8)]
     np.testing.assert_array_equal(view.copy_to_host(), np.full(128, 7.0))
     del view, others
+
+
+def test_install_leaves_a_numba_cuda_without_a_manager_slot_on_its_own_manager():
+    """(The simulator's driver has no manager slot, as a numba-cuda that moved it would not.)"""
+    from tapegrad.cuda import pool
+
+    class Cuda:
+        def set_memory_manager(self, cls):
+            raise AssertionError("installed without a manager slot")
+
+    pool.install(Cuda())
