@@ -126,6 +126,29 @@ def test_large_sines_take_the_gpu_kernel_not_the_cpu_one():
     np.testing.assert_allclose(x.cuda().cos().cpu().numpy(), x.cos().numpy(), rtol=1e-15, atol=1e-16)
 
 
+def test_a_broadcast_bias_gradient_is_one_launch_summing_g(monkeypatch):
+    """The gradient of add's and sub's broadcast operand is g (or -g) summed over the broadcast, one
+    scatter launch: no zeroed buffer, no adjoint kernel of its own."""
+    from tapegrad.cuda import array
+    x = tg.tensor(np.arange(12.0).reshape(4, 3), device="cuda", requires_grad=True)
+    b = tg.tensor([1.0, -2.0, 0.5], device="cuda", requires_grad=True)
+    c = tg.tensor([0.25, 0.5, 1.0], device="cuda", requires_grad=True)
+    y = ((x + b) * (x - c)).sum()
+    launched = []
+    real = array.run_kernel
+    monkeypatch.setattr(array, "run_kernel", lambda name, n, *args: launched.append(name) or real(name, n, *args))
+    generated = array.kernels()[1].ADJOINT
+    monkeypatch.setitem(generated, "add", [generated["add"][0], None])  # (add's own b kernel: never launched)
+    monkeypatch.setitem(generated, "sub", [generated["sub"][0], None])
+    y.backward()
+    # two fills (the arena, the seed) and one scatter a bias: a zeroed buffer per bias would be a fill more
+    assert launched.count("fill") == 2 and launched.count("scatter_add") == 2, launched
+    xh, bh, ch = (t.detach().cpu().requires_grad_() for t in (x, b, c))
+    ((xh + bh) * (xh - ch)).sum().backward()
+    for t, h in ((x, xh), (b, bh), (c, ch)):
+        np.testing.assert_allclose(t.grad.cpu().numpy(), h.grad.numpy(), rtol=1e-12)
+
+
 def test_a_host_leaf_copied_to_the_gpu_gets_its_gradient_on_the_host():
     x = tg.tensor([1.0, 2.0, 3.0], requires_grad=True)
     w = tg.tensor([0.5, -1.0, 2.0], device="cuda", requires_grad=True)
