@@ -4,6 +4,10 @@
 # (tapegrad against torch CUDA), and ../shared/gpu/device_bench.py when its folder is given.
 # Each part has its own time limit and writes its own file, so a slow part leaves the others' results.
 #     tools/device_check.sh OUTDIR [DEVICE_BENCH_DIR]
+# On the device tool's H200 image (numpy 2.5.2 beside numba-cuda 0.30.4, which then compiles no
+# kernel: np.row_stack is gone) carry wheels of numpy 2.4 and nvmath-python 1.0 for cp312 in an
+# ignored .whl/ and install them first:
+#     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -u
 out=${1:?usage: tools/device_check.sh OUTDIR [DEVICE_BENCH_DIR]}
 bench=${2:-}
