@@ -362,19 +362,32 @@ class _Tap:
     replay adds a zero tensor (the tap) to its output, whose gradient is the row's per-sample output
     gradient g; ``gradient`` turns g and the row's other operand into each sample's gradient of the
     parameter."""
-    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign")
+    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign", "flip", "undo")
+
+    def plan_views(self):
+        """From ``chain`` and ``kind``, once: ``flip`` and ``undo``, the steps back through the views
+        to the parameter (transpose axes, or a shape), for every call's ``gradient``."""
+        chain = self.chain
+        # u = w^T (nn.Linear's weight.t()): w's gradient is du^T, the product with its operands swapped,
+        # written in w's layout instead of transposing a copy of du
+        self.flip = self.kind != "add" and bool(chain) and chain[-1][0] in _TRANSPOSES and \
+            len(chain[-1][3]) == 2 and _perm(chain[-1]) == [1, 0]
+        if self.flip:
+            chain = chain[:-1]
+        self.undo = []
+        for view in reversed(chain):
+            name, i0, in_shape, out_shape = view
+            if name in _TRANSPOSES:
+                perm = _perm(view)
+                self.undo.append((True, [0] + [1 + perm.index(j) for j in range(len(perm))]))
+            else:
+                self.undo.append((False, tuple(in_shape)))
 
     def gradient(self, g, other, n):
         # (an outer product per sample where x is a row or y a column: a jitted loop writes it faster
         # than einsum or a broadcast product, and np.matmul runs one tiny GEMM per sample)
         from ..jit.outer import outer
-        chain = self.chain
-        # u = w^T (nn.Linear's weight.t()): w's gradient is du^T, the product with its operands swapped,
-        # written in w's layout instead of transposing a copy of du
-        flip = self.kind != "add" and bool(chain) and chain[-1][0] in _TRANSPOSES and len(chain[-1][3]) == 2 \
-            and _perm(chain[-1]) == [1, 0]
-        if flip:
-            chain = chain[:-1]
+        flip = self.flip
         if self.kind == "mm_right":  # out = x @ u: du = x^T g (du^T = g^T x)
             if other.shape[1] == 1:
                 d = outer(g[:, 0], other[:, 0]) if flip else outer(other[:, 0], g[:, 0])
@@ -394,13 +407,8 @@ class _Tap:
             if axes:
                 d = d.sum(axis=axes, keepdims=True)
             d = d * self.sign
-        for view in reversed(chain):  # back through the views to the parameter
-            name, i0, in_shape, out_shape = view
-            if name in _TRANSPOSES:
-                perm = _perm(view)
-                d = d.transpose([0] + [1 + perm.index(j) for j in range(len(perm))])
-            else:
-                d = d.reshape((n,) + tuple(in_shape))
+        for transpose, how in self.undo:  # back through the views to the parameter
+            d = d.transpose(how) if transpose else d.reshape((n,) + how)
         return np.ascontiguousarray(d)
 
 
@@ -442,6 +450,7 @@ def _tap_plan(prog, batched, shared):
         tap.sign = -1.0 if op.name == "sub" and u == b else 1.0
         if op.name == "sub" and u == a or op.name == "add" and f0 not in (0.0, 1.0):
             return None
+        tap.plan_views()
         taps.append(tap)
     if any(s in origin or s in tainted for s in prog.outs):
         return None
