@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_cuda, bench_w2_mlp as w2, bench_w3_elementwise as w3, bench_w5_deep as w5  # noqa: E402
-from benchmarks.bench_ratios import alternating_ratio  # noqa: E402
+from benchmarks.bench_ratios import alternating_ratio, best  # noqa: E402
 from benchmarks.common import load  # noqa: E402
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -27,16 +27,6 @@ def synced(lib, f):
         if DEVICE == "cuda":
             lib.cuda.synchronize()
     return call
-
-
-def best(f, k, reps=7):
-    b = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(k):
-            f()
-        b = min(b, (time.perf_counter() - t0) / k)
-    return b
 
 
 def workloads(name):
@@ -64,9 +54,9 @@ def host_per_row(name):
     else:
         _, ps, x = w5.ready(name)
     rows = 3 * len(ps) + 1  # matmul, add, tanh a layer, then the sum
+    sync = lib.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     fwd, bwd = [], []
     for _ in range(15):
-        sync = lib.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
         h = x
