@@ -50,11 +50,13 @@ class Tape:
 
     _serials = iter(range(1, 1 << 62))
 
-    def __init__(self):
-        self.cap = _INITIAL_ROWS
-        self.rows = bytearray(ROW.size * _INITIAL_ROWS)
+    def __init__(self, cap=_INITIAL_ROWS):
+        """``cap``: room for that many slots and rows, in one allocation (a compiled replay knows its
+        tape's size before it writes it, where doubling would copy the buffers again and again)."""
+        self.cap = cap
+        self.rows = bytearray(ROW.size * cap)
         self.n = 0
-        self.slots = bytearray(_FRESH_SLOT * _INITIAL_ROWS)
+        self.slots = bytearray(_FRESH_SLOT * cap)
         self.ns = 0
         self.synced = 0  # slots whose address the engine has filled in from ``values``
         self.traces = None  # anomaly mode: slot -> (where it was made, parent), see _TracedValues
@@ -100,14 +102,6 @@ class Tape:
         self.rows = self.rows + bytearray(len(self.rows))
         self.slots = self.slots + _FRESH_SLOT * self.cap
         self.cap *= 2
-
-    def reserve(self, n):
-        """Room for ``n`` slots (and rows) in all, in one allocation: a compiled replay knows its
-        tape's size before it writes it, where doubling would copy the buffers again and again."""
-        if n > self.cap:
-            self.rows = self.rows + bytearray(ROW.size * (n - self.cap))
-            self.slots = self.slots + _FRESH_SLOT * (n - self.cap)
-            self.cap = n
 
     def push_row(self, op, a, b, c, out, i0, i1, f0):
         """Append a row whose output slot exists already (a custom Function with over three inputs

@@ -45,7 +45,7 @@ import numpy as np
 from .. import ops, parallel
 from ..operands import operand
 from ..ops.attrs import Operand, Perm
-from ..tape import LEAF, LINK, REQUIRES_GRAD, Tape, _contiguous, _hot, _state
+from ..tape import LEAF, LINK, REQUIRES_GRAD, SLOT, Tape, _contiguous, _hot, _state
 from ..tensor import DeviceArray, Tensor, leaf as _leaf
 
 # row kinds
@@ -518,8 +518,9 @@ class _Segment:
     indices), index (row -> its place), the slots they use: ext_slots (external; ext: each one's
     argument index, or its captured tensor), linked (those that need grad and another tape holds)
     and internal (the others; take: them as a slice where consecutive; flags: theirs), R (their row
-    table)."""
-    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "take", "flags", "R")
+    table); layout: where the last replay's tape put them, with the rows and slots it wrote
+    (Program._layout), which the next replay's tape copies when its slots land in the same places."""
+    __slots__ = ("rows", "index", "ext_slots", "ext", "linked", "internal", "take", "flags", "R", "layout")
 
 
 class Program:
@@ -749,6 +750,7 @@ class Program:
 
     def _segment(self, seg_rows, k, rg):
         seg = _Segment()
+        seg.layout = None
         seg.rows = seg_rows.tolist()
         seg.index = dict(zip(seg.rows, range(len(seg.rows))))
         seg.R = self.R[seg_rows]
@@ -818,8 +820,7 @@ class Program:
                     _, lo, hi, w, owned, views, outs, at, chunks = step
                     if owned:
                         kept = pool.get(lo)
-                        # (the pool's list and the call's argument): nothing else holds an array
-                        if kept is None or max(map(getrefcount, kept[0])) > 2:
+                        if kept is None or _held(kept):
                             kept = pool[lo] = _take_back(kept, owned)
                         arrays, ids = kept
                         if outs.__class__ is slice:
@@ -972,48 +973,56 @@ class Program:
     def _tape(self, tensors, vals, f0s, seg, tapes, made):
         """A fresh tape holding segment seg's rows that need grad, on this replay's values (and
         f0s: the rows whose f0 this replay computed)."""
-        tape = Tape()
-        internal = seg.internal
-        k = len(internal)
-        tape.reserve(len(seg.ext) + len(seg.linked) + k)
-        remap = np.full(len(self.slots) + 1, -1, np.int64)  # (index -1 maps to -1)
+        k = len(seg.internal)
         ts = [tensors[a] if a >= 0 else t for a, t in seg.ext]
+        tape = Tape(max(len(ts) + len(seg.linked) + k, 32))
         if all(t._tape is None for t in ts):  # (leaves, as parameters are: one registration for all)
             lo = tape.add_leaves(ts)
-            remap[seg.ext_slots] = np.arange(lo, lo + len(ts))
+            ext_at = tuple(range(lo, lo + len(ts)))
         else:
-            for s, t in zip(seg.ext_slots, ts):
-                remap[s] = tape.slot_of(t)
-        for s in seg.linked:
-            remap[s] = tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made))
-        # the other slots in one go: flags, version 0, dtype code -1 (the engine reads it from the value)
+            ext_at = tuple(tape.slot_of(t) for t in ts)
+        linked_at = tuple(tape.slot_of(self._tensor(s, tensors, vals, f0s, tapes, made)) for s in seg.linked)
         lo = tape.ns
-        tape.reserve(lo + k)
-        S = np.frombuffer(tape.slots, np.int64).reshape(-1, 4)
-        S[lo:lo + k, 0] = 0
-        S[lo:lo + k, 1] = seg.flags
-        S[lo:lo + k, 2] = 0
-        S[lo:lo + k, 3] = -1
-        del S
+        where = (lo, ext_at, linked_at)
+        layout = seg.layout
+        if layout is None or layout[0] != where:  # (a replay's tape is laid out as the last one was)
+            layout = seg.layout = (where, *self._layout(seg, where))
+        _, remap, rows, slots = layout
+        tape.slots[lo * SLOT.size:(lo + k) * SLOT.size] = slots
         take = seg.take
         if take.__class__ is slice:
             tape.values.extend(vals[take])
         elif k:
             got = itemgetter(*take)(vals)
             tape.values.extend(got if k > 1 else (got,))
-        remap[internal] = np.arange(lo, lo + k)
         tape.ns = lo + k
-        n = seg.R.shape[0]
-        R = np.frombuffer(tape.rows, np.int64, n * 8).reshape(n, 8)  # the rows written in place
-        R[:] = seg.R
-        R[:, 1:5] = remap[seg.R[:, 1:5]]
-        for e, f0 in f0s.items():
-            i = seg.index.get(e)
-            if i is not None:
-                R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
-        del R  # (a view into the bytearray would block its resizing)
-        tape.n = n
+        tape.rows[:len(rows)] = rows
+        if f0s:
+            R = np.frombuffer(tape.rows, np.int64, len(seg.rows) * 8).reshape(-1, 8)
+            for e, f0 in f0s.items():
+                i = seg.index.get(e)
+                if i is not None:
+                    R[i:i + 1, 7:8].view(np.float64)[0, 0] = f0
+            del R  # (a view into the bytearray would block its resizing)
+        tape.n = len(seg.rows)
         return tape, remap
+
+    def _layout(self, seg, where):
+        """Segment seg's slot map (program slot -> tape slot), its rows and its internal slots'
+        records as a tape holds them, for a tape whose slots from ``lo`` on are the segment's own
+        and whose external and linked slots landed at ``ext_at`` and ``linked_at``."""
+        lo, ext_at, linked_at = where
+        k = len(seg.internal)
+        remap = np.full(len(self.slots) + 1, -1, np.int64)  # (index -1 maps to -1)
+        remap[seg.ext_slots] = ext_at
+        remap[seg.linked] = linked_at
+        remap[seg.internal] = np.arange(lo, lo + k)
+        R = seg.R.copy()
+        R[:, 1:5] = remap[seg.R[:, 1:5]]
+        S = np.zeros((k, 4), np.int64)  # flags, version 0, dtype code -1 (the engine reads it from the value)
+        S[:, 1] = seg.flags
+        S[:, 3] = -1
+        return remap, R.tobytes(), S.tobytes()
 
     # -- introspection -------------------------------------------------------------------------
     def listing(self):
@@ -1103,6 +1112,17 @@ def _row_table(rows):
     return R
 
 
+def _held(kept):
+    """Whether something besides the pool holds one of the arrays (with their ids) that a run of
+    the last replay wrote: a result, a view, a tape whose backward is still to come."""
+    arrays, ids = kept
+    if len(ids) > 16:  # (a jitted pass over the addresses: 1 ns an array instead of 12)
+        most, readable = _jit()[3:]
+        if readable:
+            return most(ids) > 1
+    return max(map(getrefcount, arrays)) > 2  # (the pool's list and the call's argument)
+
+
 def _take_back(kept, owned):
     """(arrays, their ids) for a jitted run's outputs: the last replay's where nothing else holds
     one (a result, a view, a tape of a backward still to come), fresh ones for the others."""
@@ -1135,11 +1155,18 @@ def _chunked_run(prog, O, vals, lo, hi, w, chunks):
     return next((s for s in status if s != -1), -1)
 
 
-def _jit_run(prog, O, lo, hi, w):
+def _jit():
+    """(the forward interpreter, its kernel table, the array header offset, most_references,
+    refcount_readable()), loaded on first use."""
     if not _JIT:
         from ..engine.cpu._forward import FWD_KERNEL
         from ..engine.cpu.forward_replay import run
         from ..engine.cpu_replay import array_header
-        _JIT[:] = [(run, FWD_KERNEL, array_header())]  # (one assignment: threads may race here)
-    run, fk, hoff = _JIT[0]
+        from ..jit.ffi import most_references, refcount_readable
+        _JIT[:] = [(run, FWD_KERNEL, array_header(), most_references, refcount_readable())]  # (one assignment: threads may race here)
+    return _JIT[0]
+
+
+def _jit_run(prog, O, lo, hi, w):
+    run, fk, hoff = _jit()[:3]
     return run(prog.R, prog.RF, fk, O, lo, hi, hoff, w)

@@ -2,8 +2,9 @@
 
 Values are read in place: a slot holds the address of a NumPy array object, and these read the
 array's data pointer and shape from its C header (NumPy's public ``PyArrayObject`` layout; the
-offset is found and checked at start-up by ``tapegrad._abi``)."""
+offset is found and checked when the engine loads, engine/cpu_replay.header_offset)."""
 import ctypes
+import sys
 
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -83,6 +84,22 @@ def shape_of(obj, hoff):
 # CPython's reference counting, for editing a freed tape's values list (interp.keep)
 _incref = types.ExternalFunction("Py_IncRef", types.void(types.int64))
 _decref = types.ExternalFunction("Py_DecRef", types.void(types.int64))
+
+
+@njit(cache=True)
+def most_references(objs):
+    """The highest reference count among the objects at addresses ``objs``: CPython's ob_refcnt,
+    an object's first word (where ``refcount_readable`` says so)."""
+    m = 0
+    for o in objs:
+        m = max(m, _load_i64(o))
+    return m
+
+
+def refcount_readable():
+    """Whether an object's first word is its reference count (not so in a free-threaded build)."""
+    a = np.empty(1)
+    return ctypes.c_ssize_t.from_address(id(a)).value == sys.getrefcount(a) - 1
 
 
 @njit(cache=True)

@@ -943,10 +943,15 @@ def test_matrix_products_replay_with_eager_bits(dtype):
     assert len(products) == 4 and sum("[jitted]" in line for line in products) == 3, products
 
 
-def test_replay_reuses_its_arrays_only_when_nothing_holds_them():
+@pytest.mark.parametrize("rounds", [1, 8])  # 4 arrays (checked in Python) and 32 (in jitted code)
+def test_replay_reuses_its_arrays_only_when_nothing_holds_them(rounds):
     """A steady-state replay allocates no array per op: it takes back the arrays of its last replay
     that nothing holds any more (not a result, a view, a tape of a backward still to come)."""
-    f = lambda x: ((x * 2.0).sin() + 1.0).exp()
+    def f(x):
+        for _ in range(rounds):
+            x = ((x * 2.0).sin() + 1.0).exp()
+        return x
+
     cf = tg.compile(f)
     xs = [tg.tensor(np.random.default_rng(k).standard_normal(1000)) for k in range(6)]
     held = [cf(x) for x in xs]  # each result held: no replay may write into an earlier one
@@ -1002,3 +1007,25 @@ def test_aliasing_guard_sees_shared_storage_anywhere_in_the_arguments():
         expect = f(x, ys, z=z)
         assert same(cf(x2, ys2, z=z2).numpy(), expect.numpy())
     assert cf.trace_count == 3  # (the views share the program of one tensor twice: the same aliasing)
+
+
+def test_a_replay_tape_follows_where_its_arguments_land():
+    """A replay's tape copies the last one's rows only where its arguments took the same slots:
+    one tensor passed twice takes one slot, an argument on another tape a linked one."""
+    cf = tg.compile(lambda x, y: ((x * y).sin() * x).sum())
+    rng = np.random.default_rng(0)
+    a, b = (tg.tensor(rng.standard_normal(5), requires_grad=True) for _ in range(2))
+
+    def check(x, y, *leaves):
+        want = tg.autograd.grad(((x * y).sin() * x).sum(), leaves, retain_graph=True)
+        got = tg.autograd.grad(cf(x, y), leaves)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12)
+
+    for _ in range(2):
+        check(a, b, a, b)
+    check(a, a, a)
+    check(a * 3.0, b, a, b)
+    check(b, a * 3.0, a, b)
+    check(a, b, a, b)
+    assert cf.replay_count >= 4
