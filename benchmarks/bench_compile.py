@@ -210,17 +210,17 @@ class C3ChunkedRun:
     warmup_time = 0
 
     def setup(self, run):
-        from tapegrad.compiler import program
+        from tapegrad import parallel
         self.tg = tg = load("tapegrad")
-        chunk_min = program.CHUNK_MIN
+        chunk_min = parallel.MIN_ELEMENTS
         if run == "whole":
-            program.CHUNK_MIN = 1 << 62
+            parallel.MIN_ELEMENTS = 1 << 62
         try:
             loss, (self.x,), _ = C3Elementwise.make(tg)
             self.fn = tg.compile(loss)
             self.fn(self.x)  # records: the program keeps the plan it made
         finally:
-            program.CHUNK_MIN = chunk_min
+            parallel.MIN_ELEMENTS = chunk_min
         self.threads = 2 if run == "chunks-2-threads" else 1
         self.time_forward(run)
 

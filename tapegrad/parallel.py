@@ -1,8 +1,11 @@
 """Intra-op threads, as torch.get_num_threads / set_num_threads: a compiled replay splits its large
-elementwise runs into chunks and runs them on this many threads (the jitted kernels release the
-GIL). The worker threads start on first use, never at import."""
+elementwise runs into chunks, and a backward whose rows are all elementwise over many values splits
+their range, on this many threads (the jitted kernels release the GIL). The worker threads start on
+first use, never at import."""
 import os
 import threading
+
+MIN_ELEMENTS = 1 << 16  # fewer values sit in cache, and threads cost more than they save
 
 _lock = threading.Lock()
 _threads = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)]
@@ -10,7 +13,7 @@ _pool = [None, 0]  # (executor, its worker count)
 
 
 def get_num_threads():
-    """The number of threads a compiled replay uses for its large elementwise runs."""
+    """The number of threads that large elementwise work is spread over."""
     return _threads[0]
 
 

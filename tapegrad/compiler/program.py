@@ -694,12 +694,12 @@ class Program:
 
     def _chunked_rows(self, kind, size):
         """Each row's size where a replay may split it into chunks over threads (an elementwise row
-        over CHUNK_MIN or more elements whose operands all have that size, or one element), else 0."""
+        over parallel.MIN_ELEMENTS or more elements whose operands all have that size, or one element), else 0."""
         from ..engine.cpu.forwards import BINARY, ELEMENTWISE, VIEW, WHOLE
         R = self.R
         a, b, c, out = R[:, 1], R[:, 2], R[:, 3], R[:, 4]
         n = size[out]
-        ok = (n >= CHUNK_MIN) & np.isin(kind, (ELEMENTWISE, BINARY, VIEW))
+        ok = (n >= parallel.MIN_ELEMENTS) & np.isin(kind, (ELEMENTWISE, BINARY, VIEW))
         for x in (a, b, c):
             nx = size[x]
             ok &= (x < 0) | (nx == n) | (kind == BINARY) & (nx == 1)
@@ -1135,7 +1135,6 @@ def _take_back(kept, owned):
 
 
 _JIT = []
-CHUNK_MIN = 1 << 16  # elements: a smaller run's arrays sit in cache, and threads cost more than they save
 CHUNK_BYTES = 1 << 19  # a chunk's slices of all the run's arrays together: half the L2 cache
 
 

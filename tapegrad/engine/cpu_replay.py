@@ -10,7 +10,7 @@ import ctypes
 
 import numpy as np
 
-from .. import malloc
+from .. import malloc, parallel
 from ..tape import _DTYPE_CODE
 
 _ENGINE = None
@@ -119,9 +119,44 @@ class Pass:
 
     def backward(self, on, release):
         """The whole replay in one call: (status, where, need, left); with ``release`` the entries
-        that ran are freed in it, and ``left`` (else -1) is for ``keep``."""
-        return _K.backward(self.R, self.RF, self.S, _HOFF, self.export, self.roots, on, self.tcode, self.witness,
-                           _K.OP_KERNEL, _K.SAVES, release)
+        that ran are freed in it, and ``left`` (else -1) is for ``keep``. A large elementwise tape
+        (interp.split_size) replays in ranges of its elements, one per thread."""
+        threads = parallel.get_num_threads()
+        status, where, need, left = _K.backward(self.R, self.RF, self.S, _HOFF, self.export, self.roots, on,
+                                                self.tcode, self.witness, _K.OP_KERNEL, _K.SAVES, release,
+                                                parallel.MIN_ELEMENTS if threads > 1 else 0)
+        if status != _K.SPLIT:
+            return status, where, need, left
+        status, where = self._split(where, need, threads)
+        if release and status == _K.OK:
+            left = _K.free_entries(self.R, self.S, need, _K.SAVES)
+        return status, where, need, left
+
+    def _split(self, n, need, threads):
+        """The backward of a tape whose rows are all elementwise over n values, in ``threads``
+        ranges of them (whole blocks of the interpreter's): each range's replay reads views of
+        the values and gradient buffers of n elements in place of the whole ones."""
+        R, S, values = self.R, self.S, self.tape.values
+        used = np.unique(R[need[R[:, 4]] == _K.RUN, 1:5])
+        big = [s for s in used[used >= 0].tolist() if values[s].size == n]
+        bufs = {id(b): b for b in (*self.bufs.values(), *self.lbufs)}
+        step = -(-n // threads)
+        step = -(-step // _K.BLOCK) * _K.BLOCK
+        parts, views = [], []
+        for lo in range(0, n, step):
+            Sp, Ep = S.copy(), self.export.copy()
+            for s in big:
+                v = values[s].reshape(-1)[lo:lo + step]
+                Sp[s, 0] = id(v)
+                views.append(v)
+                if Ep[s] != 0:
+                    b = bufs[Ep[s]].reshape(-1)[lo:lo + step]
+                    Ep[s] = id(b)
+                    views.append(b)
+            parts.append((Sp, Ep))
+        results = parallel.run_each(lambda part: _K.replay_part(self.R, self.RF, part[0], _HOFF, part[1], self.roots,
+                                                                need, self.tcode, self.witness, _K.OP_KERNEL), parts)
+        return next((r for r in results if r[0] != _K.OK), (_K.OK, -1))
 
     def arena(self, need):
         """Lay out the gradients of the needed slots that are not exported, for ``replay``."""

@@ -775,8 +775,9 @@ def test_two_threads_replay_one_function():
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunked runs at test sizes: from 64 elements, chunks of 4 KiB over all of a run's arrays."""
+    from tapegrad import parallel
     from tapegrad.compiler import program
-    monkeypatch.setattr(program, "CHUNK_MIN", 64)
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 64)
     monkeypatch.setattr(program, "CHUNK_BYTES", 4096)
     yield
     tg.set_num_threads(tg.get_num_threads())

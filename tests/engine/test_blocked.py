@@ -105,3 +105,51 @@ def test_retained_graph_and_second_backward():
     loss.backward()
     np.testing.assert_array_equal(x.grad.numpy(), 2 * first)
     np.testing.assert_allclose(first, np.cos(A) * np.exp(A) + np.sin(A) * np.exp(A), rtol=1e-14, atol=1e-15)
+
+
+# -- split backwards: a tape whose rows are all elementwise over N values, in ranges over threads --
+@pytest.fixture
+def split_ranges(monkeypatch):
+    """Backwards split at test sizes (from 64 elements) over two threads; counts the ranges run."""
+    from tapegrad import parallel
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 64)
+    ranges = []
+    part = kernels.replay_part
+    monkeypatch.setattr(kernels, "replay_part", lambda *args: ranges.append(args[2]) or part(*args))
+    threads = tg.get_num_threads()
+    tg.set_num_threads(2)
+    yield ranges
+    tg.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_a_split_backward_equals_the_whole_one(name, split_ranges):
+    """Each chain's gradients, in two ranges of N on two threads where every row is elementwise
+    (a broadcast mean keeps the backward whole; a mean loss is a sum's row), bit for bit the
+    one-thread ones."""
+    split = grads(tg, name)
+    assert len(split_ranges) == (0 if name == "select_same_slot" else 2)
+    tg.set_num_threads(1)
+    whole = grads(tg, name)
+    for s, w in zip(split, whole):
+        assert (s is None) == (w is None)
+        if s is not None:
+            np.testing.assert_array_equal(s, w)
+
+
+def test_a_split_backward_accumulates_and_frees_as_a_whole_one(split_ranges):
+    """Seeds of N values, a leaf's .grad added to, retain_graph, then the graph freed; and float32."""
+    for dt in (np.float64, np.float32):
+        x = tg.tensor(A.astype(dt), requires_grad=True)
+        y = x.sin() * x.exp() + x
+        g = tg.tensor(W.astype(dt))
+        y.backward(g, retain_graph=True)
+        first = x.grad.numpy().copy()
+        assert len(split_ranges) == 2 and first.dtype == dt
+        y.backward(g)
+        np.testing.assert_array_equal(x.grad.numpy(), 2 * first)
+        want = W * (np.cos(A) * np.exp(A) + np.sin(A) * np.exp(A) + 1)
+        np.testing.assert_allclose(first, want, rtol=1e-5 if dt == np.float32 else 1e-13, atol=1e-6)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            y.backward(g)
+        split_ranges.clear()

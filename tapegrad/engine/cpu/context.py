@@ -29,7 +29,7 @@ F32, F64, I64, I32, BOOL = 0, 1, 2, 3, 4
 
 
 # status codes returned to the driver
-OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON, ERR_NAN = 0, 1, 2, 3, 4
+OK, ERR_FREED, ERR_OPCODE, ERR_PYTHON, ERR_NAN, SPLIT = 0, 1, 2, 3, 4, 5
 
 
 @njit(cache=True)

@@ -6,7 +6,7 @@ import numpy as np
 from ...jit import njit
 from ...jit.ffi import _decref, _incref, _load_i32, _load_i64, _store_i64, dim_of, ndim_of, size_of
 from ._generated import ASSIGNS, BLOCKABLE, K_SUM, OP_KERNEL, SAVES, dispatch  # noqa: F401  (OP_KERNEL, SAVES: the driver's)
-from .context import (ERR_FREED, ERR_NAN, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, LEAF, OK, RG, RUN, SAVE_OUT,  # noqa: F401
+from .context import (ERR_FREED, ERR_NAN, ERR_OPCODE, FLAGS, FREED, FRESH, GPTR, LEAF, OK, RG, RUN, SAVE_OUT, SPLIT,  # noqa: F401
                       SCRATCH, SIZE, STOP, claim, fill_slots, grad, pointers)
 
 
@@ -287,6 +287,38 @@ def arena_packed(R, S, hoff, need, export, witness):
     return goff, np.empty(total, witness.dtype)
 
 
+@njit(cache=True)
+def split_size(R, S, hoff, need, op_kernel, least):
+    """N (at least ``least``) when every row the backward runs is elementwise over N values
+    (``run_size``'s rows: operands and output of N, or a full sum of N into one): its backward then
+    splits into independent ranges of the N elements, each its own replay. Else 0, found at the
+    first row from the end that does not qualify (a scalar loss's own rows, for most tapes)."""
+    n = 0
+    for e in range(R.shape[0] - 1, -1, -1):
+        if need[R[e, 4]] != RUN:
+            continue
+        k = op_kernel[R[e, 0]]
+        if not BLOCKABLE[k]:
+            return 0
+        m = size_of(S[R[e, 1], 0], hoff)
+        if m < least or (n > 0 and m != n):
+            return 0
+        n = m
+        for j in range(2, 5):
+            s = R[e, j]
+            if s >= 0 and size_of(S[s, 0], hoff) != (1 if j == 4 and k == K_SUM else n):
+                return 0
+    return n
+
+
+@njit(cache=True, nogil=True)
+def replay_part(R, RF, S, hoff, export, roots, need, tcode, witness, op_kernel):
+    """One range of a split backward (``split_size``): ``S`` and ``export`` address that range's
+    views of the N-element values and gradient buffers. Without the GIL: the ranges run on threads."""
+    goff, garena = arena_packed(R, S, hoff, need, export, witness)
+    return replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel)
+
+
 # -- blocked runs -------------------------------------------------------------------------------
 # Consecutive rows whose adjoints are elementwise over slots of one size N (W3's whole backward:
 # sum, add, pow, tanh, mul, exp, neg, mul, sin on 1M values) are replayed a block of BLOCK
@@ -415,13 +447,18 @@ def replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witn
 
 
 @njit(cache=True)
-def backward(R, RF, S, hoff, export, roots, on, tcode, witness, op_kernel, saves, release):
+def backward(R, RF, S, hoff, export, roots, on, tcode, witness, op_kernel, saves, release, least):
     """The whole backward of one tape in one call: plan (``on`` as there), arena, replay. With
     ``release``, free the entries that ran (``free_entries``; the driver does it otherwise); the
-    last value returned counts the entries left unfreed (-1: not released)."""
+    last value returned counts the entries left unfreed (-1: not released). With ``least`` > 0, a
+    tape that ``split_size`` splits is only planned: (SPLIT, N, need, -1), for ``replay_part``."""
     status, where, need = plan(R, S, roots, on)
     if status != OK:
         return status, where, need, -1
+    if least > 0:
+        n = split_size(R, S, hoff, need, op_kernel, least)
+        if n > 0:
+            return SPLIT, n, need, -1
     goff, garena = arena_packed(R, S, hoff, need, export, witness)
     status, where = replay_packed(R, RF, S, hoff, export, roots, need, goff, garena, tcode, witness, op_kernel)
     left = -1
