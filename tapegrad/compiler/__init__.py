@@ -377,23 +377,25 @@ def _names(code):
 def _flatten(result):
     """(leaves, rebuild): the tensors and values of a result, and how to put them back."""
     leaves = []
-
-    def walk(v):
-        c = v.__class__
-        if c is tuple or c is list:
-            parts = [walk(x) for x in v]
-            return lambda it: c(p(it) for p in parts)
-        if isinstance(v, tuple):  # a named tuple (torch.return_types.max...)
-            parts = [walk(x) for x in v]
-            return lambda it: c(*(p(it) for p in parts))
-        if c is dict:
-            parts = [(k, walk(x)) for k, x in v.items()]
-            return lambda it: {k: p(it) for k, p in parts}
-        leaves.append(v)
-        return lambda it: next(it)
-
-    build = walk(result)
+    build = _builder(result, leaves)
     return leaves, lambda outs: build(iter(outs))
+
+
+def _builder(v, leaves):
+    """How to rebuild v from an iterator over its leaves (appended to ``leaves``). A module function:
+    a nested one that calls itself is a reference cycle, holding the leaves until the collector runs."""
+    c = v.__class__
+    if c is tuple or c is list:
+        parts = [_builder(x, leaves) for x in v]
+        return lambda it: c(p(it) for p in parts)
+    if isinstance(v, tuple):  # a named tuple (torch.return_types.max...)
+        parts = [_builder(x, leaves) for x in v]
+        return lambda it: c(*(p(it) for p in parts))
+    if c is dict:
+        parts = [(k, _builder(x, leaves)) for k, x in v.items()]
+        return lambda it: {k: p(it) for k, p in parts}
+    leaves.append(v)
+    return next
 
 
 # -- the public names ------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ meets the samples only in mm, add and sub (through views) is not copied per samp
 (``_tap_plan``) give its per-sample gradients from the per-sample gradients of those rows' outputs.
 ``chunk_size`` is not needed here: the batch runs whole."""
 import contextlib
+import threading
+from sys import getrefcount
 
 import numpy as np
 
@@ -362,7 +364,22 @@ class _Tap:
     replay adds a zero tensor (the tap) to its output, whose gradient is the row's per-sample output
     gradient g; ``gradient`` turns g and the row's other operand into each sample's gradient of the
     parameter."""
-    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign", "flip", "undo")
+    __slots__ = ("row", "leaf", "chain", "kind", "other", "out_shape", "dtype", "u_shape", "sign", "flip", "undo",
+                 "kept")
+
+    def buffer(self, shape, dtype):
+        """An array for this thread's product of ``shape``: one of its last two that nothing holds
+        any more (the caller dropped the per-sample gradient it became), else a new one. A fresh
+        array of a batch's gradients page-faults in anew at every call: 6x the product's time."""
+        kept = self.kept.__dict__.setdefault("arrays", [])
+        for a in kept:
+            if getrefcount(a) == 3 and a.shape == shape and a.dtype == dtype:  # (kept, a, the call)
+                return a
+        a = np.empty(shape, dtype)
+        kept.append(a)
+        if len(kept) > 2:
+            del kept[0]
+        return a
 
     def plan_views(self):
         """From ``chain`` and ``kind``, once: ``flip`` and ``undo``, the steps back through the views
@@ -388,16 +405,17 @@ class _Tap:
         # than einsum or a broadcast product, and np.matmul runs one tiny GEMM per sample)
         from ..jit.outer import outer
         flip = self.flip
-        if self.kind == "mm_right":  # out = x @ u: du = x^T g (du^T = g^T x)
-            if other.shape[1] == 1:
-                d = outer(g[:, 0], other[:, 0]) if flip else outer(other[:, 0], g[:, 0])
+        if self.kind in ("mm_right", "mm_left"):
+            # out = x @ u: du = x^T g (du^T = g^T x); out = u @ y: du = g y^T (du^T = y g^T)
+            if self.kind == "mm_right":
+                x, y = (g.swapaxes(1, 2), other) if flip else (other.swapaxes(1, 2), g)
             else:
-                d = np.matmul(g.swapaxes(1, 2), other) if flip else np.matmul(other.swapaxes(1, 2), g)
-        elif self.kind == "mm_left":  # out = u @ y: du = g y^T (du^T = y g^T)
-            if g.shape[2] == 1:
-                d = outer(other[:, :, 0], g[:, :, 0]) if flip else outer(g[:, :, 0], other[:, :, 0])
+                x, y = (other, g.swapaxes(1, 2)) if flip else (g, other.swapaxes(1, 2))
+            d = self.buffer((n, x.shape[1], y.shape[2]), np.result_type(x, y))
+            if x.shape[2] == 1:
+                outer(x[:, :, 0], y[:, 0, :], d)
             else:
-                d = np.matmul(other, g.swapaxes(1, 2)) if flip else np.matmul(g, other.swapaxes(1, 2))
+                np.matmul(x, y, out=d)
         else:  # out = x +- u (u broadcast): g summed over u's broadcast axes
             d = g
             extra = d.ndim - 1 - len(self.u_shape)
@@ -442,6 +460,7 @@ def _tap_plan(prog, batched, shared):
             return None
         u = shared_ins[0]
         tap = _Tap()
+        tap.kept = threading.local()
         tap.row, tap.u_shape = e, prog.slots[u].shape
         tap.leaf, tap.chain = origin[u][0], origin[u][1]
         tap.out_shape, tap.dtype = prog.slots[out].shape, prog.slots[out].dtype

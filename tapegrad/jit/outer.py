@@ -15,9 +15,9 @@ def _outer(a, b, out):
                 out[n, i, j] = x * b[n, j]  # (one rounded product, as einsum's: the same bits)
 
 
-def outer(a, b):
-    """out[n, i, j] = a[n, i] * b[n, j] for 2-d a and b of one length n, in their result dtype."""
+def outer(a, b, out):
+    """out[n, i, j] = a[n, i] * b[n, j] for 2-d a and b of one length n (out: C-ordered, of their
+    result dtype); returns out."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)  # (C layout: one compile per dtype)
-    out = np.empty((a.shape[0], a.shape[1], b.shape[1]), np.result_type(a, b))
     _outer(a, b, out)
     return out

@@ -289,6 +289,38 @@ def test_per_sample_outer_products_of_taps_against_a_loop(dtype):
     assert [t.kind for t in sig.taps] == ["mm_left", "mm_right"]
 
 
+def test_tap_products_reuse_only_the_arrays_nobody_holds():
+    """A tap writes its per-sample products into an array of an earlier call only once the caller
+    dropped every gradient and view of it: held results keep their values, and a steady loop that
+    drops them takes its arrays back instead of page-faulting new ones in."""
+    rng = np.random.default_rng(6)
+    model = tg.nn.Sequential(tg.nn.Linear(4, 6), tg.nn.Tanh(), tg.nn.Linear(6, 1))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, x):
+        return (func.functional_call(model, p, (x.unsqueeze(0),)) ** 2).sum()
+
+    vg = func.vmap(func.grad(loss), in_dims=(None, 0))
+    batches = [tg.tensor(rng.standard_normal((8, 4)), dtype=tg.float32) for _ in range(5)]
+    for x in batches[:2]:
+        vg(params, x)  # (the first call records: its sums may round otherwise than a replay's)
+    want = [{k: v.numpy().copy() for k, v in vg(params, x).items()} for x in batches]
+    held = [vg(params, x) for x in batches[:3]]  # every call's gradients held: each its own arrays
+    views = [vg(params, x)["0.weight"][1] for x in batches[3:]]  # a view holds its base
+    for got, w in zip(held, want):
+        for k in w:
+            np.testing.assert_array_equal(got[k].numpy(), w[k])
+    for v, w in zip(views, want[3:]):
+        np.testing.assert_array_equal(v.numpy(), w["0.weight"][1])
+    del held, views, got, v  # (the loop variables hold the last ones too)
+    addresses = set()
+    for _ in range(4):  # results dropped: the arrays of two calls back serve again
+        g = vg(params, batches[0])
+        np.testing.assert_array_equal(g["0.weight"].numpy(), want[0]["0.weight"])
+        addresses.add(g["0.weight"].numpy().ctypes.data)
+    assert len(addresses) == 2
+
+
 def test_nested_vmap_of_grad_and_jacrev_of_grad_against_a_loop():
     """A transform's marks stay its own: vmap(vmap(grad(f))) and vmap(jacrev(grad(f))) are not
     taken for vmap(grad(f))."""

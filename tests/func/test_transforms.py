@@ -167,3 +167,30 @@ def test_grad_of_per_sample_gradients_and_nested_vmap_against_torch():
         results.append((g.detach().numpy(), pairs.detach().numpy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+def test_nested_arguments_and_results_are_freed_by_reference_counting(transform):
+    """Flattening and rebuilding nested arguments and results makes no reference cycle: a result
+    the caller drops, and the arguments, are freed at once, not at the cyclic collector's next run
+    (which would keep a batch of per-sample gradients alive, and their arrays from reuse)."""
+    import gc
+    import weakref
+
+    def loss(p, x):
+        return ((x[None] @ p["w"]) ** 2).sum()  # (under vmap: a tap on the mm gives w's gradients)
+
+    f = func.grad(loss) if transform == "grad" else func.vmap(func.grad(loss), in_dims=(None, 0))
+    p = {"w": tg.ones(3, 2)}
+    shape = (3,) if transform == "grad" else (4, 3)
+    for _ in range(2):  # (recordings: a program holds the arguments it was recorded on)
+        f(p, tg.ones(*shape))
+    gc.disable()
+    try:
+        x = tg.ones(*shape)
+        r = f(p, x)
+        result, arg = weakref.ref(r["w"]), weakref.ref(x)
+        del r, x
+        assert result() is None and arg() is None
+    finally:
+        gc.enable()

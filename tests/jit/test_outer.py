@@ -14,11 +14,11 @@ def test_bits_of_einsum(da, db, n, k, q):
     if a.size:
         a.flat[0] = np.finfo(da).tiny  # (a subnormal or zero product: no flush to zero)
     want = np.einsum("nk,nq->nkq", a, b)
-    got = outer(a, b)
+    got = outer(a, b, np.full((n, k, q), np.nan, np.result_type(a, b)))
     assert got.dtype == want.dtype and got.shape == want.shape
     assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
 def test_strided_operands():
     a, b = RNG.standard_normal((6, 4, 2))[:, :, 1], RNG.standard_normal((6, 5))[:, ::-1]
-    assert np.array_equal(outer(a, b), np.einsum("nk,nq->nkq", a, b))
+    assert np.array_equal(outer(a, b, np.empty((6, 4, 5))), np.einsum("nk,nq->nkq", a, b))
