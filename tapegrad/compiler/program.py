@@ -550,6 +550,9 @@ class Program:
         self.plan = self._plan(isop)
         self._tape_plan(isop, rg)
         self._pool = threading.local()
+        for sl in self.slots:  # a replay reads its call's own arguments: the recorded ones go free
+            if sl.arg >= 0:
+                sl.tensor = None
 
     # -- planning --------------------------------------------------------------------------------
     def _source(self, s):

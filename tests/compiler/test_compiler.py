@@ -750,6 +750,25 @@ def test_replays_run_in_flat_memory_and_programs_are_freed():
     assert prog() is None
 
 
+def test_a_program_does_not_hold_the_arguments_it_was_recorded_on():
+    """A replay reads its own call's arguments: the first call's (a batch, say) go free when the
+    caller drops them, while the compiled function lives on; captured tensors stay read live."""
+    w = tg.randn(8, requires_grad=True)
+    f = lambda x: ((x * w).relu() + 1.0).sum()
+    cf = tg.compile(f)
+    x = tg.randn(8)
+    cf(x)
+    recorded = weakref.ref(x)
+    del x
+    gc.collect()
+    assert recorded() is None
+    for _ in range(2):
+        x = tg.randn(8)
+        got = tg.autograd.grad(cf(x), w)[0]
+        np.testing.assert_array_equal(got.numpy(), tg.autograd.grad(f(x), w)[0].numpy())
+    assert cf.replay_count == 2
+
+
 def test_two_threads_replay_one_function():
     cf = tg.compile(lambda x: (x * 2.0 + 1.0).sum())
     cf(tg.ones(100))
