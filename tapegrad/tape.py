@@ -53,6 +53,7 @@ class Tape:
     def __init__(self, cap=_INITIAL_ROWS):
         """``cap``: room for that many slots and rows, in one allocation (a compiled replay knows its
         tape's size before it writes it, where doubling would copy the buffers again and again)."""
+        cap = max(cap, _INITIAL_ROWS)  # (doubling grows from here: never from zero)
         self.cap = cap
         self.rows = bytearray(ROW.size * cap)
         self.n = 0

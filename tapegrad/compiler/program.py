@@ -978,7 +978,7 @@ class Program:
         f0s: the rows whose f0 this replay computed)."""
         k = len(seg.internal)
         ts = [tensors[a] if a >= 0 else t for a, t in seg.ext]
-        tape = Tape(max(len(ts) + len(seg.linked) + k, 32))
+        tape = Tape(len(ts) + len(seg.linked) + k)
         if all(t._tape is None for t in ts):  # (leaves, as parameters are: one registration for all)
             lo = tape.add_leaves(ts)
             ext_at = tuple(range(lo, lo + len(ts)))

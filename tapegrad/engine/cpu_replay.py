@@ -142,7 +142,7 @@ class Pass:
         bufs = {id(b): b for b in (*self.bufs.values(), *self.lbufs)}
         step = -(-n // threads)
         step = -(-step // _K.BLOCK) * _K.BLOCK
-        parts, views = [], []
+        parts, views = [], []  # (views: held here, since the tables hold only their addresses)
         for lo in range(0, n, step):
             Sp, Ep = S.copy(), self.export.copy()
             for s in big:
